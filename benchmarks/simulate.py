@@ -1,0 +1,106 @@
+"""Simulator speed: 512 x 512 frames at atomic resolution and low-magnification surveys.
+
+Prints JSON.  Each configuration runs in a fresh single-threaded child process
+(OMP/BLAS threads = 1), once with glibc's default allocator settings and once
+with :func:`simulators.allocator.tune_allocator`, so both figures and their
+ratio come from the same run on the same machine.
+
+    python benchmarks/simulate.py [--frames 40] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LATTICES = ("MoS2", "WS2", "graphene", "SrTiO3")
+
+
+def _stats(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
+            "n": len(ms)}
+
+
+def _child(frames: int, tuned: bool) -> dict[str, object]:
+    from simulators import ScanRequest, Specimen, SpecimenConfig, render_frame
+    from simulators.allocator import tune_allocator
+
+    applied = tune_allocator() if tuned else False
+    rng = np.random.default_rng(0)
+    out: dict[str, object] = {"allocator_tuned": applied}
+    for lattice in LATTICES:
+        specimen = Specimen(SpecimenConfig(seed=1, lattice=lattice))
+        centers = rng.uniform(-100, 100, (frames, 2))
+        render_frame(specimen, ScanRequest(x_nm=0, y_nm=0), rng=rng)  # warm imports and caches
+        cold, warm = [], []
+        for x, y in centers:
+            scan = ScanRequest(x_nm=float(x), y_nm=float(y), fov_nm=10.24, rows=512, cols=512)
+            t0 = time.perf_counter()
+            render_frame(specimen, scan, rng=rng)  # new area: tiles generated
+            t1 = time.perf_counter()
+            render_frame(specimen, scan, rng=rng)  # same area again: tiles cached
+            t2 = time.perf_counter()
+            cold.append(t1 - t0)
+            warm.append(t2 - t1)
+        out[f"atomic_512_{lattice}_new_area"] = _stats(cold)
+        out[f"atomic_512_{lattice}_revisit"] = _stats(warm)
+        out[f"{lattice}_tile_cache_mb"] = specimen.cached_bytes / 2**20
+    specimen = Specimen(SpecimenConfig(seed=1))
+    survey = []
+    for _ in range(max(frames // 4, 5)):
+        t0 = time.perf_counter()
+        render_frame(specimen, ScanRequest(fov_nm=200.0, rows=512, cols=512, dwell_us=1.0), rng=rng)
+        survey.append(time.perf_counter() - t0)
+    out["survey_200nm_512"] = _stats(survey)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _run_child(frames: int, tuned: bool) -> dict[str, object]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--child", "tuned" if tuned else "default", "--frames", str(frames)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--child", choices=("default", "tuned"), default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.frames, args.child == "tuned")))
+        return
+    default, tuned = _run_child(args.frames, False), _run_child(args.frames, True)
+    key = "atomic_512_MoS2_new_area"
+    result = {
+        "benchmark": "simulate",
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version(), "threads": 1},
+        "target": "512x512 atomic-resolution frame under 50 ms median on one core",
+        "default_allocator": default,
+        "tuned_allocator": tuned,
+        "speedup_tuned_vs_default_MoS2": default[key]["median_ms"] / tuned[key]["median_ms"],  # type: ignore[index]
+        "meets_target_tuned": all(
+            v["median_ms"] < 50.0 for k, v in tuned.items() if k.startswith("atomic_512")  # type: ignore[union-attr]
+        ),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""autoscope models package."""

@@ -1,0 +1,173 @@
+"""Scan geometry: where each pixel really sampled the specimen, and back.
+
+A pixel (row, col) is nominally sampled at scan offset
+``u = (col - (cols-1)/2) * px``, ``v = (row - (rows-1)/2) * px``, rotated by the
+scan rotation and added to the field centre.  Three distortions move it:
+
+* line jitter: a random x offset per line, ``N(0, line_jitter_nm)``;
+* flyback: ``A * exp(-t_line / tau)`` along x at the start of each line, where
+  ``t_line = col * dwell`` is the time since the line started;
+* drift: ``v_drift * t`` with ``t = row * (cols * dwell + flyback) + col * dwell``.
+
+The ground truth is expressed in the frame's own (distorted) pixel
+coordinates by inverting this map (:meth:`ScanGeometry.to_pixels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulators.config import ImagingParams, ScanRequest
+
+
+@dataclass(frozen=True)
+class ScanDistortion:
+    """One realisation of the scan distortions of a frame.
+
+    Attributes
+    ----------
+    line_offsets_nm
+        Shape (rows,), float64: jitter of each line along the fast axis.
+    flyback_amplitude_nm, flyback_settle_us
+        Flyback offset at the line start and its decay time.
+    drift_nm_per_us
+        (vx, vy): drift velocity in stage coordinates.
+    """
+
+    line_offsets_nm: np.ndarray
+    flyback_amplitude_nm: float
+    flyback_settle_us: float
+    drift_nm_per_us: tuple[float, float]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, scan: ScanRequest, imaging: ImagingParams) -> ScanDistortion:
+        """Draw jitter and the drift direction from ``rng``."""
+        jitter = rng.normal(0.0, 1.0, scan.rows) * imaging.line_jitter_nm
+        angle = rng.uniform(0, 2 * np.pi)
+        speed = imaging.drift_nm_per_s * 1e-6
+        return cls(jitter, imaging.flyback_amplitude_nm, imaging.flyback_settle_us,
+                   (speed * np.cos(angle), speed * np.sin(angle)))
+
+    @classmethod
+    def none(cls, rows: int) -> ScanDistortion:
+        """An ideal scan."""
+        return cls(np.zeros(rows), 0.0, 1.0, (0.0, 0.0))
+
+
+class ScanGeometry:
+    """Forward and inverse maps between frame pixels and stage coordinates."""
+
+    def __init__(self, scan: ScanRequest, distortion: ScanDistortion, flyback_time_us: float) -> None:
+        self.scan = scan
+        self.distortion = distortion
+        self.px = scan.pixel_size_nm
+        self.line_time_us = scan.cols * scan.dwell_us + flyback_time_us
+        t = np.deg2rad(scan.rotation_deg)
+        self._cos, self._sin = float(np.cos(t)), float(np.sin(t))
+        self._rc, self._cc = (scan.rows - 1) / 2.0, (scan.cols - 1) / 2.0
+
+    @property
+    def row_center(self) -> float:
+        """Row index of the field centre, (rows - 1) / 2."""
+        return self._rc
+
+    @property
+    def col_center(self) -> float:
+        """Column index of the field centre, (cols - 1) / 2."""
+        return self._cc
+
+    def scan_coordinates(self, x_nm: np.ndarray, y_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage points in undistorted scan coordinates (u along lines, v across), nm from the centre."""
+        qx = np.asarray(x_nm, dtype=np.float64) - self.scan.x_nm
+        qy = np.asarray(y_nm, dtype=np.float64) - self.scan.y_nm
+        return self._cos * qx + self._sin * qy, -self._sin * qx + self._cos * qy
+
+    def line_shift(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-line displacement in scan coordinates: jitter plus drift at (row, col).
+
+        Rows outside the frame take the jitter of the nearest line.
+
+        Returns
+        -------
+        du_nm, dv_nm : ndarray, broadcast shape of the inputs, float64.
+        """
+        jitter = self.distortion.line_offsets_nm[np.clip(row, 0, self.scan.rows - 1)]
+        t = self._time(row.astype(np.float64), np.asarray(col, dtype=np.float64))
+        vx, vy = self.distortion.drift_nm_per_us
+        vu, vv = self._cos * vx + self._sin * vy, -self._sin * vx + self._cos * vy
+        return jitter + vu * t, vv * t
+
+    def flyback(self, col: np.ndarray) -> np.ndarray:
+        """Flyback offset along the lines at (fractional) column ``col``, nm."""
+        return self._flyback(col)
+
+    def _flyback(self, col: np.ndarray) -> np.ndarray:
+        d = self.distortion
+        if d.flyback_amplitude_nm == 0.0:
+            return np.zeros_like(col)
+        return d.flyback_amplitude_nm * np.exp(-np.maximum(col, 0.0) * self.scan.dwell_us / d.flyback_settle_us)
+
+    def _time(self, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+        return row * self.line_time_us + col * self.scan.dwell_us
+
+    def positions_at(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute stage positions of the pixel grid ``rows x cols`` (index arrays).
+
+        Returns
+        -------
+        x_nm, y_nm : ndarray, shape (len(rows), len(cols)), float64.
+        """
+        r = np.asarray(rows, dtype=np.float64)[:, None]
+        c = np.asarray(cols, dtype=np.float64)[None, :]
+        jitter = self.distortion.line_offsets_nm[np.asarray(rows)][:, None]
+        u = (c - self._cc) * self.px + jitter + self._flyback(c)
+        v = (r - self._rc) * self.px
+        t = self._time(r, c)
+        vx, vy = self.distortion.drift_nm_per_us
+        x = self.scan.x_nm + self._cos * u - self._sin * v + vx * t
+        y = self.scan.y_nm + self._sin * u + self._cos * v + vy * t
+        return x, y
+
+    def to_pixels(self, x_nm: np.ndarray, y_nm: np.ndarray, iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (row, col), sub-pixel, where stage points appear in the frame.
+
+        The distortions are small and smooth, so a fixed-point iteration from the
+        undistorted inverse converges geometrically (line jitter is interpolated
+        linearly between lines).
+
+        Returns
+        -------
+        row, col : ndarray, float64, same shape as the inputs.
+        """
+        qx = np.asarray(x_nm, dtype=np.float64) - self.scan.x_nm
+        qy = np.asarray(y_nm, dtype=np.float64) - self.scan.y_nm
+        vx, vy = self.distortion.drift_nm_per_us
+        lines = np.arange(self.scan.rows, dtype=np.float64)
+        row = (-self._sin * qx + self._cos * qy) / self.px + self._rc
+        col = (self._cos * qx + self._sin * qy) / self.px + self._cc
+        for _ in range(iterations):
+            t = self._time(row, col)
+            px_, py_ = qx - vx * t, qy - vy * t
+            u = self._cos * px_ + self._sin * py_
+            v = -self._sin * px_ + self._cos * py_
+            row = v / self.px + self._rc
+            jitter = np.interp(row, lines, self.distortion.line_offsets_nm)
+            col = (u - jitter - self._flyback(col)) / self.px + self._cc
+        return row, col
+
+    def footprint_box(self, margin_nm: float) -> tuple[float, float, float, float]:
+        """Stage-coordinate bounding box (x0, x1, y0, y1) of the field plus a margin."""
+        hw = 0.5 * self.scan.cols * self.px
+        hh = 0.5 * self.scan.rows * self.px
+        ex = abs(self._cos) * hw + abs(self._sin) * hh
+        ey = abs(self._sin) * hw + abs(self._cos) * hh
+        d = self.distortion
+        total_t = self.scan.rows * self.line_time_us
+        slack = (
+            margin_nm + float(np.max(np.abs(d.line_offsets_nm), initial=0.0)) + d.flyback_amplitude_nm
+            + total_t * float(np.hypot(*d.drift_nm_per_us))
+        )
+        return (self.scan.x_nm - ex - slack, self.scan.x_nm + ex + slack,
+                self.scan.y_nm - ey - slack, self.scan.y_nm + ey + slack)
