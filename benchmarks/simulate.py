@@ -27,8 +27,12 @@ LATTICES = ("MoS2", "WS2", "graphene", "SrTiO3")
 
 def _stats(seconds: list[float]) -> dict[str, float]:
     ms = np.array(seconds) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
-            "n": len(ms)}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(ms.min()),
+        "n": len(ms),
+    }
 
 
 def _child(frames: int, tuned: bool) -> dict[str, object]:
@@ -86,14 +90,21 @@ def main() -> None:
     key = "atomic_512_MoS2_new_area"
     result = {
         "benchmark": "simulate",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "threads": 1},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "threads": 1,
+        },
         "target": "512x512 atomic-resolution frame under 50 ms median on one core",
         "default_allocator": default,
         "tuned_allocator": tuned,
         "speedup_tuned_vs_default_MoS2": default[key]["median_ms"] / tuned[key]["median_ms"],  # type: ignore[index]
         "meets_target_tuned": all(
-            v["median_ms"] < 50.0 for k, v in tuned.items() if k.startswith("atomic_512")  # type: ignore[union-attr]
+            v["median_ms"] < 50.0
+            for k, v in tuned.items()
+            if k.startswith("atomic_512")  # type: ignore[union-attr]
         ),
     }
     text = json.dumps(result, indent=2)

@@ -36,25 +36,41 @@ class SpecimenConfig(BaseModel):
     )
     width_nm: float = Field(256.0, gt=0.0, le=4096.0, description="Extent along x.")
     height_nm: float = Field(256.0, gt=0.0, le=4096.0, description="Extent along y.")
-    base_defect_rate: float = Field(0.003, ge=0.0, le=0.5, description="Defect probability per site away from hot spots.")
+    base_defect_rate: float = Field(
+        0.003, ge=0.0, le=0.5, description="Defect probability per site away from hot spots."
+    )
     hotspot_density_per_um2: float = Field(
         150.0, ge=0.0, le=10000.0, description="Hot spots per square micrometre (1 um^2 = 1e6 nm^2)."
     )
     hotspot_peak_rate: float = Field(0.12, ge=0.0, le=0.5, description="Extra defect probability at a hot-spot centre.")
     hotspot_radius_nm: tuple[float, float] = Field((3.0, 10.0), description="Range of hot-spot Gaussian sigmas, nm.")
     feature_correlation: Fraction = Field(
-        0.7, description="Fraction of hot spots anchored on low-magnification features (hole edges, contamination, thick areas)."
+        0.7,
+        description="Fraction of hot spots anchored on low-magnification features (hole and patch edges, thick areas).",
     )
     hole_density_per_um2: float = Field(200.0, ge=0.0, le=10000.0, description="Holes per square micrometre.")
     hole_radius_nm: tuple[float, float] = Field((3.0, 12.0), description="Range of mean hole radii, nm.")
-    contamination_density_per_um2: float = Field(300.0, ge=0.0, le=10000.0, description="Contamination patches per um^2.")
+    contamination_density_per_um2: float = Field(
+        300.0, ge=0.0, le=10000.0, description="Contamination patches per um^2."
+    )
     contamination_radius_nm: tuple[float, float] = Field((3.0, 10.0), description="Range of patch radii, nm.")
     thickness_variation: float = Field(0.25, ge=0.0, le=0.9, description="Relative amplitude of the thickness map.")
     thickness_length_nm: float = Field(60.0, gt=0.0, description="Typical length scale of the thickness map.")
-    contamination_columns_per_nm2: float = Field(20.0, ge=0.0, le=200.0, description="Amorphous columns per nm^2 at full cover.")
-    contamination_atoms_per_column: float = Field(4.0, ge=0.0, le=100.0, description="Carbon atoms per amorphous column.")
+    contamination_columns_per_nm2: float = Field(
+        20.0, ge=0.0, le=200.0, description="Amorphous columns per nm^2 at full cover."
+    )
+    contamination_atoms_per_column: float = Field(
+        4.0, ge=0.0, le=100.0, description="Carbon atoms per amorphous column."
+    )
     knockon_cross_section_a2: dict[str, float] = Field(
-        default_factory=lambda: {"chalcogen": 5e-9, "oxygen": 2e-9, "carbon": 1e-10, "metal": 1e-10, "A": 1e-10, "B": 0.0},
+        default_factory=lambda: {
+            "chalcogen": 5e-9,
+            "oxygen": 2e-9,
+            "carbon": 1e-10,
+            "metal": 1e-10,
+            "A": 1e-10,
+            "B": 0.0,
+        },
         description="Knock-on displacement cross-section per site role, A^2 (illustrative, not calibrated).",
     )
     tile_nm: float = Field(8.0, gt=0.5, le=64.0, description="Edge of the lazily generated tiles.")

@@ -43,8 +43,9 @@ class DoseMap:
         out[ok] = self._grid[row[ok], col[ok]]
         return out
 
-    def expose(self, center_nm: tuple[float, float], size_nm: tuple[float, float], rotation_deg: float,
-               dose_e_per_a2: float) -> None:
+    def expose(
+        self, center_nm: tuple[float, float], size_nm: tuple[float, float], rotation_deg: float, dose_e_per_a2: float
+    ) -> None:
         """Add ``dose_e_per_a2`` to every cell whose centre lies in a rotated rectangle.
 
         Parameters

@@ -50,6 +50,8 @@ def checked(model: type[M], **values: Any) -> M:
             if name in model.model_fields:
                 given = values.get(name, "<missing>")
                 lines.append(f"{name} must be {valid_range(model, name)} (got {given!r}): {err['msg']}")
+            elif err["type"] == "extra_forbidden":
+                lines.append(f"{name} is not a parameter of {model.__name__} (valid: {', '.join(model.model_fields)})")
             else:
                 lines.append(f"{model.__name__}: {err['msg']}")
         raise ParameterError("; ".join(lines)) from None

@@ -38,8 +38,13 @@ class WobblyDiscs:
     phases: np.ndarray
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, count: int, bounds: tuple[float, float, float, float],
-             radius_range_nm: tuple[float, float]) -> WobblyDiscs:
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        count: int,
+        bounds: tuple[float, float, float, float],
+        radius_range_nm: tuple[float, float],
+    ) -> WobblyDiscs:
         """Draw ``count`` discs uniformly inside ``bounds`` = (x0, x1, y0, y1)."""
         x0, x1, y0, y1 = bounds
         centers = np.column_stack([rng.uniform(x0, x1, count), rng.uniform(y0, y1, count)])

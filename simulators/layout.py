@@ -32,15 +32,20 @@ def _count(rng: np.random.Generator, per_um2: float, area_nm2: float) -> int:
     return int(rng.poisson(per_um2 * area_nm2 * 1e-6))
 
 
-def _thick_point(rng: np.random.Generator, thickness: ThicknessMap, bounds: tuple[float, float, float, float]) -> np.ndarray:
+def _thick_point(
+    rng: np.random.Generator, thickness: ThicknessMap, bounds: tuple[float, float, float, float]
+) -> np.ndarray:
     # The thickest of a few random candidates: a point on a visible thick area.
     x0, x1, y0, y1 = bounds
     cand = np.column_stack([rng.uniform(x0, x1, 32), rng.uniform(y0, y1, 32)])
     return cand[int(np.argmax(thickness(cand[:, 0], cand[:, 1])))]
 
 
-def _anchor(rng: np.random.Generator, layout_parts: tuple[WobblyDiscs, WobblyDiscs, ThicknessMap],
-            bounds: tuple[float, float, float, float]) -> np.ndarray:
+def _anchor(
+    rng: np.random.Generator,
+    layout_parts: tuple[WobblyDiscs, WobblyDiscs, ThicknessMap],
+    bounds: tuple[float, float, float, float],
+) -> np.ndarray:
     holes, patches, thickness = layout_parts
     choices = [name for name, n in (("hole", holes.count), ("patch", patches.count)) if n] + ["thick"]
     kind = choices[int(rng.integers(len(choices)))]

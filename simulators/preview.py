@@ -40,8 +40,7 @@ def save_preview(frame: SimulatedFrame, path: str | Path, dpi: int = 110) -> Non
         ax.set_xticks([])
         ax.set_yticks([])
     s = frame.scan
-    axes[0].set_title(f"{frame.lattice}  fov {s.fov_nm:g} nm  {s.rows}x{s.cols} px  "
-                      f"{frame.dose_e_per_a2:.3g} e/A^2")
+    axes[0].set_title(f"{frame.lattice}  fov {s.fov_nm:g} nm  {s.rows}x{s.cols} px  {frame.dose_e_per_a2:.3g} e/A^2")
     ax = axes[1]
     truth = frame.truth
     region = truth.region_mask
@@ -54,8 +53,16 @@ def save_preview(frame: SimulatedFrame, path: str | Path, dpi: int = 110) -> Non
         for cls, (colour, marker, size, label) in _CLASS_STYLE.items():
             sel = cols.class_id == cls
             if sel.any():
-                ax.scatter(cols.col[sel], cols.row[sel], s=size, c=colour, marker=marker, label=label,
-                           edgecolors="none" if cls == ColumnClass.ATOM else "black", linewidths=0.5)
+                ax.scatter(
+                    cols.col[sel],
+                    cols.row[sel],
+                    s=size,
+                    c=colour,
+                    marker=marker,
+                    label=label,
+                    edgecolors="none" if cls == ColumnClass.ATOM else "black",
+                    linewidths=0.5,
+                )
         ax.set_title(f"ground truth: {len(cols)} columns, {len(cols.defects())} defects")
     else:
         density = truth.defect_density_per_nm2

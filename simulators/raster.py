@@ -7,7 +7,6 @@ so every distortion of the scan is honoured exactly.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -16,10 +15,19 @@ from simulators.features import WobblyDiscs
 from simulators.scan import ScanGeometry
 
 
-def splat_columns(geometry: ScanGeometry, x_nm: np.ndarray, y_nm: np.ndarray, row_f: np.ndarray,
-                  col_f: np.ndarray, weight: np.ndarray, sigma_nm: float, radius_px: int,
-                  mask: np.ndarray | None = None, labels: np.ndarray | None = None,
-                  mask_radius_nm: float = 0.0) -> np.ndarray:
+def splat_columns(
+    geometry: ScanGeometry,
+    x_nm: np.ndarray,
+    y_nm: np.ndarray,
+    row_f: np.ndarray,
+    col_f: np.ndarray,
+    weight: np.ndarray,
+    sigma_nm: float,
+    radius_px: int,
+    mask: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    mask_radius_nm: float = 0.0,
+) -> np.ndarray:
     """Sum of area-normalised Gaussians ``sum_i w_i exp(-d_i^2 / 2 s^2) / (2 pi s^2)`` per pixel.
 
     Each column is evaluated on a (2k+1)^2 patch around the pixel nearest to
@@ -67,7 +75,7 @@ def splat_columns(geometry: ScanGeometry, x_nm: np.ndarray, y_nm: np.ndarray, ro
     ci = c0[:, None] + off
     shift_u, shift_v = geometry.line_shift(ri, c0[:, None])
     dv = ((ri - geometry.row_center) * px + shift_v - va[:, None]).astype(np.float32)
-    du_col = ((ci - geometry.col_center) * px + geometry.flyback(ci.astype(np.float64)) - ua[:, None])
+    du_col = (ci - geometry.col_center) * px + geometry.flyback(ci.astype(np.float64)) - ua[:, None]
     du = du_col.astype(np.float32)[:, None, :] + shift_u.astype(np.float32)[:, :, None]  # (n, K, K)
     d2 = du * du + (dv * dv)[:, :, None]
     amp = (weight / (2.0 * np.pi * sigma_nm**2)).astype(np.float32)
@@ -93,8 +101,13 @@ def _interp_matrix(n_full: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     return knots, np.stack([np.interp(np.arange(n_full), knots, e) for e in eye])
 
 
-def smooth_field(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], geometry: ScanGeometry, stride: int,
-                 rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+def smooth_field(
+    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    geometry: ScanGeometry,
+    stride: int,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+) -> np.ndarray:
     """Evaluate a smooth field on every ``stride``-th pixel and interpolate bilinearly.
 
     Parameters
@@ -124,8 +137,9 @@ def smooth_field(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], geometry: S
     return wr.T @ np.asarray(fn(x, y), dtype=np.float64) @ wc
 
 
-def disc_slices(discs: WobblyDiscs, indices: np.ndarray, geometry: ScanGeometry, reach: float,
-                pad_px: int) -> list[tuple[int, slice, slice]]:
+def disc_slices(
+    discs: WobblyDiscs, indices: np.ndarray, geometry: ScanGeometry, reach: float, pad_px: int
+) -> list[tuple[int, slice, slice]]:
     """For each disc, the (row, col) slices of the frame its ``reach * max radius`` can touch."""
     scan = geometry.scan
     out = []

@@ -19,6 +19,7 @@ Gaussian read noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -45,6 +46,11 @@ def _stride(length_nm: float, px: float, per: float = 3.0) -> int:
     return int(np.clip(length_nm / px / per, 1, 32))
 
 
+def _effective_sigma_nm(imaging: ImagingParams, px: float) -> float:
+    """Probe sigma widened by the beam's travel during one dwell (a box of one pixel: px^2 / 12)."""
+    return float(np.sqrt(imaging.probe_sigma_nm**2 + px**2 / 12.0))
+
+
 def _off_specimen(specimen: Specimen, geometry: ScanGeometry) -> np.ndarray:
     scan = geometry.scan
     x0, x1, y0, y1 = specimen.bounds_nm
@@ -53,6 +59,13 @@ def _off_specimen(specimen: Specimen, geometry: ScanGeometry) -> np.ndarray:
         return np.zeros((scan.rows, scan.cols), dtype=bool)
     x, y = geometry.positions_at(np.arange(scan.rows), np.arange(scan.cols))
     return (x < x0) | (x > x1) | (y < y0) | (y > y1)
+
+
+def _distortion_pad_px(geometry: ScanGeometry) -> int:
+    """Pixels by which line jitter and flyback can move a feature's footprint."""
+    d = geometry.distortion
+    slack_nm = float(np.abs(d.line_offsets_nm).max(initial=0.0)) + d.flyback_amplitude_nm
+    return int(np.ceil(slack_nm / geometry.px)) + 2
 
 
 def _regions(specimen: Specimen, geometry: ScanGeometry) -> _Regions:
@@ -65,17 +78,16 @@ def _regions(specimen: Specimen, geometry: ScanGeometry) -> _Regions:
     scan, px = geometry.scan, geometry.px
     holes, patches = specimen.layout.holes, specimen.layout.contamination
     box = geometry.footprint_box(margin_nm=0.0)
-    pad = int(np.ceil((np.abs(geometry.distortion.line_offsets_nm).max(initial=0.0)
-                       + geometry.distortion.flyback_amplitude_nm) / px)) + 2
+    pad = _distortion_pad_px(geometry)
     smallest = min(specimen.config.hole_radius_nm[0], specimen.config.contamination_radius_nm[0])
     stride = _stride(smallest, px, per=12.0)
     rel = np.full((scan.rows, scan.cols), np.inf)
     for j, rs, cs in disc_slices(holes, holes.near(*box), geometry, 1.0, pad):
-        d = smooth_field(lambda a, b, j=j: holes.relative_distance(j, a, b), geometry, stride, rs, cs)
+        d = smooth_field(partial(holes.relative_distance, j), geometry, stride, rs, cs)
         np.minimum(rel[rs, cs], d, out=rel[rs, cs])
     cover = np.zeros((scan.rows, scan.cols))
     for j, rs, cs in disc_slices(patches, patches.near(*box, reach=1.6), geometry, 1.6, pad):
-        d = smooth_field(lambda a, b, j=j: patches.relative_distance(j, a, b), geometry, stride, rs, cs)
+        d = smooth_field(partial(patches.relative_distance, j), geometry, stride, rs, cs)
         cover[rs, cs] += np.exp(-(d**4))
     hole = (rel < 1.0) | _off_specimen(specimen, geometry)
     cover = np.minimum(cover, 1.0)
@@ -83,11 +95,12 @@ def _regions(specimen: Specimen, geometry: ScanGeometry) -> _Regions:
     return _Regions(hole, cover)
 
 
-def _atomic(specimen: Specimen, geometry: ScanGeometry, imaging: ImagingParams) -> tuple[np.ndarray, np.ndarray,
-                                                                                          ColumnTruth]:
+def _atomic(
+    specimen: Specimen, geometry: ScanGeometry, imaging: ImagingParams
+) -> tuple[np.ndarray, np.ndarray, ColumnTruth]:
     """Scattering density, class mask and column truth of an atomic-resolution frame."""
     scan, px = geometry.scan, geometry.px
-    sigma = float(np.sqrt(imaging.probe_sigma_nm**2 + px**2 / 12.0))
+    sigma = _effective_sigma_nm(imaging, px)
     mask_r = imaging.mask_radius_fraction * specimen.lattice.nn_spacing_nm
     k = int(np.ceil(max(3.0 * sigma, mask_r) / px))
     box = geometry.footprint_box(margin_nm=k * px)
@@ -99,14 +112,29 @@ def _atomic(specimen: Specimen, geometry: ScanGeometry, imaging: ImagingParams) 
     class_mask = np.zeros((scan.rows, scan.cols), dtype=np.uint8)
     # Amorphous columns carry label 0: they add signal but no class.
     signal = splat_columns(
-        geometry, np.r_[cols_.x_nm[near], ax], np.r_[cols_.y_nm[near], ay], np.r_[row_f[near], arow],
-        np.r_[col_f[near], acol], np.r_[cols_.weight[near], aw], sigma, k, mask=class_mask,
-        labels=np.r_[_CLASS_OF_KIND[cols_.kind[near]], np.zeros(len(ax), np.uint8)], mask_radius_nm=mask_r,
+        geometry,
+        np.r_[cols_.x_nm[near], ax],
+        np.r_[cols_.y_nm[near], ay],
+        np.r_[row_f[near], arow],
+        np.r_[col_f[near], acol],
+        np.r_[cols_.weight[near], aw],
+        sigma,
+        k,
+        mask=class_mask,
+        labels=np.r_[_CLASS_OF_KIND[cols_.kind[near]], np.zeros(len(ax), np.uint8)],
+        mask_radius_nm=mask_r,
     )
     inside = (row_f >= -0.5) & (row_f < scan.rows - 0.5) & (col_f >= -0.5) & (col_f < scan.cols - 0.5)
     truth = ColumnTruth(
-        row_f[inside], col_f[inside], cols_.x_nm[inside], cols_.y_nm[inside], cols_.species[inside],
-        _CLASS_OF_KIND[cols_.kind[inside]], cols_.kind[inside], cols_.weight[inside], cols_.damaged[inside],
+        row_f[inside],
+        col_f[inside],
+        cols_.x_nm[inside],
+        cols_.y_nm[inside],
+        cols_.species[inside],
+        _CLASS_OF_KIND[cols_.kind[inside]],
+        cols_.kind[inside],
+        cols_.weight[inside],
+        cols_.damaged[inside],
     )
     return signal, class_mask, truth
 
@@ -136,8 +164,14 @@ def _noisy(expected: np.ndarray, imaging: ImagingParams, rng: np.random.Generato
     return image
 
 
-def _truth(specimen: Specimen, geometry: ScanGeometry, regions: _Regions, class_mask: np.ndarray,
-           columns: ColumnTruth, atomic: bool) -> FrameTruth:
+def _truth(
+    specimen: Specimen,
+    geometry: ScanGeometry,
+    regions: _Regions,
+    class_mask: np.ndarray,
+    columns: ColumnTruth,
+    atomic: bool,
+) -> FrameTruth:
     region = np.where(regions.hole, Region.HOLE, Region.FILM).astype(np.uint8)
     region[(regions.cover > _CONTAMINATION_THRESHOLD) & ~regions.hole] = Region.CONTAMINATION
     class_mask[regions.hole] = ColumnClass.BACKGROUND
@@ -147,8 +181,13 @@ def _truth(specimen: Specimen, geometry: ScanGeometry, regions: _Regions, class_
     return FrameTruth(columns, class_mask, region, density.astype(np.float32), atomic)
 
 
-def render_frame(specimen: Specimen, scan: ScanRequest, imaging: ImagingParams | None = None,
-                 rng: np.random.Generator | None = None, distortion: ScanDistortion | None = None) -> SimulatedFrame:
+def render_frame(
+    specimen: Specimen,
+    scan: ScanRequest,
+    imaging: ImagingParams | None = None,
+    rng: np.random.Generator | None = None,
+    distortion: ScanDistortion | None = None,
+) -> SimulatedFrame:
     """Render one frame of ``specimen`` and its ground truth.
 
     Parameters
@@ -178,7 +217,8 @@ def render_frame(specimen: Specimen, scan: ScanRequest, imaging: ImagingParams |
     rng = rng if rng is not None else np.random.default_rng(0)
     specimen.check_position(scan.x_nm, scan.y_nm)
     dist = distortion if distortion is not None else ScanDistortion.draw(rng, scan, imaging)
-    geometry = ScanGeometry(scan, dist, imaging.flyback_time_us)
+    sigma_rows = _effective_sigma_nm(imaging, scan.pixel_size_nm) / scan.pixel_size_nm
+    geometry = ScanGeometry(scan, dist, imaging.flyback_time_us, truth_smoothing_rows=sigma_rows)
     regions = _regions(specimen, geometry)
     atomic = scan.pixel_size_nm <= imaging.atomic_max_pixel_fraction * specimen.lattice.nn_spacing_nm
     if atomic:
@@ -193,5 +233,6 @@ def render_frame(specimen: Specimen, scan: ScanRequest, imaging: ImagingParams |
     dose = imaging.dose_e_per_a2(scan)
     if imaging.track_dose:
         specimen.dose.expose((scan.x_nm, scan.y_nm), (scan.fov_nm, scan.fov_rows_nm), scan.rotation_deg, dose)
-    return SimulatedFrame(image, expected.astype(np.float32), truth, scan, imaging, specimen.lattice.name,
-                          specimen.config.seed, dose)
+    return SimulatedFrame(
+        image, expected.astype(np.float32), truth, scan, imaging, specimen.lattice.name, specimen.config.seed, dose
+    )

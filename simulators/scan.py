@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from simulators.config import ImagingParams, ScanRequest
 
@@ -47,8 +48,12 @@ class ScanDistortion:
         jitter = rng.normal(0.0, 1.0, scan.rows) * imaging.line_jitter_nm
         angle = rng.uniform(0, 2 * np.pi)
         speed = imaging.drift_nm_per_s * 1e-6
-        return cls(jitter, imaging.flyback_amplitude_nm, imaging.flyback_settle_us,
-                   (speed * np.cos(angle), speed * np.sin(angle)))
+        return cls(
+            jitter,
+            imaging.flyback_amplitude_nm,
+            imaging.flyback_settle_us,
+            (speed * np.cos(angle), speed * np.sin(angle)),
+        )
 
     @classmethod
     def none(cls, rows: int) -> ScanDistortion:
@@ -59,9 +64,17 @@ class ScanDistortion:
 class ScanGeometry:
     """Forward and inverse maps between frame pixels and stage coordinates."""
 
-    def __init__(self, scan: ScanRequest, distortion: ScanDistortion, flyback_time_us: float) -> None:
+    def __init__(
+        self, scan: ScanRequest, distortion: ScanDistortion, flyback_time_us: float, truth_smoothing_rows: float = 0.0
+    ) -> None:
         self.scan = scan
         self.distortion = distortion
+        # A column spans a few lines, so the image shows it at the probe-weighted
+        # mean of their jitter: the truth uses that mean, the scan the raw offsets.
+        offsets = distortion.line_offsets_nm
+        self._truth_jitter = (
+            gaussian_filter1d(offsets, truth_smoothing_rows, mode="nearest") if truth_smoothing_rows > 0 else offsets
+        )
         self.px = scan.pixel_size_nm
         self.line_time_us = scan.cols * scan.dwell_us + flyback_time_us
         t = np.deg2rad(scan.rotation_deg)
@@ -153,7 +166,7 @@ class ScanGeometry:
             u = self._cos * px_ + self._sin * py_
             v = -self._sin * px_ + self._cos * py_
             row = v / self.px + self._rc
-            jitter = np.interp(row, lines, self.distortion.line_offsets_nm)
+            jitter = np.interp(row, lines, self._truth_jitter)
             col = (u - jitter - self._flyback(col)) / self.px + self._cc
         return row, col
 
@@ -166,8 +179,14 @@ class ScanGeometry:
         d = self.distortion
         total_t = self.scan.rows * self.line_time_us
         slack = (
-            margin_nm + float(np.max(np.abs(d.line_offsets_nm), initial=0.0)) + d.flyback_amplitude_nm
+            margin_nm
+            + float(np.max(np.abs(d.line_offsets_nm), initial=0.0))
+            + d.flyback_amplitude_nm
             + total_t * float(np.hypot(*d.drift_nm_per_us))
         )
-        return (self.scan.x_nm - ex - slack, self.scan.x_nm + ex + slack,
-                self.scan.y_nm - ey - slack, self.scan.y_nm + ey + slack)
+        return (
+            self.scan.x_nm - ex - slack,
+            self.scan.x_nm + ex + slack,
+            self.scan.y_nm - ey - slack,
+            self.scan.y_nm + ey + slack,
+        )

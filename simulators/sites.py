@@ -19,8 +19,8 @@ import numpy as np
 from simulators.defects import DefectKind
 from simulators.elements import column_label, z_weight
 from simulators.features import contamination_cover, inside_holes
-from simulators.layout import SpecimenLayout
 from simulators.lattices import LatticeSpec
+from simulators.layout import SpecimenLayout
 
 _DAMAGE_CHAINS: dict[str, tuple[DefectKind, ...]] = {
     "chalcogen": (DefectKind.NONE, DefectKind.CHALCOGEN_SINGLE_VACANCY, DefectKind.CHALCOGEN_DOUBLE_VACANCY),
@@ -57,7 +57,12 @@ class StateTable:
     @classmethod
     def of(cls, lattice: LatticeSpec) -> StateTable:
         """Build the table of ``lattice``."""
-        site, kind, weight, species, first, nxt = [], [], [], [], [], []
+        site: list[int] = []
+        kind: list[int] = []
+        weight: list[float] = []
+        species: list[str] = []
+        first: list[int] = []
+        nxt: list[int] = []
         for s, spec in enumerate(lattice.sites):
             first.append(len(site))
             options = [(DefectKind.NONE, spec.atoms)] + [(r.kind, r.atoms) for r in spec.defects]
@@ -72,8 +77,13 @@ class StateTable:
                 after = chain[pos + 1] if 0 <= pos < len(chain) - 1 else None
                 nxt.append(by_kind.get(after, first[-1] + i) if after is not None else first[-1] + i)
         return cls(
-            np.array(site, np.int16), np.array(kind, np.uint8), np.array(weight), np.array(species),
-            np.array(nxt, np.int16), np.array(first, np.int16), tuple(s.role for s in lattice.sites),
+            np.array(site, np.int16),
+            np.array(kind, np.uint8),
+            np.array(weight),
+            np.array(species),
+            np.array(nxt, np.int16),
+            np.array(first, np.int16),
+            tuple(s.role for s in lattice.sites),
         )
 
 
@@ -96,8 +106,9 @@ class SiteTile:
         return sum(int(getattr(self, f).nbytes) for f in self.__dataclass_fields__)
 
 
-def lattice_points(lattice: LatticeSpec, rotation_rad: float, origin_nm: np.ndarray,
-                   box: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lattice_points(
+    lattice: LatticeSpec, rotation_rad: float, origin_nm: np.ndarray, box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All lattice columns with ``x0 <= x < x1`` and ``y0 <= y < y1``.
 
     Returns
@@ -124,8 +135,9 @@ def lattice_points(lattice: LatticeSpec, rotation_rad: float, origin_nm: np.ndar
     return pts[keep, 0], pts[keep, 1], site[keep]
 
 
-def _draw_states(rng: np.random.Generator, lattice: LatticeSpec, table: StateTable, site: np.ndarray,
-                 defective: np.ndarray) -> np.ndarray:
+def _draw_states(
+    rng: np.random.Generator, lattice: LatticeSpec, table: StateTable, site: np.ndarray, defective: np.ndarray
+) -> np.ndarray:
     state = table.first[site].astype(np.int16)
     u = rng.uniform(size=len(site))
     for s, spec in enumerate(lattice.sites):
@@ -138,9 +150,18 @@ def _draw_states(rng: np.random.Generator, lattice: LatticeSpec, table: StateTab
     return state
 
 
-def generate_tile(seed: int, index: tuple[int, int], tile_nm: float, lattice: LatticeSpec, table: StateTable,
-                  rotation_rad: float, origin_nm: np.ndarray, layout: SpecimenLayout,
-                  amorphous_per_nm2: float, amorphous_weight: float) -> SiteTile:
+def generate_tile(
+    seed: int,
+    index: tuple[int, int],
+    tile_nm: float,
+    lattice: LatticeSpec,
+    table: StateTable,
+    rotation_rad: float,
+    origin_nm: np.ndarray,
+    layout: SpecimenLayout,
+    amorphous_per_nm2: float,
+    amorphous_weight: float,
+) -> SiteTile:
     """Generate tile ``index`` = (ix, iy), covering ``[ix*t, (ix+1)*t) x [iy*t, (iy+1)*t)``."""
     ix, iy = index
     rng = np.random.default_rng([seed, _TILE_SALT, ix + _INDEX_OFFSET, iy + _INDEX_OFFSET])

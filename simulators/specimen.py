@@ -18,8 +18,8 @@ from simulators.defects import DefectKind
 from simulators.dose import DoseMap
 from simulators.elements import z_weight
 from simulators.features import contamination_cover, inside_holes
-from simulators.layout import SpecimenLayout, draw_layout
 from simulators.lattices import LatticeSpec, get_lattice
+from simulators.layout import SpecimenLayout, draw_layout
 from simulators.sites import SiteTile, StateTable, generate_tile
 
 _LAYOUT_SALT = 0x1A7
@@ -107,9 +107,16 @@ class Specimen:
         tile = self._tiles.get(index)
         if tile is None:
             tile = generate_tile(
-                self.config.seed, index, self.config.tile_nm, self.lattice, self.table,
-                np.deg2rad(self.rotation_deg), self._origin_nm, self.layout,
-                self.config.contamination_columns_per_nm2, self.amorphous_weight,
+                self.config.seed,
+                index,
+                self.config.tile_nm,
+                self.lattice,
+                self.table,
+                np.deg2rad(self.rotation_deg),
+                self._origin_nm,
+                self.layout,
+                self.config.contamination_columns_per_nm2,
+                self.amorphous_weight,
             )
             self._tiles[index] = tile
             while len(self._tiles) > self.config.cache_tiles:
@@ -149,8 +156,12 @@ class Specimen:
         thick = np.concatenate([t.thickness for t in tiles])[keep]
         new_state = self._damage(state, u, x, y)
         return Columns(
-            x, y, self.table.weight[new_state] * thick, self.table.kind[new_state],
-            self.table.species[new_state], new_state != state,
+            x,
+            y,
+            self.table.weight[new_state] * thick,
+            self.table.kind[new_state],
+            self.table.species[new_state],
+            new_state != state,
         )
 
     def _damage(self, state: np.ndarray, u: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -115,14 +115,22 @@ class SimulatedFrame:
         """Write the frame and its ground truth to a compressed .npz file."""
         c = self.truth.columns
         meta = {
-            "scan": self.scan.model_dump(), "imaging": self.imaging.model_dump(), "lattice": self.lattice,
-            "specimen_seed": self.specimen_seed, "dose_e_per_a2": self.dose_e_per_a2,
-            "atoms_resolved": self.truth.atoms_resolved, "pixel_size_nm": self.pixel_size_nm,
+            "scan": self.scan.model_dump(),
+            "imaging": self.imaging.model_dump(),
+            "lattice": self.lattice,
+            "specimen_seed": self.specimen_seed,
+            "dose_e_per_a2": self.dose_e_per_a2,
+            "atoms_resolved": self.truth.atoms_resolved,
+            "pixel_size_nm": self.pixel_size_nm,
             "defect_kinds": [k.label for k in DefectKind],
         }
         np.savez_compressed(
-            Path(path), image=self.image, expected=self.expected, class_mask=self.truth.class_mask,
-            region_mask=self.truth.region_mask, defect_density_per_nm2=self.truth.defect_density_per_nm2,
+            Path(path),
+            image=self.image,
+            expected=self.expected,
+            class_mask=self.truth.class_mask,
+            region_mask=self.truth.region_mask,
+            defect_density_per_nm2=self.truth.defect_density_per_nm2,
             meta=np.array(json.dumps(meta)),
             **{f"columns_{f.name}": getattr(c, f.name) for f in fields(c)},
         )
@@ -133,9 +141,16 @@ class SimulatedFrame:
         with np.load(Path(path), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             cols = ColumnTruth(**{f.name: z[f"columns_{f.name}"] for f in fields(ColumnTruth)})
-            truth = FrameTruth(cols, z["class_mask"], z["region_mask"], z["defect_density_per_nm2"],
-                               bool(meta["atoms_resolved"]))
+            truth = FrameTruth(
+                cols, z["class_mask"], z["region_mask"], z["defect_density_per_nm2"], bool(meta["atoms_resolved"])
+            )
             return cls(
-                z["image"], z["expected"], truth, ScanRequest(**meta["scan"]), ImagingParams(**meta["imaging"]),
-                meta["lattice"], int(meta["specimen_seed"]), float(meta["dose_e_per_a2"]),
+                z["image"],
+                z["expected"],
+                truth,
+                ScanRequest(**meta["scan"]),
+                ImagingParams(**meta["imaging"]),
+                meta["lattice"],
+                int(meta["specimen_seed"]),
+                float(meta["dose_e_per_a2"]),
             )

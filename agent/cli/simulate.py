@@ -18,8 +18,12 @@ def _add_specimen_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lattice", default="MoS2", help="MoS2, WS2, graphene or SrTiO3 (default MoS2)")
     g.add_argument("--lattice-rotation-deg", type=float, default=None, help="in-plane rotation (default: from seed)")
     g.add_argument("--specimen-size-nm", type=float, default=256.0, help="edge of the square specimen (default 256)")
-    g.add_argument("--feature-correlation", type=float, default=0.7,
-                   help="fraction of defect hot spots on low-magnification features (default 0.7)")
+    g.add_argument(
+        "--feature-correlation",
+        type=float,
+        default=0.7,
+        help="fraction of defect hot spots on low-magnification features (default 0.7)",
+    )
 
 
 def _add_imaging_args(p: argparse.ArgumentParser) -> None:
@@ -61,8 +65,15 @@ def _specimen(args: argparse.Namespace) -> Any:
     from simulators.errors import checked
 
     size = args.specimen_size_nm
-    config = checked(SpecimenConfig, seed=args.seed, lattice=args.lattice, rotation_deg=args.lattice_rotation_deg,
-                     width_nm=size, height_nm=size, feature_correlation=args.feature_correlation)
+    config = checked(
+        SpecimenConfig,
+        seed=args.seed,
+        lattice=args.lattice,
+        rotation_deg=args.lattice_rotation_deg,
+        width_nm=size,
+        height_nm=size,
+        feature_correlation=args.feature_correlation,
+    )
     return Specimen(config)
 
 
@@ -90,10 +101,16 @@ def _render(args: argparse.Namespace, specimen: Any, stream: int, **field: Any) 
 def _summary(frame: Any, out: Path) -> dict[str, Any]:
     cols = frame.truth.columns
     return {
-        "file": str(out), "lattice": frame.lattice, "pixel_size_nm": frame.pixel_size_nm,
-        "dose_e_per_a2": frame.dose_e_per_a2, "atoms_resolved": frame.truth.atoms_resolved,
-        "n_columns": len(cols), "defects": cols.defect_counts(),
-        "expected_defects": float(frame.truth.defect_density_per_nm2.mean() * frame.scan.fov_nm * frame.scan.fov_rows_nm),
+        "file": str(out),
+        "lattice": frame.lattice,
+        "pixel_size_nm": frame.pixel_size_nm,
+        "dose_e_per_a2": frame.dose_e_per_a2,
+        "atoms_resolved": frame.truth.atoms_resolved,
+        "n_columns": len(cols),
+        "defects": cols.defect_counts(),
+        "expected_defects": float(
+            frame.truth.defect_density_per_nm2.mean() * frame.scan.fov_nm * frame.scan.fov_rows_nm
+        ),
     }
 
 
@@ -101,8 +118,17 @@ def _run_stem(args: argparse.Namespace) -> int:
     from simulators.preview import save_preview
 
     specimen = _specimen(args)
-    frame = _render(args, specimen, 0, x_nm=args.x_nm, y_nm=args.y_nm, fov_nm=args.fov_nm, rows=args.pixels,
-                    cols=args.pixels, rotation_deg=args.rotation_deg)
+    frame = _render(
+        args,
+        specimen,
+        0,
+        x_nm=args.x_nm,
+        y_nm=args.y_nm,
+        fov_nm=args.fov_nm,
+        rows=args.pixels,
+        cols=args.pixels,
+        rotation_deg=args.rotation_deg,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.save_npz(args.out)
     if args.png is not None:
@@ -125,11 +151,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     x0, x1, y0, y1 = specimen.bounds_nm
     survey_fov = 0.8 * min(x1 - x0, y1 - y0)
     survey = _render(args, specimen, 0, fov_nm=survey_fov, rows=512, cols=512, dwell_us=1.0)
-    hot = specimen.layout.hotspots
-    inside = [k for k, (x, y) in enumerate(hot.centers_nm)
-              if abs(x) < survey_fov / 2 - 6 and abs(y) < survey_fov / 2 - 6 and not specimen.in_hole(x, y)]
-    k = max(inside, key=lambda i: hot.sigmas_nm[i]) if inside else None
-    cx, cy = (hot.centers_nm[k] if k is not None else np.zeros(2)).tolist()
+    # Aim the atomic-resolution frame at the densest defects the survey's ground truth knows of.
+    density = survey.truth.defect_density_per_nm2
+    r, c = np.unravel_index(int(np.argmax(density)), density.shape)
+    px, half = survey.pixel_size_nm, (density.shape[0] - 1) / 2
+    cx, cy = float((c - half) * px), float((r - half) * px)
     atomic = _render(args, specimen, 1, x_nm=cx, y_nm=cy, fov_nm=10.24, rows=512, cols=512)
     report = {}
     for name, frame in (("survey", survey), ("hotspot", atomic)):

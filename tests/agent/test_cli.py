@@ -15,8 +15,28 @@ from simulators import SimulatedFrame
 
 def test_simulate_stem_writes_frame_truth_and_preview(tmp_path, capsys):
     out, png = tmp_path / "frame.npz", tmp_path / "preview.png"
-    status = main(["simulate", "stem", "--seed", "3", "--x-nm", "5", "--y-nm", "-7", "--fov-nm", "4",
-                   "--pixels", "96", "--specimen-size-nm", "64", "--out", str(out), "--png", str(png)])
+    status = main(
+        [
+            "simulate",
+            "stem",
+            "--seed",
+            "3",
+            "--x-nm",
+            "5",
+            "--y-nm",
+            "-7",
+            "--fov-nm",
+            "4",
+            "--pixels",
+            "96",
+            "--specimen-size-nm",
+            "64",
+            "--out",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
     assert status == 0
     frame = SimulatedFrame.load_npz(out)
     assert frame.image.shape == (96, 96) and frame.scan.x_nm == 5.0 and frame.specimen_seed == 3
@@ -28,8 +48,9 @@ def test_simulate_stem_writes_frame_truth_and_preview(tmp_path, capsys):
 
 def test_dose_option_sets_the_frame_dose(tmp_path, capsys):
     out = tmp_path / "f.npz"
-    assert main(["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--dose-e-per-a2", "5000",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--dose-e-per-a2", "5000", "--out", str(out)]) == 0
+    )
     assert SimulatedFrame.load_npz(out).dose_e_per_a2 == pytest.approx(5000.0)
 
 

@@ -10,6 +10,7 @@ from simulators import (
     DefectKind,
     ImagingParams,
     ScanDistortion,
+    ScanGeometry,
     ScanRequest,
     Specimen,
     SpecimenConfig,
@@ -28,14 +29,18 @@ def _heavy_isolated(frame, species: str, margin: int = 8):
 def _local_peak(image: np.ndarray, r: float, c: float, half: int = 2) -> tuple[float, float]:
     """Integer maximum near (r, c), refined by a 3-point parabola per axis."""
     r0, c0 = round(r), round(c)
-    win = image[r0 - half:r0 + half + 1, c0 - half:c0 + half + 1]
+    win = image[r0 - half : r0 + half + 1, c0 - half : c0 + half + 1]
     dr, dc = np.unravel_index(np.argmax(win), win.shape)
     pr, pc = r0 - half + dr, c0 - half + dc
+
     def vertex(a, b, cc):
         den = a - 2 * b + cc
         return 0.0 if den == 0 else 0.5 * (a - cc) / den
-    return (pr + vertex(image[pr - 1, pc], image[pr, pc], image[pr + 1, pc]),
-            pc + vertex(image[pr, pc - 1], image[pr, pc], image[pr, pc + 1]))
+
+    return (
+        pr + vertex(image[pr - 1, pc], image[pr, pc], image[pr + 1, pc]),
+        pc + vertex(image[pr, pc - 1], image[pr, pc], image[pr, pc + 1]),
+    )
 
 
 def _noise_free(track: bool = False) -> ImagingParams:
@@ -56,18 +61,28 @@ def test_planted_metal_columns_are_intensity_maxima():
 
 @pytest.mark.parametrize("rotation_deg", [0.0, 37.0, -115.0])
 def test_rotation_and_distortion_keep_truth_aligned(rotation_deg):
-    specimen = Specimen(SpecimenConfig(seed=8, lattice="SrTiO3", width_nm=60, height_nm=60,
-                                       contamination_density_per_um2=0))
+    specimen = Specimen(
+        SpecimenConfig(
+            seed=8, lattice="SrTiO3", width_nm=60, height_nm=60, hole_density_per_um2=0, contamination_density_per_um2=0
+        )
+    )
     scan = ScanRequest(x_nm=-4, y_nm=2, fov_nm=6.0, rows=300, cols=300, rotation_deg=rotation_deg, dwell_us=20)
-    imaging = ImagingParams(shot_noise=False, read_noise_counts=0.0, background_fraction=0.0, track_dose=False,
-                            line_jitter_nm=0.01, drift_nm_per_s=2.0, flyback_amplitude_nm=0.05)
+    imaging = ImagingParams(
+        shot_noise=False,
+        read_noise_counts=0.0,
+        background_fraction=0.0,
+        track_dose=False,
+        line_jitter_nm=0.01,
+        drift_nm_per_s=0.3,
+        flyback_amplitude_nm=0.05,
+    )
     rng = np.random.default_rng(21)
     frame = render_frame(specimen, scan, imaging, rng)
     distorted = frame.truth.columns
-    ideal = render_frame(specimen, scan, imaging, np.random.default_rng(21),
-                         distortion=ScanDistortion.none(scan.rows)).truth.columns
+    ideal = ScanGeometry(scan, ScanDistortion.none(scan.rows), imaging.flyback_time_us)
+    ideal_row, ideal_col = ideal.to_pixels(distorted.x_nm, distorted.y_nm)
     # The distortion really moved the columns in the frame ...
-    shift = np.hypot(distorted.row - ideal.row, distorted.col - ideal.col)
+    shift = np.hypot(distorted.row - ideal_row, distorted.col - ideal_col)
     assert np.median(shift) > 0.5
     # ... and the truth follows: centroids of the image agree with it.
     heavy = _heavy_isolated(frame, "Sr", margin=10)
@@ -75,9 +90,9 @@ def test_rotation_and_distortion_keep_truth_aligned(rotation_deg):
     err = []
     for r, c in zip(heavy.row, heavy.col, strict=True):
         r0, c0 = round(r), round(c)
-        win = frame.expected[r0 - 4:r0 + 5, c0 - 4:c0 + 5].astype(np.float64)
+        win = frame.expected[r0 - 4 : r0 + 5, c0 - 4 : c0 + 5].astype(np.float64)
         win = np.clip(win - np.median(win), 0, None)
-        rr, cc = np.mgrid[r0 - 4:r0 + 5, c0 - 4:c0 + 5]
+        rr, cc = np.mgrid[r0 - 4 : r0 + 5, c0 - 4 : c0 + 5]
         err.append(np.hypot((rr * win).sum() / win.sum() - r, (cc * win).sum() / win.sum() - c))
     assert np.median(err) < 0.2
     assert np.percentile(err, 95) < 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -9,8 +11,9 @@ from simulators import DefectKind, Specimen, SpecimenConfig
 
 
 def test_defect_fraction_matches_the_map_bin_by_bin():
-    config = SpecimenConfig(seed=17, width_nm=200, height_nm=200, hotspot_density_per_um2=400.0,
-                            hole_density_per_um2=0.0)
+    config = SpecimenConfig(
+        seed=17, width_nm=200, height_nm=200, hotspot_density_per_um2=400.0, hole_density_per_um2=0.0
+    )
     specimen = Specimen(config)
     cols = specimen.columns_in_box((-60.0, 60.0, -60.0, 60.0))
     p = specimen.defect_probability(cols.x_nm, cols.y_nm)
@@ -18,7 +21,7 @@ def test_defect_fraction_matches_the_map_bin_by_bin():
     assert p.max() > 5 * config.base_defect_rate  # the region holds hot spots
     edges = np.array([0.0, 0.004, 0.01, 0.02, 0.05, 0.1, 1.0])
     tested = 0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (p >= lo) & (p < hi)
         if sel.sum() < 500:
             continue
@@ -64,8 +67,11 @@ def test_every_defect_kind_of_each_lattice_occurs():
     from simulators import LATTICES
 
     for name, lattice in LATTICES.items():
-        specimen = Specimen(SpecimenConfig(seed=1, lattice=name, base_defect_rate=0.2, width_nm=60, height_nm=60,
-                                           hole_density_per_um2=0.0))
+        specimen = Specimen(
+            SpecimenConfig(
+                seed=1, lattice=name, base_defect_rate=0.2, width_nm=60, height_nm=60, hole_density_per_um2=0.0
+            )
+        )
         cols = specimen.columns_in_box((-15.0, 15.0, -15.0, 15.0))
         expected = {rule.kind for site in lattice.sites for rule in site.defects}
         assert expected <= set(np.unique(cols.kind).tolist()), name

@@ -19,8 +19,14 @@ def test_dose_accumulates_only_where_the_beam_was():
 
 
 def test_knock_on_damage_creates_chalcogen_vacancies_in_the_exposed_field():
-    config = SpecimenConfig(seed=2, width_nm=60, height_nm=60, base_defect_rate=0.0, hotspot_density_per_um2=0,
-                            knockon_cross_section_a2={"chalcogen": 1e-7})
+    config = SpecimenConfig(
+        seed=2,
+        width_nm=60,
+        height_nm=60,
+        base_defect_rate=0.0,
+        hotspot_density_per_um2=0,
+        knockon_cross_section_a2={"chalcogen": 1e-7},
+    )
     specimen = Specimen(config)
     scan = ScanRequest(x_nm=0.0, y_nm=0.0, fov_nm=4.0, rows=128, cols=128, dwell_us=50.0)
     imaging = ImagingParams(probe_current_pa=200.0)

@@ -28,8 +28,9 @@ def test_survey_shows_holes_dark_and_contamination_bright():
 
 def test_survey_mean_matches_atomic_resolution_mean():
     # The continuum is the average of the atomic picture: same counts per area.
-    specimen = Specimen(SpecimenConfig(seed=12, hole_density_per_um2=0, contamination_density_per_um2=0,
-                                       thickness_variation=0.0))
+    specimen = Specimen(
+        SpecimenConfig(seed=12, hole_density_per_um2=0, contamination_density_per_um2=0, thickness_variation=0.0)
+    )
     imaging = ImagingParams(shot_noise=False, read_noise_counts=0.0, background_fraction=0.0, track_dose=False)
     atomic = render_frame(specimen, ScanRequest(fov_nm=8.0, rows=400, cols=400, dwell_us=1.0), imaging)
     coarse = render_frame(specimen, ScanRequest(fov_nm=8.0, rows=16, cols=16, dwell_us=1.0), imaging)
@@ -40,7 +41,7 @@ def test_survey_mean_matches_atomic_resolution_mean():
 
 
 def test_defect_density_map_peaks_on_hot_spots():
-    specimen = Specimen(SpecimenConfig(seed=12, hole_density_per_um2=0.0))
+    specimen = Specimen(SpecimenConfig(seed=12, hole_density_per_um2=0.0, hotspot_density_per_um2=400.0))
     frame = _survey(specimen)
     density = frame.truth.defect_density_per_nm2
     hot = specimen.layout.hotspots

@@ -47,8 +47,10 @@ def test_dose_sets_the_probe_current():
 def test_position_outside_the_specimen_is_refused(x, y, name):
     specimen = Specimen(SpecimenConfig(width_nm=80, height_nm=80))
     with pytest.raises(ValueError, match=rf"{name} must lie on the specimen, in \[-40, 40\] nm"):
-        render_frame(specimen, ScanRequest.model_construct(x_nm=x, y_nm=y, fov_nm=2.0, rows=16, cols=16,
-                                                           dwell_us=1.0, rotation_deg=0.0))
+        render_frame(
+            specimen,
+            ScanRequest.model_construct(x_nm=x, y_nm=y, fov_nm=2.0, rows=16, cols=16, dwell_us=1.0, rotation_deg=0.0),
+        )
 
 
 def test_unknown_lattice_lists_the_valid_ones():
@@ -57,7 +59,7 @@ def test_unknown_lattice_lists_the_valid_ones():
 
 
 def test_unknown_fields_are_refused():
-    with pytest.raises(ParameterError, match="extra"):
+    with pytest.raises(ParameterError, match="fov is not a parameter of ScanRequest"):
         checked(ScanRequest, fov=3.0)
 
 
@@ -70,7 +72,8 @@ def test_probability_ranges_are_checked():
 
 def test_render_with_a_valid_edge_position_works():
     specimen = Specimen(SpecimenConfig(width_nm=80, height_nm=80))
-    frame = render_frame(specimen, ScanRequest(x_nm=40.0, y_nm=-40.0, fov_nm=4.0, rows=64, cols=64),
-                         rng=np.random.default_rng(0))
+    frame = render_frame(
+        specimen, ScanRequest(x_nm=40.0, y_nm=-40.0, fov_nm=4.0, rows=64, cols=64), rng=np.random.default_rng(0)
+    )
     # Three quarters of the field lie off the specimen: vacuum, marked as hole.
     assert 0.6 < (frame.truth.region_mask == 1).mean() < 0.9
