@@ -60,7 +60,7 @@ class SpecimenConfig(BaseModel):
         20.0, ge=0.0, le=200.0, description="Amorphous columns per nm^2 at full cover."
     )
     contamination_atoms_per_column: float = Field(
-        4.0, ge=0.0, le=100.0, description="Carbon atoms per amorphous column."
+        20.0, ge=0.0, le=100.0, description="Carbon atoms per amorphous column."
     )
     knockon_cross_section_a2: dict[str, float] = Field(
         default_factory=lambda: {

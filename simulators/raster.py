@@ -66,8 +66,9 @@ def splat_columns(
         return np.zeros((rows, cols))
     r0 = np.rint(row_f).astype(np.int64)
     c0 = np.rint(col_f).astype(np.int64)
-    # Raster order keeps the scatter below cache-friendly.
-    order = np.argsort(r0 * (cols + 1) + c0, kind="stable")
+    # Only patches that can touch the frame; raster order keeps the scatter cache-friendly.
+    touches = (r0 >= -k) & (r0 <= rows - 1 + k) & (c0 >= -k) & (c0 <= cols - 1 + k)
+    order = np.flatnonzero(touches)[np.argsort((r0 * (cols + 1) + c0)[touches], kind="stable")]
     r0, c0, weight = r0[order], c0[order], weight[order]
     ua, va = geometry.scan_coordinates(x_nm[order], y_nm[order])
     off = np.arange(-k, k + 1)

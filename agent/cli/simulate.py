@@ -150,7 +150,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     x0, x1, y0, y1 = specimen.bounds_nm
     survey_fov = 0.8 * min(x1 - x0, y1 - y0)
-    survey = _render(args, specimen, 0, fov_nm=survey_fov, rows=512, cols=512, dwell_us=1.0)
+    survey = _render(args, specimen, 0, fov_nm=survey_fov, rows=512, cols=512, dwell_us=8.0)
     # Aim the atomic-resolution frame at the densest defects the survey's ground truth knows of.
     density = survey.truth.defect_density_per_nm2
     r, c = np.unravel_index(int(np.argmax(density)), density.shape)

@@ -53,3 +53,17 @@ def test_defect_density_map_peaks_on_hot_spots():
         r, c = round(y / px + 127.5), round(x / px + 127.5)
         assert density[r, c] > 2 * base
     assert np.median(density) < 1.5 * base
+
+
+def test_frames_inside_contamination_render_amorphous_columns():
+    specimen = Specimen(SpecimenConfig(seed=12, hole_density_per_um2=0.0))
+    patches = specimen.layout.contamination
+    j = int(np.argmax(patches.radii_nm))
+    cx, cy = patches.centers_nm[j]
+    for fov_nm in (2.0, 6.0):  # amorphous columns lie well beyond the small field
+        scan = ScanRequest(x_nm=float(cx), y_nm=float(cy), fov_nm=fov_nm, rows=96, cols=96)
+        frame = render_frame(specimen, scan, ImagingParams(track_dose=False), np.random.default_rng(0))
+        assert (frame.truth.region_mask == Region.CONTAMINATION).mean() > 0.9
+    clean = Specimen(SpecimenConfig(seed=12, hole_density_per_um2=0.0, contamination_density_per_um2=0.0))
+    bare = render_frame(clean, scan, ImagingParams(track_dose=False), np.random.default_rng(0))
+    assert frame.expected.mean() > 1.2 * bare.expected.mean()
