@@ -132,7 +132,10 @@ class ImagingParams(BaseModel):
     probe_current_pa: float = Field(20.0, gt=0.0, le=1e4, description="Probe current.")
     probe_fwhm_nm: float = Field(0.10, gt=0.0, le=50.0, description="Probe FWHM (aberration-corrected default).")
     cross_section_nm2_per_z17: float = Field(
-        2.9e-7, gt=0.0, description="HAADF cross-section per unit Z**1.7 (a Mo atom scatters ~1.5% at the probe peak)."
+        3.9e-7,
+        gt=0.0,
+        # abTEM multislice at 80 kV puts ~2% of the beam on the HAADF detector at a Mo column.
+        description="HAADF cross-section per unit Z**1.7 (a Mo column scatters ~2% at the probe peak).",
     )
     detector_efficiency: Fraction = Field(1.0, description="Fraction of scattered electrons counted.")
     background_fraction: float = Field(2e-4, ge=0.0, le=1.0, description="Flat background as a fraction of the beam.")

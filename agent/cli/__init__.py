@@ -13,12 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent.cli import simulate
+from agent.cli import segment, simulate, train
 
 #: Exit status for bad input (arguments, parameters, files).
 EXIT_USAGE = 2
 
-_SUBCOMMANDS = (simulate,)
+_SUBCOMMANDS = (simulate, train, segment)
 
 
 def build_parser() -> argparse.ArgumentParser:

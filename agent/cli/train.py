@@ -1,0 +1,74 @@
+"""``autoscope train`` and ``autoscope export``: build the segmentation ensemble.
+
+``train`` simulates a dataset and trains a deep ensemble with progress bars,
+checkpoints and resume; ``export`` writes all members as one ONNX graph with
+its manifest.  Both import torch (lazily, inside the handlers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``train`` and ``export`` to ``sub``."""
+    t = sub.add_parser("train", help="train the segmentation ensemble on simulated frames")
+    t.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
+    t.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, dataset, config)")
+    t.add_argument("--steps", type=int, default=800, help="optimisation steps per member (default 800)")
+    t.add_argument("--samples", type=int, default=2000, help="simulated training frames (default 2000)")
+    t.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    t.add_argument("--width", type=int, default=8, help="U-Net channels at full resolution (default 8)")
+    t.add_argument("--depth", type=int, default=3, help="U-Net down-sampling stages (default 3)")
+    t.add_argument("--seed", type=int, default=0, help="member seeds are derived from it (default 0)")
+    t.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset (default 0)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.set_defaults(handler=_run_train)
+
+    e = sub.add_parser("export", help="export a trained ensemble as one ONNX graph with its manifest")
+    e.add_argument("checkpoint_dir", type=Path, help="run directory written by autoscope train")
+    e.add_argument("--out", type=Path, required=True, help="output .onnx (the manifest .json goes beside it)")
+    e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
+    e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
+    e.set_defaults(handler=_run_export)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from models.training.train import TrainConfig, train_ensemble
+    from simulators.allocator import tune_allocator
+
+    tune_allocator()
+    if (args.out / "config.json").exists() and not args.resume:
+        raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
+    config = TrainConfig(
+        members=args.members,
+        steps=args.steps,
+        batch=args.batch,
+        width=args.width,
+        depth=args.depth,
+        samples=args.samples,
+        seed=args.seed,
+        data_seed=args.data_seed,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "command.txt").write_text(" ".join(shlex.quote(a) for a in ["autoscope", *sys.argv[1:]]) + "\n")
+    paths = train_ensemble(args.out, config, progress=True, threads=args.threads)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from models.training.export import export_run
+
+    if not (args.checkpoint_dir / "config.json").exists():
+        raise ValueError(f"{args.checkpoint_dir} is not a training run (no config.json)")
+    if args.out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx (got {args.out})")
+    manifest = export_run(args.checkpoint_dir, args.out, args.name, calibration_frames=args.calibration_frames)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MB, sha256 {manifest.onnx_sha256[:12]}...)")
+    return 0

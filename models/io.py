@@ -1,0 +1,165 @@
+"""Reading images and their pixel sizes from microscope and generic file formats.
+
+Supported: .npy, .npz, .tif/.tiff, .png, .dm3/.dm4 (Gatan), .emd (Velox/Berkeley),
+.ser/.emi (FEI TIA), .mrc, and HDF5 (.h5/.hdf5/.hspy; HyperSpy layout through
+RosettaSciIO, otherwise the first 2-D dataset).  Vendor formats go through
+RosettaSciIO, which keeps the axis calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_NM_PER_UNIT = {"nm": 1.0, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3, "micron": 1e3}
+
+
+class ImageReadError(ValueError):
+    """A file cannot be read as a 2-D image."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A 2-D image with its pixel size when the file records one."""
+
+    image: np.ndarray
+    pixel_size_nm: float | None
+    source: str
+
+
+def _to_nm(scale: float, units: Any) -> float | None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        return None
+    u = str(units or "").strip().lower()
+    if u in _NM_PER_UNIT:
+        return float(scale) * _NM_PER_UNIT[u]
+    # Uncalibrated axes report scale 1; unset units with another scale are in nm (HyperSpy's habit).
+    return None if scale == 1.0 or u not in ("", "<undefined>", "none") else float(scale)
+
+
+def _from_rsciio(records: list[dict[str, Any]], path: Path) -> LoadedImage:
+    for rec in records:
+        data = np.asarray(rec["data"])
+        if data.ndim == 2 and np.issubdtype(data.dtype, np.number):
+            axes = rec.get("axes", [])
+            sizes = [_to_nm(a.get("scale", 1.0), a.get("units")) for a in axes[-2:]]
+            return LoadedImage(data, sizes[-1] if sizes else None, str(path))
+        if data.ndim == 3:
+            raise ImageReadError(f"{path} holds a stack of shape {data.shape}, not a 2-D image")
+    raise ImageReadError(f"{path} holds no 2-D image")
+
+
+def _read_npz(path: Path) -> LoadedImage:
+    with np.load(path, allow_pickle=False) as z:
+        key = "image" if "image" in z.files else z.files[0]
+        image = z[key]
+        size = None
+        if "pixel_size_nm" in z.files:
+            size = float(z["pixel_size_nm"])
+        elif "pixel_size_A" in z.files:
+            size = float(z["pixel_size_A"]) / 10.0
+        elif "meta" in z.files:
+            meta = json.loads(str(z["meta"]))
+            size = meta.get("pixel_size_nm") if isinstance(meta, dict) else None
+    return LoadedImage(image, size, str(path))
+
+
+def _read_tiff(path: Path) -> LoadedImage:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        image = tif.asarray()
+        size = None
+        page = tif.pages[0]
+        ij = tif.imagej_metadata or {}
+        res = getattr(page, "tags", {}).get("XResolution")
+        if res is not None and ij.get("unit"):
+            num, den = res.value
+            size = _to_nm(den / num, ij["unit"]) if num else None
+    return LoadedImage(image, size, str(path))
+
+
+def _read_mrc(path: Path) -> LoadedImage:
+    import mrcfile
+
+    with mrcfile.open(path, permissive=True) as mrc:
+        data = np.asarray(mrc.data)
+        voxel_a = float(mrc.voxel_size.x)
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    return LoadedImage(data, voxel_a / 10.0 if voxel_a > 0 else None, str(path))
+
+
+def _read_hdf5(path: Path) -> LoadedImage:
+    try:
+        from rsciio.hspy import file_reader
+
+        return _from_rsciio(file_reader(str(path)), path)
+    except (ImageReadError, KeyError, OSError, ValueError, TypeError, AttributeError):
+        pass
+    import h5py
+
+    found: list[tuple[int, str]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and np.issubdtype(obj.dtype, np.number):
+            if min(obj.shape) >= 16:  # an image, not a table of positions
+                found.append((int(obj.size), name))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+        if not found:
+            raise ImageReadError(f"{path} holds no 2-D numeric dataset of at least 16 x 16")
+        return LoadedImage(f[max(found)[1]][()], None, str(path))
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read a 2-D image and, when the file records it, its pixel size in nm.
+
+    Raises
+    ------
+    ImageReadError
+        For a missing file, an unknown extension, or content that is not a 2-D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"no such file: {path}")
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            return LoadedImage(np.load(path, allow_pickle=False), None, str(path))
+        if ext == ".npz":
+            return _read_npz(path)
+        if ext in (".tif", ".tiff"):
+            return _read_tiff(path)
+        if ext == ".png":
+            import imageio.v3 as iio
+
+            img = np.asarray(iio.imread(path))
+            return LoadedImage(img.mean(axis=-1) if img.ndim == 3 else img, None, str(path))
+        if ext == ".mrc":
+            return _read_mrc(path)
+        if ext in (".h5", ".hdf5", ".hspy"):
+            return _read_hdf5(path)
+        readers = {
+            ".dm3": "digitalmicrograph",
+            ".dm4": "digitalmicrograph",
+            ".emd": "emd",
+            ".ser": "tia",
+            ".emi": "tia",
+        }
+        if ext in readers:
+            import importlib
+
+            module = importlib.import_module(f"rsciio.{readers[ext]}")
+            return _from_rsciio(module.file_reader(str(path)), path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # readers raise many types for corrupt files; name the file and the cause
+        raise ImageReadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    raise ImageReadError(f"unsupported image format {ext!r} for {path}")

@@ -1,0 +1,75 @@
+"""Frames to model input: validation, resampling to the native pixel size, normalisation.
+
+Shared by inference and training, so the network sees the same transform in both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.transform import resize
+
+#: Smallest accepted image side, pixels.
+MIN_SIDE_PX = 16
+
+
+class ImageError(ValueError):
+    """The image cannot be segmented as given (shape, dtype, values or pixel size)."""
+
+
+def validate_image(image: np.ndarray, pixel_size_nm: float | None) -> np.ndarray:
+    """Check a frame and return it as float32.
+
+    Raises
+    ------
+    ImageError
+        If the array is not 2-D, smaller than ``MIN_SIDE_PX`` on a side, of a non-numeric
+        dtype, contains NaN or Inf, or if the pixel size is missing, non-finite or <= 0.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ImageError(f"image must be 2-D (rows, cols), got shape {arr.shape}")
+    if min(arr.shape) < MIN_SIDE_PX:
+        raise ImageError(f"image must be at least {MIN_SIDE_PX} x {MIN_SIDE_PX} pixels, got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ImageError(f"image dtype must be integer or floating point, got {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.isfinite(arr).sum())
+        raise ImageError(f"image contains {bad} NaN or Inf pixels")
+    if pixel_size_nm is None:
+        raise ImageError("pixel size is missing: give pixel_size_nm (or --pixel-size-nm)")
+    if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise ImageError(f"pixel_size_nm must be > 0 and finite (got {pixel_size_nm!r})")
+    return arr.astype(np.float32, copy=False)
+
+
+def resampled_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:
+    """Shape of an image of ``shape`` at ``pixel_size_nm`` once resampled to ``native_nm``."""
+    scale = pixel_size_nm / native_nm
+    return max(round(shape[0] * scale), 1), max(round(shape[1] * scale), 1)
+
+
+def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resample to ``shape`` (bilinear; Gaussian anti-aliasing when shrinking), float32."""
+    if tuple(image.shape) == tuple(shape):
+        return image.astype(np.float32, copy=False)
+    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    out = resize(image, shape, order=1, mode="reflect", anti_aliasing=shrink, preserve_range=True)
+    return np.asarray(out, dtype=np.float32)
+
+
+def normalize(image: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.5) -> np.ndarray:
+    """Robust intensity normalisation: ``(x - P_low) / (P_high - P_low)``, float32.
+
+    Percentiles are insensitive to a few hot pixels and to the absolute dose, so
+    frames of any detector gain and dose map to a similar range.
+    """
+    lo, hi = np.percentile(image, [low_pct, high_pct])
+    scale = float(hi - lo) if hi > lo else 1.0
+    return ((image - lo) / scale).astype(np.float32)
+
+
+def to_native_coordinates(row: np.ndarray, col: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Map pixel coordinates of the input image into the resampled image (pixel centres kept)."""
+    return (np.asarray(row) + 0.5) * scale - 0.5, (np.asarray(col) + 0.5) * scale - 0.5

@@ -1,0 +1,117 @@
+"""Frame in, atoms and uncertainty out: the inference path of the segmentation ensemble.
+
+No torch here: onnxruntime, numpy, scipy and scikit-image only.  A frame is
+checked, resampled to the model's native pixel size, normalised, run tile by
+tile through the one-graph ensemble, and its columns located; positions are
+mapped back to the input image's pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.localize import Atoms, localize
+from models.manifest import ModelManifest, load_manifest
+from models.preprocess import normalize, resample, resampled_shape, validate_image
+from models.session import OnnxModel
+from models.tiling import run_tiled
+
+#: The bundled default model.
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "stem_ensemble.json"
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Ensemble outputs for one frame, at the model's native sampling.
+
+    Attributes
+    ----------
+    mean_probs : (C, h, w) float32.  entropy, mutual_info : (h, w) float32.  variance : (C, h, w) float32.
+    scale : (row, col) factors from input pixels to native pixels.
+    pixel_size_nm : the input image's pixel size.
+    ood_score : frame-mean mutual information in standard deviations above the calibration mean.
+    timings_ms : time per stage.
+    """
+
+    mean_probs: np.ndarray
+    entropy: np.ndarray
+    mutual_info: np.ndarray
+    variance: np.ndarray
+    scale: tuple[float, float]
+    pixel_size_nm: float
+    ood_score: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_input_pixels(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map native-sampling coordinates back to the input image's pixels."""
+        return (np.asarray(row) + 0.5) / self.scale[0] - 0.5, (np.asarray(col) + 0.5) / self.scale[1] - 0.5
+
+
+class Segmenter:
+    """Segmentation ensemble loaded from a manifest (sha256-checked).
+
+    Parameters
+    ----------
+    model
+        Manifest (.json) or model (.onnx) path; the bundled default when None.
+    providers
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` or a list of them.
+    threads
+        onnxruntime intra-op threads (0: onnxruntime's choice).
+    """
+
+    def __init__(self, model: Path | None = None, providers: str | Sequence[str] = "auto", threads: int = 0) -> None:
+        self.manifest: ModelManifest
+        self.manifest, self.onnx_path = load_manifest(Path(model) if model else DEFAULT_MODEL)
+        self.model = OnnxModel(self.onnx_path, providers, threads)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers actually active."""
+        return self.model.active_providers
+
+    def segment(self, image: np.ndarray, pixel_size_nm: float | None) -> Segmentation:
+        """Run the ensemble on one frame.
+
+        Raises
+        ------
+        models.preprocess.ImageError
+            For a non-2-D, too small, non-numeric or non-finite image, or a missing pixel size.
+        """
+        m = self.manifest
+        t0 = time.perf_counter()
+        arr = validate_image(image, pixel_size_nm)
+        assert pixel_size_nm is not None  # checked above
+        shape = resampled_shape(arr.shape, pixel_size_nm, m.native_pixel_size_nm)
+        native = normalize(resample(arr, shape), m.normalisation.low_pct, m.normalisation.high_pct)
+        t1 = time.perf_counter()
+        out = run_tiled(native, self.model.run, m.tile_size_px, m.tile_overlap_px, m.input_multiple)
+        t2 = time.perf_counter()
+        mi = out["mutual_info"][0]
+        return Segmentation(
+            out["mean_probs"],
+            out["entropy"][0],
+            mi,
+            out["variance"],
+            (shape[0] / arr.shape[0], shape[1] / arr.shape[1]),
+            float(pixel_size_nm),
+            self._ood(mi),
+            {"preprocess": 1e3 * (t1 - t0), "ensemble": 1e3 * (t2 - t1)},
+        )
+
+    def _ood(self, mutual_info: np.ndarray) -> float:
+        cal = self.manifest.calibration
+        if cal is None:
+            return float("nan")
+        return (float(mutual_info.mean()) - cal.frame_mutual_info_mean) / cal.frame_mutual_info_std
+
+    def atoms(self, seg: Segmentation) -> Atoms:
+        """Locate columns and return them in the input image's pixel coordinates."""
+        found = localize(seg.mean_probs, seg.mutual_info)
+        row, col = seg.to_input_pixels(found.row, found.col)
+        return Atoms(row, col, found.class_id, found.confidence, found.uncertainty)

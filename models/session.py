@@ -1,0 +1,95 @@
+"""onnxruntime sessions with providers chosen from configuration, reported honestly.
+
+``auto`` prefers TensorRT, then CUDA, then CPU among the providers this
+onnxruntime build offers.  An explicit request for a GPU provider that is not
+available, or that the session did not activate, is an error: nothing
+silently falls back to the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+class ProviderError(ValueError):
+    """A requested execution provider is unavailable or did not activate."""
+
+
+def resolve_providers(requested: str | Sequence[str]) -> list[str]:
+    """Onnxruntime provider names for ``auto``, a short name, or a list of short names.
+
+    Raises
+    ------
+    ProviderError
+        For an unknown name, or an explicitly requested provider this build lacks.
+    """
+    available = set(ort.get_available_providers())
+    names = [requested] if isinstance(requested, str) else list(requested)
+    if names == ["auto"]:
+        return [PROVIDER_NAMES[n] for n in _AUTO_ORDER if PROVIDER_NAMES[n] in available]
+    out = []
+    for n in names:
+        if n not in PROVIDER_NAMES:
+            raise ProviderError(f"unknown provider {n!r}: use auto or any of {sorted(PROVIDER_NAMES)}")
+        full = PROVIDER_NAMES[n]
+        if full not in available:
+            raise ProviderError(f"provider {n!r} was requested but this onnxruntime offers only {sorted(available)}")
+        out.append(full)
+    return out
+
+
+class OnnxModel:
+    """An onnxruntime session over one ONNX file, with the providers it really uses.
+
+    Parameters
+    ----------
+    path
+        The .onnx file (already checked against its manifest by the caller).
+    providers
+        ``"auto"``, a short name (``cpu``, ``cuda``, ``tensorrt``) or a list of them.
+    threads
+        Intra-op threads (0 lets onnxruntime choose).
+    """
+
+    def __init__(self, path: Path, providers: str | Sequence[str] = "auto", threads: int = 0) -> None:
+        wanted = resolve_providers(providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise ProviderError(f"cannot load {path}: {exc}") from exc
+        self.active_providers: list[str] = list(self.session.get_providers())
+        explicit = providers != "auto"
+        missing = [p for p in wanted if p not in self.active_providers and p != PROVIDER_NAMES["cpu"]]
+        if explicit and missing:
+            raise ProviderError(f"requested {missing} but the session runs on {self.active_providers}")
+        self.on_gpu = self.active_providers[0] != PROVIDER_NAMES["cpu"]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        logger.info("onnx model %s on %s", path.name, self.active_providers)
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Run on a (1, 1, H, W) float32 batch; outputs by name, as numpy arrays on the host."""
+        if not self.on_gpu:
+            return dict(zip(self.output_names, self.session.run(None, {"image": image}), strict=True))
+        binding = self.session.io_binding()  # inputs copied once, outputs allocated on the device
+        binding.bind_cpu_input("image", np.ascontiguousarray(image))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))

@@ -1,0 +1,1 @@
+"""Training, ensembling and ONNX export (torch). Never imported at inference time."""

@@ -1,0 +1,109 @@
+"""Export a trained ensemble as one ONNX graph with mean probabilities and uncertainty maps.
+
+The graph takes ``image`` (1, 1, H, W) float32 with dynamic H and W (multiples
+of ``2**depth``) and returns ``mean_probs``, ``entropy``, ``mutual_info`` and
+``variance``.  The manifest beside it records the classes, the native pixel
+size, the normalisation, the training command and seeds, the sha256 of the
+file and the in-distribution calibration of the frame OOD score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.manifest import Calibration, ClassInfo, ModelManifest, TrainingRecord, manifest_path_for, sha256_file
+from models.training.data import SampleSpec, make_dataset, sample_spec_from_json
+from models.training.ensemble import OUTPUT_NAMES, EnsembleWithUncertainty
+from models.training.train import load_members
+from simulators import CLASS_NAMES, ColumnClass
+
+logger = logging.getLogger(__name__)
+
+#: Seed of the calibration frames: never used for training.
+CALIBRATION_SEED = 10_007
+
+
+def export_onnx(ensemble: EnsembleWithUncertainty, path: Path, multiple: int) -> None:
+    """Write ``ensemble`` as one ONNX graph with dynamic height and width."""
+    example = torch.zeros(1, 1, 8 * multiple, 8 * multiple)
+    h = torch.export.Dim("h", min=1, max=1024)
+    w = torch.export.Dim("w", min=1, max=1024)
+    torch.onnx.export(
+        ensemble,
+        (example,),
+        str(path),
+        dynamo=True,
+        input_names=["image"],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes={"x": {2: multiple * h, 3: multiple * w}},
+        external_data=False,
+        optimize=True,
+    )
+
+
+def calibrate(onnx_path: Path, spec: SampleSpec, frames: int = 48) -> Calibration:
+    """Mean and spread of the frame-mean mutual information on unseen in-distribution frames."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images, _ = make_dataset(frames, CALIBRATION_SEED, spec)
+    values = []
+    for image in images:
+        out = session.run(["mutual_info"], {"image": image[None, None]})[0]
+        values.append(float(out.mean()))
+    return Calibration(
+        frame_mutual_info_mean=float(np.mean(values)),
+        frame_mutual_info_std=max(float(np.std(values)), 1e-6),
+        frames=frames,
+    )
+
+
+def _commands(run_dir: Path) -> str:
+    """The train command recorded in the run directory, then this export command."""
+    recorded = run_dir / "command.txt"
+    train = recorded.read_text().strip() if recorded.exists() else "(not recorded)"
+    export = " ".join(shlex.quote(a) for a in ["autoscope", *sys.argv[1:]])
+    return f"{train} && {export}"
+
+
+def export_run(
+    run_dir: Path, out: Path, name: str | None = None, tile_size_px: int = 256, calibration_frames: int = 48
+) -> ModelManifest:
+    """Export the ensemble trained in ``run_dir`` to ``out`` (.onnx) and its manifest (.json)."""
+    members, config = load_members(run_dir)
+    depth = int(config["depth"])
+    multiple = 2**depth
+    ensemble = EnsembleWithUncertainty(members).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(ensemble, out, multiple)
+    spec = sample_spec_from_json(config["sample"])
+    calibration = calibrate(out, spec, calibration_frames) if calibration_frames else None
+    defects = {ColumnClass.VACANCY, ColumnClass.DOPANT}
+    manifest = ModelManifest(
+        name=name or out.stem,
+        onnx_file=out.name,
+        onnx_sha256=sha256_file(out),
+        classes=[ClassInfo(name=n, defect=ColumnClass(i) in defects) for i, n in enumerate(CLASS_NAMES)],
+        native_pixel_size_nm=spec.native_pixel_nm,
+        input_multiple=multiple,
+        tile_size_px=tile_size_px,
+        tile_overlap_px=32,
+        members=len(members),
+        outputs=list(OUTPUT_NAMES),
+        training=TrainingRecord(
+            command=_commands(run_dir),
+            member_seeds=[int(config["seed"]) * 1000 + m for m in range(len(members))],
+            data_seed=int(config["data_seed"]),
+            config=config,
+        ),
+        calibration=calibration,
+    )
+    manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
+    return manifest

@@ -1,0 +1,168 @@
+"""Deep-ensemble training: members differ by initialisation seed and data order.
+
+A run directory holds ``config.json``, the simulated dataset (``data.npz``,
+generated once from its seed) and one checkpoint per member
+(``member_<i>.pt``), rewritten atomically every ``checkpoint_every`` steps, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.training.data import SampleSpec, make_dataset
+from models.training.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    members: int = 5
+    steps: int = 1500
+    batch: int = 16
+    width: int = 12
+    depth: int = 3
+    learning_rate: float = 2e-3
+    samples: int = 3000
+    data_seed: int = 0
+    seed: int = 0
+    class_weights: tuple[float, ...] = (0.3, 1.0, 3.0, 3.0)
+    checkpoint_every: int = 100
+    sample: SampleSpec = field(default_factory=SampleSpec)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_or_make_data(run_dir: Path, config: TrainConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The run's dataset: read ``data.npz`` if it matches the config, else simulate and save it."""
+    path = run_dir / "data.npz"
+    key = json.dumps({"samples": config.samples, "seed": config.data_seed, "spec": asdict(config.sample)})
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return z["images"], z["targets"]
+        logger.warning("%s was made with another configuration; simulating again", path)
+    images, targets = make_dataset(config.samples, config.data_seed, config.sample, progress=progress)
+    tmp = run_dir / "data.tmp.npz"
+    np.savez(tmp, images=images, targets=targets, key=np.array(key))
+    os.replace(tmp, path)
+    return images, targets
+
+
+def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    k = int(rng.integers(4))
+    x, y = torch.rot90(x, k, dims=(-2, -1)), torch.rot90(y, k, dims=(-2, -1))
+    if rng.uniform() < 0.5:
+        x, y = torch.flip(x, dims=(-1,)), torch.flip(y, dims=(-1,))
+    return x, y
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator) -> Any:
+    while True:
+        order = rng.permutation(n)
+        for i in range(0, n - batch + 1, batch):
+            yield order[i : i + batch]
+
+
+def train_member(
+    run_dir: Path, member: int, config: TrainConfig, images: np.ndarray, targets: np.ndarray, progress: bool = False
+) -> Path:
+    """Train (or resume) one member; returns its checkpoint path."""
+    from tqdm import tqdm
+
+    path = run_dir / f"member_{member}.pt"
+    torch.manual_seed(config.seed * 1000 + member)
+    model = UNet(n_classes=len(config.class_weights), width=config.width, depth=config.depth)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.learning_rate, total_steps=config.steps)
+    rng = np.random.default_rng([config.seed, member])  # the member's own data order
+    step = 0
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        rng.bit_generator.state = state["rng"]
+        step = int(state["step"])
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32))
+    batches = _batches(len(images), config.batch, rng)
+    model.train()
+    bar = tqdm(total=config.steps, initial=step, desc=f"member {member}", disable=not progress, unit="step")
+    while step < config.steps:
+        idx = next(batches)
+        x = torch.from_numpy(images[idx]).unsqueeze(1)
+        y = torch.from_numpy(targets[idx].astype(np.int64))
+        x, y = _augment(x, y, rng)
+        loss = loss_fn(model(x), y)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            state = {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state,
+                "step": step,
+                "config": config.to_json(),
+                "member": member,
+            }
+            _save_atomic(state, path)
+    bar.close()
+    return path
+
+
+def train_ensemble(
+    run_dir: Path, config: TrainConfig, progress: bool = False, threads: int | None = None
+) -> list[Path]:
+    """Train every member of the ensemble in ``run_dir`` (resuming any that exist).
+
+    ``threads`` sets torch's CPU threads (all cores when None).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(config.to_json())):
+        raise ValueError(f"{config_path} holds another configuration: use a new --out or the same options")
+    config_path.write_text(json.dumps(config.to_json(), indent=2))
+    images, targets = load_or_make_data(run_dir, config, progress)
+    return [train_member(run_dir, m, config, images, targets, progress) for m in range(config.members)]
+
+
+def load_members(run_dir: Path) -> tuple[list[UNet], dict[str, Any]]:
+    """The trained members of ``run_dir`` in eval mode, and the run's configuration."""
+    config = json.loads((run_dir / "config.json").read_text())
+    members = []
+    for m in range(int(config["members"])):
+        state = torch.load(run_dir / f"member_{m}.pt", weights_only=False)
+        if int(state["step"]) < int(config["steps"]):
+            raise ValueError(f"member {m} of {run_dir} is unfinished ({state['step']}/{config['steps']} steps)")
+        net = UNet(n_classes=len(config["class_weights"]), width=int(config["width"]), depth=int(config["depth"]))
+        net.load_state_dict(state["model"])
+        members.append(net.eval())
+    return members, config

@@ -1,0 +1,66 @@
+"""A small U-Net for per-pixel classification of atom columns, sized for live use.
+
+Atoms span a few pixels at the model's native sampling, so a shallow network
+with a modest receptive field suffices; width and depth are parameters so the
+accuracy/speed trade-off can be measured (see the closing notes of issue 3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """U-Net: ``depth`` down-sampling stages, channel widths ``width * 2**level``.
+
+    Parameters
+    ----------
+    n_classes
+        Output channels (class logits).
+    width
+        Channels at full resolution.
+    depth
+        Number of 2x down-sampling stages; inputs must have H and W divisible by ``2**depth``.
+
+    Notes
+    -----
+    Input (B, 1, H, W) float32, normalised intensity; output (B, n_classes, H, W) logits.
+    """
+
+    def __init__(self, n_classes: int = 4, width: int = 12, depth: int = 3) -> None:
+        super().__init__()
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.down = nn.ModuleList([_block(1, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
+        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in range(depth)])
+        self.head = nn.Conv2d(widths[0], n_classes, 1)
+
+    @property
+    def multiple(self) -> int:
+        """H and W of the input must be multiples of this."""
+        return 2**self.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of normalised images."""
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for i in reversed(range(self.depth)):
+            x = self.merge[i](torch.cat([self.up[i](x), skips.pop()], dim=1))
+        return self.head(x)
