@@ -2,7 +2,7 @@
 
 The foreground probability ``1 - p_background`` is thresholded; each connected
 region is one column.  Its position is the foreground-weighted centre of mass
-(sub-pixel), its class the non-background class with the largest summed
+over the region grown by a small rim (sub-pixel), its class the non-background class with the largest summed
 probability, its confidence that class's mean probability over the region, and
 its uncertainty the mean mutual information over the region.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import expand_labels
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class Atoms:
         return len(self.row)
 
 
-def localize(mean_probs: np.ndarray, mutual_info: np.ndarray, threshold: float = 0.5, min_area_px: int = 2) -> Atoms:
+def localize(
+    mean_probs: np.ndarray, mutual_info: np.ndarray, threshold: float = 0.5, min_area_px: int = 2, rim_px: int = 2
+) -> Atoms:
     """Find atom columns in (C, H, W) mean probabilities (class 0 is background).
 
     Parameters
@@ -50,19 +53,24 @@ def localize(mean_probs: np.ndarray, mutual_info: np.ndarray, threshold: float =
         Foreground probability above which a pixel belongs to a column.
     min_area_px
         Regions smaller than this are dropped as noise.
+    rim_px
+        Pixels added around each region for the centre of mass.
     """
     fg = 1.0 - mean_probs[0]
-    labels, n = ndimage.label(fg > threshold)
+    core, n = ndimage.label(fg > threshold)
     if n == 0:
         e = np.empty(0)
         return Atoms(e, e, e.astype(np.int64), e.astype(np.float32), e.astype(np.float32))
     index = np.arange(1, n + 1)
-    area = ndimage.sum_labels(np.ones_like(fg), labels, index)
+    area = ndimage.sum_labels(np.ones_like(fg), core, index)
+    # Grow each region by a rim (without merging neighbours) so the centre of mass
+    # sees the whole peak: a thresholded disc alone is biased by pixelation.
+    labels = expand_labels(core, distance=rim_px)
     centres = np.array(ndimage.center_of_mass(fg, labels, index)).reshape(-1, 2)
-    sums = np.stack([ndimage.sum_labels(mean_probs[c], labels, index) for c in range(1, mean_probs.shape[0])])
+    sums = np.stack([ndimage.sum_labels(mean_probs[c], core, index) for c in range(1, mean_probs.shape[0])])
     best = np.argmax(sums, axis=0)
     confidence = sums[best, np.arange(n)] / area
-    uncertainty = ndimage.mean(mutual_info, labels, index)
+    uncertainty = ndimage.mean(mutual_info, core, index)
     keep = area >= min_area_px
     return Atoms(
         centres[keep, 0],

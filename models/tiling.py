@@ -1,8 +1,9 @@
 """Tiled inference with overlap and a blending window, so large frames show no seams.
 
 Tiles of ``tile`` pixels step by ``tile - overlap``; each tile's outputs are
-weighted by a separable window that falls linearly to a small floor over the
-overlap, and the weighted sum is divided by the summed weights.
+weighted by a separable window that is zero on the outer quarter of every
+interior overlap (where the tile saw padding) and ramps up linearly over the
+rest, and the weighted sum is divided by the summed weights.
 """
 
 from __future__ import annotations
@@ -31,13 +32,23 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
     return [*starts, length - tile]
 
 
-def _window(tile: int, overlap: int) -> np.ndarray:
-    ramp = np.ones(tile, dtype=np.float32)
-    if overlap > 0:
-        edge = np.linspace(0.05, 1.0, overlap, dtype=np.float32)
-        ramp[:overlap] = edge
-        ramp[-overlap:] = edge[::-1]
-    return ramp
+def _window(tile: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """1-D blending weights of one tile: zero over the outer quarter of an interior overlap, then a ramp.
+
+    A tile's outermost pixels see padding instead of the neighbouring image, so
+    they get no weight where another tile covers them; at the image's own
+    borders there is no other tile and the weight stays 1.
+    """
+    w = np.ones(tile, dtype=np.float32)
+    if overlap <= 0:
+        return w
+    dead = overlap // 4
+    ramp = np.concatenate([np.zeros(dead, np.float32), np.linspace(0.0, 1.0, overlap - dead, dtype=np.float32)])
+    if not first:
+        w[:overlap] = ramp
+    if not last:
+        w[-overlap:] = np.minimum(w[-overlap:], ramp[::-1])
+    return w
 
 
 def run_tiled(image: np.ndarray, run: Runner, tile: int, overlap: int, multiple: int) -> dict[str, np.ndarray]:
@@ -59,9 +70,11 @@ def run_tiled(image: np.ndarray, run: Runner, tile: int, overlap: int, multiple:
     step = max(tile - overlap, multiple)
     sums: dict[str, np.ndarray] = {}
     weight = np.zeros((ph, pw), dtype=np.float32)
-    win = np.outer(_window(tile, overlap), _window(tile, overlap))
-    for r in _starts(ph, tile, step):
-        for c in _starts(pw, tile, step):
+    rows, cols = _starts(ph, tile, step), _starts(pw, tile, step)
+    for i, r in enumerate(rows):
+        wr = _window(tile, overlap, i == 0, i == len(rows) - 1)
+        for j, c in enumerate(cols):
+            win = np.outer(wr, _window(tile, overlap, j == 0, j == len(cols) - 1))
             out = run(np.ascontiguousarray(padded[None, None, r : r + tile, c : c + tile]))
             for k, v in out.items():
                 acc = sums.setdefault(k, np.zeros((v.shape[1], ph, pw), dtype=np.float32))

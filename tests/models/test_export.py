@@ -1,0 +1,65 @@
+"""The one-graph ONNX ensemble equals the torch members, and its uncertainty the numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.training.ensemble import EnsembleWithUncertainty
+from models.training.train import load_members
+from models.uncertainty import ensemble_uncertainty
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 160), (200, 52)])
+def test_onnx_matches_torch_on_several_sizes(tiny_model, shape):
+    members, _ = load_members(tiny_model.run_dir)
+    ensemble = EnsembleWithUncertainty(members).eval()
+    session = ort.InferenceSession(str(tiny_model.onnx), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(0.4, 0.3, (1, 1, *shape)).astype(np.float32)
+    onnx_out = session.run(None, {"image": x})
+    with torch.no_grad():
+        torch_out = ensemble(torch.from_numpy(x))
+    for a, b in zip(onnx_out, torch_out, strict=True):
+        assert a.shape == tuple(b.shape)
+        assert np.abs(a - b.numpy()).max() <= 1e-4
+
+
+def test_graph_uncertainty_equals_numpy_reference(tiny_model):
+    members, _ = load_members(tiny_model.run_dir)
+    x = torch.from_numpy(np.random.default_rng(1).normal(0.4, 0.3, (1, 1, 64, 96)).astype(np.float32))
+    with torch.no_grad():
+        member_probs = np.stack([torch.softmax(m(x), dim=1)[0].numpy() for m in members])
+        mean, ent, mi, var = EnsembleWithUncertainty(members).eval()(x)
+    ref = ensemble_uncertainty(member_probs)
+    np.testing.assert_allclose(mean[0].numpy(), ref.mean_probs, atol=1e-5)
+    np.testing.assert_allclose(ent[0, 0].numpy(), ref.entropy, atol=1e-5)
+    np.testing.assert_allclose(mi[0, 0].numpy(), ref.mutual_info, atol=1e-5)
+    np.testing.assert_allclose(var[0].numpy(), ref.variance, atol=1e-6)
+
+
+def test_uncertainty_invariants():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(5, 4, 8, 8))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    u = ensemble_uncertainty(p)
+    assert np.all(u.mutual_info >= 0) and np.all(u.mutual_info <= u.entropy + 1e-6)
+    assert np.all(u.entropy <= np.log(4) + 1e-6)
+    np.testing.assert_allclose(u.mean_probs.sum(axis=0), 1.0, atol=1e-6)
+    agree = ensemble_uncertainty(np.repeat(p[:1], 5, axis=0))  # identical members: no epistemic part
+    np.testing.assert_allclose(agree.mutual_info, 0.0, atol=1e-6)
+    np.testing.assert_allclose(agree.variance, 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(M, C, H, W\)"):
+        ensemble_uncertainty(p[0])
+
+
+def test_manifest_records_the_run(tiny_model):
+    import json
+
+    manifest = json.loads(tiny_model.manifest.read_text())
+    assert manifest["members"] == 2 and manifest["training"]["member_seeds"] == [0, 1]
+    assert [c["name"] for c in manifest["classes"]] == ["background", "atom", "vacancy", "dopant"]
+    assert [c["defect"] for c in manifest["classes"]] == [False, False, True, True]
+    assert manifest["calibration"]["frames"] == 4 and manifest["calibration"]["frame_mutual_info_std"] > 0
+    assert len(manifest["onnx_sha256"]) == 64

@@ -1,0 +1,115 @@
+"""Preprocessing, tiling and localisation: numbers checked against planted truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.localize import localize
+from models.preprocess import ImageError, normalize, resample, validate_image
+from models.segmenter import Segmenter
+from models.tiling import run_tiled
+
+
+@pytest.mark.parametrize(
+    ("image", "size", "message"),
+    [
+        (np.full((64, 64), np.nan), 0.02, "NaN or Inf"),
+        (np.where(np.arange(64 * 64).reshape(64, 64) == 77, np.inf, 1.0), 0.02, "1 NaN or Inf"),
+        (np.ones((4, 64, 64)), 0.02, "must be 2-D"),
+        (np.ones(64), 0.02, "must be 2-D"),
+        (np.ones((8, 64)), 0.02, "at least 16 x 16"),
+        (np.ones((64, 64)), None, "pixel size is missing"),
+        (np.ones((64, 64)), -0.1, "pixel_size_nm must be > 0"),
+        (np.ones((64, 64)), float("nan"), "pixel_size_nm must be > 0"),
+        (np.full((64, 64), "a"), 0.02, "dtype must be integer or floating"),
+        (np.ones((64, 64), dtype=bool), 0.02, "dtype must be integer or floating"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(image, size, message):
+    with pytest.raises(ImageError, match=message):
+        validate_image(image, size)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float16, np.float32, np.float64])
+def test_all_numeric_dtypes_are_accepted(tiny_model, dtype):
+    rng = np.random.default_rng(0)
+    image = (rng.random((80, 72)) * 200).astype(dtype)
+    seg = Segmenter(tiny_model.manifest, "cpu").segment(image, 0.03)
+    assert seg.mean_probs.shape == (4, 80, 72)
+    np.testing.assert_allclose(seg.mean_probs.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_resampling_maps_coordinates_both_ways(tiny_model):
+    seg = Segmenter(tiny_model.manifest, "cpu").segment(np.random.default_rng(0).random((150, 120)), 0.015)
+    assert seg.mean_probs.shape[1:] == (75, 60)  # 0.015 -> 0.03 nm per pixel
+    r, c = seg.to_input_pixels(np.array([0.0, 74.0]), np.array([0.0, 59.0]))
+    np.testing.assert_allclose(r, [0.5, 148.5])
+    np.testing.assert_allclose(c, [0.5, 118.5])
+
+
+def test_normalisation_ignores_dose_and_offset():
+    rng = np.random.default_rng(1)
+    image = rng.random((64, 64)).astype(np.float32)
+    np.testing.assert_allclose(normalize(image), normalize(37.0 * image + 1000.0), atol=1e-4)
+    assert resample(image, (32, 32)).shape == (32, 32)
+
+
+def _local_mean(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """A stand-in network with a 5 x 5 receptive field."""
+    from scipy.ndimage import uniform_filter
+
+    img = batch[0, 0]
+    return {"a": uniform_filter(img, 5, mode="reflect")[None, None], "b": (img**2)[None, None]}
+
+
+def test_tiling_has_no_seams():
+    image = np.random.default_rng(2).random((300, 260)).astype(np.float32)
+    whole = _local_mean(image[None, None])
+    tiled = run_tiled(image, _local_mean, tile=64, overlap=16, multiple=8)
+    np.testing.assert_allclose(tiled["b"][0], whole["b"][0, 0], rtol=1e-5)
+    inner = (slice(3, -3), slice(3, -3))  # away from the image border, where padding differs
+    assert np.abs(tiled["a"][0][inner] - whole["a"][0, 0][inner]).max() < 1e-5
+
+
+def test_tiled_model_output_matches_one_pass(tiny_model):
+    seg = Segmenter(tiny_model.manifest, "cpu")
+    image = np.random.default_rng(3).random((200, 200)).astype(np.float32)
+    native = normalize(image)
+    one = run_tiled(native, seg.model.run, tile=256, overlap=0, multiple=4)
+    tiles = run_tiled(native, seg.model.run, tile=64, overlap=24, multiple=4)
+    diff = np.abs(one["mean_probs"] - tiles["mean_probs"])
+    assert diff.mean() < 0.01
+
+
+def _blobs(points: np.ndarray, classes: np.ndarray, shape=(96, 96), sigma=1.2) -> np.ndarray:
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    probs = np.zeros((4, *shape), np.float32)
+    for (r, c), k in zip(points, classes, strict=True):
+        probs[k] += np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2)).astype(np.float32)
+    probs = np.clip(probs, 0, 0.99)
+    probs[0] = 1.0 - probs[1:].sum(axis=0)
+    return probs
+
+
+def test_localisation_recovers_planted_subpixel_positions_and_classes():
+    rng = np.random.default_rng(4)
+    grid = np.array([(r, c) for r in range(10, 90, 8) for c in range(10, 90, 8)], dtype=float)
+    points = grid + rng.uniform(-0.5, 0.5, grid.shape)
+    classes = rng.choice([1, 1, 1, 2, 3], len(points))
+    mi = np.zeros((96, 96), np.float32)
+    mi[:48] = 0.2
+    atoms = localize(_blobs(points, classes), mi)
+    assert len(atoms) == len(points)
+    d = np.hypot(atoms.row[:, None] - points[:, 0], atoms.col[:, None] - points[:, 1])
+    nearest = d.argmin(axis=1)
+    assert d.min(axis=1).max() < 0.1 and np.median(d.min(axis=1)) < 0.03
+    np.testing.assert_array_equal(atoms.class_id, classes[nearest])
+    np.testing.assert_allclose(atoms.uncertainty, np.where(points[nearest, 0] < 47.5, 0.2, 0.0), atol=0.02)
+    assert np.all((atoms.confidence > 0.3) & (atoms.confidence <= 1.0))
+
+
+def test_empty_map_gives_no_atoms():
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[0] = 1.0
+    assert len(localize(probs, np.zeros((32, 32), np.float32))) == 0
