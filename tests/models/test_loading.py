@@ -86,9 +86,9 @@ def test_explicit_gpu_request_without_gpu_fails_loudly(tiny_model):
     # session then falls back to the CPU, which an explicit request must not accept.
     if _gpu_session_works(tiny_model.onnx):
         pytest.skip("a GPU is present")
-    with pytest.raises(ProviderError, match="(?i)cuda"):
+    with pytest.raises(ProviderError, match=r"(?i)cuda"):
         OnnxModel(tiny_model.onnx, "cuda")
-    with pytest.raises(ProviderError, match="(?i)tensorrt"):
+    with pytest.raises(ProviderError, match=r"(?i)tensorrt"):
         Segmenter(tiny_model.manifest, ["tensorrt", "cpu"])
 
 
