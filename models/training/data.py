@@ -42,7 +42,7 @@ class SampleSpec:
     flyback_nm: tuple[float, float] = (0.0, 0.08)
     background: tuple[float, float] = (0.0, 2e-3)
     read_noise: tuple[float, float] = (0.0, 2.0)
-    defect_rate: tuple[float, float] = (0.005, 0.08)
+    defect_rate: tuple[float, float] = (0.01, 0.12)
     lattices: tuple[str, ...] = tuple(sorted(LATTICES))
     mask_radius_fraction: float = 0.25
 
