@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
     e.add_argument("--out", type=Path, required=True, help="output .onnx (the manifest .json goes beside it)")
     e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
     e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
+    e.add_argument(
+        "--evaluation-frames",
+        type=int,
+        default=52,
+        help="unseen simulated frames to evaluate on; figures go into the manifest (0: skip)",
+    )
     e.set_defaults(handler=_run_export)
 
 
@@ -69,6 +75,14 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint_dir} is not a training run (no config.json)")
     if args.out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx (got {args.out})")
-    manifest = export_run(args.checkpoint_dir, args.out, args.name, calibration_frames=args.calibration_frames)
+    manifest = export_run(
+        args.checkpoint_dir,
+        args.out,
+        args.name,
+        calibration_frames=args.calibration_frames,
+        evaluation_frames=args.evaluation_frames,
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MB, sha256 {manifest.onnx_sha256[:12]}...)")
+    for key, value in manifest.validation.items():
+        print(f"  {key}: {value:.4g}")
     return 0

@@ -74,15 +74,35 @@ def _commands(run_dir: Path) -> str:
 
 
 def export_run(
-    run_dir: Path, out: Path, name: str | None = None, tile_size_px: int = 256, calibration_frames: int = 48
+    run_dir: Path,
+    out: Path,
+    name: str | None = None,
+    tile_size_px: int = 256,
+    calibration_frames: int = 48,
+    evaluation_frames: int = 0,
 ) -> ModelManifest:
-    """Export the ensemble trained in ``run_dir`` to ``out`` (.onnx) and its manifest (.json)."""
+    """Export the ensemble trained in ``run_dir`` to ``out`` (.onnx) and its manifest (.json).
+
+    With ``evaluation_frames`` > 0 the exported model is also evaluated on that many
+    unseen simulated frames (and as many shifted ones), and the figures are stored
+    in the manifest's ``validation``.
+    """
     members, config = load_members(run_dir)
     depth = int(config["depth"])
     multiple = 2**depth
     ensemble = EnsembleWithUncertainty(members).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(ensemble, out, multiple)
+    # The members' weights alone (no optimiser state), for re-export and the eager-torch benchmark.
+    torch.save(
+        {
+            "members": [m.state_dict() for m in members],
+            "n_classes": len(config["class_weights"]),
+            "width": int(config["width"]),
+            "depth": depth,
+        },
+        out.with_suffix(".members.pt"),
+    )
     spec = sample_spec_from_json(config["sample"])
     calibration = calibrate(out, spec, calibration_frames) if calibration_frames else None
     defects = {ColumnClass.VACANCY, ColumnClass.DOPANT}
@@ -106,4 +126,11 @@ def export_run(
         calibration=calibration,
     )
     manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
+    if evaluation_frames > 0:
+        from models.segmenter import Segmenter
+        from models.training.evaluate import evaluate
+
+        figures = evaluate(Segmenter(manifest_path_for(out), "cpu"), frames=evaluation_frames)
+        manifest = manifest.model_copy(update={"validation": {k: v for k, v in figures.items() if np.isfinite(v)}})
+        manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
     return manifest

@@ -1,0 +1,93 @@
+"""``autoscope segment`` end to end on simulated frames, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.cli import EXIT_USAGE, main
+from simulators import ImagingParams, ScanRequest, Specimen, SpecimenConfig, render_frame
+
+
+@pytest.fixture
+def frame_npz(tmp_path):
+    frame = render_frame(
+        Specimen(SpecimenConfig(seed=2, width_nm=40, height_nm=40)),
+        ScanRequest(fov_nm=3.0, rows=120, cols=120),
+        ImagingParams(track_dose=False),
+        np.random.default_rng(0),
+    )
+    path = tmp_path / "frame.npz"
+    frame.save_npz(path)
+    np.save(tmp_path / "plain.npy", frame.image)
+    return path
+
+
+def test_segment_writes_one_record_per_image(tiny_model, frame_npz, tmp_path, capsys):
+    out, png = tmp_path / "out.json", tmp_path / "overlay.png"
+    plain = tmp_path / "plain.npy"
+    status = main(
+        [
+            "segment",
+            str(frame_npz),
+            str(plain),
+            "--pixel-size-nm",
+            "0.025",
+            "--model",
+            str(tiny_model.manifest),
+            "--providers",
+            "cpu",
+            "--out",
+            str(out),
+            "--png",
+            str(png),
+        ]
+    )
+    assert status == 0
+    records = json.loads(out.read_text())
+    assert [r["image"] for r in records] == [str(frame_npz), str(plain)]
+    assert records[0]["pixel_size_nm"] == pytest.approx(0.025)  # from the file's metadata
+    assert records[1]["pixel_size_nm"] == 0.025  # from --pixel-size-nm
+    for r in records:
+        assert r["model"]["name"] == "tiny" and len(r["model"]["sha256"]) == 64
+        assert r["providers"] == ["CPUExecutionProvider"]
+        assert set(r["summary"]) == {"n_atoms", "n_defects", "ood_score", "timings_ms"}
+        assert r["summary"]["n_atoms"] == len(r["atoms"])
+        for atom in r["atoms"]:
+            assert set(atom) == {"row", "col", "class", "defect", "confidence", "uncertainty"}
+            assert 0 <= atom["row"] < 120 and 0 <= atom["col"] < 120
+    assert (tmp_path / "overlay-frame.png").exists() and (tmp_path / "overlay-plain.png").exists()
+
+
+def test_missing_pixel_size_fails_before_any_work(tiny_model, frame_npz, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    status = main(["segment", str(tmp_path / "plain.npy"), "--model", str(tiny_model.manifest), "--out", str(out)])
+    assert status == EXIT_USAGE
+    assert "records no pixel size: pass --pixel-size-nm" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_corrupt_model_and_bad_image_exit_with_messages(tiny_model, frame_npz, tmp_path, capsys):
+    bad_model = tmp_path / "m.onnx"
+    bad_model.write_bytes(tiny_model.onnx.read_bytes()[:-10])
+    (tmp_path / "m.json").write_text(
+        tiny_model.manifest.read_text().replace('"onnx_file": "tiny.onnx"', '"onnx_file": "m.onnx"')
+    )
+    assert main(["segment", str(frame_npz), "--model", str(tmp_path / "m.json"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not match its manifest" in capsys.readouterr().err
+    np.save(tmp_path / "nan.npy", np.full((64, 64), np.nan))
+    status = main(
+        [
+            "segment",
+            str(tmp_path / "nan.npy"),
+            "--pixel-size-nm",
+            "0.02",
+            "--model",
+            str(tiny_model.manifest),
+            "--out",
+            str(tmp_path / "o.json"),
+        ]
+    )
+    assert status == EXIT_USAGE and "NaN or Inf" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""Image files of every supported format, with their pixel sizes; unreadable files fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from models.io import ImageReadError, read_image
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 4000, (40, 48)).astype(np.uint16)
+
+
+def test_npy_and_npz(tmp_path, image):
+    np.save(tmp_path / "a.npy", image)
+    np.savez(tmp_path / "b.npz", image=image, pixel_size_nm=0.02)
+    np.savez(tmp_path / "c.npz", image, pixel_size_A=0.5)
+    a, b, c = (read_image(tmp_path / n) for n in ("a.npy", "b.npz", "c.npz"))
+    np.testing.assert_array_equal(a.image, image)
+    assert a.pixel_size_nm is None and b.pixel_size_nm == pytest.approx(0.02) and c.pixel_size_nm == pytest.approx(0.05)
+
+
+def test_tiff_with_imagej_calibration(tmp_path, image):
+    tifffile.imwrite(tmp_path / "a.tif", image, imagej=True, resolution=(1 / 0.025, 1 / 0.025), metadata={"unit": "nm"})
+    tifffile.imwrite(tmp_path / "b.tiff", image)
+    a, b = read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tiff")
+    np.testing.assert_array_equal(a.image, image)
+    assert a.pixel_size_nm == pytest.approx(0.025, rel=1e-3) and b.pixel_size_nm is None
+
+
+def test_png(tmp_path):
+    import imageio.v3 as iio
+
+    img = np.random.default_rng(1).integers(0, 255, (32, 40)).astype(np.uint8)
+    iio.imwrite(tmp_path / "a.png", img)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png").image, img)
+
+
+def test_mrc(tmp_path, image):
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "a.mrc") as mrc:
+        mrc.set_data(image.astype(np.float32))
+        mrc.voxel_size = 0.3  # angstrom
+    loaded = read_image(tmp_path / "a.mrc")
+    np.testing.assert_array_equal(loaded.image, image.astype(np.float32))
+    assert loaded.pixel_size_nm == pytest.approx(0.03)
+
+
+def test_generic_hdf5_takes_the_largest_image(tmp_path, image):
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["positions"] = np.zeros((141, 2))
+        f["group/image"] = image
+    np.testing.assert_array_equal(read_image(tmp_path / "a.h5").image, image)
+
+
+def test_stack_missing_and_corrupt_files_are_refused(tmp_path):
+    np.save(tmp_path / "stack.npy", np.zeros((3, 20, 20)))
+    (tmp_path / "bad.dm3").write_bytes(b"not a dm3 file at all")
+    (tmp_path / "x.xyz").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.tif")
+    with pytest.raises(ImageReadError, match=r"cannot read .*bad\.dm3"):
+        read_image(tmp_path / "bad.dm3")
+    with pytest.raises(ImageReadError, match=r"unsupported image format '\.xyz'"):
+        read_image(tmp_path / "x.xyz")
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared data not present")
+@pytest.mark.parametrize(
+    ("name", "shape", "pixel_nm"),
+    [
+        ("real/openNCEM/16_STOimage.emi", (1024, 1024), 0.01001),
+        ("real/atomap/test_ADF_cropped.hdf5", (400, 380), 0.009326),
+        ("sim/abtem/mos2_multislice.npz", (332, 351), 0.009997),
+    ],
+)
+def test_real_files_keep_their_calibration(name, shape, pixel_nm):
+    loaded = read_image(SHARED / name)
+    assert loaded.image.shape == shape
+    assert loaded.pixel_size_nm == pytest.approx(pixel_nm, rel=1e-3)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared data not present")
+def test_tilt_stack_is_not_taken_for_an_image():
+    with pytest.raises(ImageReadError, match="stack of shape"):
+        read_image(SHARED / "real/etspy/HAADF.dm3")
