@@ -182,9 +182,9 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
         sel = [(r.truth_kind == kind) for r in results]
         truth_n = sum(int(s.sum()) for s in sel)
         if truth_n:
-            cls = int(kind.column_class)
+            kind_class = int(kind.column_class)
             hits = sum(
-                int((s & (_lookup(r.pred_class, r.truth_match) == cls)).sum())
+                int((s & (_lookup(r.pred_class, r.truth_match) == kind_class)).sum())
                 for s, r in zip(sel, results, strict=True)
             )
             out[f"kind_{kind.label}_recall"] = hits / truth_n
