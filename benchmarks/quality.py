@@ -1,0 +1,49 @@
+"""Segmentation quality against planted truth: our simulator (unseen seeds) and abTEM frames.
+
+Prints JSON.  The simulator figures are the same as ``autoscope export --evaluation-frames``
+stores in the manifest; the abTEM frames (shared/data/sim/abtem, an independent multislice
+simulator) are the check that the model does not just fit our own image formation.
+
+    python benchmarks/quality.py [--model models/weights/stem_ensemble.json] [--frames 52]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
+
+
+def main() -> None:
+    from models.segmenter import DEFAULT_MODEL, Segmenter
+    from models.training.evaluate import evaluate, evaluate_reference
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--frames", type=int, default=52)
+    parser.add_argument("--abtem", type=Path, default=ABTEM)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    segmenter = Segmenter(args.model, "cpu")
+    result: dict[str, object] = {
+        "benchmark": "quality",
+        "model": segmenter.manifest.name,
+        "simulator": evaluate(segmenter, frames=args.frames),
+    }
+    if args.abtem.exists():
+        result["abtem"] = {
+            f"{p.stem}{suffix}": evaluate_reference(segmenter, str(p), noisy)
+            for p in sorted(args.abtem.glob("*.npz"))
+            for suffix, noisy in (("_noisy", True), ("_clean", False))
+        }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

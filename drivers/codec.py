@@ -1,0 +1,156 @@
+"""Wire encoding of autoscope messages: JSON envelopes, frames as [JSON header, raw buffer].
+
+Every message is a ZeroMQ multipart message whose first part is a UTF-8 JSON
+object ``{"v": PROTOCOL_VERSION, "type": ..., ...}``.  A frame adds a second
+part holding the image's bytes, C order, in the dtype and shape its header
+names.  Decoding checks everything and raises :class:`ProtocolError` with a
+specific code; nothing is ever unpickled.
+
+Error codes: ``parts`` (wrong number of parts), ``json`` (not UTF-8 JSON, or
+NaN/Infinity tokens), ``envelope`` (not an object, missing fields), ``version``,
+``type`` (unknown message type), ``invalid`` (a field fails validation, including
+unknown command kinds), ``shape_mismatch`` (header and buffer disagree),
+``too_large`` (a frame above the receiver's limit).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from drivers.base import (
+    COMMAND_ADAPTER,
+    PROTOCOL_VERSION,
+    Ack,
+    Capabilities,
+    Command,
+    Frame,
+    FrameHeader,
+    ProtocolError,
+)
+
+MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "error", "bye")
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"non-finite number {token} is not allowed")
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+
+
+def envelope(kind: str, **fields: Any) -> bytes:
+    """Encode a one-part message of type ``kind``."""
+    return _dumps({"v": PROTOCOL_VERSION, "type": kind, **fields})
+
+
+def encode_command(command: Command) -> list[bytes]:
+    """A command message."""
+    return [envelope("command", command=command.model_dump(mode="json"))]
+
+
+def encode_ack(ack: Ack) -> list[bytes]:
+    """An ack message."""
+    return [envelope("ack", ack=ack.model_dump(mode="json"))]
+
+
+def encode_welcome(cap: Capabilities, heartbeat_s: float, server_time_unix_s: float) -> list[bytes]:
+    """The server's answer to ``hello``."""
+    return [
+        envelope(
+            "welcome",
+            capabilities=cap.model_dump(mode="json"),
+            heartbeat_s=heartbeat_s,
+            server_time_unix_s=server_time_unix_s,
+        )
+    ]
+
+
+def encode_error(code: str, reason: str, command_id: str | None = None) -> list[bytes]:
+    """An error reply naming what was wrong."""
+    return [envelope("error", code=code, reason=reason[:2000], command_id=command_id)]
+
+
+def encode_frame(frame: Frame, delivery_seq: int) -> list[Any]:
+    """A frame: [envelope with header, image buffer]; the buffer is passed without a copy."""
+    image = np.ascontiguousarray(frame.image)
+    head = envelope("frame", header=frame.header.model_dump(mode="json"), delivery_seq=delivery_seq)
+    return [head, memoryview(image).cast("B")]
+
+
+def decode_envelope(parts: list[bytes]) -> dict[str, Any]:
+    """Parse and check the first part of a message.
+
+    Raises
+    ------
+    ProtocolError
+        ``parts``, ``json``, ``envelope``, ``version`` or ``type``.
+    """
+    if not parts or len(parts) > 2:
+        raise ProtocolError("parts", f"expected 1 or 2 message parts, got {len(parts)}")
+    try:
+        obj = json.loads(bytes(parts[0]).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("json", f"first part is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict) or "v" not in obj or "type" not in obj:
+        raise ProtocolError("envelope", "message must be a JSON object with 'v' and 'type'")
+    if obj["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version", f"protocol version {obj['v']!r} is not supported (this side speaks {PROTOCOL_VERSION})"
+        )
+    if obj["type"] not in MESSAGE_TYPES:
+        raise ProtocolError("type", f"unknown message type {obj['type']!r}")
+    expected = 2 if obj["type"] == "frame" else 1
+    if len(parts) != expected:
+        raise ProtocolError("parts", f"a {obj['type']!r} message has {expected} part(s), got {len(parts)}")
+    return obj
+
+
+def _validated(factory: Any, data: Any, what: str) -> Any:
+    try:
+        return factory(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProtocolError("invalid", f"invalid {what}: {where}: {first['msg']}") from None
+
+
+def decode_command(obj: dict[str, Any]) -> Command:
+    """The command inside a ``command`` envelope (unknown kinds and bad fields are ``invalid``)."""
+    return _validated(COMMAND_ADAPTER.validate_python, obj.get("command"), "command")  # type: ignore[no-any-return]
+
+
+def decode_ack(obj: dict[str, Any]) -> Ack:
+    """The ack inside an ``ack`` envelope."""
+    return _validated(Ack.model_validate, obj.get("ack"), "ack")  # type: ignore[no-any-return]
+
+
+def decode_capabilities(obj: dict[str, Any]) -> Capabilities:
+    """The capabilities inside a ``welcome`` envelope."""
+    return _validated(Capabilities.model_validate, obj.get("capabilities"), "capabilities")  # type: ignore[no-any-return]
+
+
+def decode_frame(obj: dict[str, Any], buffer: bytes | memoryview, max_bytes: int) -> tuple[Frame, int]:
+    """The frame of a ``frame`` message and its delivery sequence number.
+
+    Raises
+    ------
+    ProtocolError
+        ``invalid`` header, ``too_large`` above ``max_bytes``, ``shape_mismatch`` buffer.
+    """
+    header: FrameHeader = _validated(FrameHeader.model_validate, obj.get("header"), "frame header")
+    seq = obj.get("delivery_seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError("invalid", "frame delivery_seq must be a non-negative integer")
+    if header.nbytes > max_bytes:
+        raise ProtocolError("too_large", f"frame of {header.nbytes} bytes exceeds the limit of {max_bytes}")
+    size = len(memoryview(buffer).cast("B"))
+    if size != header.nbytes:
+        raise ProtocolError(
+            "shape_mismatch", f"buffer holds {size} bytes, header {header.shape} {header.dtype} needs {header.nbytes}"
+        )
+    return Frame(header, np.frombuffer(buffer, dtype=header.dtype).reshape(header.shape)), seq

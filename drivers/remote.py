@@ -1,0 +1,332 @@
+"""``RemoteDriver``: a :class:`Driver` talking to an instrument server over ZeroMQ (DEALER).
+
+An I/O thread owns the socket: it sends heartbeats, watches the server's, and
+after three missed intervals declares the server gone, fails every pending call
+with :class:`Disconnected`, and reconnects with exponential backoff on a fresh
+socket.  ``LINGER=0``, ``IMMEDIATE=1`` and a small send high-water mark mean a
+command is never queued for a dead peer and delivered late: sending while
+disconnected fails at once.  Frames carry a per-client delivery sequence; gaps
+are counted in ``stats["frames_lost"]``, never hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from drivers.base import (
+    Ack,
+    Capabilities,
+    Command,
+    CommandRefused,
+    Disconnected,
+    DriverTimeout,
+    Frame,
+    ProtocolError,
+)
+from drivers.codec import decode_ack, decode_capabilities, decode_envelope, decode_frame, encode_command, envelope
+from drivers.security import CurveClientKeys, apply_client_keys
+
+logger = logging.getLogger(__name__)
+
+
+class RemoteDriver:
+    """Connect to an instrument server at ``endpoint``.
+
+    Parameters
+    ----------
+    endpoint
+        The server's ROUTER endpoint, e.g. ``tcp://127.0.0.1:5555``.
+    heartbeat_s
+        Heartbeat interval; the server is gone after three silent intervals.
+    connect_timeout_s
+        How long the constructor waits for the server's welcome.
+    max_frame_bytes
+        Larger frames are dropped and counted (``stats["error_too_large"]``).
+    reconnect
+        Reconnect with backoff (0.1 s doubling to 2 s) after the server is lost.
+    curve
+        CURVE client keys when the server requires them.
+
+    Raises
+    ------
+    Disconnected
+        If no server answers within ``connect_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        heartbeat_s: float = 1.0,
+        connect_timeout_s: float = 5.0,
+        max_frame_bytes: int = 256 * 2**20,
+        reconnect: bool = True,
+        curve: CurveClientKeys | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_s = heartbeat_s
+        self.max_frame_bytes = max_frame_bytes
+        self.reconnect = reconnect
+        self.stats: Counter[str] = Counter()
+        self._curve = curve
+        self._ctx = zmq.Context()
+        self._outbox: queue.Queue[list[bytes]] = queue.Queue()
+        self._waiters: dict[str, queue.Queue[Ack | Exception]] = {}
+        self._frames: queue.Queue[Frame] = queue.Queue()
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._caps: Capabilities | None = None
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(f"inproc://wake-{id(self)}")
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(f"inproc://wake-{id(self)}")
+        self._thread = threading.Thread(target=self._run, name="remote-driver-io", daemon=True)
+        self._thread.start()
+        if not self._connected.wait(connect_timeout_s):
+            self.close()
+            raise Disconnected(f"no instrument server answered at {endpoint} within {connect_timeout_s} s")
+
+    # -- public API ---------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True while the server answers heartbeats."""
+        return self._connected.is_set()
+
+    def capabilities(self) -> Capabilities:
+        """The capabilities the server reported in its last welcome."""
+        if self._caps is None:
+            raise Disconnected("not connected")
+        return self._caps
+
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        """Send ``command`` and wait for its ack.
+
+        Raises
+        ------
+        CommandRefused
+            The instrument (or the server: expired, duplicate) did not accept it.
+        DriverTimeout
+            No ack within ``timeout_s``; the command may or may not have executed.
+        Disconnected
+            The server is gone; the command was not sent.
+        ProtocolError
+            The server rejected the message as malformed.
+        """
+        if self._stop.is_set() or not self._connected.is_set():
+            raise Disconnected(f"instrument server at {self.endpoint} is not connected")
+        box: queue.Queue[Ack | Exception] = queue.Queue(maxsize=1)
+        with self._lock:
+            self._waiters[command.id] = box
+        self._post(encode_command(command))
+        try:
+            answer = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise DriverTimeout(f"no ack for {command.kind} {command.id} within {timeout_s} s") from None
+        finally:
+            with self._lock:
+                self._waiters.pop(command.id, None)
+        if isinstance(answer, Exception):
+            raise answer
+        if not answer.accepted:
+            raise CommandRefused(answer)
+        return answer
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        """The next frame for this client; :class:`DriverTimeout` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._frames.get(timeout=min(0.05, max(deadline - time.monotonic(), 0.0)))
+            except queue.Empty:
+                if not self._connected.is_set() and self._frames.empty() and self._caps is not None:
+                    if not self.reconnect or self._stop.is_set():
+                        raise Disconnected(f"instrument server at {self.endpoint} is gone") from None
+                if time.monotonic() >= deadline:
+                    raise DriverTimeout(f"no frame within {timeout_s} s") from None
+
+    def close(self) -> None:
+        """Say goodbye, stop the I/O thread and release the sockets (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._post([envelope("bye")])
+        self._connected.clear()
+        self._stop.set()
+        self._wake()
+        self._thread.join(timeout=5.0)
+        with self._lock:
+            self._wake_tx.close(linger=0)
+        self._wake_rx.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> RemoteDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- I/O thread ---------------------------------------------------------------------------------
+    def _post(self, parts: list[bytes]) -> None:
+        self._outbox.put(parts)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if not self._wake_tx.closed:
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+
+    def _new_socket(self) -> zmq.Socket[bytes]:
+        sock = self._ctx.socket(zmq.DEALER)
+        for opt, value in (
+            (zmq.LINGER, 0),
+            (zmq.IMMEDIATE, 1),
+            (zmq.SNDHWM, 16),
+            (zmq.RCVHWM, 64),
+            (zmq.MAXMSGSIZE, self.max_frame_bytes + 65536),
+        ):
+            sock.setsockopt(opt, value)
+        if self._curve is not None:
+            apply_client_keys(sock, self._curve)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            sock = self._new_socket()
+            try:
+                self._session(sock)
+            finally:
+                sock.close(linger=0)
+            if self._stop.is_set() or not self.reconnect:
+                break
+            self.stats["reconnects"] += 1
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _session(self, sock: zmq.Socket[bytes]) -> None:
+        """One connection: hello, then serve until the peer is silent for three heartbeats."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        self._expected_seq = 0
+        hello = [envelope("hello", client="autoscope.RemoteDriver")]
+        last_in, last_out = time.monotonic(), 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if not self._connected.is_set() and now - last_out >= self.heartbeat_s:
+                self._try_send(sock, hello)  # (re)introduce ourselves until welcomed
+                last_out = now
+            elif self._connected.is_set() and now - last_out >= self.heartbeat_s:
+                self._try_send(sock, [envelope("heartbeat", t=time.time())])
+                last_out = now
+            if now - last_in > 3 * self.heartbeat_s:
+                if self._connected.is_set():
+                    self._lost("server missed three heartbeats")
+                    return
+                if self._caps is not None:
+                    return  # a reconnect attempt that got no welcome: back off and retry
+            events = dict(poller.poll(timeout=int(1000 * self.heartbeat_s / 4)))
+            if self._wake_rx in events:
+                while self._drain_wake():
+                    pass
+                self._flush_outbox(sock)
+            if sock in events:
+                while self._receive(sock):
+                    last_in = time.monotonic()
+        self._flush_outbox(sock)
+
+    def _drain_wake(self) -> bool:
+        try:
+            self._wake_rx.recv(zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _try_send(self, sock: zmq.Socket[bytes], parts: list[bytes]) -> bool:
+        try:
+            sock.send_multipart(parts, zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # IMMEDIATE: no live connection, so nothing is queued for later
+            return False
+
+    def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                parts = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if not self._try_send(sock, parts):
+                self._fail_waiter(parts, Disconnected("no connection to the instrument server; command not sent"))
+
+    def _fail_waiter(self, parts: list[bytes], error: Exception) -> None:
+        try:
+            command_id = decode_envelope(parts).get("command", {}).get("id")
+        except ProtocolError:
+            return
+        self._answer(command_id, error)
+
+    def _answer(self, command_id: Any, answer: Ack | Exception) -> bool:
+        with self._lock:
+            box = self._waiters.get(command_id) if isinstance(command_id, str) else None
+        if box is None:
+            return False
+        try:
+            box.put_nowait(answer)
+        except queue.Full:
+            return False
+        return True
+
+    def _lost(self, why: str) -> None:
+        logger.warning("instrument server at %s lost: %s", self.endpoint, why)
+        self.stats["disconnects"] += 1
+        self._connected.clear()
+        with self._lock:
+            waiting = list(self._waiters)
+        for command_id in waiting:
+            self._answer(command_id, Disconnected(f"instrument server lost ({why}) before the ack arrived"))
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> bool:
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        try:
+            self._dispatch([p.buffer for p in parts])
+        except ProtocolError as exc:
+            self.stats[f"error_{exc.code}"] += 1
+            logger.warning("dropped a message from %s: %s", self.endpoint, exc)
+        return True
+
+    def _dispatch(self, parts: list[memoryview]) -> None:
+        obj = decode_envelope([bytes(parts[0]), *parts[1:]])  # type: ignore[list-item]
+        kind = obj["type"]
+        if kind == "welcome":
+            self._caps = decode_capabilities(obj)
+            self._expected_seq = 0
+            self._connected.set()
+        elif kind == "ack":
+            ack = decode_ack(obj)
+            if not self._answer(ack.command_id, ack):
+                self.stats["stale_acks"] += 1  # its caller timed out or gave up: ignored, counted
+        elif kind == "frame":
+            frame, seq = decode_frame(obj, parts[1], self.max_frame_bytes)
+            if seq > self._expected_seq:
+                self.stats["frames_lost"] += seq - self._expected_seq
+                logger.warning("%d frame(s) lost before delivery %d", seq - self._expected_seq, seq)
+            self._expected_seq = seq + 1
+            self.stats["frames"] += 1
+            self._frames.put(frame)
+        elif kind == "error":
+            self.stats[f"server_error_{obj.get('code')}"] += 1
+            error = ProtocolError(str(obj.get("code")), str(obj.get("reason")))
+            if not self._answer(obj.get("command_id"), error):
+                logger.warning("server reported %s", error)
+        elif kind == "heartbeat":
+            self.stats["heartbeats_in"] += 1

@@ -1,0 +1,321 @@
+"""The instrument server: any :class:`Driver` behind ZeroMQ (ROUTER for commands, PUB for observers).
+
+One I/O thread owns the sockets; one worker thread calls the driver, so a long
+acquisition never stops heartbeats.  Commands are checked on arrival: bad
+messages get an ``error`` reply naming the violation, duplicates (by id) and
+expired commands (past their deadline) get a refusing ``ack``; none of them
+reaches the driver.  An accepted scan is answered by an ``ack`` and then its
+frame, sent zero-copy, also published on the PUB socket for passive observers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from drivers.base import Ack, Command, CommandRefused, Driver, DriverError, Frame, ProtocolError, ScanCommand
+from drivers.codec import (
+    decode_command,
+    decode_envelope,
+    encode_ack,
+    encode_error,
+    encode_frame,
+    encode_welcome,
+    envelope,
+)
+from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
+
+logger = logging.getLogger(__name__)
+
+_SEEN_IDS = 100_000
+
+
+@dataclass
+class _Client:
+    last_seen: float
+    delivery_seq: int = 0
+
+
+class InstrumentServer:
+    """Serve ``driver`` on ``endpoint`` (and stream frames on ``pub_endpoint``).
+
+    Parameters
+    ----------
+    driver
+        Any driver; the server is its only user while it runs.
+    endpoint
+        ROUTER endpoint; ``tcp://127.0.0.1:0`` picks a free port (see :attr:`endpoint`).
+    pub_endpoint
+        Optional PUB endpoint for observers.
+    heartbeat_s
+        Heartbeat interval; a client silent for three intervals is forgotten.
+    max_message_bytes
+        Larger incoming messages are dropped by ZeroMQ and the peer disconnected.
+    frame_timeout_s
+        How long to wait for the frame of an accepted scan beyond its nominal scan time.
+    curve, insecure
+        CURVE keys (required to bind a non-loopback address unless ``insecure``).
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        endpoint: str = "tcp://127.0.0.1:5555",
+        pub_endpoint: str | None = None,
+        heartbeat_s: float = 1.0,
+        max_message_bytes: int = 64 * 1024,
+        frame_timeout_s: float = 30.0,
+        curve: CurveServerKeys | None = None,
+        insecure: bool = False,
+    ) -> None:
+        for ep in filter(None, (endpoint, pub_endpoint)):
+            check_bind(ep, curve, insecure)
+        self.driver = driver
+        self.heartbeat_s = heartbeat_s
+        self.frame_timeout_s = frame_timeout_s
+        self.stats: Counter[str] = Counter()
+        self._ctx = zmq.Context()
+        self._auth = start_authenticator(self._ctx, curve) if curve else None
+        self._router = self._socket(zmq.ROUTER, curve)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._router.bind(endpoint)
+        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._pub = None
+        self.pub_endpoint: str | None = None
+        if pub_endpoint:
+            self._pub = self._socket(zmq.PUB, curve)
+            self._pub.bind(pub_endpoint)
+            self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._results = self._ctx.socket(zmq.PAIR)
+        self._results.bind(f"inproc://results-{id(self)}")
+        self._jobs: queue.Queue[tuple[bytes, Command] | None] = queue.Queue()
+        self._done: queue.Queue[tuple[bytes, Ack, Frame | None]] = queue.Queue()
+        self._clients: dict[bytes, _Client] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pub_seq = 0
+
+    def _socket(self, kind: int, curve: CurveServerKeys | None) -> zmq.Socket[bytes]:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve:
+            apply_server_keys(sock, curve)
+        return sock
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> InstrumentServer:
+        """Start the I/O and worker threads; returns self."""
+        self._threads = [
+            threading.Thread(target=self._worker, name="instrument-worker", daemon=True),
+            threading.Thread(target=self._loop, name="instrument-io", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        logger.info("instrument server on %s (observers: %s)", self.endpoint, self.pub_endpoint)
+        return self
+
+    def stop(self) -> None:
+        """Stop the threads and close the sockets (the driver stays open)."""
+        self._stop.set()
+        self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=5.0)
+        for sock in (self._router, self._pub, self._results):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    def __enter__(self) -> InstrumentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- worker: the only caller of the driver ----------------------------------------------------
+    def _worker(self) -> None:
+        out = self._ctx.socket(zmq.PAIR)
+        out.connect(f"inproc://results-{id(self)}")
+        try:
+            while (job := self._jobs.get()) is not None:
+                identity, command = job
+                ack, frame = self._execute(command)
+                self._done.put((identity, ack, frame))
+                out.send(b"")  # wake the I/O thread, which alone touches the client sockets
+        finally:
+            out.close(linger=0)
+
+    def _execute(self, command: Command) -> tuple[Ack, Frame | None]:
+        if time.time() > command.deadline_unix_s:
+            self.stats["expired"] += 1
+            return Ack(
+                command_id=command.id,
+                kind=command.kind,
+                accepted=False,
+                code="expired",
+                reason="deadline passed while queued",
+            ), None
+        try:
+            ack = self.driver.send(command)
+        except CommandRefused as exc:
+            self.stats["refused"] += 1
+            return exc.ack, None
+        except DriverError as exc:
+            self.stats["driver_errors"] += 1
+            return Ack(command_id=command.id, kind=command.kind, accepted=False, code="error", reason=str(exc)), None
+        if not isinstance(command, ScanCommand):
+            return ack, None
+        budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
+        try:
+            return ack, self.driver.next_frame(budget)
+        except DriverError as exc:
+            self.stats["frames_missing"] += 1
+            return Ack(
+                command_id=command.id,
+                kind=command.kind,
+                accepted=False,
+                code="error",
+                reason=f"scan accepted but no frame: {exc}",
+            ), None
+
+    # -- I/O thread ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._results, zmq.POLLIN)
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not self._stop.is_set():
+            events = dict(poller.poll(timeout=50))
+            if self._router in events:
+                self._drain_router()
+            if self._results in events:
+                self._drain_results()
+            if time.monotonic() >= next_beat:
+                self._heartbeat()
+                next_beat = time.monotonic() + self.heartbeat_s
+
+    def _drain_router(self) -> None:
+        while True:
+            try:
+                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(parts) < 2:
+                self.stats["malformed"] += 1
+                continue
+            identity, body = parts[0], parts[1:]
+            self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
+            self._handle(identity, body)
+
+    def _reply(self, identity: bytes, parts: list[Any]) -> None:
+        try:
+            self._router.send_multipart([identity, *parts], copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
+            self.stats["undeliverable"] += 1
+            self._clients.pop(identity, None)
+
+    def _handle(self, identity: bytes, body: list[bytes]) -> None:
+        try:
+            obj = decode_envelope(body)
+            kind = obj["type"]
+            if kind == "hello":
+                caps = self.driver.capabilities()
+                self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time()))
+            elif kind == "heartbeat":
+                self.stats["heartbeats_in"] += 1
+            elif kind == "bye":
+                self._clients.pop(identity, None)
+            elif kind == "command":
+                self._accept(identity, decode_command(obj))
+            else:
+                raise ProtocolError("type", f"a client may not send {kind!r} messages")
+        except ProtocolError as exc:
+            self.stats[f"error_{exc.code}"] += 1
+            logger.warning("bad message from client %s: %s", identity.hex()[:8], exc)
+            self._reply(identity, encode_error(exc.code, str(exc), _command_id_of(body)))
+
+    def _accept(self, identity: bytes, command: Command) -> None:
+        self.stats["commands"] += 1
+        logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
+        if command.id in self._seen:
+            self.stats["duplicates"] += 1
+            ack = Ack(
+                command_id=command.id,
+                kind=command.kind,
+                accepted=False,
+                code="duplicate",
+                reason="a command with this id was already received; it is not executed again",
+            )
+            self._reply(identity, encode_ack(ack))
+            return
+        self._seen[command.id] = None
+        while len(self._seen) > _SEEN_IDS:
+            self._seen.popitem(last=False)
+        if time.time() > command.deadline_unix_s:
+            self.stats["expired"] += 1
+            ack = Ack(
+                command_id=command.id,
+                kind=command.kind,
+                accepted=False,
+                code="expired",
+                reason="deadline passed before the command arrived",
+            )
+            self._reply(identity, encode_ack(ack))
+            return
+        self._jobs.put((identity, command))
+
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                self._results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            identity, ack, frame = self._done.get()
+            self._reply(identity, encode_ack(ack))
+            if frame is not None:
+                self._send_frame(identity, frame)
+
+    def _send_frame(self, identity: bytes, frame: Frame) -> None:
+        client = self._clients.get(identity)
+        if client is not None:
+            self._reply(identity, encode_frame(frame, client.delivery_seq))
+            client.delivery_seq += 1
+        self.stats["frames"] += 1
+        if self._pub is not None:
+            self._pub.send_multipart([b"frame", *encode_frame(frame, self._pub_seq)], copy=False)
+            self._pub_seq += 1
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        for identity, client in list(self._clients.items()):
+            if now - client.last_seen > 3 * self.heartbeat_s:
+                self.stats["clients_lost"] += 1
+                del self._clients[identity]
+            else:
+                self._reply(identity, [envelope("heartbeat", t=time.time())])
+
+    @property
+    def clients(self) -> int:
+        """Clients heard from within the last three heartbeats."""
+        return len(self._clients)
+
+
+def _command_id_of(body: list[bytes]) -> str | None:
+    """The command id of a rejected message, when one can be read (so the sender can match the error)."""
+    try:
+        obj = json.loads(bytes(body[0]))
+        cid = obj["command"]["id"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None

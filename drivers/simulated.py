@@ -1,0 +1,191 @@
+"""A simulated STEM instrument: obeys commands, renders the requested field, accumulates dose."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from drivers.base import (
+    Ack,
+    BlankCommand,
+    Capabilities,
+    Command,
+    CommandRefused,
+    Disconnected,
+    DriverTimeout,
+    Frame,
+    FrameHeader,
+    Range,
+    ScanCommand,
+    SetTiltCommand,
+    StopCommand,
+    UnblankCommand,
+)
+from drivers.limits import refusal_reason
+
+
+class SimulatedDriver:
+    """An instrument over :mod:`simulators`: a specimen, a beam, a stage, a tilt holder.
+
+    Parameters
+    ----------
+    specimen_seed
+        Seed of the simulated specimen.
+    lattice
+        Lattice of the specimen (``MoS2``, ``WS2``, ``graphene``, ``SrTiO3``).
+    noise_seed
+        Seed of the frames' noise and scan distortion.
+    probe_current_pa
+        Beam current.
+    max_dose_e_per_a2
+        Largest dose one frame may deliver; larger requests are refused.
+    realtime
+        When True, a scan takes as long as its dwell time implies.
+    specimen_config
+        Extra :class:`simulators.SpecimenConfig` fields.
+    """
+
+    def __init__(
+        self,
+        specimen_seed: int = 0,
+        lattice: str = "MoS2",
+        noise_seed: int = 0,
+        probe_current_pa: float = 20.0,
+        max_dose_e_per_a2: float = 1e7,
+        realtime: bool = False,
+        specimen_config: dict[str, Any] | None = None,
+    ) -> None:
+        from simulators import ImagingParams, Specimen, SpecimenConfig
+
+        self.specimen = Specimen(SpecimenConfig(seed=specimen_seed, lattice=lattice, **(specimen_config or {})))
+        self.imaging = ImagingParams(probe_current_pa=probe_current_pa)
+        self._rng = np.random.default_rng([noise_seed, specimen_seed])
+        x0, x1, y0, y1 = self.specimen.bounds_nm
+        self._cap = Capabilities(
+            instrument=f"simulated STEM ({lattice}, specimen seed {specimen_seed})",
+            command_kinds=("scan", "set_tilt", "blank", "unblank", "stop"),
+            stage_x_nm=Range(low=x0, high=x1),
+            stage_y_nm=Range(low=y0, high=y1),
+            fov_nm=Range(low=0.5, high=min(x1 - x0, 2000.0)),
+            pixels=Range(low=16, high=4096),
+            dwell_us=Range(low=0.1, high=1000.0),
+            tilt_deg=Range(low=-70.0, high=70.0),
+            max_dose_e_per_a2=max_dose_e_per_a2,
+        )
+        self.realtime = realtime
+        self.blanked = False
+        self.tilt_deg = 0.0
+        self.closed = False
+        self.commands_executed = 0
+        self._sequence = 0
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._ready = threading.Condition()
+        self._lock = threading.Lock()
+
+    def capabilities(self) -> Capabilities:
+        """Limits derived from the specimen and the simulated column."""
+        return self._cap
+
+    def _dose(self, command: ScanCommand) -> float:
+        from simulators import ScanRequest
+
+        scan = ScanRequest(fov_nm=command.fov_nm, rows=command.rows, cols=command.cols, dwell_us=command.dwell_us)
+        return self.imaging.dose_e_per_a2(scan)
+
+    def _refuse(self, command: Command, reason: str, code: str = "refused") -> CommandRefused:
+        return CommandRefused(
+            Ack(
+                command_id=command.id,
+                kind=command.kind,
+                accepted=False,
+                code=code,  # type: ignore[arg-type]
+                reason=reason,
+            )
+        )
+
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        """Execute a command (a scan renders its frame before returning)."""
+        if self.closed:
+            raise Disconnected("simulated instrument is closed")
+        reason = refusal_reason(self._cap, command)
+        if reason is None and isinstance(command, ScanCommand):  # dose only once the fields are in range
+            reason = refusal_reason(self._cap, command, self._dose(command))
+        if reason is not None:
+            raise self._refuse(command, reason)
+        if time.time() > command.deadline_unix_s:
+            raise self._refuse(command, "deadline passed before execution", "expired")
+        with self._lock:
+            if isinstance(command, ScanCommand):
+                if self.blanked:
+                    raise self._refuse(command, "the beam is blanked: unblank first")
+                self._scan(command)
+            elif isinstance(command, SetTiltCommand):
+                self.tilt_deg = command.tilt_deg
+            elif isinstance(command, (BlankCommand, StopCommand)):
+                self.blanked = True
+            elif isinstance(command, UnblankCommand):
+                self.blanked = False
+            self.commands_executed += 1
+        return Ack(command_id=command.id, kind=command.kind, accepted=True)
+
+    def _scan(self, command: ScanCommand) -> None:
+        from simulators import ScanRequest, render_frame
+
+        start = time.time()
+        scan = ScanRequest(
+            x_nm=command.x_nm,
+            y_nm=command.y_nm,
+            fov_nm=command.fov_nm,
+            rows=command.rows,
+            cols=command.cols,
+            dwell_us=command.dwell_us,
+            rotation_deg=command.rotation_deg,
+        )
+        sim = render_frame(self.specimen, scan, self.imaging, self._rng)
+        if self.realtime:
+            time.sleep(max(0.0, command.rows * command.cols * command.dwell_us * 1e-6 - (time.time() - start)))
+        header = FrameHeader(
+            sequence=self._sequence,
+            command_id=command.id,
+            acquisition_start_unix_s=start,
+            acquisition_end_unix_s=time.time(),
+            x_nm=command.x_nm,
+            y_nm=command.y_nm,
+            fov_nm=command.fov_nm,
+            shape=(command.rows, command.cols),
+            dtype="float32",
+            pixel_size_nm=scan.pixel_size_nm,
+            dwell_us=command.dwell_us,
+            tilt_deg=self.tilt_deg,
+            metadata={
+                "dose_e_per_a2": sim.dose_e_per_a2,
+                "rotation_deg": command.rotation_deg,
+                "probe_current_pa": self.imaging.probe_current_pa,
+                "simulated": True,
+                "atoms_resolved": sim.truth.atoms_resolved,
+            },
+        )
+        self._sequence += 1
+        with self._ready:
+            self._frames.append(Frame(header, sim.image))
+            self._ready.notify_all()
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        """The oldest unread frame; raises :class:`DriverTimeout` after ``timeout_s``."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: bool(self._frames) or self.closed, timeout=timeout_s):
+                raise DriverTimeout(f"no frame within {timeout_s} s")
+            if not self._frames:
+                raise Disconnected("simulated instrument is closed")
+            return self._frames.popleft()
+
+    def close(self) -> None:
+        """Close the instrument; blocked and later calls raise :class:`Disconnected`."""
+        with self._ready:
+            self.closed = True
+            self.blanked = True
+            self._ready.notify_all()
