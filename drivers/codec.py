@@ -79,7 +79,7 @@ def encode_frame(frame: Frame, delivery_seq: int) -> list[Any]:
     """A frame: [envelope with header, image buffer]; the buffer is passed without a copy."""
     image = np.ascontiguousarray(frame.image)
     head = envelope("frame", header=frame.header.model_dump(mode="json"), delivery_seq=delivery_seq)
-    return [head, memoryview(image).cast("B")]
+    return [head, image.data.cast("B")]
 
 
 def decode_envelope(parts: list[bytes]) -> dict[str, Any]:
@@ -121,17 +121,17 @@ def _validated(factory: Any, data: Any, what: str) -> Any:
 
 def decode_command(obj: dict[str, Any]) -> Command:
     """The command inside a ``command`` envelope (unknown kinds and bad fields are ``invalid``)."""
-    return _validated(COMMAND_ADAPTER.validate_python, obj.get("command"), "command")  # type: ignore[no-any-return]
+    return _validated(COMMAND_ADAPTER.validate_python, obj.get("command"), "command")
 
 
 def decode_ack(obj: dict[str, Any]) -> Ack:
     """The ack inside an ``ack`` envelope."""
-    return _validated(Ack.model_validate, obj.get("ack"), "ack")  # type: ignore[no-any-return]
+    return _validated(Ack.model_validate, obj.get("ack"), "ack")
 
 
 def decode_capabilities(obj: dict[str, Any]) -> Capabilities:
     """The capabilities inside a ``welcome`` envelope."""
-    return _validated(Capabilities.model_validate, obj.get("capabilities"), "capabilities")  # type: ignore[no-any-return]
+    return _validated(Capabilities.model_validate, obj.get("capabilities"), "capabilities")
 
 
 def decode_frame(obj: dict[str, Any], buffer: bytes | memoryview, max_bytes: int) -> tuple[Frame, int]:

@@ -102,7 +102,7 @@ class SimulatedDriver:
                 command_id=command.id,
                 kind=command.kind,
                 accepted=False,
-                code=code,  # type: ignore[arg-type]
+                code=code,
                 reason=reason,
             )
         )
