@@ -1,0 +1,177 @@
+"""Bad input over real loopback sockets: each gets a specific error or is dropped, nothing else changes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import zmq
+
+from drivers.base import PROTOCOL_VERSION, ScanCommand
+from drivers.codec import encode_command
+from drivers.memory import InMemoryDriver
+from drivers.remote import RemoteDriver
+from drivers.server import InstrumentServer
+
+
+@pytest.fixture
+def served():
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, max_message_bytes=4096).start()
+    ctx = _Sockets()
+    yield driver, server, ctx
+    ctx.close()
+    server.stop()
+
+
+class _Sockets:
+    """A context that closes every socket it made."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.made: list[zmq.Socket] = []
+
+    def socket(self, kind: int) -> zmq.Socket:
+        self.made.append(self.ctx.socket(kind))
+        return self.made[-1]
+
+    def close(self) -> None:
+        for sock in self.made:
+            sock.close(linger=0)
+        self.ctx.term()
+
+
+def _raw(ctx, server) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 3000)
+    sock.connect(server.endpoint)
+    return sock
+
+
+def _reply(sock) -> dict:
+    while True:
+        parts = sock.recv_multipart()
+        obj = json.loads(parts[0])
+        if obj["type"] != "heartbeat":
+            return obj
+
+
+def _scan_dict(**kw) -> dict:
+    return ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1, **kw).model_dump(mode="json")
+
+
+def _msg(**fields) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, **fields}).encode()
+
+
+CASES = [
+    ([b"{not json"], "json"),
+    ([b"\xff\xfe"], "json"),
+    ([b"[1, 2, 3]"], "envelope"),
+    ([json.dumps({"type": "hello"}).encode()], "envelope"),
+    ([json.dumps({"v": 99, "type": "hello"}).encode()], "version"),
+    ([_msg(type="teleport")], "type"),
+    ([_msg(type="ack", ack={})], "type"),
+    ([_msg(type="hello"), b"extra", b"parts"], "parts"),
+    ([_msg(type="command", command=_scan_dict()), b"extra"], "parts"),
+    ([_msg(type="command", command={**_scan_dict(), "kind": "explode"})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "fov_nm": -1.0})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "rows": 10**9})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "surprise": 1})], "invalid"),
+    ([_msg(type="command", command=_scan_dict()).replace(b'"x_nm": 0.0', b'"x_nm": NaN')], "json"),
+    ([_msg(type="command", command=_scan_dict()).replace(b'"y_nm": 0.0', b'"y_nm": -Infinity')], "json"),
+    ([_msg(type="command", command={**_scan_dict(), "id": "bad id with spaces"})], "invalid"),
+    ([_msg(type="command")], "invalid"),
+]
+
+
+assert b"NaN" in CASES[13][0][0] and b"Infinity" in CASES[14][0][0]
+
+
+@pytest.mark.parametrize(("parts", "code"), CASES)
+def test_malformed_messages_get_a_specific_error(served, parts, code):
+    driver, server, ctx = served
+    sock = _raw(ctx, server)
+    sock.send_multipart(parts)
+    reply = _reply(sock)
+    assert reply["type"] == "error" and reply["code"] == code, reply
+    assert server.stats[f"error_{code}"] == 1
+    assert driver.commands == []  # no state changed
+    # The same connection still works afterwards.
+    sock.send_multipart([_msg(type="hello")])
+    assert _reply(sock)["type"] == "welcome"
+
+
+def test_error_names_the_command_it_rejects(served):
+    _, server, ctx = served
+    sock = _raw(ctx, server)
+    bad = {**_scan_dict(), "dwell_us": -3.0}
+    sock.send_multipart([_msg(type="command", command=bad)])
+    reply = _reply(sock)
+    assert reply["code"] == "invalid" and reply["command_id"] == bad["id"] and "dwell_us" in reply["reason"]
+
+
+def test_duplicates_and_expired_commands_are_dropped_and_said_so(served):
+    driver, server, ctx = served
+    sock = _raw(ctx, server)
+    cmd = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1)
+    sock.send_multipart(encode_command(cmd))
+    assert _reply(sock)["ack"]["accepted"] is True
+    assert json.loads(sock.recv_multipart()[0])["type"] in ("frame", "heartbeat")
+    sock.send_multipart(encode_command(cmd))
+    ack = _reply(sock)
+    while ack["type"] == "frame":
+        ack = _reply(sock)
+    assert ack["ack"]["code"] == "duplicate" and not ack["ack"]["accepted"]
+    late = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1, deadline_unix_s=time.time() - 5)
+    sock.send_multipart(encode_command(late))
+    ack = _reply(sock)
+    assert ack["ack"]["code"] == "expired" and "deadline" in ack["ack"]["reason"]
+    assert [c.id for c in driver.commands] == [cmd.id]  # executed exactly once
+
+
+def test_oversized_message_is_dropped_and_others_are_still_served(served):
+    driver, server, ctx = served
+    big = _raw(ctx, server)
+    big.send_multipart([_msg(type="hello", padding="x" * 10_000)])
+    with RemoteDriver(server.endpoint, heartbeat_s=0.2) as other:
+        other.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1))
+        assert other.next_frame(5.0).header.shape == (32, 32)
+    big.setsockopt(zmq.RCVTIMEO, 300)
+    with pytest.raises(zmq.Again):
+        big.recv_multipart()  # no welcome for the oversized hello
+    assert len(driver.commands) == 1
+
+
+class _SlowDriver(InMemoryDriver):
+    def send(self, command, timeout_s=5.0):
+        time.sleep(0.3)  # a slow acquisition: the client leaves meanwhile
+        return super().send(command, timeout_s)
+
+
+def test_client_vanishing_mid_request_does_not_hurt_the_server():
+    driver = _SlowDriver()
+    ctx = _Sockets()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    try:
+        _vanish_and_check(driver, server, ctx)
+    finally:
+        ctx.close()
+        server.stop()
+
+
+def _vanish_and_check(driver, server, ctx):
+    ghost = _raw(ctx, server)
+    ghost.send_multipart(encode_command(ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=512, cols=512, dwell_us=1)))
+    deadline = time.time() + 5
+    while server.stats["commands"] == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    ghost.close(linger=0)
+    deadline = time.time() + 5
+    while server.stats["undeliverable"] == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.stats["undeliverable"] >= 1
+    with RemoteDriver(server.endpoint, heartbeat_s=0.2) as other:
+        assert other.capabilities().instrument == driver.capabilities().instrument
