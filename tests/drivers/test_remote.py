@@ -1,0 +1,229 @@
+"""RemoteDriver against real and fake servers: bad frames, loss, heartbeats, reconnect, observers, CURVE."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from drivers.base import PROTOCOL_VERSION, BlankCommand, Disconnected, DriverTimeout, Frame, FrameHeader, ScanCommand
+from drivers.codec import decode_envelope, decode_frame, encode_frame, encode_welcome, envelope
+from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
+from drivers.remote import RemoteDriver
+from drivers.security import CurveClientKeys, CurveServerKeys, check_bind, new_keypair
+from drivers.server import InstrumentServer
+
+
+class FakeServer:
+    """A ROUTER that welcomes clients and sends whatever the test scripts, nothing more."""
+
+    def __init__(self, heartbeat: bool = True) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind("tcp://127.0.0.1:0")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.heartbeat = heartbeat
+        self.client: bytes | None = None
+        self.outgoing: list[list] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        last_beat = 0.0
+        while not self.stop.is_set():
+            if self.sock.poll(20):
+                identity, *parts = self.sock.recv_multipart()
+                if json.loads(parts[0])["type"] == "hello":
+                    self.client = identity
+                    self.sock.send_multipart([identity, *encode_welcome(DEFAULT_CAPABILITIES, 0.2, time.time())])
+            with self.lock:
+                out, self.outgoing = self.outgoing, []
+            for parts in out:
+                self.sock.send_multipart([self.client, *parts])
+            if self.heartbeat and self.client and time.monotonic() - last_beat > 0.2:
+                self.sock.send_multipart([self.client, envelope("heartbeat", t=time.time())])
+                last_beat = time.monotonic()
+
+    def send(self, parts: list) -> None:
+        with self.lock:
+            self.outgoing.append(parts)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _frame(rows=16, cols=16, dtype="float32") -> Frame:
+    header = FrameHeader(
+        sequence=0,
+        acquisition_start_unix_s=1.0,
+        acquisition_end_unix_s=2.0,
+        x_nm=0,
+        y_nm=0,
+        fov_nm=1.0,
+        shape=(rows, cols),
+        dtype=dtype,
+        pixel_size_nm=1.0 / cols,
+        dwell_us=1.0,
+    )
+    return Frame(header, np.zeros((rows, cols), dtype=dtype))
+
+
+@pytest.fixture
+def fake():
+    server = FakeServer()
+    yield server
+    server.close()
+
+
+def test_bad_frames_are_dropped_and_counted(fake):
+    with RemoteDriver(fake.endpoint, heartbeat_s=0.2, max_frame_bytes=4096) as remote:
+        good = encode_frame(_frame(), 0)
+        fake.send([good[0], bytes(good[1])[:-4]])  # buffer shorter than the header says
+        head = json.loads(good[0])
+        head["header"]["dtype"] = "complex128"
+        fake.send([json.dumps(head).encode(), bytes(good[1])])  # dtype outside the schema
+        big = encode_frame(_frame(64, 64), 1)
+        fake.send([big[0], bytes(big[1])])  # 16 KiB frame over the 4 KiB limit
+        fake.send([good[0]])  # frame message without its buffer
+        fake.send(encode_frame(_frame(), 2))
+        frame = remote.next_frame(3.0)
+        assert frame.header.shape == (16, 16)
+        with pytest.raises(DriverTimeout):
+            remote.next_frame(0.3)
+        s = remote.stats
+        assert s["error_shape_mismatch"] == 1 and s["error_invalid"] == 1 and s["error_too_large"] == 1
+        assert s["error_parts"] == 1 and s["frames"] == 1
+
+
+def test_lost_frames_are_detected_and_counted(fake):
+    with RemoteDriver(fake.endpoint, heartbeat_s=0.2) as remote:
+        for seq in (0, 1, 4, 5, 9):
+            fake.send(encode_frame(_frame(), seq))
+        for _ in range(5):
+            remote.next_frame(3.0)
+        assert remote.stats["frames_lost"] == 5  # 2, 3, 6, 7, 8
+
+
+def test_silent_server_is_declared_gone_within_three_heartbeats():
+    fake = FakeServer(heartbeat=False)
+    try:
+        remote = RemoteDriver(fake.endpoint, heartbeat_s=0.2, reconnect=False)
+        t0 = time.monotonic()
+        while remote.connected and time.monotonic() - t0 < 3:
+            time.sleep(0.01)
+        assert not remote.connected
+        assert time.monotonic() - t0 < 0.2 * 3 + 0.4
+        with pytest.raises(Disconnected):
+            remote.send(BlankCommand())
+        remote.close()
+    finally:
+        fake.close()
+
+
+def test_pending_call_fails_when_the_server_dies():
+    fake = FakeServer(heartbeat=True)
+    remote = RemoteDriver(fake.endpoint, heartbeat_s=0.2, reconnect=False)
+    fake.heartbeat = False  # frozen: accepts the command, never answers
+    t0 = time.monotonic()
+    with pytest.raises(Disconnected, match="lost"):
+        remote.send(BlankCommand(), timeout_s=5.0)
+    assert time.monotonic() - t0 < 1.5
+    remote.close()
+    fake.close()
+
+
+def test_reconnects_after_the_server_restarts():
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.2)
+    try:
+        server.stop()
+        deadline = time.monotonic() + 3
+        while remote.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not remote.connected
+        with pytest.raises(Disconnected):
+            remote.send(BlankCommand())  # never queued for later delivery
+        server = InstrumentServer(driver, endpoint, heartbeat_s=0.2).start()
+        deadline = time.monotonic() + 5
+        while not remote.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert remote.connected and remote.stats["reconnects"] >= 1
+        assert remote.send(BlankCommand()).accepted
+        assert [c.kind for c in driver.commands] == ["blank"]
+    finally:
+        remote.close()
+        server.stop()
+
+
+def test_observers_receive_every_frame_on_the_pub_socket():
+    server = InstrumentServer(
+        InMemoryDriver(), "tcp://127.0.0.1:0", pub_endpoint="tcp://127.0.0.1:0", heartbeat_s=0.2
+    ).start()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame")
+    sub.connect(server.pub_endpoint)
+    time.sleep(0.3)  # let the subscription propagate
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            for _ in range(3):
+                remote.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=2, rows=20, cols=30, dwell_us=1))
+                remote.next_frame(5.0)
+        seqs = []
+        for _ in range(3):
+            assert sub.poll(3000)
+            topic, head, buf = sub.recv_multipart()
+            frame, seq = decode_frame(decode_envelope([head, buf]), buf, 1 << 20)
+            assert topic == b"frame" and frame.image.shape == (20, 30)
+            seqs.append(seq)
+        assert seqs == [0, 1, 2]
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        server.stop()
+
+
+def test_curve_admits_only_allowed_client_keys():
+    server_pub, server_sec = new_keypair()
+    good_pub, good_sec = new_keypair()
+    bad_pub, bad_sec = new_keypair()
+    keys = CurveServerKeys(server_pub, server_sec, frozenset({good_pub}))
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, curve=keys).start()
+    try:
+        with RemoteDriver(
+            server.endpoint, heartbeat_s=0.2, curve=CurveClientKeys(good_pub, good_sec, server_pub)
+        ) as remote:
+            assert remote.send(BlankCommand()).accepted
+        with pytest.raises(Disconnected):
+            RemoteDriver(
+                server.endpoint,
+                heartbeat_s=0.2,
+                connect_timeout_s=1.0,
+                curve=CurveClientKeys(bad_pub, bad_sec, server_pub),
+            )
+        with pytest.raises(Disconnected):  # no keys at all
+            RemoteDriver(server.endpoint, heartbeat_s=0.2, connect_timeout_s=1.0)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5555", "tcp://192.0.2.7:5555", "tcp://*:5555"])
+def test_non_loopback_bind_needs_keys_or_insecure(endpoint):
+    with pytest.raises(ValueError, match="refusing to bind"):
+        check_bind(endpoint, None, insecure=False)
+    check_bind(endpoint, None, insecure=True)
+    check_bind("tcp://127.0.0.1:5555", None, insecure=False)
+    assert PROTOCOL_VERSION == 1
