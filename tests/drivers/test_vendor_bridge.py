@@ -1,0 +1,53 @@
+"""The example vendor bridge (plain pyzmq, no autoscope imports) works with RemoteDriver."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.base import BlankCommand, CommandRefused, ScanCommand, UnblankCommand
+from drivers.remote import RemoteDriver
+
+BRIDGE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "vendor_bridge.py"
+
+
+@pytest.fixture
+def bridge():
+    spec = importlib.util.spec_from_file_location("vendor_bridge", BRIDGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "autoscope" not in BRIDGE.read_text().split('"""', 2)[2].split("import")[0]
+    server = module.Bridge(module.FakeVendorScope(), "tcp://127.0.0.1:0")
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    yield server
+    server.stop()
+    thread.join(2)
+    server.sock.close(linger=0)
+    server.ctx.term()
+
+
+def test_bridge_serves_remote_driver(bridge):
+    source = BRIDGE.read_text()
+    assert "from drivers" not in source and "import models" not in source
+    with RemoteDriver(bridge.endpoint, heartbeat_s=1.0) as remote:
+        cap = remote.capabilities()
+        assert cap.instrument.startswith("fake vendor scope") and cap.tilt_deg is None
+        remote.send(ScanCommand(x_nm=10, y_nm=-20, fov_nm=50, rows=64, cols=80, dwell_us=2))
+        frame = remote.next_frame(5.0)
+        assert frame.image.dtype == np.uint16 and frame.image.shape == (64, 80)
+        assert frame.header.x_nm == 10 and bridge.scope.position == (10, -20)
+        with pytest.raises(CommandRefused, match="fov_nm"):
+            remote.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=5000, rows=64, cols=64, dwell_us=2))
+        remote.send(BlankCommand())
+        with pytest.raises(CommandRefused, match="blanked"):
+            remote.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=50, rows=64, cols=64, dwell_us=2))
+        remote.send(UnblankCommand())
+        time.sleep(3.5)  # idle longer than three heartbeats: the bridge's heartbeats keep us connected
+        assert remote.connected and remote.stats["disconnects"] == 0
+        assert bridge.scope.frames == 1
