@@ -13,12 +13,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent.cli import segment, simulate, train
+from agent.cli import instrument, segment, simulate, train
 
 #: Exit status for bad input (arguments, parameters, files).
 EXIT_USAGE = 2
+#: Exit status when the instrument fails (gone, refused, timed out).
+EXIT_FAILURE = 1
 
-_SUBCOMMANDS = (simulate, train, segment)
+_SUBCOMMANDS = (simulate, train, segment, instrument)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # bad parameters: say which and why, no traceback
         print(f"autoscope {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        # Instrument-side failures (a server that is gone, a refused command) are reported, not dumped.
+        if type(exc).__module__.startswith("drivers"):
+            print(f"autoscope {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,135 @@
+"""``autoscope instrument``: serve a simulated microscope, or check a running server.
+
+``--sim`` puts :class:`drivers.simulated.SimulatedDriver` behind the instrument server
+until interrupted, logging each command.  ``--check ENDPOINT`` connects, prints the
+capabilities, acquires one frame and prints its header.  ``--make-keys DIR`` writes
+CURVE certificates for a server and one client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``instrument`` to ``sub``."""
+    p = sub.add_parser("instrument", help="serve a simulated instrument, or check a running one")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--sim", action="store_true", help="serve a simulated STEM until interrupted")
+    mode.add_argument("--check", metavar="ENDPOINT", help="connect, print capabilities, acquire one frame")
+    mode.add_argument("--make-keys", metavar="DIR", type=Path, help="write CURVE certificates (server, client)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="command endpoint (default tcp://127.0.0.1:5555)")
+    p.add_argument("--pub", default=None, help="optional endpoint streaming every frame to observers")
+    p.add_argument("--specimen-seed", type=int, default=0, help="simulated specimen seed (default 0)")
+    p.add_argument("--lattice", default="MoS2", help="simulated lattice (default MoS2)")
+    p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
+    p.add_argument("--server-key", type=Path, default=None, help="server CURVE secret certificate (zmq.auth format)")
+    p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
+    p.add_argument("--client-key", type=Path, default=None, help="--check: client CURVE secret certificate")
+    p.add_argument("--server-public", type=Path, default=None, help="--check: server public certificate")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="--check: connection and frame timeout")
+    p.set_defaults(handler=_run)
+
+
+def _server_keys(args: argparse.Namespace) -> Any:
+    if args.server_key is None:
+        return None
+    import zmq.auth
+
+    from drivers.security import CurveServerKeys
+
+    public, secret = zmq.auth.load_certificate(str(args.server_key))
+    if secret is None:
+        raise ValueError(f"{args.server_key} holds no secret key")
+    allowed: frozenset[bytes] = frozenset()
+    if args.allow_clients is not None:
+        allowed = frozenset(zmq.auth.load_certificate(str(f))[0] for f in sorted(args.allow_clients.glob("*.key")))
+    if not allowed:
+        raise ValueError("--server-key needs --allow-clients with at least one client public certificate")
+    return CurveServerKeys(public, secret, allowed)
+
+
+def _client_keys(args: argparse.Namespace) -> Any:
+    if args.client_key is None:
+        return None
+    import zmq.auth
+
+    from drivers.security import CurveClientKeys
+
+    if args.server_public is None:
+        raise ValueError("--client-key needs --server-public")
+    public, secret = zmq.auth.load_certificate(str(args.client_key))
+    server_public, _ = zmq.auth.load_certificate(str(args.server_public))
+    if secret is None:
+        raise ValueError(f"{args.client_key} holds no secret key")
+    return CurveClientKeys(public, secret, server_public)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from drivers.server import InstrumentServer
+    from drivers.simulated import SimulatedDriver
+
+    logging.getLogger("drivers").setLevel(logging.INFO)
+    driver = SimulatedDriver(specimen_seed=args.specimen_seed, lattice=args.lattice)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server = InstrumentServer(
+        driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=_server_keys(args), insecure=args.insecure
+    ).start()
+    print(
+        f"simulated instrument on {server.endpoint}" + (f", frames on {server.pub_endpoint}" if args.pub else ""),
+        flush=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        driver.close()
+        print(json.dumps(dict(server.stats)), flush=True)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from drivers.base import ScanCommand
+    from drivers.remote import RemoteDriver
+
+    with RemoteDriver(args.check, connect_timeout_s=args.timeout_s, curve=_client_keys(args)) as remote:
+        cap = remote.capabilities()
+        print(json.dumps({"capabilities": cap.model_dump(mode="json")}, indent=2))
+        x = 0.5 * (cap.stage_x_nm.low + cap.stage_x_nm.high)
+        y = 0.5 * (cap.stage_y_nm.low + cap.stage_y_nm.high)
+        fov = min(max(cap.fov_nm.low, 10.0), cap.fov_nm.high)
+        side = int(min(max(cap.pixels.low, 256), cap.pixels.high))
+        dwell = min(max(cap.dwell_us.low, 1.0), cap.dwell_us.high)
+        remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=fov, rows=side, cols=side, dwell_us=dwell))
+        frame = remote.next_frame(args.timeout_s + side * side * dwell * 1e-6)
+        print(json.dumps({"frame_header": frame.header.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+def _make_keys(directory: Path) -> int:
+    import zmq.auth
+
+    (directory / "clients").mkdir(parents=True, exist_ok=True)
+    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
+    Path(client_public).replace(directory / "clients" / Path(client_public).name)
+    print(
+        f"server: {server_secret} (keep private), {server_public}\nclient: {client_secret} (keep private), "
+        f"{directory / 'clients' / Path(client_public).name} (allow-list)"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.make_keys is not None:
+        return _make_keys(args.make_keys)
+    return _serve(args) if args.sim else _check(args)
