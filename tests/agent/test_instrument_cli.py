@@ -36,7 +36,7 @@ def sim_server():
     yield endpoint, proc
     if proc.poll() is None:
         proc.kill()
-        proc.wait()
+        proc.communicate(timeout=10)
 
 
 def test_check_prints_capabilities_and_a_frame_header(sim_server, capsys):
@@ -98,4 +98,4 @@ def test_make_keys_then_serve_with_curve(tmp_path, capsys):
         assert main(["instrument", "--check", endpoint, "--timeout-s", "1"]) == 1  # no keys: not admitted
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate(timeout=10)  # reaps the process and closes its pipes
