@@ -175,3 +175,13 @@ def _vanish_and_check(driver, server, ctx):
     assert server.stats["undeliverable"] >= 1
     with RemoteDriver(server.endpoint, heartbeat_s=0.2) as other:
         assert other.capabilities().instrument == driver.capabilities().instrument
+
+
+def test_silent_clients_are_forgotten_after_three_heartbeats(served):
+    _, server, ctx = served
+    sock = _raw(ctx, server)
+    sock.send_multipart([_msg(type="hello")])
+    assert _reply(sock)["type"] == "welcome"
+    assert server.clients == 1
+    time.sleep(0.2 * 3 + 0.4)  # the raw client never sends heartbeats
+    assert server.clients == 0 and server.stats["clients_lost"] == 1
