@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from typing import Any
@@ -11,21 +10,15 @@ import numpy as np
 
 from drivers.base import (
     Ack,
-    BlankCommand,
     Capabilities,
     Command,
-    CommandRefused,
     Disconnected,
-    DriverTimeout,
     Frame,
     FrameHeader,
     Range,
     ScanCommand,
-    SetTiltCommand,
-    StopCommand,
-    UnblankCommand,
 )
-from drivers.limits import refusal_reason
+from drivers.local import BeamState, FrameQueue
 
 
 class SimulatedDriver:
@@ -77,14 +70,15 @@ class SimulatedDriver:
             max_dose_e_per_a2=max_dose_e_per_a2,
         )
         self.realtime = realtime
-        self.blanked = False
-        self.tilt_deg = 0.0
-        self.closed = False
+        self.state = BeamState()
         self.commands_executed = 0
-        self._sequence = 0
-        self._frames: collections.deque[Frame] = collections.deque()
-        self._ready = threading.Condition()
+        self._frames = FrameQueue()
         self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._frames.closed
 
     def capabilities(self) -> Capabilities:
         """Limits derived from the specimen and the simulated column."""
@@ -96,43 +90,21 @@ class SimulatedDriver:
         scan = ScanRequest(fov_nm=command.fov_nm, rows=command.rows, cols=command.cols, dwell_us=command.dwell_us)
         return self.imaging.dose_e_per_a2(scan)
 
-    def _refuse(self, command: Command, reason: str, code: str = "refused") -> CommandRefused:
-        return CommandRefused(
-            Ack(
-                command_id=command.id,
-                kind=command.kind,
-                accepted=False,
-                code=code,
-                reason=reason,
-            )
-        )
-
     def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
         """Execute a command (a scan renders its frame before returning)."""
         if self.closed:
             raise Disconnected("simulated instrument is closed")
-        reason = refusal_reason(self._cap, command)
-        if reason is None and isinstance(command, ScanCommand):  # dose only once the fields are in range
-            reason = refusal_reason(self._cap, command, self._dose(command))
-        if reason is not None:
-            raise self._refuse(command, reason)
-        if time.time() > command.deadline_unix_s:
-            raise self._refuse(command, "deadline passed before execution", "expired")
         with self._lock:
+            self.state.admit(self._cap, command)  # fields first: the dose needs valid ones
             if isinstance(command, ScanCommand):
-                if self.blanked:
-                    raise self._refuse(command, "the beam is blanked: unblank first")
-                self._scan(command)
-            elif isinstance(command, SetTiltCommand):
-                self.tilt_deg = command.tilt_deg
-            elif isinstance(command, (BlankCommand, StopCommand)):
-                self.blanked = True
-            elif isinstance(command, UnblankCommand):
-                self.blanked = False
+                self.state.admit(self._cap, command, self._dose(command))
+                self._frames.put(self._scan(command))
+            else:
+                self.state.apply(command)
             self.commands_executed += 1
         return Ack(command_id=command.id, kind=command.kind, accepted=True)
 
-    def _scan(self, command: ScanCommand) -> None:
+    def _scan(self, command: ScanCommand) -> Frame:
         from simulators import ScanRequest, render_frame
 
         start = time.time()
@@ -149,7 +121,7 @@ class SimulatedDriver:
         if self.realtime:
             time.sleep(max(0.0, command.rows * command.cols * command.dwell_us * 1e-6 - (time.time() - start)))
         header = FrameHeader(
-            sequence=self._sequence,
+            sequence=self.state.next_sequence(),
             command_id=command.id,
             acquisition_start_unix_s=start,
             acquisition_end_unix_s=time.time(),
@@ -160,7 +132,7 @@ class SimulatedDriver:
             dtype="float32",
             pixel_size_nm=scan.pixel_size_nm,
             dwell_us=command.dwell_us,
-            tilt_deg=self.tilt_deg,
+            tilt_deg=self.state.tilt_deg,
             metadata={
                 "dose_e_per_a2": sim.dose_e_per_a2,
                 "rotation_deg": command.rotation_deg,
@@ -169,23 +141,13 @@ class SimulatedDriver:
                 "atoms_resolved": sim.truth.atoms_resolved,
             },
         )
-        self._sequence += 1
-        with self._ready:
-            self._frames.append(Frame(header, sim.image))
-            self._ready.notify_all()
+        return Frame(header, sim.image)
 
     def next_frame(self, timeout_s: float) -> Frame:
         """The oldest unread frame; raises :class:`DriverTimeout` after ``timeout_s``."""
-        with self._ready:
-            if not self._ready.wait_for(lambda: bool(self._frames) or self.closed, timeout=timeout_s):
-                raise DriverTimeout(f"no frame within {timeout_s} s")
-            if not self._frames:
-                raise Disconnected("simulated instrument is closed")
-            return self._frames.popleft()
+        return self._frames.get(timeout_s)
 
     def close(self) -> None:
-        """Close the instrument; blocked and later calls raise :class:`Disconnected`."""
-        with self._ready:
-            self.closed = True
-            self.blanked = True
-            self._ready.notify_all()
+        """Close the instrument and blank the beam; blocked and later calls raise :class:`Disconnected`."""
+        self.state.blanked = True
+        self._frames.close()

@@ -1,0 +1,100 @@
+"""Parts shared by drivers that run in this process: the frame queue and the beam/stage state.
+
+Composed by :class:`~drivers.memory.InMemoryDriver` and
+:class:`~drivers.simulated.SimulatedDriver`; a vendor driver can use them too.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+
+from drivers.base import (
+    Ack,
+    BlankCommand,
+    Capabilities,
+    Command,
+    CommandRefused,
+    Disconnected,
+    DriverTimeout,
+    Frame,
+    ScanCommand,
+    SetTiltCommand,
+    StopCommand,
+    UnblankCommand,
+)
+from drivers.limits import refusal_reason
+
+
+class FrameQueue:
+    """Acquired frames waiting to be read; ``get`` never blocks past its timeout."""
+
+    def __init__(self) -> None:
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._ready = threading.Condition()
+        self.closed = False
+
+    def put(self, frame: Frame) -> None:
+        """Append a frame and wake a waiting reader."""
+        with self._ready:
+            self._frames.append(frame)
+            self._ready.notify_all()
+
+    def get(self, timeout_s: float) -> Frame:
+        """The oldest frame; :class:`DriverTimeout` after ``timeout_s``, :class:`Disconnected` once closed."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: bool(self._frames) or self.closed, timeout=timeout_s):
+                raise DriverTimeout(f"no frame within {timeout_s} s")
+            if not self._frames:
+                raise Disconnected("instrument is closed")
+            return self._frames.popleft()
+
+    def close(self) -> None:
+        """Wake every reader; later reads of an empty queue raise :class:`Disconnected`."""
+        with self._ready:
+            self.closed = True
+            self._ready.notify_all()
+
+
+@dataclass
+class BeamState:
+    """Beam blanking, stage tilt and the frame counter of a local instrument."""
+
+    blanked: bool = False
+    tilt_deg: float = 0.0
+    sequence: int = 0
+
+    def admit(self, cap: Capabilities, command: Command, dose_e_per_a2: float | None = None) -> None:
+        """Raise :class:`CommandRefused` unless ``command`` may run now (limits, deadline, beam)."""
+        reason = refusal_reason(cap, command, dose_e_per_a2)
+        code = "refused"
+        if reason is None and time.time() > command.deadline_unix_s:
+            reason, code = "deadline passed before execution", "expired"
+        if reason is None and isinstance(command, ScanCommand) and self.blanked:
+            reason = "the beam is blanked: unblank first"
+        if reason is not None:
+            raise CommandRefused(
+                Ack(
+                    command_id=command.id,
+                    kind=command.kind,
+                    accepted=False,
+                    code="expired" if code == "expired" else "refused",
+                    reason=reason,
+                )
+            )
+
+    def apply(self, command: Command) -> None:
+        """Change state for a non-scan command."""
+        if isinstance(command, SetTiltCommand):
+            self.tilt_deg = command.tilt_deg
+        elif isinstance(command, (BlankCommand, StopCommand)):
+            self.blanked = True
+        elif isinstance(command, UnblankCommand):
+            self.blanked = False
+
+    def next_sequence(self) -> int:
+        """The next frame's sequence number."""
+        self.sequence += 1
+        return self.sequence - 1
