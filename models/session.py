@@ -70,12 +70,18 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        explicit = providers != "auto"
+        if not explicit:
+            # 'auto' tries the GPU providers a GPU build lists even where no GPU exists; the
+            # fallback warning is noise there, and the active providers are reported anyway.
+            ort.set_default_logger_severity(4)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ProviderError(f"cannot load {path}: {exc}") from exc
+        finally:
+            ort.set_default_logger_severity(2)
         self.active_providers: list[str] = list(self.session.get_providers())
-        explicit = providers != "auto"
         missing = [p for p in wanted if p not in self.active_providers and p != PROVIDER_NAMES["cpu"]]
         if explicit and missing:
             raise ProviderError(f"requested {missing} but the session runs on {self.active_providers}")
