@@ -8,7 +8,10 @@ silently falls back to the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,12 +78,16 @@ class OnnxModel:
             # 'auto' tries the GPU providers a GPU build lists even where no GPU exists; the
             # fallback warning is noise there, and the active providers are reported anyway.
             ort.set_default_logger_severity(4)
+        chatter = io.StringIO()  # onnxruntime prints its provider fallbacks to stdout
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+            with contextlib.redirect_stdout(chatter if not explicit else sys.stdout):
+                self.session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ProviderError(f"cannot load {path}: {exc}") from exc
         finally:
             ort.set_default_logger_severity(2)
+            if chatter.getvalue():
+                logger.debug("onnxruntime provider fallback: %s", chatter.getvalue().strip())
         self.active_providers: list[str] = list(self.session.get_providers())
         missing = [p for p in wanted if p not in self.active_providers and p != PROVIDER_NAMES["cpu"]]
         if explicit and missing:
