@@ -39,7 +39,12 @@ class Atoms:
 
 
 def localize(
-    mean_probs: np.ndarray, mutual_info: np.ndarray, threshold: float = 0.5, min_area_px: int = 2, rim_px: int = 2
+    mean_probs: np.ndarray,
+    mutual_info: np.ndarray,
+    threshold: float = 0.5,
+    min_area_px: int = 2,
+    rim_px: int = 2,
+    class_bias: np.ndarray | None = None,
 ) -> Atoms:
     """Find atom columns in (C, H, W) mean probabilities (class 0 is background).
 
@@ -55,6 +60,10 @@ def localize(
         Regions smaller than this are dropped as noise.
     rim_px
         Pixels added around each region for the centre of mass.
+    class_bias
+        (C-1,) factors on each non-background class's summed probability before the
+        argmax: the decision rule calibrated at export (the network was trained with
+        class weights, which shift its probabilities towards the rare defect classes).
     """
     fg = 1.0 - mean_probs[0]
     core, n = ndimage.label(fg > threshold)
@@ -68,7 +77,8 @@ def localize(
     labels = expand_labels(core, distance=rim_px)
     centres = np.array(ndimage.center_of_mass(fg, labels, index)).reshape(-1, 2)
     sums = np.stack([ndimage.sum_labels(mean_probs[c], core, index) for c in range(1, mean_probs.shape[0])])
-    best = np.argmax(sums, axis=0)
+    scored = sums if class_bias is None else sums * np.asarray(class_bias, dtype=np.float64)[:, None]
+    best = np.argmax(scored, axis=0)
     confidence = sums[best, np.arange(n)] / area
     uncertainty = ndimage.mean(mutual_info, core, index)
     keep = area >= min_area_px

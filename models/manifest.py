@@ -74,6 +74,9 @@ class ModelManifest(BaseModel):
     outputs: list[str]
     training: TrainingRecord
     calibration: Calibration | None = None
+    decision_bias: list[float] | None = Field(
+        None, description="Per non-background class factor on summed probabilities (fitted at export)."
+    )
     validation: dict[str, float] = {}
 
 

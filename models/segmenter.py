@@ -110,8 +110,12 @@ class Segmenter:
             return float("nan")
         return (float(mutual_info.mean()) - cal.frame_mutual_info_mean) / cal.frame_mutual_info_std
 
-    def atoms(self, seg: Segmentation) -> Atoms:
-        """Locate columns and return them in the input image's pixel coordinates."""
-        found = localize(seg.mean_probs, seg.mutual_info)
+    def atoms(self, seg: Segmentation, class_bias: Sequence[float] | None = None) -> Atoms:
+        """Locate columns and return them in the input image's pixel coordinates.
+
+        ``class_bias`` overrides the manifest's fitted decision bias.
+        """
+        bias = class_bias if class_bias is not None else self.manifest.decision_bias
+        found = localize(seg.mean_probs, seg.mutual_info, class_bias=None if bias is None else np.asarray(bias))
         row, col = seg.to_input_pixels(found.row, found.col)
         return Atoms(row, col, found.class_id, found.confidence, found.uncertainty)

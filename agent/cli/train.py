@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
     e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
     e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
     e.add_argument(
+        "--bias-frames",
+        type=int,
+        default=24,
+        help="validation frames for fitting the class decision rule (0: plain argmax)",
+    )
+    e.add_argument(
         "--evaluation-frames",
         type=int,
         default=52,
@@ -81,6 +87,7 @@ def _run_export(args: argparse.Namespace) -> int:
         args.name,
         calibration_frames=args.calibration_frames,
         evaluation_frames=args.evaluation_frames,
+        bias_frames=args.bias_frames,
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MB, sha256 {manifest.onnx_sha256[:12]}...)")
     for key, value in manifest.validation.items():

@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 from scipy.spatial import cKDTree
 from scipy.stats import rankdata
 
-from models.segmenter import Segmenter
+from models.localize import Atoms
+from models.segmenter import Segmentation, Segmenter
 from simulators import ColumnClass, DefectKind, ImagingParams, ScanRequest, SimulatedFrame, Specimen, SpecimenConfig
 from simulators import render_frame as render
 
@@ -37,7 +39,7 @@ class FrameResult:
     truth_class: np.ndarray  # (n_truth,) ColumnClass of each planted column
     truth_kind: np.ndarray  # (n_truth,) DefectKind
     truth_match: np.ndarray  # (n_truth,) index of the matched prediction or -1
-    truth_mi: np.ndarray  # (n_truth,) mutual information at the planted position
+    truth_mi: np.ndarray  # (n_truth,) largest mutual information within 2 native pixels of the planted column
     pred_class: np.ndarray  # (n_pred,)
     pred_match: np.ndarray  # (n_pred,) index of the matched truth or -1
     pred_uncertainty: np.ndarray  # (n_pred,)
@@ -102,10 +104,14 @@ def _match(truth_rc: np.ndarray, pred_rc: np.ndarray, radius: float) -> tuple[np
 
 def evaluate_frame(segmenter: Segmenter, frame: SimulatedFrame, margin_px: int = 4) -> FrameResult:
     """Segment one simulated frame and match its columns to the planted ones."""
+    seg = segmenter.segment(frame.image, frame.pixel_size_nm)
+    return match_frame(frame, seg, segmenter.atoms(seg), margin_px)
+
+
+def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_px: int = 4) -> FrameResult:
+    """Match located atoms of ``frame`` to its planted columns (both away from the frame edge)."""
     from simulators import get_lattice
 
-    seg = segmenter.segment(frame.image, frame.pixel_size_nm)
-    atoms = segmenter.atoms(seg)
     cols = frame.truth.columns
     n_rows, n_cols = frame.image.shape
     inside = (cols.row > margin_px) & (cols.row < n_rows - 1 - margin_px)
@@ -121,13 +127,15 @@ def evaluate_frame(segmenter: Segmenter, frame: SimulatedFrame, margin_px: int =
     dist = np.hypot(*(truth_rc[matched] - pred_rc[truth_match[matched]]).T) / nn_px
     r_nat = np.clip(np.rint((truth.row + 0.5) * seg.scale[0] - 0.5).astype(int), 0, seg.mutual_info.shape[0] - 1)
     c_nat = np.clip(np.rint((truth.col + 0.5) * seg.scale[1] - 0.5).astype(int), 0, seg.mutual_info.shape[1] - 1)
+    # A missed column's uncertainty: the largest mutual information where its detection would have been.
+    local_mi = maximum_filter(seg.mutual_info, size=5)
     return FrameResult(
         frame.lattice,
         frame.pixel_size_nm,
         truth.class_id.astype(int),
         truth.kind.astype(int),
         truth_match,
-        seg.mutual_info[r_nat, c_nat],
+        local_mi[r_nat, c_nat],
         atoms.class_id[keep],
         pred_match,
         atoms.uncertainty[keep],

@@ -80,10 +80,13 @@ def export_run(
     tile_size_px: int = 256,
     calibration_frames: int = 48,
     evaluation_frames: int = 0,
+    bias_frames: int = 0,
 ) -> ModelManifest:
     """Export the ensemble trained in ``run_dir`` to ``out`` (.onnx) and its manifest (.json).
 
-    With ``evaluation_frames`` > 0 the exported model is also evaluated on that many
+    With ``bias_frames`` > 0 the class decision rule is fitted on that many validation
+    frames (:mod:`models.training.calibrate`).  With ``evaluation_frames`` > 0 the
+    exported model is then evaluated on that many
     unseen simulated frames (and as many shifted ones), and the figures are stored
     in the manifest's ``validation``.
     """
@@ -126,6 +129,13 @@ def export_run(
         calibration=calibration,
     )
     manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
+    if bias_frames > 0:
+        from models.segmenter import Segmenter
+        from models.training.calibrate import fit_decision_bias
+
+        bias = fit_decision_bias(Segmenter(manifest_path_for(out), "cpu"), frames=bias_frames)
+        manifest = manifest.model_copy(update={"decision_bias": bias})
+        manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
     if evaluation_frames > 0:
         from models.segmenter import Segmenter
         from models.training.evaluate import evaluate
