@@ -113,3 +113,24 @@ def test_empty_map_gives_no_atoms():
     probs = np.zeros((4, 32, 32), np.float32)
     probs[0] = 1.0
     assert len(localize(probs, np.zeros((32, 32), np.float32))) == 0
+
+
+def test_class_bias_changes_the_decision_only():
+    rng = np.random.default_rng(5)
+    points = np.array([(r, c) for r in range(10, 90, 10) for c in range(10, 90, 10)], dtype=float)
+    classes = rng.choice([1, 2, 3], len(points))
+    probs = _blobs(points, classes)
+    mi = np.zeros((96, 96), np.float32)
+    plain = localize(probs, mi)
+    no_vacancies = localize(probs, mi, class_bias=np.array([1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(no_vacancies.row, plain.row)
+    assert (plain.class_id == 2).any() and not (no_vacancies.class_id == 2).any()
+    np.testing.assert_array_equal(no_vacancies.class_id[plain.class_id == 3], 3)
+
+
+def test_decision_bias_fit_returns_one_factor_per_class(tiny_model):
+    from models.training.calibrate import _GRID, fit_decision_bias
+
+    bias = fit_decision_bias(Segmenter(tiny_model.manifest, "cpu"), frames=2, pixels=96)
+    assert len(bias) == 3 and bias[0] == 1.0
+    assert all(_GRID[0] <= b <= _GRID[-1] for b in bias[1:])
