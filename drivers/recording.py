@@ -1,0 +1,189 @@
+"""The session record log: append-only, length-prefixed, checksummed, readable after any crash.
+
+A session is a directory holding ``session.log``.  The file starts with the
+8-byte magic ``b"ASCOPE\\x00\\x01"``; then records, each::
+
+    u32 length (of kind + body, little-endian) | u32 crc32 (of kind + body) | u8 kind | body
+
+Kind 1 is a JSON record (UTF-8 object with a ``"type"``); kind 2 is a frame:
+``u32 header length | header JSON | raw image bytes`` (C order, dtype and shape
+in the header).  A record is written with one ``write`` call and flushed, so a
+process killed at any moment leaves at most one partial record, and the reader
+returns the valid prefix: it stops at the first record that is cut short or
+whose checksum fails, and says so.  This module lives in ``drivers`` because
+replay (an instrument) reads what the agent writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivers.base import Frame, FrameHeader
+
+MAGIC = b"ASCOPE\x00\x01"
+LOG_NAME = "session.log"
+_HEAD = struct.Struct("<II")
+_KIND_JSON = 1
+_KIND_FRAME = 2
+#: Largest record the reader accepts (a guard against reading garbage lengths).
+MAX_RECORD_BYTES = 1 << 30
+
+
+class RecordingError(ValueError):
+    """A session directory or log cannot be read at all (missing, not a session log)."""
+
+
+def _json_bytes(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+
+
+class SessionWriter:
+    """Append records to ``directory/session.log``.
+
+    Parameters
+    ----------
+    directory
+        Created if missing; must not already hold a session log.
+    fsync
+        Also ``fsync`` after every record (survives power loss, costs latency);
+        without it, records survive a killed process but not a crashed machine.
+    """
+
+    def __init__(self, directory: str | Path, fsync: bool = False) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / LOG_NAME
+        if self.path.exists():
+            raise RecordingError(f"{self.path} already exists: a session directory is written once")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._fsync = fsync
+        self.records = 0
+        self.bytes_written = 0
+        self._write(MAGIC)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if self._fsync:
+            os.fsync(self._fd)
+        self.bytes_written += len(data)
+
+    def _record(self, kind: int, body: bytes) -> None:
+        payload = bytes([kind]) + body
+        self._write(_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
+        self.records += 1
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append a JSON record; it must have a string ``"type"`` and only finite numbers."""
+        if not isinstance(record.get("type"), str):
+            raise ValueError("a record needs a string 'type'")
+        self._record(_KIND_JSON, _json_bytes(record))
+
+    def write_frame(self, frame: Frame, **extra: Any) -> None:
+        """Append a frame record (header JSON plus raw image bytes)."""
+        head = _json_bytes({"type": "frame", "header": frame.header.model_dump(mode="json"), **extra})
+        image = np.ascontiguousarray(frame.image)
+        self._record(_KIND_FRAME, struct.pack("<I", len(head)) + head + image.tobytes())
+
+    def close(self) -> None:
+        """Flush to disk and close (idempotent)."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SessionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ReadResult:
+    """What a session log held: its valid records, and whether (and where) it was cut."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
+    valid_bytes: int = 0
+    file_bytes: int = 0
+    problem: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when every byte of the file belonged to a valid record."""
+        return self.problem is None and self.valid_bytes == self.file_bytes
+
+
+def _decode_frame(body: bytes) -> tuple[dict[str, Any], Frame]:
+    (n,) = struct.unpack_from("<I", body)
+    record = json.loads(body[4 : 4 + n])
+    header = FrameHeader.model_validate(record["header"])
+    image = np.frombuffer(body[4 + n :], dtype=header.dtype).reshape(header.shape)
+    return record, Frame(header, image)
+
+
+def iter_records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(end offset, kind, body) of every intact record after the magic; stops at the first bad one."""
+    pos = len(MAGIC)
+    while pos + _HEAD.size <= len(data):
+        length, crc = _HEAD.unpack_from(data, pos)
+        start, end = pos + _HEAD.size, pos + _HEAD.size + length
+        if length == 0 or length > MAX_RECORD_BYTES or end > len(data):
+            return
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            return
+        yield end, payload[0], payload[1:]
+        pos = end
+
+
+def read_session(directory: str | Path) -> ReadResult:
+    """Read ``directory/session.log`` (or a log file path), recovering the valid prefix.
+
+    Raises
+    ------
+    RecordingError
+        If the file is missing or does not start with the session magic.
+    """
+    path = Path(directory)
+    path = path / LOG_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise RecordingError(f"no session log at {path}")
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        if MAGIC.startswith(data):  # cut inside the magic: an empty session
+            return ReadResult(file_bytes=len(data), problem="file ends inside the header")
+        raise RecordingError(f"{path} is not an autoscope session log")
+    result = ReadResult(valid_bytes=len(MAGIC), file_bytes=len(data))
+    for end, kind, body in iter_records(data):
+        try:
+            if kind == _KIND_JSON:
+                result.records.append(json.loads(body))
+            elif kind == _KIND_FRAME:
+                record, frame = _decode_frame(body)
+                result.records.append(record)
+                result.frames.append(frame)
+            else:
+                raise ValueError(f"unknown record kind {kind}")
+        except (ValueError, KeyError, struct.error) as exc:  # checksum fine but content bad: stop here
+            result.problem = f"record at byte {result.valid_bytes} is unreadable: {exc}"
+            return result
+        result.valid_bytes = end
+    if result.valid_bytes < result.file_bytes:
+        result.problem = (
+            f"{result.file_bytes - result.valid_bytes} trailing bytes after byte {result.valid_bytes} "
+            "are a partial or corrupt record"
+        )
+    return result

@@ -1,0 +1,128 @@
+"""The session log: round trips, and the valid prefix of a file cut at any byte."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.base import Frame, FrameHeader
+from drivers.recording import LOG_NAME, MAGIC, RecordingError, SessionWriter, read_session
+
+
+def _frame(seq: int, rows: int = 6, cols: int = 5) -> Frame:
+    header = FrameHeader(
+        sequence=seq,
+        acquisition_start_unix_s=1,
+        acquisition_end_unix_s=2,
+        x_nm=seq,
+        y_nm=0,
+        fov_nm=1,
+        shape=(rows, cols),
+        dtype="uint16",
+        pixel_size_nm=0.2,
+        dwell_us=1,
+    )
+    return Frame(header, (np.arange(rows * cols, dtype=np.uint16) + seq).reshape(rows, cols))
+
+
+def _write_sample(directory) -> list:
+    with SessionWriter(directory) as w:
+        w.write({"type": "start", "config": {"policy": "raster"}})
+        for i in range(3):
+            w.write({"type": "command", "id": f"c{i}", "x_nm": float(i)})
+            w.write_frame(_frame(i), command_id=f"c{i}")
+            w.write({"type": "decision", "step": i, "value": 0.5 * i})
+        w.write({"type": "stop", "status": 0, "reason": "done"})
+    return [r["type"] for r in read_session(directory).records]
+
+
+def test_round_trip(tmp_path):
+    kinds = _write_sample(tmp_path)
+    result = read_session(tmp_path)
+    assert result.complete and result.problem is None
+    assert kinds == ["start"] + ["command", "frame", "decision"] * 3 + ["stop"]
+    assert len(result.frames) == 3
+    np.testing.assert_array_equal(result.frames[2].image, _frame(2).image)
+    assert result.records[2]["command_id"] == "c0"
+
+
+def test_every_cut_recovers_exactly_the_complete_records(tmp_path):
+    _write_sample(tmp_path / "full")
+    data = (tmp_path / "full" / LOG_NAME).read_bytes()
+    full = read_session(tmp_path / "full")
+    ends, n = [], 0
+    # record boundaries: re-read prefixes and note where the record count changes
+    for cut in range(len(data) + 1):
+        path = tmp_path / "cut.log"
+        path.write_bytes(data[:cut])
+        result = read_session(path)
+        assert result.records == full.records[: len(result.records)]  # a prefix, nothing invented
+        if len(result.records) > n:
+            n = len(result.records)
+            ends.append(cut)
+        assert result.valid_bytes <= cut
+        assert (result.problem is None) == (cut == result.valid_bytes and cut >= len(MAGIC))
+    assert n == len(full.records) and len(ends) == n
+
+
+@settings(max_examples=60, deadline=None)
+@given(position=st.integers(min_value=len(MAGIC), max_value=10_000), flip=st.integers(1, 255))
+def test_corruption_stops_reading_at_the_damaged_record(tmp_path_factory, position, flip):
+    directory = tmp_path_factory.mktemp("s")
+    _write_sample(directory)
+    path = directory / LOG_NAME
+    data = bytearray(path.read_bytes())
+    position %= len(data)
+    if position < len(MAGIC):
+        return
+    data[position] ^= flip
+    path.write_bytes(bytes(data))
+    clean = read_session(directory)
+    assert not clean.complete
+    assert clean.valid_bytes <= position
+
+
+def test_refuses_foreign_files_and_second_writers(tmp_path):
+    (tmp_path / "x.log").write_bytes(b"not a session")
+    with pytest.raises(RecordingError, match="not an autoscope session log"):
+        read_session(tmp_path / "x.log")
+    with pytest.raises(RecordingError, match="no session log"):
+        read_session(tmp_path / "missing")
+    SessionWriter(tmp_path / "s").close()
+    with pytest.raises(RecordingError, match="already exists"):
+        SessionWriter(tmp_path / "s")
+
+
+def test_records_with_non_finite_numbers_are_refused(tmp_path):
+    with SessionWriter(tmp_path) as w, pytest.raises(ValueError):
+        w.write({"type": "decision", "value": float("nan")})
+
+
+WRITER = """
+import sys, time
+from drivers.recording import SessionWriter
+w = SessionWriter(sys.argv[1])
+i = 0
+while True:
+    w.write({"type": "tick", "i": i, "pad": "x" * (i % 97)})
+    i += 1
+"""
+
+
+def test_kill_9_loses_at_most_the_record_being_written(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s")])
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = read_session(tmp_path / "s")
+    ticks = [r["i"] for r in result.records]
+    assert len(ticks) > 100 and ticks == list(range(len(ticks)))
+    assert result.file_bytes - result.valid_bytes < 200  # at most one partial record
