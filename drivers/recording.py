@@ -1,7 +1,7 @@
 """The session record log: append-only, length-prefixed, checksummed, readable after any crash.
 
 A session is a directory holding ``session.log``.  The file starts with the
-8-byte magic ``b"ASCOPE\\x00\\x01"``; then records, each::
+8-byte magic ``ASCOPE`` followed by the bytes 0x00 0x01; then records, each::
 
     u32 length (of kind + body, little-endian) | u32 crc32 (of kind + body) | u8 kind | body
 
