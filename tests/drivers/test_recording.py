@@ -126,3 +126,21 @@ def test_kill_9_loses_at_most_the_record_being_written(tmp_path):
     ticks = [r["i"] for r in result.records]
     assert len(ticks) > 100 and ticks == list(range(len(ticks)))
     assert result.file_bytes - result.valid_bytes < 200  # at most one partial record
+
+
+def test_sessions_inspect_summarises_and_reports_damage(tmp_path, capsys):
+    from agent.cli import main
+
+    _write_sample(tmp_path / "s")
+    assert main(["sessions", "inspect", str(tmp_path / "s"), "--json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["by_type"] == {"command": 3, "decision": 3, "frame": 3, "start": 1, "stop": 1}
+    assert summary["complete"] and summary["stop"]["reason"] == "done"
+    log = tmp_path / "s" / LOG_NAME
+    log.write_bytes(log.read_bytes()[:-7])
+    assert main(["sessions", "inspect", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "stop: none (session cut short)" in out and "damaged" in out
+    assert main(["sessions", "inspect", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,57 @@
+"""``autoscope sessions inspect DIR [--json]``: what a recorded session holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``sessions`` to ``sub``."""
+    p = sub.add_parser("sessions", help="inspect recorded sessions")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    inspect = actions.add_parser("inspect", help="summarise a session directory")
+    inspect.add_argument("directory", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(handler=_inspect)
+
+
+def summarise(directory: Path) -> dict[str, Any]:
+    """Counts of records by type, the start and stop records, frames, and any damage."""
+    from drivers.recording import read_session
+
+    result = read_session(directory)
+    types = Counter(str(r.get("type")) for r in result.records)
+    start = next((r for r in result.records if r.get("type") == "start"), None)
+    stop = next((r for r in reversed(result.records) if r.get("type") == "stop"), None)
+    return {
+        "directory": str(directory),
+        "records": len(result.records),
+        "by_type": dict(sorted(types.items())),
+        "frames": len(result.frames),
+        "frame_shapes": sorted({tuple(f.header.shape) for f in result.frames}),
+        "start": start,
+        "stop": stop,
+        "complete": result.complete,
+        "valid_bytes": result.valid_bytes,
+        "file_bytes": result.file_bytes,
+        "problem": result.problem,
+    }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    summary = summarise(args.directory)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=list))
+        return 0
+    print(f"{summary['directory']}: {summary['records']} records, {summary['frames']} frames")
+    for kind, n in summary["by_type"].items():
+        print(f"  {kind:<12} {n}")
+    stop = summary["stop"]
+    print("  stop: " + (f"status {stop.get('status')}, {stop.get('reason')}" if stop else "none (session cut short)"))
+    if summary["problem"]:
+        print(f"  damaged: {summary['problem']}; the first {summary['valid_bytes']} bytes are valid")
+    return 0
