@@ -177,6 +177,24 @@ class Ack(BaseModel):
     code: Literal["ok", "refused", "expired", "duplicate", "invalid", "unsupported", "busy", "error"] = "ok"
     reason: str = Field("", max_length=2000)
 
+    @classmethod
+    def accept(cls, command: _Command) -> Ack:
+        """The ack accepting ``command``."""
+        return cls(command_id=command.id, kind=getattr(command, "kind", "?"), accepted=True)
+
+    @classmethod
+    def refusal(cls, command: _Command, code: str, reason: str) -> Ack:
+        """An ack refusing ``command`` with a ``code`` and a human-readable ``reason``."""
+        return cls.model_validate(
+            {
+                "command_id": command.id,
+                "kind": getattr(command, "kind", "?"),
+                "accepted": False,
+                "code": code,
+                "reason": reason[:2000],
+            }
+        )
+
 
 class DriverError(Exception):
     """Base of all driver errors."""

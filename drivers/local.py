@@ -10,6 +10,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.base import (
     Ack,
@@ -20,6 +21,7 @@ from drivers.base import (
     Disconnected,
     DriverTimeout,
     Frame,
+    FrameHeader,
     ScanCommand,
     SetTiltCommand,
     StopCommand,
@@ -75,15 +77,7 @@ class BeamState:
         if reason is None and isinstance(command, ScanCommand) and self.blanked:
             reason = "the beam is blanked: unblank first"
         if reason is not None:
-            raise CommandRefused(
-                Ack(
-                    command_id=command.id,
-                    kind=command.kind,
-                    accepted=False,
-                    code="expired" if code == "expired" else "refused",
-                    reason=reason,
-                )
-            )
+            raise CommandRefused(Ack.refusal(command, code, reason))
 
     def apply(self, command: Command) -> None:
         """Change state for a non-scan command."""
@@ -93,6 +87,24 @@ class BeamState:
             self.blanked = True
         elif isinstance(command, UnblankCommand):
             self.blanked = False
+
+    def scan_header(self, command: ScanCommand, start_unix_s: float, metadata: dict[str, Any]) -> FrameHeader:
+        """The header of a float32 frame acquired for ``command`` just now (consumes a sequence number)."""
+        return FrameHeader(
+            sequence=self.next_sequence(),
+            command_id=command.id,
+            acquisition_start_unix_s=start_unix_s,
+            acquisition_end_unix_s=time.time(),
+            x_nm=command.x_nm,
+            y_nm=command.y_nm,
+            fov_nm=command.fov_nm,
+            shape=(command.rows, command.cols),
+            dtype="float32",
+            pixel_size_nm=command.fov_nm / command.cols,
+            dwell_us=command.dwell_us,
+            tilt_deg=self.tilt_deg,
+            metadata=metadata,
+        )
 
     def next_sequence(self) -> int:
         """The next frame's sequence number."""

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from drivers.base import Ack, Capabilities, Command, Disconnected, Frame, FrameHeader, Range, ScanCommand
+from drivers.base import Ack, Capabilities, Command, Disconnected, Frame, Range, ScanCommand
 from drivers.local import BeamState, FrameQueue
 
 DEFAULT_CAPABILITIES = Capabilities(
@@ -57,27 +57,12 @@ class InMemoryDriver:
                 self._frames.put(self._acquire(command))
             else:
                 self.state.apply(command)
-        return Ack(command_id=command.id, kind=command.kind, accepted=True)
+        return Ack.accept(command)
 
     def _acquire(self, command: ScanCommand) -> Frame:
         start = time.time()
         image = self._rng.random((command.rows, command.cols), dtype=np.float32)
-        header = FrameHeader(
-            sequence=self.state.next_sequence(),
-            command_id=command.id,
-            acquisition_start_unix_s=start,
-            acquisition_end_unix_s=time.time(),
-            x_nm=command.x_nm,
-            y_nm=command.y_nm,
-            fov_nm=command.fov_nm,
-            shape=(command.rows, command.cols),
-            dtype="float32",
-            pixel_size_nm=command.fov_nm / command.cols,
-            dwell_us=command.dwell_us,
-            tilt_deg=self.state.tilt_deg,
-            metadata={"source": "memory"},
-        )
-        return Frame(header, image)
+        return Frame(self.state.scan_header(command, start, {"source": "memory"}), image)
 
     def next_frame(self, timeout_s: float) -> Frame:
         """The oldest unread frame; raises :class:`DriverTimeout` after ``timeout_s``."""

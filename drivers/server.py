@@ -159,13 +159,7 @@ class InstrumentServer:
     def _execute(self, command: Command) -> tuple[Ack, Frame | None]:
         if time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
-            return Ack(
-                command_id=command.id,
-                kind=command.kind,
-                accepted=False,
-                code="expired",
-                reason="deadline passed while queued",
-            ), None
+            return Ack.refusal(command, "expired", "deadline passed while queued"), None
         try:
             ack = self.driver.send(command)
         except CommandRefused as exc:
@@ -173,7 +167,7 @@ class InstrumentServer:
             return exc.ack, None
         except DriverError as exc:
             self.stats["driver_errors"] += 1
-            return Ack(command_id=command.id, kind=command.kind, accepted=False, code="error", reason=str(exc)), None
+            return Ack.refusal(command, "error", str(exc)), None
         if not isinstance(command, ScanCommand):
             return ack, None
         budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
@@ -181,13 +175,7 @@ class InstrumentServer:
             return ack, self.driver.next_frame(budget)
         except DriverError as exc:
             self.stats["frames_missing"] += 1
-            return Ack(
-                command_id=command.id,
-                kind=command.kind,
-                accepted=False,
-                code="error",
-                reason=f"scan accepted but no frame: {exc}",
-            ), None
+            return Ack.refusal(command, "error", f"scan accepted but no frame: {exc}"), None
 
     # -- I/O thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -250,28 +238,15 @@ class InstrumentServer:
         logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
         if command.id in self._seen:
             self.stats["duplicates"] += 1
-            ack = Ack(
-                command_id=command.id,
-                kind=command.kind,
-                accepted=False,
-                code="duplicate",
-                reason="a command with this id was already received; it is not executed again",
-            )
-            self._reply(identity, encode_ack(ack))
+            reason = "a command with this id was already received; it is not executed again"
+            self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:
             self._seen.popitem(last=False)
         if time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
-            ack = Ack(
-                command_id=command.id,
-                kind=command.kind,
-                accepted=False,
-                code="expired",
-                reason="deadline passed before the command arrived",
-            )
-            self._reply(identity, encode_ack(ack))
+            self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
         self._jobs.put((identity, command))
 

@@ -14,7 +14,6 @@ from drivers.base import (
     Command,
     Disconnected,
     Frame,
-    FrameHeader,
     Range,
     ScanCommand,
 )
@@ -102,7 +101,7 @@ class SimulatedDriver:
             else:
                 self.state.apply(command)
             self.commands_executed += 1
-        return Ack(command_id=command.id, kind=command.kind, accepted=True)
+        return Ack.accept(command)
 
     def _scan(self, command: ScanCommand) -> Frame:
         from simulators import ScanRequest, render_frame
@@ -120,27 +119,14 @@ class SimulatedDriver:
         sim = render_frame(self.specimen, scan, self.imaging, self._rng)
         if self.realtime:
             time.sleep(max(0.0, command.rows * command.cols * command.dwell_us * 1e-6 - (time.time() - start)))
-        header = FrameHeader(
-            sequence=self.state.next_sequence(),
-            command_id=command.id,
-            acquisition_start_unix_s=start,
-            acquisition_end_unix_s=time.time(),
-            x_nm=command.x_nm,
-            y_nm=command.y_nm,
-            fov_nm=command.fov_nm,
-            shape=(command.rows, command.cols),
-            dtype="float32",
-            pixel_size_nm=scan.pixel_size_nm,
-            dwell_us=command.dwell_us,
-            tilt_deg=self.state.tilt_deg,
-            metadata={
-                "dose_e_per_a2": sim.dose_e_per_a2,
-                "rotation_deg": command.rotation_deg,
-                "probe_current_pa": self.imaging.probe_current_pa,
-                "simulated": True,
-                "atoms_resolved": sim.truth.atoms_resolved,
-            },
-        )
+        metadata = {
+            "dose_e_per_a2": sim.dose_e_per_a2,
+            "rotation_deg": command.rotation_deg,
+            "probe_current_pa": self.imaging.probe_current_pa,
+            "simulated": True,
+            "atoms_resolved": sim.truth.atoms_resolved,
+        }
+        header = self.state.scan_header(command, start, metadata)
         return Frame(header, sim.image)
 
     def next_frame(self, timeout_s: float) -> Frame:
