@@ -1,8 +1,9 @@
 """Atom columns from per-pixel class probabilities: labelling, centre of mass, class, uncertainty.
 
-The foreground probability ``1 - p_background`` is thresholded; each connected
-region is one column.  Its position is the foreground-weighted centre of mass
-over the region grown by a small rim (sub-pixel), its class the non-background class with the largest summed
+The foreground probability ``f = 1 - p_background`` is thresholded at ``t``; each
+connected region is one column.  Its position is the centre of mass of ``f - t``
+over the region (sub-pixel; the weight vanishes at the region's edge, so the pixel
+grid does not pull it), its class the non-background class with the largest summed
 probability, its confidence that class's mean probability over the region, and
 its uncertainty the mean mutual information over the region.
 """
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.segmentation import expand_labels
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,6 @@ def localize(
     mutual_info: np.ndarray,
     threshold: float = 0.5,
     min_area_px: int = 2,
-    rim_px: int = 2,
     class_bias: np.ndarray | None = None,
 ) -> Atoms:
     """Find atom columns in (C, H, W) mean probabilities (class 0 is background).
@@ -58,8 +57,6 @@ def localize(
         Foreground probability above which a pixel belongs to a column.
     min_area_px
         Regions smaller than this are dropped as noise.
-    rim_px
-        Pixels added around each region for the centre of mass.
     class_bias
         (C-1,) factors on each non-background class's summed probability before the
         argmax: the decision rule calibrated at export (the network was trained with
@@ -70,22 +67,30 @@ def localize(
     if n == 0:
         e = np.empty(0)
         return Atoms(e, e, e.astype(np.int64), e.astype(np.float32), e.astype(np.float32))
-    index = np.arange(1, n + 1)
-    area = ndimage.sum_labels(np.ones_like(fg), core, index)
-    # Grow each region by a rim (without merging neighbours) so the centre of mass
-    # sees the whole peak: a thresholded disc alone is biased by pixelation.
-    labels = expand_labels(core, distance=rim_px)
-    centres = np.array(ndimage.center_of_mass(fg, labels, index)).reshape(-1, 2)
-    sums = np.stack([ndimage.sum_labels(mean_probs[c], core, index) for c in range(1, mean_probs.shape[0])])
+    inside = np.flatnonzero(core)  # only labelled pixels enter the per-region sums
+    label = core.ravel()[inside]
+
+    def per_region(values: np.ndarray) -> np.ndarray:
+        return np.bincount(label, weights=values.ravel()[inside], minlength=n + 1)[1:]
+
+    area = np.bincount(label, minlength=n + 1)[1:].astype(np.float64)
+    # Weights fall to zero at the threshold, so where the region's edge cuts the
+    # pixel grid does not pull the centre (a plain centre of mass of the region would).
+    rows, cols = np.divmod(inside, fg.shape[1])
+    weight = fg.ravel()[inside] - threshold
+    mass = np.bincount(label, weights=weight, minlength=n + 1)[1:]
+    row = np.bincount(label, weights=weight * rows, minlength=n + 1)[1:] / mass
+    col = np.bincount(label, weights=weight * cols, minlength=n + 1)[1:] / mass
+    sums = np.stack([per_region(mean_probs[c]) for c in range(1, mean_probs.shape[0])])
     scored = sums if class_bias is None else sums * np.asarray(class_bias, dtype=np.float64)[:, None]
     best = np.argmax(scored, axis=0)
     confidence = sums[best, np.arange(n)] / area
-    uncertainty = ndimage.mean(mutual_info, core, index)
+    uncertainty = per_region(mutual_info) / area
     keep = area >= min_area_px
     return Atoms(
-        centres[keep, 0],
-        centres[keep, 1],
+        row[keep],
+        col[keep],
         (best + 1)[keep].astype(np.int64),
         confidence[keep].astype(np.float32),
-        np.asarray(uncertainty)[keep].astype(np.float32),
+        uncertainty[keep].astype(np.float32),
     )

@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
     e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
     e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
     e.add_argument(
+        "--tile-size",
+        type=int,
+        default=512,
+        help="tile edge in native pixels; larger frames are tiled with overlap (default 512)",
+    )
+    e.add_argument(
         "--bias-frames",
         type=int,
         default=24,
@@ -85,6 +91,7 @@ def _run_export(args: argparse.Namespace) -> int:
         args.checkpoint_dir,
         args.out,
         args.name,
+        tile_size_px=args.tile_size,
         calibration_frames=args.calibration_frames,
         evaluation_frames=args.evaluation_frames,
         bias_frames=args.bias_frames,

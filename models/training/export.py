@@ -77,7 +77,7 @@ def export_run(
     run_dir: Path,
     out: Path,
     name: str | None = None,
-    tile_size_px: int = 256,
+    tile_size_px: int = 512,
     calibration_frames: int = 48,
     evaluation_frames: int = 0,
     bias_frames: int = 0,
