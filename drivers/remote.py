@@ -78,7 +78,7 @@ class RemoteDriver:
         self._ctx = zmq.Context()
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._waiters: dict[str, queue.Queue[Ack | Exception]] = {}
-        self._frames: queue.Queue[Frame] = queue.Queue()
+        self._frames: queue.Queue[Frame | ProtocolError] = queue.Queue()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -139,17 +139,32 @@ class RemoteDriver:
         return answer
 
     def next_frame(self, timeout_s: float) -> Frame:
-        """The next frame for this client; :class:`DriverTimeout` after ``timeout_s``."""
+        """The next frame for this client.
+
+        Raises
+        ------
+        DriverTimeout
+            Nothing within ``timeout_s``.
+        ProtocolError
+            Code ``acquisition``: an accepted scan produced no frame.
+        Disconnected
+            The server is gone and no reconnection is attempted.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return self._frames.get(timeout=min(0.05, max(deadline - time.monotonic(), 0.0)))
+                item = self._frames.get(timeout=min(0.05, max(deadline - time.monotonic(), 0.0)))
             except queue.Empty:
-                if not self._connected.is_set() and self._frames.empty() and self._caps is not None:
-                    if not self.reconnect or self._stop.is_set():
-                        raise Disconnected(f"instrument server at {self.endpoint} is gone") from None
-                if time.monotonic() >= deadline:
-                    raise DriverTimeout(f"no frame within {timeout_s} s") from None
+                item = None
+            if isinstance(item, Frame):
+                return item
+            if isinstance(item, ProtocolError):
+                raise item
+            gone = not self._connected.is_set() and self._frames.empty() and self._caps is not None
+            if gone and (not self.reconnect or self._stop.is_set()):
+                raise Disconnected(f"instrument server at {self.endpoint} is gone")
+            if time.monotonic() >= deadline:
+                raise DriverTimeout(f"no frame within {timeout_s} s")
 
     def close(self) -> None:
         """Say goodbye, stop the I/O thread and release the sockets (idempotent)."""
@@ -328,5 +343,7 @@ class RemoteDriver:
             error = ProtocolError(str(obj.get("code")), str(obj.get("reason")))
             if not self._answer(obj.get("command_id"), error):
                 logger.warning("server reported %s", error)
+                if obj.get("code") == "acquisition":  # an accepted scan failed: its frame will not come
+                    self._frames.put(error)
         elif kind == "heartbeat":
             self.stats["heartbeats_in"] += 1

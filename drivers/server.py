@@ -21,7 +21,17 @@ from typing import Any
 
 import zmq
 
-from drivers.base import Ack, Command, CommandRefused, Driver, DriverError, Frame, ProtocolError, ScanCommand
+from drivers.base import (
+    Ack,
+    Command,
+    CommandRefused,
+    Driver,
+    DriverError,
+    DriverTimeout,
+    Frame,
+    ProtocolError,
+    ScanCommand,
+)
 from drivers.codec import (
     decode_command,
     decode_envelope,
@@ -98,7 +108,7 @@ class InstrumentServer:
         self._results = self._ctx.socket(zmq.PAIR)
         self._results.bind(f"inproc://results-{id(self)}")
         self._jobs: queue.Queue[tuple[bytes, Command] | None] = queue.Queue()
-        self._done: queue.Queue[tuple[bytes, Ack, Frame | None]] = queue.Queue()
+        self._done: queue.Queue[tuple[bytes, tuple[Ack | Frame | ProtocolError, ...], str]] = queue.Queue()
         self._clients: dict[bytes, _Client] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
@@ -147,35 +157,56 @@ class InstrumentServer:
     def _worker(self) -> None:
         out = self._ctx.socket(zmq.PAIR)
         out.connect(f"inproc://results-{id(self)}")
+
+        def post(identity: bytes, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
+            self._done.put((identity, items, command_id))
+            out.send(b"")  # wake the I/O thread, which alone touches the client sockets
+
         try:
             while (job := self._jobs.get()) is not None:
                 identity, command = job
-                ack, frame = self._execute(command)
-                self._done.put((identity, ack, frame))
-                out.send(b"")  # wake the I/O thread, which alone touches the client sockets
+                ack = self._execute(command)
+                if not (ack.accepted and isinstance(command, ScanCommand)):
+                    post(identity, command.id, ack)
+                    continue
+                # A frame already there travels with its ack in one hand-off; otherwise the ack
+                # goes out at once and the frame follows when the acquisition ends.
+                ready = self._acquire(command, wait_s=0.0)
+                if ready is not None:
+                    post(identity, command.id, ack, ready)
+                    continue
+                post(identity, command.id, ack)
+                outcome = self._acquire(command)
+                post(identity, command.id, outcome if outcome is not None else ProtocolError("acquisition", "no frame"))
         finally:
             out.close(linger=0)
 
-    def _execute(self, command: Command) -> tuple[Ack, Frame | None]:
+    def _execute(self, command: Command) -> Ack:
         if time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
-            return Ack.refusal(command, "expired", "deadline passed while queued"), None
+            return Ack.refusal(command, "expired", "deadline passed while queued")
         try:
-            ack = self.driver.send(command)
+            return self.driver.send(command)
         except CommandRefused as exc:
             self.stats["refused"] += 1
-            return exc.ack, None
+            return exc.ack
         except DriverError as exc:
             self.stats["driver_errors"] += 1
-            return Ack.refusal(command, "error", str(exc)), None
-        if not isinstance(command, ScanCommand):
-            return ack, None
+            return Ack.refusal(command, "error", str(exc))
+
+    def _acquire(self, command: ScanCommand, wait_s: float | None = None) -> Frame | ProtocolError | None:
+        """The frame of an accepted scan, an error when none came, or None if ``wait_s`` passed first."""
         budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
         try:
-            return ack, self.driver.next_frame(budget)
+            return self.driver.next_frame(budget if wait_s is None else wait_s)
+        except DriverTimeout:
+            if wait_s is not None:
+                return None
+            self.stats["frames_missing"] += 1
+            return ProtocolError("acquisition", f"scan was accepted but no frame came within {budget:.1f} s")
         except DriverError as exc:
             self.stats["frames_missing"] += 1
-            return Ack.refusal(command, "error", f"scan accepted but no frame: {exc}"), None
+            return ProtocolError("acquisition", f"scan was accepted but no frame came: {exc}")
 
     # -- I/O thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -256,10 +287,14 @@ class InstrumentServer:
                 self._results.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity, ack, frame = self._done.get()
-            self._reply(identity, encode_ack(ack))
-            if frame is not None:
-                self._send_frame(identity, frame)
+            identity, items, command_id = self._done.get()
+            for item in items:
+                if isinstance(item, Ack):
+                    self._reply(identity, encode_ack(item))
+                elif isinstance(item, Frame):
+                    self._send_frame(identity, item)
+                else:  # an accepted scan whose frame never came: say so, naming the scan
+                    self._reply(identity, encode_error(item.code, str(item), command_id))
 
     def _send_frame(self, identity: bytes, frame: Frame) -> None:
         client = self._clients.get(identity)

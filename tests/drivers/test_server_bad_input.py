@@ -185,3 +185,25 @@ def test_silent_clients_are_forgotten_after_three_heartbeats(served):
     assert server.clients == 1
     time.sleep(0.2 * 3 + 0.4)  # the raw client never sends heartbeats
     assert server.clients == 0 and server.stats["clients_lost"] == 1
+
+
+class _NoFrameDriver(InMemoryDriver):
+    def next_frame(self, timeout_s):
+        from drivers.base import DriverTimeout
+
+        raise DriverTimeout("the detector did not deliver")
+
+
+def test_accepted_scan_without_a_frame_is_reported_to_next_frame():
+    from drivers.base import ProtocolError
+
+    server = InstrumentServer(_NoFrameDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, frame_timeout_s=0.1).start()
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            ack = remote.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=16, cols=16, dwell_us=1))
+            assert ack.accepted  # acknowledged before the acquisition ended
+            with pytest.raises(ProtocolError, match="accepted but no frame"):
+                remote.next_frame(5.0)
+        assert server.stats["frames_missing"] == 1
+    finally:
+        server.stop()
