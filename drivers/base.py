@@ -158,6 +158,28 @@ class Frame:
     header: FrameHeader
     image: np.ndarray
 
+    @classmethod
+    def of(cls, image: np.ndarray, pixel_size_nm: float, **header: Any) -> Frame:
+        """A frame around ``image``: shape, dtype and field of view from the array, the rest from ``header``.
+
+        Unset fields default to sequence 0, position (0, 0), dwell 1 us and the current time.
+        """
+        now = time.time()
+        fields: dict[str, Any] = {
+            "sequence": 0,
+            "acquisition_start_unix_s": now,
+            "acquisition_end_unix_s": now,
+            "x_nm": 0.0,
+            "y_nm": 0.0,
+            "dwell_us": 1.0,
+            "fov_nm": pixel_size_nm * image.shape[1],
+            **header,
+            "shape": tuple(image.shape),
+            "dtype": str(image.dtype),
+            "pixel_size_nm": pixel_size_nm,
+        }
+        return cls(FrameHeader.model_validate(fields), image)
+
     def __post_init__(self) -> None:
         if tuple(self.image.shape) != tuple(self.header.shape) or str(self.image.dtype) != self.header.dtype:
             raise ProtocolError(

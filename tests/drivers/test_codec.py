@@ -119,18 +119,7 @@ def test_ack_and_welcome_round_trip():
 
 
 def test_frame_image_must_match_its_header():
-    header = FrameHeader(
-        sequence=0,
-        acquisition_start_unix_s=1,
-        acquisition_end_unix_s=2,
-        x_nm=0,
-        y_nm=0,
-        fov_nm=1,
-        shape=(4, 4),
-        dtype="float32",
-        pixel_size_nm=0.25,
-        dwell_us=1,
-    )
+    header = Frame.of(np.zeros((4, 4), np.float32), 0.25).header
     with pytest.raises(ProtocolError, match="shape_mismatch"):
         Frame(header, np.zeros((4, 5), np.float32))
     with pytest.raises(ProtocolError, match="shape_mismatch"):

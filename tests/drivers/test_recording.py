@@ -13,24 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import Frame, FrameHeader
+from drivers.base import Frame
 from drivers.recording import LOG_NAME, MAGIC, RecordingError, SessionWriter, read_session
 
 
 def _frame(seq: int, rows: int = 6, cols: int = 5) -> Frame:
-    header = FrameHeader(
-        sequence=seq,
-        acquisition_start_unix_s=1,
-        acquisition_end_unix_s=2,
-        x_nm=seq,
-        y_nm=0,
-        fov_nm=1,
-        shape=(rows, cols),
-        dtype="uint16",
-        pixel_size_nm=0.2,
-        dwell_us=1,
-    )
-    return Frame(header, (np.arange(rows * cols, dtype=np.uint16) + seq).reshape(rows, cols))
+    image = (np.arange(rows * cols, dtype=np.uint16) + seq).reshape(rows, cols)
+    return Frame.of(image, 0.2, sequence=seq, x_nm=float(seq))
 
 
 def _write_sample(directory) -> list:

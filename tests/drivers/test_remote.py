@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from drivers.base import PROTOCOL_VERSION, BlankCommand, Disconnected, DriverTimeout, Frame, FrameHeader, ScanCommand
+from drivers.base import PROTOCOL_VERSION, BlankCommand, Disconnected, DriverTimeout, Frame, ScanCommand
 from drivers.codec import decode_envelope, decode_frame, encode_frame, encode_welcome, envelope
 from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
 from drivers.remote import RemoteDriver
@@ -63,19 +63,7 @@ class FakeServer:
 
 
 def _frame(rows=16, cols=16, dtype="float32") -> Frame:
-    header = FrameHeader(
-        sequence=0,
-        acquisition_start_unix_s=1.0,
-        acquisition_end_unix_s=2.0,
-        x_nm=0,
-        y_nm=0,
-        fov_nm=1.0,
-        shape=(rows, cols),
-        dtype=dtype,
-        pixel_size_nm=1.0 / cols,
-        dwell_us=1.0,
-    )
-    return Frame(header, np.zeros((rows, cols), dtype=dtype))
+    return Frame.of(np.zeros((rows, cols), dtype=dtype), 1.0 / cols)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from drivers.base import Ack, BlankCommand, Frame, FrameHeader, ScanCommand
+from drivers.base import Ack, BlankCommand, Frame, ScanCommand
 from drivers.codec import encode_ack, encode_command, encode_error, encode_frame, encode_welcome, envelope
 from drivers.memory import DEFAULT_CAPABILITIES
 from drivers.schema import SCHEMA_DIR, render, schemas
@@ -30,25 +30,14 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def test_every_message_validates_against_the_schema():
-    header = FrameHeader(
-        sequence=0,
-        acquisition_start_unix_s=1,
-        acquisition_end_unix_s=2,
-        x_nm=0,
-        y_nm=0,
-        fov_nm=1,
-        shape=(2, 2),
-        dtype="uint16",
-        pixel_size_nm=0.5,
-        dwell_us=1,
-    )
+    frame = Frame.of(np.zeros((2, 2), np.uint16), 0.5)
     messages = [
         envelope("hello", client="x"),
         encode_welcome(DEFAULT_CAPABILITIES, 1.0, 2.0)[0],
         encode_command(ScanCommand(x_nm=1, y_nm=2, fov_nm=3, rows=4, cols=5, dwell_us=6))[0],
         encode_command(BlankCommand())[0],
         encode_ack(Ack(command_id="a", kind="scan", accepted=True))[0],
-        encode_frame(Frame(header, np.zeros((2, 2), np.uint16)), 0)[0],
+        encode_frame(frame, 0)[0],
         envelope("heartbeat", t=1.0),
         encode_error("json", "bad")[0],
         envelope("bye"),
