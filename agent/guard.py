@@ -1,0 +1,197 @@
+"""The guard: a policy's Decision becomes a Command only if it is safe, else a refusal with a reason.
+
+Limits are the intersection of what the instrument reports (its Capabilities) and what
+the configuration allows.  The guard refuses non-finite values, positions, fields,
+pixel counts and dwell times outside the limits, steps longer than allowed, fields
+that would push the accumulated dose anywhere past the budget, and repeats of a field
+already scanned.  It never clamps: a decision is taken as it is or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.base import Capabilities, Command, Range, ScanCommand, SetTiltCommand, deadline_in
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class GuardConfig(BaseModel):
+    """Configured limits; each is intersected with the instrument's own."""
+
+    model_config = _STRICT
+    stage_x_nm: Range | None = None
+    stage_y_nm: Range | None = None
+    fov_nm: Range | None = None
+    pixels: Range | None = None
+    dwell_us: Range | None = None
+    tilt_deg: Range | None = None
+    max_step_nm: float = Field(1000.0, gt=0.0, description="Longest stage move between two fields.")
+    dose_budget_e_per_a2: float = Field(5e6, gt=0.0, description="Largest accumulated dose at any point.")
+    probe_current_pa: float = Field(20.0, gt=0.0, description="Beam current used to compute the dose of a scan.")
+    revisit_tolerance_nm: float = Field(0.5, ge=0.0, description="A field this close to a scanned one is a repeat.")
+    allow_revisits: bool = False
+    command_timeout_s: float = Field(30.0, gt=0.0, description="Deadline given to each command.")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy proposes: a field to scan or a tilt, with the reasons for it.
+
+    Attributes
+    ----------
+    kind : ``"scan"`` or ``"set_tilt"``.
+    x_nm, y_nm, fov_nm, rows, cols, dwell_us, rotation_deg : the field (scan).
+    tilt_deg : the tilt (set_tilt).
+    rationale : acquisition value, uncertainty, predicted reward... (recorded, not interpreted).
+    """
+
+    kind: str
+    x_nm: float = 0.0
+    y_nm: float = 0.0
+    fov_nm: float = 0.0
+    rows: int = 0
+    cols: int = 0
+    dwell_us: float = 0.0
+    rotation_deg: float = 0.0
+    tilt_deg: float = 0.0
+    rationale: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A decision the guard did not let through, and why."""
+
+    decision: Decision
+    reason: str
+
+
+def _intersect(a: Range | None, b: Range | None) -> Range | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    low, high = max(a.low, b.low), min(a.high, b.high)
+    return Range(low=low, high=high) if low <= high else None
+
+
+class Guard:
+    """Turn decisions into commands, or refuse them; remembers fields and dose of what it let through."""
+
+    def __init__(self, capabilities: Capabilities, config: GuardConfig | None = None) -> None:
+        self.config = config or GuardConfig()
+        c, cap = self.config, capabilities
+        self.kinds = set(cap.command_kinds)
+        self.limits: dict[str, Range | None] = {
+            "x_nm": _intersect(cap.stage_x_nm, c.stage_x_nm),
+            "y_nm": _intersect(cap.stage_y_nm, c.stage_y_nm),
+            "fov_nm": _intersect(cap.fov_nm, c.fov_nm),
+            "rows": _intersect(cap.pixels, c.pixels),
+            "cols": _intersect(cap.pixels, c.pixels),
+            "dwell_us": _intersect(cap.dwell_us, c.dwell_us),
+            "tilt_deg": _intersect(cap.tilt_deg, c.tilt_deg),
+        }
+        self.max_frame_dose = cap.max_dose_e_per_a2
+        self.position: tuple[float, float] | None = None
+        self.fields: list[tuple[float, float, float]] = []  # (x, y, fov) of accepted scans
+        self._dose: list[tuple[float, float, float, float]] = []  # (x, y, half width, dose) of accepted scans
+
+    def frame_dose_e_per_a2(self, d: Decision) -> float:
+        """Dose one frame of ``d`` delivers: ``I * t_dwell / (e * pixel area)``."""
+        electrons = self.config.probe_current_pa * 1e-12 * d.dwell_us * 1e-6 / 1.602176634e-19
+        return electrons / (d.fov_nm / d.cols * 10.0) ** 2
+
+    def _out_of_limits(self, d: Decision, names: tuple[str, ...]) -> str | None:
+        for name in names:
+            value = getattr(d, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"{name}={value!r} is not a finite number"
+            if name in ("rows", "cols") and not float(value).is_integer():
+                return f"{name}={value!r} is not a whole number of pixels"
+            allowed = self.limits[name]
+            if allowed is None:
+                return f"{name}: no value is allowed (instrument and configuration limits do not overlap)"
+            if not allowed.low <= value <= allowed.high:
+                return f"{name}={value:g} is outside the allowed [{allowed.low:g}, {allowed.high:g}]"
+        return None
+
+    def _accumulated_dose(self, x: float, y: float, half: float) -> float:
+        """An upper bound of the dose already received anywhere in a square of half-width ``half`` at (x, y).
+
+        The sum over every earlier field whose bounding square overlaps this one: conservative
+        (two of them need not overlap each other), so the guard may refuse early but never late.
+        """
+        if not self._dose:
+            return 0.0
+        d = np.array(self._dose)
+        overlap = (np.abs(d[:, 0] - x) < d[:, 2] + half) & (np.abs(d[:, 1] - y) < d[:, 2] + half)
+        return float(d[overlap, 3].sum())  # an upper bound: overlapping fields may not overlap each other
+
+    def _scan_problem(self, d: Decision) -> str | None:
+        problem = self._out_of_limits(d, ("x_nm", "y_nm", "fov_nm", "rows", "cols", "dwell_us"))
+        if problem:
+            return problem
+        if not (math.isfinite(d.rotation_deg) and -360.0 <= d.rotation_deg <= 360.0):
+            return f"rotation_deg={d.rotation_deg!r} is outside [-360, 360]"
+        if self.position is not None:
+            step = math.hypot(d.x_nm - self.position[0], d.y_nm - self.position[1])
+            if step > self.config.max_step_nm:
+                return f"step of {step:.1f} nm exceeds max_step_nm={self.config.max_step_nm:g}"
+        dose = self.frame_dose_e_per_a2(d)
+        if dose > self.max_frame_dose:
+            return f"frame dose {dose:.3g} e/A^2 exceeds the instrument's maximum {self.max_frame_dose:.3g}"
+        half = 0.5 * d.fov_nm * math.sqrt(2.0)  # any rotation fits in this square
+        total = self._accumulated_dose(d.x_nm, d.y_nm, half) + dose
+        if total > self.config.dose_budget_e_per_a2:
+            return f"dose budget: {total:.3g} e/A^2 would exceed {self.config.dose_budget_e_per_a2:.3g} here"
+        if not self.config.allow_revisits:
+            for x, y, fov in self.fields:
+                tol = self.config.revisit_tolerance_nm
+                if math.hypot(d.x_nm - x, d.y_nm - y) <= tol and abs(d.fov_nm - fov) <= tol:
+                    return f"repeat of the field already scanned at ({x:g}, {y:g}) nm, fov {fov:g} nm"
+        return None
+
+    def check(self, d: Decision) -> Command | Refusal:
+        """The command for ``d``, or a :class:`Refusal` saying why not (nothing is clamped)."""
+        if d.kind not in ("scan", "set_tilt") or d.kind not in self.kinds:
+            return Refusal(d, f"decision kind {d.kind!r} is not accepted here")
+        deadline = deadline_in(self.config.command_timeout_s)
+        if d.kind == "set_tilt":
+            problem = self._out_of_limits(d, ("tilt_deg",))
+            return Refusal(d, problem) if problem else SetTiltCommand(tilt_deg=d.tilt_deg, deadline_unix_s=deadline)
+        problem = self._scan_problem(d)
+        if problem:
+            return Refusal(d, problem)
+        return ScanCommand(
+            x_nm=d.x_nm,
+            y_nm=d.y_nm,
+            fov_nm=d.fov_nm,
+            rows=int(d.rows),
+            cols=int(d.cols),
+            dwell_us=d.dwell_us,
+            rotation_deg=d.rotation_deg,
+            deadline_unix_s=deadline,
+        )
+
+    def commit(self, command: Command) -> None:
+        """Remember a command that was sent: its position, field and dose count from now on."""
+        if isinstance(command, ScanCommand):
+            d = Decision(
+                "scan",
+                command.x_nm,
+                command.y_nm,
+                command.fov_nm,
+                command.rows,
+                command.cols,
+                command.dwell_us,
+                command.rotation_deg,
+            )
+            self.position = (command.x_nm, command.y_nm)
+            self.fields.append((command.x_nm, command.y_nm, command.fov_nm))
+            half = 0.5 * command.fov_nm * math.sqrt(2.0)
+            self._dose.append((command.x_nm, command.y_nm, half, self.frame_dose_e_per_a2(d)))

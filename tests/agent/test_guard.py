@@ -1,0 +1,134 @@
+"""The guard: no sequence of decisions ever yields a command outside the limits (property-based)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.guard import Decision, Guard, GuardConfig, Refusal
+from drivers.base import Range, ScanCommand, SetTiltCommand
+from drivers.memory import DEFAULT_CAPABILITIES
+
+CONFIG = GuardConfig(
+    stage_x_nm=Range(low=-200, high=300),
+    fov_nm=Range(low=1, high=50),
+    dwell_us=Range(low=1, high=50),
+    tilt_deg=Range(low=-60, high=60),
+    max_step_nm=150.0,
+    dose_budget_e_per_a2=2e6,
+    probe_current_pa=20.0,
+)
+
+anything = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6))
+decisions = st.builds(
+    Decision,
+    kind=st.sampled_from(["scan", "scan", "scan", "set_tilt", "teleport"]),
+    x_nm=anything,
+    y_nm=anything,
+    fov_nm=anything,
+    rows=anything,
+    cols=anything,
+    dwell_us=anything,
+    rotation_deg=anything,
+    tilt_deg=anything,
+)
+
+
+def _inside(value: float, r: Range) -> bool:
+    return r.low <= value <= r.high
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(decisions, min_size=1, max_size=25))
+def test_no_sequence_of_decisions_yields_an_unsafe_command(sequence):
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG)
+    previous = None
+    history: list[ScanCommand] = []
+    for decision in sequence:
+        out = guard.check(decision)
+        if isinstance(out, Refusal):
+            assert out.reason
+            continue
+        if isinstance(out, SetTiltCommand):
+            assert -60 <= out.tilt_deg <= 60
+            continue
+        assert isinstance(out, ScanCommand)
+        for name in ("x_nm", "y_nm", "fov_nm", "dwell_us", "rows", "cols"):
+            assert _inside(getattr(out, name), guard.limits[name]), name
+        assert out.x_nm >= -200 and out.x_nm <= 300 and out.fov_nm <= 50  # the configuration's own limits
+        assert (out.x_nm, out.y_nm, out.fov_nm, out.rows) == (
+            decision.x_nm,
+            decision.y_nm,
+            decision.fov_nm,
+            decision.rows,
+        )  # never clamped
+        if previous is not None:
+            assert math.hypot(out.x_nm - previous.x_nm, out.y_nm - previous.y_nm) <= 150.0
+        dose = guard.frame_dose_e_per_a2(decision)
+        overlapping = [
+            h
+            for h in history
+            if abs(h.x_nm - out.x_nm) < (h.fov_nm + out.fov_nm) * math.sqrt(2) / 2
+            and abs(h.y_nm - out.y_nm) < (h.fov_nm + out.fov_nm) * math.sqrt(2) / 2
+        ]
+        received = sum(
+            guard.frame_dose_e_per_a2(Decision("scan", h.x_nm, h.y_nm, h.fov_nm, h.rows, h.cols, h.dwell_us))
+            for h in overlapping
+        )
+        assert received + dose <= 2e6
+        guard.commit(out)
+        previous = out
+        history.append(out)
+
+
+def _scan(**kw) -> Decision:
+    return Decision(
+        "scan", **{"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 10.0, "rows": 128, "cols": 128, "dwell_us": 2.0, **kw}
+    )
+
+
+@pytest.mark.parametrize(
+    ("decision", "reason"),
+    [
+        (_scan(x_nm=float("nan")), "x_nm=nan is not a finite number"),
+        (_scan(y_nm=float("inf")), "y_nm=inf is not a finite number"),
+        (_scan(x_nm=-250.0), "x_nm=-250 is outside the allowed [-200, 300]"),
+        (_scan(fov_nm=80.0), "fov_nm=80 is outside the allowed [1, 50]"),
+        (_scan(rows=100.5), "rows=100.5 is not a whole number of pixels"),
+        (_scan(dwell_us=0.5), "dwell_us=0.5 is outside"),
+        (Decision("set_tilt", tilt_deg=65.0), "tilt_deg=65 is outside the allowed [-60, 60]"),
+        (Decision("teleport"), "decision kind 'teleport' is not accepted"),
+    ],
+)
+def test_each_refusal_names_its_reason(decision, reason):
+    out = Guard(DEFAULT_CAPABILITIES, CONFIG).check(decision)
+    assert isinstance(out, Refusal) and reason in out.reason
+
+
+def test_steps_repeats_and_dose_budget():
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG)
+    first = guard.check(_scan())
+    guard.commit(first)
+    assert "step of 200.0 nm exceeds" in guard.check(_scan(x_nm=200.0)).reason
+    assert "repeat of the field" in guard.check(_scan(x_nm=0.2)).reason
+    # Long dwells on one spot: the budget runs out, however the fields shift a little.
+    accepted = 0
+    for i in range(1, 40):
+        out = guard.check(_scan(x_nm=float(i), dwell_us=50.0, fov_nm=4.0, rows=512, cols=512))
+        if isinstance(out, Refusal):
+            assert "dose budget" in out.reason
+            break
+        guard.commit(out)
+        accepted += 1
+    assert 0 < accepted < 39
+
+
+def test_limits_are_the_intersection_of_instrument_and_configuration():
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG)
+    assert guard.limits["x_nm"] == Range(low=-200, high=300)  # configuration narrower
+    assert guard.limits["y_nm"] == DEFAULT_CAPABILITIES.stage_y_nm  # configuration silent
+    disjoint = Guard(DEFAULT_CAPABILITIES, GuardConfig(fov_nm=Range(low=5000, high=6000)))
+    assert "do not overlap" in disjoint.check(_scan()).reason
