@@ -10,8 +10,9 @@ simulator) are the check that the model does not just fit our own image formatio
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
@@ -39,10 +40,7 @@ def main() -> None:
             for p in sorted(args.abtem.glob("*.npz"))
             for suffix, noisy in (("_noisy", True), ("_clean", False))
         }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

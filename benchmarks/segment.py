@@ -17,7 +17,6 @@ localisation), localisation alone, and the peak memory of a process doing only t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "weights" / "stem_ensemble.json"
@@ -124,7 +124,7 @@ def compare(model: Path, threads: int, runs: int) -> dict[str, object]:
 def peak_memory(model: Path, threads: int) -> float:
     """Peak RSS (MB) of a fresh process that segments one 512 x 512 frame (no torch loaded)."""
     code = (
-        f"import resource, sys; sys.path.insert(0, {str(ROOT)!r});"
+        f"import resource, sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}];"
         "from benchmarks.segment import _frame; from models.segmenter import Segmenter;"
         f"s = Segmenter({str(model)!r}, 'cpu', threads={threads}); img, px = _frame(); s.atoms(s.segment(img, px));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
@@ -155,10 +155,7 @@ def main() -> None:
     result.update(compare(args.model, args.threads, args.runs))
     result["peak_rss_mb_segment_process"] = peak_memory(args.model, args.threads)
     result["benchmark_process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

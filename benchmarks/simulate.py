@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit
 
 LATTICES = ("MoS2", "WS2", "graphene", "SrTiO3")
 
@@ -107,10 +108,7 @@ def main() -> None:
             if k.startswith("atomic_512")  # type: ignore[union-attr]
         ),
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ together with the onnxruntime latency of one member on a 512 x 512 frame at 0.02
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import emit
 
 from models.segmenter import Segmenter
 
@@ -96,10 +96,7 @@ def main() -> None:
         "sizes": rows,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

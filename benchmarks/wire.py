@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import zmq
+from report import emit
 
 from drivers.base import BlankCommand, ScanCommand, UnblankCommand
 from drivers.codec import envelope
@@ -152,11 +153,7 @@ def main() -> None:
         "note": "ours and raw are the median-fps round of each, rounds alternating which runs first",
         "target": "ratio >= 0.8",
     }
-    text = json.dumps(out, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

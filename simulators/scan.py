@@ -114,9 +114,6 @@ class ScanGeometry:
 
     def flyback(self, col: np.ndarray) -> np.ndarray:
         """Flyback offset along the lines at (fractional) column ``col``, nm."""
-        return self._flyback(col)
-
-    def _flyback(self, col: np.ndarray) -> np.ndarray:
         d = self.distortion
         if d.flyback_amplitude_nm == 0.0:
             return np.zeros_like(col)
@@ -135,7 +132,7 @@ class ScanGeometry:
         r = np.asarray(rows, dtype=np.float64)[:, None]
         c = np.asarray(cols, dtype=np.float64)[None, :]
         jitter = self.distortion.line_offsets_nm[np.asarray(rows)][:, None]
-        u = (c - self._cc) * self.px + jitter + self._flyback(c)
+        u = (c - self._cc) * self.px + jitter + self.flyback(c)
         v = (r - self._rc) * self.px
         t = self._time(r, c)
         vx, vy = self.distortion.drift_nm_per_us
@@ -167,7 +164,7 @@ class ScanGeometry:
             v = -self._sin * px_ + self._cos * py_
             row = v / self.px + self._rc
             jitter = np.interp(row, lines, self._truth_jitter)
-            col = (u - jitter - self._flyback(col)) / self.px + self._cc
+            col = (u - jitter - self.flyback(col)) / self.px + self._cc
         return row, col
 
     def footprint_box(self, margin_nm: float) -> tuple[float, float, float, float]:
