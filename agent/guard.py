@@ -178,6 +178,11 @@ class Guard:
             deadline_unix_s=deadline,
         )
 
+    @property
+    def doses_e_per_a2(self) -> list[float]:
+        """Dose of each scan let through, in order."""
+        return [d for *_, d in self._dose]
+
     def commit(self, command: Command) -> None:
         """Remember a command that was sent: its position, field and dose count from now on."""
         if isinstance(command, ScanCommand):

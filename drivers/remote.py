@@ -11,6 +11,7 @@ are counted in ``stats["frames_lost"]``, never hidden.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -77,7 +78,7 @@ class RemoteDriver:
         self._curve = curve
         self._ctx = zmq.Context()
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
-        self._waiters: dict[str, queue.Queue[Ack | Exception]] = {}
+        self._waiters: dict[str, concurrent.futures.Future[Ack]] = {}
         self._frames: queue.Queue[Frame | ProtocolError] = queue.Queue()
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -119,24 +120,40 @@ class RemoteDriver:
         ProtocolError
             The server rejected the message as malformed.
         """
-        if self._stop.is_set() or not self._connected.is_set():
-            raise Disconnected(f"instrument server at {self.endpoint} is not connected")
-        box: queue.Queue[Ack | Exception] = queue.Queue(maxsize=1)
-        with self._lock:
-            self._waiters[command.id] = box
-        self._post(encode_command(command))
+        pending = self.submit(command)
         try:
-            answer = box.get(timeout=timeout_s)
-        except queue.Empty:
+            answer = pending.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
             raise DriverTimeout(f"no ack for {command.kind} {command.id} within {timeout_s} s") from None
         finally:
-            with self._lock:
-                self._waiters.pop(command.id, None)
-        if isinstance(answer, Exception):
-            raise answer
+            self._forget(command.id)
         if not answer.accepted:
             raise CommandRefused(answer)
         return answer
+
+    def submit(self, command: Command) -> concurrent.futures.Future[Ack]:
+        """Send ``command`` without waiting: the future resolves to its ack (accepted or not).
+
+        This lets a caller keep scans in flight (send the next while the current frame travels).  The
+        future fails with :class:`Disconnected` or :class:`ProtocolError` as :meth:`send` would raise;
+        a caller that gives up on it should still expect the command to have run.
+
+        Raises
+        ------
+        Disconnected
+            The server is not connected; nothing was sent.
+        """
+        if self._stop.is_set() or not self._connected.is_set():
+            raise Disconnected(f"instrument server at {self.endpoint} is not connected")
+        pending: concurrent.futures.Future[Ack] = concurrent.futures.Future()
+        with self._lock:
+            self._waiters[command.id] = pending
+        self._post(encode_command(command))
+        return pending
+
+    def _forget(self, command_id: str) -> None:
+        with self._lock:
+            self._waiters.pop(command_id, None)
 
     def next_frame(self, timeout_s: float) -> Frame:
         """The next frame for this client.
@@ -289,12 +306,15 @@ class RemoteDriver:
 
     def _answer(self, command_id: Any, answer: Ack | Exception) -> bool:
         with self._lock:
-            box = self._waiters.get(command_id) if isinstance(command_id, str) else None
-        if box is None:
+            pending = self._waiters.pop(command_id, None) if isinstance(command_id, str) else None
+        if pending is None or pending.done():
             return False
         try:
-            box.put_nowait(answer)
-        except queue.Full:
+            if isinstance(answer, Exception):
+                pending.set_exception(answer)
+            else:
+                pending.set_result(answer)
+        except concurrent.futures.InvalidStateError:  # cancelled by its caller meanwhile
             return False
         return True
 

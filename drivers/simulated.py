@@ -126,6 +126,8 @@ class SimulatedDriver:
             "simulated": True,
             "atoms_resolved": sim.truth.atoms_resolved,
         }
+        if sim.truth.atoms_resolved:
+            metadata["truth"] = _truth_defects(sim.truth.columns.defects(), self.specimen.lattice.nn_spacing_nm)
         header = self.state.scan_header(command, start, metadata)
         return Frame(header, sim.image)
 
@@ -137,3 +139,28 @@ class SimulatedDriver:
         """Close the instrument and blank the beam; blocked and later calls raise :class:`Disconnected`."""
         self.state.blanked = True
         self._frames.close()
+
+
+#: Most ground-truth defects listed in one frame's metadata (a resolved field holds far fewer).
+MAX_TRUTH_DEFECTS = 20_000
+
+
+def _truth_defects(defects: Any, nn_spacing_nm: float) -> dict[str, Any]:
+    """The planted defects of a frame, for scoring runs (never for deciding).
+
+    Positions in the frame's own pixels and on the stage, kind labels, and the lattice's nearest-neighbour
+    spacing.
+    """
+    from simulators.defects import DefectKind
+
+    n = min(len(defects), MAX_TRUTH_DEFECTS)
+    return {
+        "nn_spacing_nm": nn_spacing_nm,
+        "defects": {
+            "row": np.round(defects.row[:n], 3).tolist(),
+            "col": np.round(defects.col[:n], 3).tolist(),
+            "x_nm": np.round(defects.x_nm[:n], 4).tolist(),
+            "y_nm": np.round(defects.y_nm[:n], 4).tolist(),
+            "kind": [DefectKind(int(k)).label for k in defects.kind[:n]],
+        },
+    }

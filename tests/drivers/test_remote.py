@@ -215,3 +215,34 @@ def test_non_loopback_bind_needs_keys_or_insecure(endpoint):
     check_bind(endpoint, None, insecure=True)
     check_bind("tcp://127.0.0.1:5555", None, insecure=False)
     assert PROTOCOL_VERSION == 1
+
+
+def test_submitted_scans_stay_in_flight_and_arrive_in_order():
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            scans = [ScanCommand(x_nm=i, y_nm=0, fov_nm=2, rows=16, cols=16, dwell_us=1) for i in range(4)]
+            pending = [remote.submit(s) for s in scans]  # nothing waits for an ack before the next is sent
+            frames = [remote.next_frame(5.0) for _ in scans]
+            assert [p.result(5.0).command_id for p in pending] == [s.id for s in scans]
+            assert [f.header.command_id for f in frames] == [s.id for s in scans]
+            refused = remote.submit(ScanCommand(x_nm=1e6, y_nm=0, fov_nm=2, rows=16, cols=16, dwell_us=1))
+            ack = refused.result(5.0)
+            assert not ack.accepted and "x_nm" in ack.reason
+    finally:
+        server.stop()
+
+
+def test_submit_fails_at_once_when_not_connected():
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    remote = RemoteDriver(server.endpoint, heartbeat_s=0.2, reconnect=False)
+    server.stop()
+    deadline = time.monotonic() + 3
+    while remote.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(Disconnected):
+        remote.submit(BlankCommand())
+    remote.close()
+    assert driver.commands == []

@@ -1,0 +1,104 @@
+"""``autoscope run``: an automated experiment against a simulated or remote instrument."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+EXIT_INTERRUPTED = 130
+
+
+def register(sub: Any) -> None:
+    """Add ``run`` to ``sub``."""
+    p = sub.add_parser("run", help="run an automated experiment (simulated or remote instrument)")
+    p.add_argument("--instrument", help="'sim' (in-process simulator) or tcp://HOST:PORT (default: sim)")
+    p.add_argument("--policy", help="raster, random, uncertainty, defects, bayes or dkl (default: bayes)")
+    p.add_argument("--steps", type=int, help="frames to acquire and analyse (default: 20)")
+    p.add_argument("--seed", type=int, help="seed of the policy and of the simulator's noise")
+    p.add_argument("--specimen-seed", type=int, help="seed of the simulated specimen")
+    p.add_argument("--record", type=Path, help="record the session into this new directory")
+    p.add_argument("--config", type=Path, help="TOML configuration (flags override it)")
+    p.add_argument("--json", type=Path, help="write SUMMARY.json here")
+    p.add_argument("--model", type=Path, help="segmentation model manifest (default: the bundled one)")
+    p.add_argument("--providers", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
+    p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), help="acquisition of bayes and dkl")
+    p.add_argument("--reward", help="reward expression of bayes and dkl (e.g. 'n_vacancy + 2 * n_dopant')")
+    p.add_argument("--quiet", action="store_true", help="no live view")
+    p.set_defaults(handler=_run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "instrument": args.instrument,
+        "policy": args.policy,
+        "steps": args.steps,
+        "seed": args.seed,
+        "simulator.specimen_seed": args.specimen_seed,
+        "record": None if args.record is None else str(args.record),
+        "json": None if args.json is None else str(args.json),
+        "model": None if args.model is None else str(args.model),
+        "providers": args.providers,
+        "policies.acquisition": args.acquisition,
+        "policies.reward": args.reward,
+    }
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`~agent.loop.Interrupted` in the loop, which then stops safely."""
+    from agent.loop import Interrupted
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.experiment import Experiment
+
+    config = load_config(args.config, _overrides(args))
+    with Experiment(config, live=not args.quiet) as experiment, _signals_interrupt():
+        state = experiment.run()
+    summary = experiment.summary
+    for path in filter(None, (config.json_summary, config.record and config.record / "SUMMARY.json")):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+    found = f", {summary['true_defects_found']} of them planted" if "true_defects_found" in summary else ""
+    latency = summary["latency_ms"].get("total") or summary["latency_ms"].get("perceive", {})
+    print(
+        f"{config.policy}: {state.status} after {state.steps_done} frames ({state.reason}); "
+        f"{summary['defects_found']} distinct defects{found}; {summary['refusals']} refusals; "
+        f"travel {summary['travel_nm']:.0f} nm; latency p50 {latency.get('p50', float('nan')):.0f} ms",
+        file=sys.stderr,
+    )
+    if config.record:
+        print(f"session recorded in {config.record} (python -m agent.cli report {config.record})", file=sys.stderr)
+    return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED}.get(state.status, 1)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and the packages a session depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("autoscope", "numpy", "onnxruntime", "onnxruntime-gpu", "pyzmq", "pydantic", "scikit-image"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

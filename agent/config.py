@@ -1,0 +1,120 @@
+"""The configuration of ``autoscope run``: a TOML file validated by pydantic, overridden by flags.
+
+Unknown keys are rejected with the key named, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.guard import GuardConfig
+from drivers.base import Range
+
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, naming the offending key."""
+
+
+class FieldConfig(BaseModel):
+    """The high-resolution field every scan uses."""
+
+    model_config = _STRICT
+    fov_nm: float = Field(10.24, gt=0.0, description="Field of view; 512 px at 0.02 nm/px by default.")
+    pixels: int = Field(512, ge=16, le=4096)
+    dwell_us: float = Field(10.0, gt=0.0)
+    rotation_deg: float = Field(0.0, ge=-360.0, le=360.0)
+
+
+class SimulatorConfig(BaseModel):
+    """The simulated instrument used with ``instrument = "sim"``."""
+
+    model_config = _STRICT
+    specimen_seed: int = Field(0, ge=0)
+    lattice: Literal["MoS2", "WS2", "graphene", "SrTiO3"] = "MoS2"
+    probe_current_pa: float = Field(20.0, gt=0.0)
+    specimen: dict[str, Any] = Field(default_factory=dict, description="Extra SpecimenConfig fields.")
+
+
+class PolicyConfig(BaseModel):
+    """Options of the adaptive policies (each uses those that concern it)."""
+
+    model_config = _STRICT
+    reward: str = Field("new_defects", description="Reward expression of bayes and dkl (see agent.reward).")
+    acquisition: Literal["ucb", "ei", "thompson"] = "ucb"
+    beta: float = Field(2.0, ge=0.0)
+    travel_cost: float = Field(0.02, ge=0.0)
+    revisit_penalty: float = Field(1.0, ge=0.0)
+    refit_every: int = Field(5, ge=1)
+    initial_fields: int = Field(3, ge=1)
+    length_nm: float = Field(15.0, gt=0.0, description="Smoothing length of uncertainty and defects.")
+    spacing_nm: float | None = Field(None, gt=0.0, description="Candidate pitch (the field of view if unset).")
+    survey_pixels: int = Field(512, ge=16, le=4096)
+    survey_dwell_us: float = Field(2.0, gt=0.0)
+
+
+class RunConfig(BaseModel):
+    """Everything ``autoscope run`` needs."""
+
+    model_config = _STRICT
+    instrument: str = Field("sim", description="'sim' or a tcp://HOST:PORT instrument server.")
+    policy: Literal["raster", "random", "uncertainty", "defects", "bayes", "dkl"] = "bayes"
+    steps: int = Field(20, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0)
+    record: Path | None = None
+    json_summary: Path | None = Field(None, alias="json")
+    model: Path | None = None
+    providers: str = "auto"
+    region_x_nm: Range | None = Field(None, description="Where field centres may lie (default: the whole stage).")
+    region_y_nm: Range | None = None
+    dedup_radius_nm: float = Field(0.1, gt=0.0)
+    frame_timeout_s: float = Field(30.0, gt=0.0)
+    field: FieldConfig = FieldConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    policy_options: PolicyConfig = Field(PolicyConfig(), alias="policies")
+    guard: GuardConfig = GuardConfig()
+
+    @field_validator("instrument")
+    @classmethod
+    def _instrument(cls, value: str) -> str:
+        if value != "sim" and not value.startswith(("tcp://", "ipc://")):
+            raise ValueError("must be 'sim' or an endpoint such as tcp://127.0.0.1:5555")
+        return value
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """Read ``path`` (TOML) if given, apply ``overrides`` (dotted keys allowed: ``simulator.specimen_seed``).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable TOML, unknown keys, or invalid values; the message names the key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"])
+            problems.append(f"unknown key '{where}'" if e["type"] == "extra_forbidden" else f"{where}: {e['msg']}")
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems)) from None

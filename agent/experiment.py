@@ -1,0 +1,138 @@
+"""An experiment assembled from a :class:`~agent.config.RunConfig`.
+
+Instrument, perception, policy, guard, recorder and loop, with the session's start and summary records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.config import RunConfig
+from agent.guard import Guard
+from agent.live import LiveView
+from agent.loop import Loop, LoopConfig, RunState
+from agent.perception import Perception
+from agent.policies import AcquisitionConfig, FieldTemplate, Policy, PolicyContext, Region, ScoreWeights, make_policy
+from agent.recorder import SessionRecorder
+from agent.reward import Reward
+from agent.summary import run_summary
+from drivers.base import Capabilities, Driver, Range
+from models.segmenter import Segmenter
+
+
+def open_instrument(config: RunConfig) -> Driver:
+    """The simulated instrument, or a connection to an instrument server."""
+    if config.instrument == "sim":
+        from drivers.simulated import SimulatedDriver
+
+        sim = config.simulator
+        return SimulatedDriver(
+            specimen_seed=sim.specimen_seed,
+            lattice=sim.lattice,
+            noise_seed=config.seed,
+            probe_current_pa=sim.probe_current_pa,
+            specimen_config=sim.specimen,
+        )
+    from drivers.remote import RemoteDriver
+
+    return RemoteDriver(config.instrument)
+
+
+def field_region(cap: Capabilities, config: RunConfig) -> Region:
+    """Where field centres may lie.
+
+    The stage range (and the configured region), less half a field so every field stays on the stage.
+
+    Raises
+    ------
+    ValueError
+        When nothing is left.
+    """
+    margin = 0.5 * config.field.fov_nm + 1e-3
+
+    def side(stage: Range | None, wanted: Range | None, axis: str) -> tuple[float, float]:
+        if stage is None:
+            raise ValueError(f"the instrument reports no stage {axis} range")
+        low, high = stage.low + margin, stage.high - margin
+        if wanted is not None:
+            low, high = max(low, wanted.low), min(high, wanted.high)
+        if low > high:
+            raise ValueError(f"no room for a {config.field.fov_nm:g} nm field along {axis} in the allowed region")
+        return low, high
+
+    x0, x1 = side(cap.stage_x_nm, config.region_x_nm, "x")
+    y0, y1 = side(cap.stage_y_nm, config.region_y_nm, "y")
+    return Region(x0, x1, y0, y1)
+
+
+def build_policy(config: RunConfig, region: Region, perception: Perception) -> Policy:
+    """The configured policy (its reward expression is checked against the model's variables)."""
+    f, o = config.field, config.policy_options
+    context = PolicyContext(
+        region, FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg), config.seed, o.spacing_nm
+    )
+    reward = Reward(o.reward, perception.variable_names())
+    acquisition = AcquisitionConfig(
+        o.acquisition, o.beta, travel_cost=o.travel_cost, revisit_penalty=o.revisit_penalty,
+        refit_every=o.refit_every, initial_fields=o.initial_fields,
+    )  # fmt: skip
+    weights = ScoreWeights(o.length_nm, travel_cost=o.travel_cost, revisit_penalty=o.revisit_penalty)
+    policy = make_policy(config.policy, context, reward, acquisition, weights)
+    if config.policy == "dkl":
+        policy.survey_pixels, policy.survey_dwell_us = o.survey_pixels, o.survey_dwell_us  # type: ignore[attr-defined]
+    return policy
+
+
+class Experiment:
+    """Open everything a run needs; ``with Experiment(config) as e: e.run()`` closes it all."""
+
+    def __init__(self, config: RunConfig, live: bool = False, segmenter: Segmenter | None = None) -> None:
+        self.config = config
+        self.segmenter = segmenter or Segmenter(config.model, config.providers)
+        self.perception = Perception(self.segmenter, config.dedup_radius_nm)
+        self.driver = open_instrument(config)
+        try:
+            cap = self.driver.capabilities()
+            self.region = field_region(cap, config)
+            self.policy = build_policy(config, self.region, self.perception)
+            self.guard = Guard(cap, config.guard)
+            self.recorder = SessionRecorder(config.record)
+        except BaseException:
+            self.driver.close()
+            raise
+        loop_config = LoopConfig(config.steps, frame_timeout_s=config.frame_timeout_s)
+        self.loop = Loop(self.driver, self.perception, self.policy, self.guard, loop_config, self.recorder,
+                         LiveView() if live else None)  # fmt: skip
+        self.summary: dict[str, Any] = {}
+
+    def run(self) -> RunState:
+        """Write the start record, run the loop, write the summary record."""
+        from agent.cli.run import versions
+
+        m = self.segmenter.manifest
+        self.recorder.write(
+            "start",
+            config=self.config.model_dump(mode="json", by_alias=True),
+            model={"name": m.name, "sha256": m.onnx_sha256, "providers": self.segmenter.providers},
+            versions=versions(),
+            capabilities=self.driver.capabilities().model_dump(mode="json"),
+            region_nm=[self.region.x_min_nm, self.region.x_max_nm, self.region.y_min_nm, self.region.y_max_nm],
+            class_names=list(self.perception.class_names),
+        )
+        state = self.loop.run()
+        self.summary = run_summary(self.loop, self.config.policy)
+        catalog = self.perception.catalog
+        defects = {"x_nm": catalog.x_nm, "y_nm": catalog.y_nm, "class_id": catalog.class_id, "step": catalog.first_step}
+        self.recorder.write("summary", summary=self.summary, defects=defects)
+        return state
+
+    def close(self) -> None:
+        """Close the recorder and the instrument connection."""
+        self.recorder.close()
+        self.driver.close()
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

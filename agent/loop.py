@@ -1,0 +1,359 @@
+"""The streaming loop: the only place that sends commands to an instrument.
+
+Driver -> Frame -> perception -> Observation -> Policy.ingest / suggest -> Decision -> Guard -> Command
+-> Driver, with per-stage timings, a session record of everything, and a stop record however it ends.
+When the policy commits ahead (a raster), the next scan is sent before the current frame is analysed,
+so the instrument works while the agent thinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.guard import Decision, Guard, Refusal
+from agent.observation import Observation
+from agent.perception import Perception
+from agent.policies import Policy
+from agent.recorder import SessionRecorder
+from agent.scoring import TruthScorer
+from agent.timings import StageTimings
+from drivers.base import (
+    BlankCommand,
+    CommandRefused,
+    Disconnected,
+    Driver,
+    DriverError,
+    DriverTimeout,
+    Frame,
+    ProtocolError,
+    ScanCommand,
+    UnblankCommand,
+    deadline_in,
+)
+from models.preprocess import ImageError
+
+logger = logging.getLogger(__name__)
+
+
+class Interrupted(BaseException):
+    """Raised in the loop's thread by a SIGINT/SIGTERM handler: stop now, safely."""
+
+
+class StopLoop(Exception):
+    """Ends the run with ``status`` and ``reason``."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Fault tolerance and timing of the loop.
+
+    Attributes
+    ----------
+    steps : frames to analyse.
+    frame_timeout_s : wait for a frame beyond its nominal scan time.
+    command_timeout_s : wait for an ack.
+    max_failures : consecutive failed steps (lost frames, bad frames, refusals) before giving up.
+    reconnect_grace_s : how long a lost instrument may take to come back.
+    stop_timeout_s : how long blanking the beam may take on the way out.
+    """
+
+    steps: int
+    frame_timeout_s: float = 30.0
+    command_timeout_s: float = 5.0
+    max_failures: int = 20
+    reconnect_grace_s: float = 10.0
+    stop_timeout_s: float = 1.0
+
+
+@dataclass
+class _InFlight:
+    step: int
+    decision: Decision
+    command: ScanCommand
+    sent_s: float
+
+
+@dataclass
+class RunState:
+    """What the loop has done so far (read by the live view and the summary)."""
+
+    steps_done: int = 0
+    issued: int = 0
+    failures_in_row: int = 0
+    refusals: list[dict[str, Any]] = field(default_factory=list)  # the latest 1000
+    refusal_count: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    fields: list[tuple[float, float, float]] = field(default_factory=list)
+    atoms_found: int = 0
+    travel_nm: float = 0.0
+    status: str = "running"
+    reason: str = ""
+    last: Observation | None = None
+
+
+class Loop:
+    """Run a policy against an instrument.
+
+    Parameters
+    ----------
+    driver, perception, policy, guard
+        The parts; the loop owns none of them (the caller closes the driver).
+    config
+        Steps and fault tolerance.
+    recorder
+        Where records go (a recorder with no directory records nothing).
+    on_step
+        Called after every analysed frame with the loop (the live view).
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        perception: Perception,
+        policy: Policy,
+        guard: Guard,
+        config: LoopConfig,
+        recorder: SessionRecorder | None = None,
+        on_step: Callable[[Loop], None] | None = None,
+    ) -> None:
+        self.driver, self.perception, self.policy, self.guard = driver, perception, policy, guard
+        self.config = config
+        self.recorder = recorder or SessionRecorder(None)
+        self.on_step = on_step
+        self.timings = StageTimings()
+        self.state = RunState()
+        self.scorer = TruthScorer()
+        self._in_flight: deque[_InFlight] = deque()
+        self._frame_at: float | None = None
+
+    # -- the run --------------------------------------------------------------------------------------
+    def run(self) -> RunState:
+        """Run until ``steps`` frames are analysed, the policy has nothing left, or something stops it.
+
+        Always blanks the beam and writes a stop record; ``state.status`` is ``completed``,
+        ``exhausted`` (the policy ran out of fields), ``interrupted`` or ``failed``.
+        """
+        status, reason = "completed", f"{self.config.steps} steps done"
+        try:
+            self._send_simple(UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s)))
+            while self.state.steps_done < self.config.steps:
+                self._step()
+        except (Interrupted, KeyboardInterrupt) as exc:
+            status, reason = "interrupted", str(exc) or type(exc).__name__
+        except StopLoop as exc:
+            status, reason = exc.status, exc.reason
+        except Exception as exc:
+            status, reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
+            self._shutdown(status, reason)
+            raise
+        self._shutdown(status, reason)
+        return self.state
+
+    def _step(self) -> None:
+        depth = 2 if self.policy.commits_ahead else 1
+        self._fill(depth)
+        if not self._in_flight:
+            raise StopLoop("exhausted", "the policy has no field left to propose")
+        job = self._in_flight.popleft()
+        t0 = time.perf_counter()
+        frame = self._await_frame(job)
+        self.timings.add("wait_frame", 1e3 * (time.perf_counter() - t0))
+        if frame is None:
+            self._failed(job.decision, "no usable frame")
+            return
+        self._frame_at = time.perf_counter()
+        if self.policy.commits_ahead:
+            self._fill(depth)  # the instrument scans the next field while this one is analysed
+        self._analyse(job, frame)
+
+    def _analyse(self, job: _InFlight, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        try:
+            obs = self.perception.observe(frame, job.step, job.command.rotation_deg)
+        except ImageError as exc:
+            self._error("bad_frame", f"frame of step {job.step} cannot be analysed: {exc}", step=job.step)
+            self.recorder.frame(frame, job.step)
+            self._failed(job.decision, str(exc))
+            return
+        t1 = time.perf_counter()
+        self._call_policy("ingest", lambda: self.policy.ingest(obs))
+        t2 = time.perf_counter()
+        self.scorer.add(frame, obs)
+        self.recorder.frame(frame, job.step)
+        self.recorder.write("observation", **obs.summary())
+        self.timings.add("perceive", 1e3 * (t1 - t0))
+        self.timings.add("ingest", 1e3 * (t2 - t1))
+        self.timings.add("record", 1e3 * (time.perf_counter() - t2))
+        for stage, ms in obs.timings_ms.items():
+            self.timings.add(f"perceive.{stage}", ms)
+        s = self.state
+        s.steps_done += 1
+        s.failures_in_row = 0
+        s.atoms_found += obs.n_atoms
+        s.last = obs
+        if self.on_step is not None:
+            self.on_step(self)
+
+    # -- deciding and sending -------------------------------------------------------------------------
+    def _fill(self, depth: int) -> None:
+        """Issue commands until ``depth`` scans are in flight (or every step has its command)."""
+        s = self.state
+        while len(self._in_flight) < depth and s.issued < self.config.steps:
+            t0 = time.perf_counter()
+            decisions = self._call_policy("suggest", lambda: self.policy.suggest(1))
+            t1 = time.perf_counter()
+            if not decisions:
+                return
+            decision = decisions[0]
+            checked = self.guard.check(decision)
+            t2 = time.perf_counter()
+            self.recorder.decision(decision, s.issued)
+            if isinstance(checked, Refusal):
+                self._refused(decision, "guard", checked.reason)
+                continue
+            assert isinstance(checked, ScanCommand)  # policies here propose scans
+            self.timings.add("suggest", 1e3 * (t1 - t0))
+            self.timings.add("guard", 1e3 * (t2 - t1))
+            if self._send_scan(checked, decision):
+                self._in_flight.append(_InFlight(s.issued, decision, checked, time.perf_counter()))
+                s.issued += 1
+
+    def _send_scan(self, command: ScanCommand, decision: Decision) -> bool:
+        step = self.state.issued
+        self.recorder.command(command, step)  # before it is sent: a crash now still shows the intent
+        t0 = time.perf_counter()
+        if self._frame_at is not None and not self.policy.commits_ahead:
+            self.timings.add("frame_to_command", 1e3 * (t0 - self._frame_at))
+            self._frame_at = None
+        try:
+            ack = self.driver.send(command, timeout_s=self.config.command_timeout_s)
+        except CommandRefused as exc:
+            self.recorder.ack(exc.ack, step)
+            self._refused(decision, "instrument", exc.ack.reason or exc.ack.code or "refused")
+            return False
+        except DriverTimeout as exc:
+            self._error("ack_timeout", str(exc), step=step)
+            self._failed(decision, "no ack")
+            return False
+        except Disconnected as exc:
+            self._instrument_lost(exc)
+            return False
+        self.timings.add("send", 1e3 * (time.perf_counter() - t0))
+        self.recorder.ack(ack, step)
+        self.guard.commit(command)
+        s = self.state
+        if s.fields:
+            px, py, _ = s.fields[-1]
+            s.travel_nm += ((command.x_nm - px) ** 2 + (command.y_nm - py) ** 2) ** 0.5
+        s.fields.append((command.x_nm, command.y_nm, command.fov_nm))
+        return True
+
+    def _send_simple(self, command: BlankCommand | UnblankCommand) -> None:
+        if command.kind not in self.driver.capabilities().command_kinds:
+            return
+        self.recorder.command(command, self.state.issued)
+        try:
+            self.recorder.ack(self.driver.send(command, timeout_s=self.config.command_timeout_s), self.state.issued)
+        except DriverError as exc:
+            raise StopLoop("failed", f"the instrument did not accept {command.kind}: {exc}") from None
+
+    # -- receiving --------------------------------------------------------------------------------------
+    def _await_frame(self, job: _InFlight) -> Frame | None:
+        c = job.command
+        deadline = job.sent_s + c.rows * c.cols * c.dwell_us * 1e-6 + self.config.frame_timeout_s
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                self._error("frame_timeout", f"no frame for step {job.step} ({c.id})", step=job.step)
+                return None
+            try:
+                frame = self.driver.next_frame(min(remaining, 0.25))
+            except DriverTimeout:
+                continue
+            except ProtocolError as exc:
+                self._error("acquisition", f"step {job.step}: {exc}", step=job.step)
+                return None
+            except Disconnected as exc:
+                self._instrument_lost(exc)
+                return None
+            if frame.header.command_id != c.id:
+                self._error("stale_frame", f"a frame answering {frame.header.command_id} arrived for {c.id}")
+                continue
+            if tuple(frame.header.shape) != (c.rows, c.cols):
+                reason = f"frame of shape {tuple(frame.header.shape)} answers a {c.rows}x{c.cols} scan"
+                self._error("bad_frame", reason, step=job.step)
+                return None
+            return frame
+
+    # -- faults -----------------------------------------------------------------------------------------
+    def _call_policy(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            logger.exception("policy %s failed", what)
+            raise StopLoop("failed", f"policy {what} raised {type(exc).__name__}: {exc}") from exc
+
+    def _error(self, kind: str, message: str, **fields: Any) -> None:
+        logger.warning("%s: %s", kind, message)
+        self.state.errors[kind] = self.state.errors.get(kind, 0) + 1
+        self.recorder.write("error", kind=kind, message=message, **fields)
+
+    def _refused(self, decision: Decision, source: str, reason: str) -> None:
+        self.state.refusal_count += 1
+        self.state.refusals.append({"step": self.state.issued, "source": source, "reason": reason})
+        del self.state.refusals[:-1000]  # bounded: the count is kept below
+        self.state.errors[f"refused_by_{source}"] = self.state.errors.get(f"refused_by_{source}", 0) + 1
+        self.recorder.write("refusal", step=self.state.issued, source=source, reason=reason)
+        self._failed(decision, reason)
+
+    def _failed(self, decision: Decision, reason: str) -> None:
+        self._call_policy("reject", lambda: self.policy.reject(decision, reason))
+        self.state.failures_in_row += 1
+        if self.state.failures_in_row >= self.config.max_failures:
+            raise StopLoop("failed", f"{self.state.failures_in_row} failures in a row; last: {reason}")
+
+    def _instrument_lost(self, exc: Exception) -> None:
+        """Wait for a reconnecting driver to come back; otherwise stop."""
+        self._error("disconnected", str(exc))
+        self._in_flight.clear()  # their frames will not come
+        connected = getattr(self.driver, "connected", None)
+        deadline = time.monotonic() + self.config.reconnect_grace_s
+        while connected is not None and time.monotonic() < deadline:
+            if self.driver.connected:  # type: ignore[attr-defined]
+                self.recorder.write("reconnected")
+                return
+            time.sleep(0.05)
+        raise StopLoop("failed", f"instrument lost: {exc}")
+
+    def _shutdown(self, status: str, reason: str) -> None:
+        """Blank the beam (bounded wait) and write the stop record."""
+        blanked = False
+        if "blank" in self._kinds():
+            try:
+                blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
+                self.recorder.command(blank, self.state.issued)
+                self.driver.send(blank, timeout_s=self.config.stop_timeout_s)
+                blanked = True
+            except (DriverError, OSError) as exc:
+                self._error("blank_failed", f"could not blank the beam: {exc}")
+        self.state.status, self.state.reason = status, reason
+        self.recorder.write(
+            "stop", status=status, reason=reason, beam_blanked=blanked, steps=self.state.steps_done,
+            timings_ms=self.timings.summary(), errors=self.state.errors,
+        )  # fmt: skip
+        logger.info("run %s: %s", status, reason)
+
+    def _kinds(self) -> tuple[str, ...]:
+        try:
+            return tuple(self.driver.capabilities().command_kinds)
+        except DriverError:
+            return ()

@@ -1,0 +1,150 @@
+"""What every policy shares: the protocol, the field template, the allowed region and its candidate grid."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent.guard import Decision
+from agent.observation import Observation
+
+
+@dataclass(frozen=True)
+class FieldTemplate:
+    """The high-resolution field every scan decision uses (policies choose where, not how)."""
+
+    fov_nm: float = 10.24
+    pixels: int = 512
+    dwell_us: float = 10.0
+    rotation_deg: float = 0.0
+
+    def at(self, x_nm: float, y_nm: float, **rationale: object) -> Decision:
+        """A scan decision for this field centred at (x_nm, y_nm)."""
+        return Decision(
+            "scan",
+            float(x_nm),
+            float(y_nm),
+            self.fov_nm,
+            self.pixels,
+            self.pixels,
+            self.dwell_us,
+            self.rotation_deg,
+            rationale=dict(rationale),
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """The stage area field centres may lie in, nm."""
+
+    x_min_nm: float
+    x_max_nm: float
+    y_min_nm: float
+    y_max_nm: float
+
+    def __post_init__(self) -> None:
+        values = (self.x_min_nm, self.x_max_nm, self.y_min_nm, self.y_max_nm)
+        if not all(math.isfinite(v) for v in values) or self.x_min_nm > self.x_max_nm or self.y_min_nm > self.y_max_nm:
+            raise ValueError(f"region {values} is not a finite box with min <= max")
+
+    @property
+    def center_nm(self) -> tuple[float, float]:
+        """The region's centre."""
+        return 0.5 * (self.x_min_nm + self.x_max_nm), 0.5 * (self.y_min_nm + self.y_max_nm)
+
+    @property
+    def size_nm(self) -> tuple[float, float]:
+        """Width and height."""
+        return self.x_max_nm - self.x_min_nm, self.y_max_nm - self.y_min_nm
+
+
+def candidate_grid(region: Region, spacing_nm: float) -> np.ndarray:
+    """Field centres on a square grid of pitch ``spacing_nm`` covering ``region``, row by row.
+
+    Returns
+    -------
+    ndarray, shape (n, 2), float64: (x_nm, y_nm) of each candidate; the rows of the grid run along x.
+    """
+    if not (math.isfinite(spacing_nm) and spacing_nm > 0):
+        raise ValueError(f"spacing_nm must be a positive finite number (got {spacing_nm!r})")
+    width, height = region.size_nm
+    nx, ny = max(1, int(width // spacing_nm) + 1), max(1, int(height // spacing_nm) + 1)
+    # centre the grid in the region so both margins are equal
+    xs = region.x_min_nm + 0.5 * (width - (nx - 1) * spacing_nm) + spacing_nm * np.arange(nx)
+    ys = region.y_min_nm + 0.5 * (height - (ny - 1) * spacing_nm) + spacing_nm * np.arange(ny)
+    gx, gy = np.meshgrid(xs, ys)
+    return np.column_stack([gx.ravel(), gy.ravel()])
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """Everything a policy is built from (no sockets, files or models: those belong to the loop)."""
+
+    region: Region
+    field: FieldTemplate
+    seed: int = 0
+    spacing_nm: float | None = None  # candidate pitch; the field of view when None (fields just touch)
+
+    def candidates(self) -> np.ndarray:
+        """The candidate field centres, shape (n, 2)."""
+        return candidate_grid(self.region, self.spacing_nm or self.field.fov_nm)
+
+
+class Policy(Protocol):
+    """Proposes where to look next.
+
+    ``commits_ahead`` is True when the next decisions do not depend on the observations still to come
+    (a raster): the loop may then send the next scan before the current frame is analysed.
+    """
+
+    name: str
+    commits_ahead: bool
+
+    def ingest(self, observation: Observation) -> None:
+        """Learn from one analysed frame."""
+
+    def suggest(self, n: int = 1) -> list[Decision]:
+        """Up to ``n`` next decisions, best first (empty when the policy has nothing left to propose)."""
+
+    def reject(self, decision: Decision, reason: str) -> None:
+        """A suggested decision was refused (guard or instrument) or its frame was lost: do not propose it again."""
+
+
+class CandidatePolicy:
+    """Shared bookkeeping for policies choosing among grid candidates: visited and blocked fields."""
+
+    name = "candidates"
+    commits_ahead = False
+
+    def __init__(self, context: PolicyContext) -> None:
+        self.context = context
+        self.xy = context.candidates()
+        self.open = np.ones(len(self.xy), dtype=bool)  # neither visited nor refused
+        self.position: tuple[float, float] | None = None
+
+    def _index_of(self, x_nm: float, y_nm: float) -> int:
+        return int(np.argmin(np.hypot(self.xy[:, 0] - x_nm, self.xy[:, 1] - y_nm)))
+
+    def _close(self, x_nm: float, y_nm: float) -> None:
+        i = self._index_of(x_nm, y_nm)
+        if math.hypot(self.xy[i, 0] - x_nm, self.xy[i, 1] - y_nm) < 0.5 * self.context.field.fov_nm:
+            self.open[i] = False
+
+    def ingest(self, observation: Observation) -> None:
+        """Mark the observed field's candidate as visited."""
+        h = observation.header
+        if abs(h.fov_nm - self.context.field.fov_nm) < 1e-6:
+            self._close(h.x_nm, h.y_nm)
+            self.position = (h.x_nm, h.y_nm)
+
+    def reject(self, decision: Decision, reason: str) -> None:
+        """Never propose this field again."""
+        self._close(decision.x_nm, decision.y_nm)
+
+    def decide(self, index: int, **rationale: object) -> Decision:
+        """The decision for candidate ``index`` (closed at once, so it is never proposed twice)."""
+        self.open[index] = False
+        return self.context.field.at(self.xy[index, 0], self.xy[index, 1], **rationale)

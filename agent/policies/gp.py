@@ -1,0 +1,145 @@
+"""A Gaussian-process surrogate (gpytorch) shared by ``bayes`` and ``dkl``: fit, predict, sample.
+
+The only agent module that imports torch; the policy registry imports it lazily, so the baselines and
+the loop run without torch.
+"""
+
+from __future__ import annotations
+
+import gpytorch
+import numpy as np
+import torch
+from scipy.special import ndtr
+
+
+class _ExactGP(gpytorch.models.ExactGP):
+    """Constant mean, scaled Matern-5/2 kernel, optionally on learned features."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        likelihood: gpytorch.likelihoods.GaussianLikelihood,
+        features: torch.nn.Module | None,
+        dims: int,
+    ) -> None:
+        super().__init__(x, y, likelihood)
+        self.features = features
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=dims))
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        z = self.features(x) if self.features is not None else x
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+
+class GPSurrogate:
+    """Exact GP regression of a scalar reward, targets standardised internally.
+
+    Hyperparameters (and the feature extractor's weights, for deep kernel learning) are refitted by
+    maximising the exact marginal log likelihood with Adam every ``refit_every`` new observations; in
+    between, new data only conditions the posterior (cheap: one Cholesky factorisation).
+
+    Parameters
+    ----------
+    dims
+        Input dimension seen by the kernel (the feature extractor's output size when there is one).
+    features
+        Optional ``torch.nn.Module`` mapping inputs to ``dims`` features (deep kernel learning).
+    refit_every, train_iters, learning_rate
+        Refit schedule and optimiser settings.
+    max_points
+        Only the most recent observations are kept (bounded memory and time).
+    seed
+        Seeds torch before each fit, so runs are reproducible.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        features: torch.nn.Module | None = None,
+        refit_every: int = 5,
+        train_iters: int = 60,
+        learning_rate: float = 0.05,
+        max_points: int = 2000,
+        seed: int = 0,
+    ) -> None:
+        self.dims, self.refit_every, self.train_iters = dims, refit_every, train_iters
+        self.learning_rate, self.max_points, self.seed = learning_rate, max_points, seed
+        self.likelihood = gpytorch.likelihoods.GaussianLikelihood(
+            noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
+        )
+        self.features = features
+        self.model: _ExactGP | None = None
+        self.fits = 0
+        self._fitted_at = 0
+        self._y_mean, self._y_std = 0.0, 1.0
+        self.last_fit_s = 0.0
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """Condition on all observations ``x`` (m, d_in), ``y`` (m,); refit when due. Returns True if refitted."""
+        x, y = x[-self.max_points :], y[-self.max_points :]
+        self._y_mean = float(y.mean())
+        self._y_std = float(y.std()) if len(y) > 1 and y.std() > 1e-9 else 1.0
+        tx = torch.as_tensor(x, dtype=torch.float32)
+        ty = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32)
+        if self.model is None:
+            torch.manual_seed(self.seed)
+            self.model = _ExactGP(tx, ty, self.likelihood, self.features, self.dims)
+        else:
+            self.model.set_train_data(tx, ty, strict=False)
+        due = self.fits == 0 or len(y) - self._fitted_at >= self.refit_every
+        if due:
+            self._fit()
+            self._fitted_at = len(y)
+        return due
+
+    def _fit(self) -> None:
+        assert self.model is not None
+        torch.manual_seed(self.seed + self.fits)
+        self.model.train()
+        self.likelihood.train()
+        optimiser = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.likelihood, self.model)
+        x, y = self.model.train_inputs[0], self.model.train_targets
+        for _ in range(self.train_iters):
+            optimiser.zero_grad()
+            loss = -mll(self.model(x), y)
+            loss.backward()
+            optimiser.step()
+        self.fits += 1
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the latent reward at ``x`` (n, d_in), reward units."""
+        assert self.model is not None, "update() first"
+        self.model.eval()
+        self.likelihood.eval()
+        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+            post = self.model(torch.as_tensor(x, dtype=torch.float32))
+            mean, var = post.mean.numpy(), post.variance.clamp_min(1e-12).numpy()
+        return self._y_mean + self._y_std * mean.astype(np.float64), self._y_std * np.sqrt(var.astype(np.float64))
+
+    def sample(self, x: np.ndarray, seed: int) -> np.ndarray:
+        """One joint posterior sample of the latent reward at ``x`` (n, d_in), reward units."""
+        assert self.model is not None, "update() first"
+        self.model.eval()
+        self.likelihood.eval()
+        torch.manual_seed(seed)
+        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+            post = self.model(torch.as_tensor(x, dtype=torch.float32))
+            draw = post.rsample().numpy().astype(np.float64)
+        return self._y_mean + self._y_std * draw
+
+    @property
+    def best(self) -> float:
+        """Largest observed reward (standardised targets mapped back)."""
+        assert self.model is not None
+        return self._y_mean + self._y_std * float(self.model.train_targets.max())
+
+
+def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.01) -> np.ndarray:
+    """``EI(x) = (mu - f* - xi) Phi(z) + sigma phi(z)``, ``z = (mu - f* - xi) / sigma`` (maximisation)."""
+    std = np.maximum(std, 1e-12)
+    gain = mean - best - xi
+    z = gain / std
+    return gain * ndtr(z) + std * np.exp(-0.5 * z**2) / np.sqrt(2.0 * np.pi)

@@ -1,0 +1,40 @@
+"""``raster``: a serpentine sweep over the candidate grid (the baseline every microscopist knows)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.guard import Decision
+from agent.policies.base import CandidatePolicy, PolicyContext
+
+
+class RasterPolicy(CandidatePolicy):
+    """Visit the candidate fields row by row, alternating direction, from the region's lower-left corner.
+
+    Its decisions do not depend on what it sees, so it commits ahead.
+    """
+
+    name = "raster"
+    commits_ahead = True
+
+    def __init__(self, context: PolicyContext) -> None:
+        super().__init__(context)
+        xs, ys = np.unique(self.xy[:, 0]), np.unique(self.xy[:, 1])
+        order = []
+        for j, y in enumerate(ys):
+            row = np.flatnonzero(self.xy[:, 1] == y)
+            row = row[np.argsort(self.xy[row, 0])]
+            order.extend(row[::-1] if j % 2 else row)
+        self._order = np.array(order, dtype=np.int64)
+        self._next = 0
+        self._columns = len(xs)
+
+    def suggest(self, n: int = 1) -> list[Decision]:
+        """The next ``n`` open fields of the sweep."""
+        out = []
+        while len(out) < n and self._next < len(self._order):
+            i = int(self._order[self._next])
+            self._next += 1
+            if self.open[i]:
+                out.append(self.decide(i, order=self._next - 1))
+        return out

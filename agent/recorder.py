@@ -1,0 +1,67 @@
+"""What the loop writes to a session log (see :mod:`drivers.recording` for the format)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.guard import Decision
+from drivers.base import Ack, Command, Frame
+from drivers.recording import SessionWriter
+
+
+def decision_record(decision: Decision, step: int) -> dict[str, Any]:
+    """A decision as a JSON-able record."""
+    fields = dataclasses.asdict(decision)
+    return {"type": "decision", "step": step, **fields, "rationale": _jsonable(decision.rationale)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalar
+        return _jsonable(value.item())
+    return value
+
+
+class SessionRecorder:
+    """Writes the loop's records, each stamped with the wall time; ``None`` directory records nothing."""
+
+    def __init__(self, directory: str | Path | None, fsync: bool = False) -> None:
+        self.writer = SessionWriter(directory, fsync=fsync) if directory is not None else None
+        self.directory = Path(directory) if directory is not None else None
+
+    def write(self, kind: str, **fields: Any) -> None:
+        """Append a JSON record of type ``kind``."""
+        if self.writer is not None:
+            self.writer.write({"type": kind, "t_unix_s": time.time(), **_jsonable(fields)})
+
+    def decision(self, decision: Decision, step: int) -> None:
+        """A decision with its rationale."""
+        if self.writer is not None:
+            self.writer.write({**decision_record(decision, step), "t_unix_s": time.time()})
+
+    def command(self, command: Command, step: int) -> None:
+        """A command, written before it is sent."""
+        self.write("command", step=step, command=command.model_dump(mode="json"))
+
+    def ack(self, ack: Ack, step: int) -> None:
+        """The instrument's answer to a command."""
+        self.write("ack", step=step, ack=ack.model_dump(mode="json"))
+
+    def frame(self, frame: Frame, step: int) -> None:
+        """A frame: raw image and header."""
+        if self.writer is not None:
+            self.writer.write_frame(frame, step=step, t_unix_s=time.time())
+
+    def close(self) -> None:
+        """Flush and close."""
+        if self.writer is not None:
+            self.writer.close()
