@@ -72,7 +72,8 @@ class RunConfig(BaseModel):
     providers: str = "auto"
     region_x_nm: Range | None = Field(None, description="Where field centres may lie (default: the whole stage).")
     region_y_nm: Range | None = None
-    dedup_radius_nm: float = Field(0.1, gt=0.0)
+    dedup_radius_nm: float = Field(0.1, gt=0.0, description="Detections closer than this are one defect.")
+    max_defect_uncertainty: float = Field(0.06, gt=0.0, description="Defects more uncertain (nats) are not counted.")
     frame_timeout_s: float = Field(30.0, gt=0.0)
     field: FieldConfig = FieldConfig()
     simulator: SimulatorConfig = SimulatorConfig()

@@ -89,7 +89,9 @@ class Experiment:
     def __init__(self, config: RunConfig, live: bool = False, segmenter: Segmenter | None = None) -> None:
         self.config = config
         self.segmenter = segmenter or Segmenter(config.model, config.providers)
-        self.perception = Perception(self.segmenter, config.dedup_radius_nm)
+        self.perception = Perception(
+            self.segmenter, config.dedup_radius_nm, max_defect_uncertainty=config.max_defect_uncertainty
+        )
         self.driver = open_instrument(config)
         try:
             cap = self.driver.capabilities()

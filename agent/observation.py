@@ -18,7 +18,8 @@ class AtomTable:
     ----------
     row, col : float64, sub-pixel position in the frame's pixels.
     x_nm, y_nm : float64, stage position (nominal scan geometry, see the README's conventions).
-    class_id : int64, index into the model's classes.  defect : bool, the class is a defect class.
+    class_id : int64, index into the model's classes.
+    defect : bool, a defect class detected with confidence (see :class:`~agent.perception.Perception`).
     confidence : float32, mean probability of the class over the column.
     uncertainty : float32, mean mutual information over the column (nats).
     """
@@ -55,8 +56,9 @@ class Observation:
     class_names : names of the model's classes (index = ``class_id``).
     defect_counts : defects in this frame per defect class name.
     new_defects : distinct defects seen here for the first time in the session.
-    uncertainty : ``mean_mutual_info``, ``p95_mutual_info``, ``mean_entropy`` (nats, over the frame) and
-        ``atom_uncertainty`` (mean over atoms).
+    uncertainty : ``mean_mutual_info``, ``p95_mutual_info``, ``mean_entropy`` (nats, over the frame),
+        ``atom_uncertainty`` (mean over atoms) and ``uncertain_defects`` (columns of a defect class too
+        uncertain to count as defects).
     ood_score : frame epistemic uncertainty in calibration standard deviations (NaN if uncalibrated).
     atoms_resolved : False for frames too coarsely sampled to segment (surveys).
     timings_ms : perception time per stage.
@@ -120,6 +122,7 @@ class Observation:
                 "row": np.round(self.atoms.row, 2).tolist(),
                 "col": np.round(self.atoms.col, 2).tolist(),
                 "class_id": self.atoms.class_id.tolist(),
+                "defect": self.atoms.defect.tolist(),
                 "uncertainty": np.round(self.atoms.uncertainty.astype(float), 4).tolist(),
             },
         }

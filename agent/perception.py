@@ -45,6 +45,11 @@ class Perception:
     edge_margin_nm
         Columns centred this close to the frame's border are dropped: cut by the border, they look like
         vacancies or dopants (nearly all false defects of a field are there).
+    max_defect_uncertainty
+        A column of a defect class counts as a defect only if its uncertainty (mean mutual information,
+        nats) is at most this; above it, it is an *uncertain* defect: kept with its class, counted apart,
+        never catalogued.  Amorphous contamination makes the model see heavy dopants where there are
+        none, and those detections carry about three times the uncertainty of real defects.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class Perception:
         dedup_radius_nm: float = 0.1,
         max_pixel_size_nm: float = 0.06,
         edge_margin_nm: float = 0.1,
+        max_defect_uncertainty: float = 0.06,
     ) -> None:
         self.segmenter = segmenter
         self.class_names = tuple(c.name for c in segmenter.manifest.classes)
@@ -60,11 +66,12 @@ class Perception:
         self.catalog = DefectCatalog(dedup_radius_nm)
         self.max_pixel_size_nm = max_pixel_size_nm
         self.edge_margin_nm = edge_margin_nm
+        self.max_defect_uncertainty = max_defect_uncertainty
 
     def variable_names(self) -> set[str]:
         """The names :meth:`Observation.variables` provides for this model (what a reward may use)."""
         fixed = {"n_atoms", "n_defects", "new_defects", "ood_score"}
-        fixed |= {"mean_mutual_info", "p95_mutual_info", "mean_entropy", "atom_uncertainty"}
+        fixed |= {"mean_mutual_info", "p95_mutual_info", "mean_entropy", "atom_uncertainty", "uncertain_defects"}
         return fixed | {f"n_{n}" for n, d in zip(self.class_names, self._is_defect, strict=True) if d}
 
     def observe(self, frame: Frame, step: int, rotation_deg: float = 0.0) -> Observation:
@@ -82,12 +89,13 @@ class Perception:
         t1 = time.perf_counter()
         found = self._inside(self.segmenter.atoms(seg), frame)
         x, y = pixels_to_stage(found.row, found.col, frame, rotation_deg)
-        defect = self._is_defect[found.class_id] if len(found) else np.zeros(0, dtype=bool)
+        defect_class = self._is_defect[found.class_id] if len(found) else np.zeros(0, dtype=bool)
+        defect = defect_class & (found.uncertainty <= self.max_defect_uncertainty)
         atoms = AtomTable(found.row, found.col, x, y, found.class_id, defect, found.confidence, found.uncertainty)
         new = self.catalog.add(x[defect], y[defect], found.class_id[defect], step)
         t2 = time.perf_counter()
         counts = {
-            name: int(np.count_nonzero(found.class_id == i))
+            name: int(np.count_nonzero(defect & (found.class_id == i)))
             for i, name in enumerate(self.class_names)
             if self._is_defect[i]
         }
@@ -97,6 +105,7 @@ class Perception:
             "p95_mutual_info": float(np.percentile(mi, 95)),
             "mean_entropy": float(seg.entropy.mean()),
             "atom_uncertainty": float(found.uncertainty.mean()) if len(found) else 0.0,
+            "uncertain_defects": float(np.count_nonzero(defect_class & ~defect)),
         }
         timings = {**seg.timings_ms, "localize": 1e3 * (t2 - t1)}
         timings["segment"] = 1e3 * (t1 - t0)
@@ -123,7 +132,8 @@ class Perception:
 
     def _unresolved(self, frame: Frame, step: int, rotation_deg: float) -> Observation:
         counts = {name: 0 for name, d in zip(self.class_names, self._is_defect, strict=True) if d}
-        zeros = {"mean_mutual_info": 0.0, "p95_mutual_info": 0.0, "mean_entropy": 0.0, "atom_uncertainty": 0.0}
+        names = ("mean_mutual_info", "p95_mutual_info", "mean_entropy", "atom_uncertainty", "uncertain_defects")
+        zeros = dict.fromkeys(names, 0.0)
         return Observation(
             step,
             frame.header,
@@ -136,4 +146,5 @@ class Perception:
             float("nan"),
             False,
             {},
+            frame.image,
         )
