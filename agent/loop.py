@@ -133,6 +133,7 @@ class Loop:
         self.state = RunState()
         self.scorer = TruthScorer()
         self._in_flight: deque[_InFlight] = deque()
+        self._current: _InFlight | None = None
         self._frame_at: float | None = None
 
     # -- the run --------------------------------------------------------------------------------------
@@ -163,10 +164,18 @@ class Loop:
         self._fill(depth)
         if not self._in_flight:
             raise StopLoop("exhausted", "the policy has no field left to propose")
-        job = self._in_flight.popleft()
+        job = self._current = self._in_flight.popleft()
+        try:
+            self._handle(job, depth)
+        finally:
+            self._current = None
+
+    def _handle(self, job: _InFlight, depth: int) -> None:
         t0 = time.perf_counter()
         frame = self._await_frame(job)
         self.timings.add("wait_frame", 1e3 * (time.perf_counter() - t0))
+        if frame is not None and frame.header.command_id != job.command.id:
+            job = self._current = self._skip_to(job, str(frame.header.command_id))
         if frame is None:
             self._failed(job.decision, "no usable frame")
             return
@@ -207,7 +216,7 @@ class Loop:
     def _fill(self, depth: int) -> None:
         """Issue commands until ``depth`` scans are in flight (or every step has its command)."""
         s = self.state
-        while len(self._in_flight) < depth and s.issued < self.config.steps:
+        while len(self._in_flight) < depth and self._frames_wanted() > 0:
             t0 = time.perf_counter()
             decisions = self._call_policy("suggest", lambda: self.policy.suggest(1))
             t1 = time.perf_counter()
@@ -226,6 +235,11 @@ class Loop:
             if self._send_scan(checked, decision):
                 self._in_flight.append(_InFlight(s.issued, decision, checked, time.perf_counter()))
                 s.issued += 1
+
+    def _frames_wanted(self) -> int:
+        """Frames still to ask for: the steps not yet done, less those in flight or being analysed."""
+        busy = len(self._in_flight) + (self._current is not None)
+        return self.config.steps - self.state.steps_done - busy
 
     def _send_scan(self, command: ScanCommand, decision: Decision) -> bool:
         step = self.state.issued
@@ -286,6 +300,8 @@ class Loop:
                 self._instrument_lost(exc)
                 return None
             if frame.header.command_id != c.id:
+                if any(j.command.id == frame.header.command_id for j in self._in_flight):
+                    return frame  # a later scan answered: this one's frame was lost (see _skip_to)
                 self._error("stale_frame", f"a frame answering {frame.header.command_id} arrived for {c.id}")
                 continue
             if tuple(frame.header.shape) != (c.rows, c.cols):
@@ -293,6 +309,16 @@ class Loop:
                 self._error("bad_frame", reason, step=job.step)
                 return None
             return frame
+
+    def _skip_to(self, job: _InFlight, command_id: str) -> _InFlight:
+        """Frames come in order: when a later scan answers, the scans before it lost their frames."""
+        lost = [job]
+        while self._in_flight[0].command.id != command_id:
+            lost.append(self._in_flight.popleft())
+        for j in lost:
+            self._error("frame_lost", f"the frame of step {j.step} ({j.command.id}) never came", step=j.step)
+            self._failed(j.decision, "frame lost")
+        return self._in_flight.popleft()
 
     # -- faults -----------------------------------------------------------------------------------------
     def _call_policy(self, what: str, call: Callable[[], Any]) -> Any:

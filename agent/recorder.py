@@ -38,10 +38,10 @@ class SessionRecorder:
         self.writer = SessionWriter(directory, fsync=fsync) if directory is not None else None
         self.directory = Path(directory) if directory is not None else None
 
-    def write(self, kind: str, **fields: Any) -> None:
-        """Append a JSON record of type ``kind``."""
+    def write(self, record_type: str, /, **fields: Any) -> None:
+        """Append a JSON record of type ``record_type``."""
         if self.writer is not None:
-            self.writer.write({"type": kind, "t_unix_s": time.time(), **_jsonable(fields)})
+            self.writer.write({"type": record_type, "t_unix_s": time.time(), **_jsonable(fields)})
 
     def decision(self, decision: Decision, step: int) -> None:
         """A decision with its rationale."""

@@ -56,7 +56,7 @@ def make_policy(
     module, cls_name = _CLASSES[name]
     cls: Any = getattr(importlib.import_module(module), cls_name)
     if name in ("bayes", "dkl"):
-        return cls(context, reward=reward, config=acquisition)  # type: ignore[no-any-return]
+        return cls(context, reward=reward, config=acquisition)
     if name in ("uncertainty", "defects"):
-        return cls(context, weights=weights)  # type: ignore[no-any-return]
-    return cls(context)  # type: ignore[no-any-return]
+        return cls(context, weights=weights)
+    return cls(context)

@@ -106,15 +106,9 @@ class DKLPolicy(GPPolicy):
 
     def make_surrogate(self) -> Any:
         """A GP on features from a two-layer perceptron (weights learned with the GP's hyperparameters)."""
-        import torch
+        from agent.policies.gp import GPSurrogate, perceptron
 
-        from agent.policies.gp import GPSurrogate
-
-        torch.manual_seed(self.context.seed)
-        inputs = self.patch_pixels**2
-        features = torch.nn.Sequential(
-            torch.nn.Linear(inputs, 32), torch.nn.Tanh(), torch.nn.Linear(32, self.feature_dims), torch.nn.Tanh()
-        )
+        features = perceptron(self.patch_pixels**2, 32, self.feature_dims, seed=self.context.seed)
         return GPSurrogate(dims=self.feature_dims, features=features, refit_every=self.config.refit_every,
                            train_iters=80, seed=self.context.seed)  # fmt: skip
 

@@ -6,10 +6,22 @@ the loop run without torch.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import gpytorch
 import numpy as np
 import torch
 from scipy.special import ndtr
+
+
+@contextmanager
+def _quiet_numerics() -> Iterator[None]:
+    """Gpytorch warns when it adds jitter or clamps a tiny negative variance; both are expected here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)
+        yield
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -31,6 +43,14 @@ class _ExactGP(gpytorch.models.ExactGP):
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
         z = self.features(x) if self.features is not None else x
         return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+
+def perceptron(inputs: int, hidden: int, outputs: int, seed: int) -> torch.nn.Module:
+    """A two-layer perceptron with tanh activations (the feature extractor of deep kernel learning)."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(inputs, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, outputs), torch.nn.Tanh()
+    )
 
 
 class GPSurrogate:
@@ -102,11 +122,12 @@ class GPSurrogate:
         optimiser = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.likelihood, self.model)
         x, y = self.model.train_inputs[0], self.model.train_targets
-        for _ in range(self.train_iters):
-            optimiser.zero_grad()
-            loss = -mll(self.model(x), y)
-            loss.backward()
-            optimiser.step()
+        with _quiet_numerics():
+            for _ in range(self.train_iters):
+                optimiser.zero_grad()
+                loss = -mll(self.model(x), y)
+                loss.backward()
+                optimiser.step()
         self.fits += 1
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +135,7 @@ class GPSurrogate:
         assert self.model is not None, "update() first"
         self.model.eval()
         self.likelihood.eval()
-        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+        with torch.no_grad(), gpytorch.settings.fast_pred_var(), _quiet_numerics():
             post = self.model(torch.as_tensor(x, dtype=torch.float32))
             mean, var = post.mean.numpy(), post.variance.clamp_min(1e-12).numpy()
         return self._y_mean + self._y_std * mean.astype(np.float64), self._y_std * np.sqrt(var.astype(np.float64))
@@ -125,7 +146,7 @@ class GPSurrogate:
         self.model.eval()
         self.likelihood.eval()
         torch.manual_seed(seed)
-        with torch.no_grad(), gpytorch.settings.fast_pred_var():
+        with torch.no_grad(), gpytorch.settings.fast_pred_var(), _quiet_numerics():
             post = self.model(torch.as_tensor(x, dtype=torch.float32))
             draw = post.rsample().numpy().astype(np.float64)
         return self._y_mean + self._y_std * draw

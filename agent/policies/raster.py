@@ -20,18 +20,18 @@ class RasterPolicy(CandidatePolicy):
     def __init__(self, context: PolicyContext) -> None:
         super().__init__(context)
         xs, ys = np.unique(self.xy[:, 0]), np.unique(self.xy[:, 1])
-        order = []
+        order: list[int] = []
         for j, y in enumerate(ys):
             row = np.flatnonzero(self.xy[:, 1] == y)
             row = row[np.argsort(self.xy[row, 0])]
-            order.extend(row[::-1] if j % 2 else row)
+            order.extend((row[::-1] if j % 2 else row).tolist())
         self._order = np.array(order, dtype=np.int64)
         self._next = 0
         self._columns = len(xs)
 
     def suggest(self, n: int = 1) -> list[Decision]:
         """The next ``n`` open fields of the sweep."""
-        out = []
+        out: list[Decision] = []
         while len(out) < n and self._next < len(self._order):
             i = int(self._order[self._next])
             self._next += 1

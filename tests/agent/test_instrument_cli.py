@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from agent.cli import main
 
 
@@ -19,24 +17,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def sim_server():
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "instrument", "--sim", "--bind", endpoint, "--specimen-seed", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    line = proc.stdout.readline()
-    assert "simulated instrument on" in line, proc.stderr.read()
-    yield endpoint, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate(timeout=10)
 
 
 def test_check_prints_capabilities_and_a_frame_header(sim_server, capsys):

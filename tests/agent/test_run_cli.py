@@ -1,0 +1,117 @@
+"""``autoscope run`` end to end: in-process simulator, a simulated instrument over TCP, signals, bad config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.cli import main
+from drivers.recording import read_session
+
+SMALL = "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n"
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def check_summary(summary: dict, steps: int) -> None:
+    assert summary["steps"] == steps and len(summary["fields"]) == steps
+    assert {"x_nm", "y_nm", "fov_nm"} == set(summary["fields"][0])
+    assert summary["atoms_found"] > 50 * steps  # 2.56 nm of MoS2 holds about 150 columns
+    assert summary["latency_ms"]["perceive"]["p50"] > 0 and "p99" in summary["latency_ms"]["perceive"]
+    assert summary["refusals"] == 0 and summary["travel_nm"] > 0 and summary["dose"]["total_e_per_a2"] > 0
+    assert 0 <= summary["true_defects_found"] <= summary["true_defects_in_fields"]
+
+
+def test_run_against_the_in_process_simulator(tmp_path, small_config, capsys):
+    record, summary_path = tmp_path / "session", tmp_path / "SUMMARY.json"
+    argv = ["run", "--instrument", "sim", "--policy", "defects", "--steps", "3", "--config", str(small_config)]
+    assert main([*argv, "--record", str(record), "--json", str(summary_path), "--quiet"]) == 0
+    summary = json.loads(summary_path.read_text())
+    check_summary(summary, 3)
+    assert summary["latency_ms"]["total"]["n"] == 2  # frame to next command, for an adaptive policy
+    assert json.loads((record / "SUMMARY.json").read_text()) == summary
+    session = read_session(record)
+    assert session.complete and len(session.frames) == 3
+    start = session.records[0]
+    assert start["type"] == "start" and start["config"]["policy"] == "defects" and len(start["model"]["sha256"]) == 64
+    assert "numpy" in start["versions"] and start["capabilities"]["instrument"].startswith("simulated")
+    assert "defects:" in capsys.readouterr().err
+
+
+def test_run_against_a_simulated_instrument_over_tcp(sim_server, tmp_path, small_config):
+    endpoint, _ = sim_server
+    summary_path = tmp_path / "SUMMARY.json"
+    argv = ["run", "--instrument", endpoint, "--policy", "bayes", "--steps", "4", "--config", str(small_config)]
+    assert main([*argv, "--json", str(summary_path), "--quiet"]) == 0
+    summary = json.loads(summary_path.read_text())
+    check_summary(summary, 4)
+    assert summary["policy"] == "bayes" and summary["status"] == "completed"
+
+
+def test_bad_configuration_exits_2_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[field]\npixls = 128\n")
+    assert main(["run", "--config", str(path), "--steps", "1"]) == 2
+    assert "unknown key 'field.pixls'" in capsys.readouterr().err
+
+
+def test_bad_reward_expression_exits_2(capsys):
+    assert main(["run", "--reward", "n_defects + os.system", "--steps", "1", "--quiet"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+def _wait_for_frames(record, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (record / "session.log").exists() and len(read_session(record).frames) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {n} frames recorded within {timeout_s} s")
+
+
+@pytest.mark.parametrize("instrument_alive", [True, False])
+def test_sigterm_blanks_the_beam_and_stops_within_5_s(sim_server, tmp_path, small_config, instrument_alive):
+    endpoint, server = sim_server
+    record = tmp_path / "session"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--instrument", endpoint, "--policy", "raster", "--steps", "100000",
+         "--config", str(small_config), "--record", str(record), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        _wait_for_frames(record, 2, timeout_s=60)
+        if not instrument_alive:
+            server.kill()
+            server.communicate(timeout=10)
+        t0 = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert elapsed < 5.0 and run.returncode == 130, err
+    stop = [r for r in read_session(record).records if r["type"] == "stop"][-1]
+    assert stop["status"] == "interrupted" and "SIGTERM" in stop["reason"]
+    assert stop["beam_blanked"] is instrument_alive
+
+
+def test_the_baseline_policies_run_without_importing_torch(small_config):
+    code = (
+        "import sys; from agent.cli import main; "
+        f"status = main(['run', '--policy', 'raster', '--steps', '1', '--config', {str(small_config)!r}, '--quiet']); "
+        "print(status, 'torch' in sys.modules, 'gpytorch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["0", "False", "False"]
