@@ -196,11 +196,14 @@ class Loop:
         t1 = time.perf_counter()
         self._call_policy("ingest", lambda: self.policy.ingest(obs))
         t2 = time.perf_counter()
-        self.scorer.add(frame, obs)
-        self.recorder.frame(frame, job.step)
-        self.recorder.write("observation", **obs.summary())
         self.timings.add("perceive", 1e3 * (t1 - t0))
         self.timings.add("ingest", 1e3 * (t2 - t1))
+        true_new = self.scorer.add(frame, obs)
+        truth = {"true_new_defects": true_new} if self.scorer.available else {}
+        stages = ("wait_frame", "suggest", "guard", "send", "perceive", "ingest", "frame_to_command")
+        loop_ms = {k: round(self.timings.last(k), 3) for k in stages if self.timings.counts.get(k)}
+        self.recorder.frame(frame, job.step)
+        self.recorder.write("observation", **obs.summary(), **truth, loop_ms=loop_ms)
         self.timings.add("record", 1e3 * (time.perf_counter() - t2))
         for stage, ms in obs.timings_ms.items():
             self.timings.add(f"perceive.{stage}", ms)

@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if config.record:
-        print(f"session recorded in {config.record} (python -m agent.cli report {config.record})", file=sys.stderr)
+        print(f"session recorded in {config.record} (autoscope report {config.record})", file=sys.stderr)
     return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED}.get(state.status, 1)
 
 

@@ -81,6 +81,7 @@ class GPPolicy(CandidatePolicy):
         self._rewards: list[float] = []
         self._surrogate: Any = None
         self.last_decision_s = 0.0
+        import agent.policies.gp  # noqa: F401 (torch and gpytorch load now, not inside the first decision)
 
     # -- what subclasses provide ---------------------------------------------------------------------
     def candidate_inputs(self) -> np.ndarray:

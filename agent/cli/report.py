@@ -1,0 +1,27 @@
+"""``autoscope report DIR --out report.html``: a self-contained page of a recorded session."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``report`` to ``sub``."""
+    p = sub.add_parser("report", help="write an HTML report of a recorded session")
+    p.add_argument("directory", type=Path, help="a session directory written by autoscope run --record")
+    p.add_argument("--out", type=Path, help="the HTML file (default: DIRECTORY/report.html)")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from agent.report import render
+
+    out = args.out or args.directory / "report.html"
+    page = render(args.directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    print(f"report of {args.directory} written to {out} ({len(page) / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
