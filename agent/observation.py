@@ -79,6 +79,28 @@ class Observation:
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None
 
+    @classmethod
+    def without_atoms(
+        cls,
+        header: FrameHeader,
+        new_defects: int = 0,
+        ood_score: float = 0.0,
+        image: np.ndarray | None = None,
+        class_names: tuple[str, ...] = ("background", "atom", "vacancy", "dopant"),
+    ) -> Observation:
+        """An observation that carries counts but no atom table (policy benchmarks, summaries of old sessions).
+
+        With ``image`` it is an unresolved frame (a survey) holding its image.
+        """
+        unc = dict.fromkeys(("mean_mutual_info", "p95_mutual_info", "mean_entropy", "atom_uncertainty"), 0.0)
+        counts = {name: 0 for name in class_names[2:]}
+        if counts:
+            counts[next(iter(counts))] = new_defects
+        resolved = image is None
+        return cls(
+            0, header, 0.0, AtomTable.empty(), class_names, counts, new_defects, unc, ood_score, resolved, {}, image
+        )
+
     @property
     def n_atoms(self) -> int:
         """Number of located columns."""

@@ -24,6 +24,11 @@ def _quiet_numerics() -> Iterator[None]:
         yield
 
 
+#: Exact Cholesky solves up to this many points (gpytorch's default switches to iterative solvers at 800,
+#: which is far slower for the few thousand points a session holds).
+_CHOLESKY_UP_TO = 5000
+
+
 class _ExactGP(gpytorch.models.ExactGP):
     """Constant mean, scaled Matern-5/2 kernel, optionally on learned features."""
 
@@ -67,9 +72,11 @@ class GPSurrogate:
     features
         Optional ``torch.nn.Module`` mapping inputs to ``dims`` features (deep kernel learning).
     refit_every, train_iters, learning_rate
-        Refit schedule and optimiser settings.
+        Refit schedule and optimiser settings (refits after the first take a third of ``train_iters``).
     max_points
         Only the most recent observations are kept (bounded memory and time).
+    fit_points
+        Hyperparameters are fitted on a random subset of at most this many observations.
     seed
         Seeds torch before each fit, so runs are reproducible.
     """
@@ -82,8 +89,10 @@ class GPSurrogate:
         train_iters: int = 60,
         learning_rate: float = 0.05,
         max_points: int = 2000,
+        fit_points: int = 256,
         seed: int = 0,
     ) -> None:
+        self.fit_points = fit_points
         self.dims, self.refit_every, self.train_iters = dims, refit_every, train_iters
         self.learning_rate, self.max_points, self.seed = learning_rate, max_points, seed
         self.likelihood = gpytorch.likelihoods.GaussianLikelihood(
@@ -121,41 +130,78 @@ class GPSurrogate:
         self.likelihood.train()
         optimiser = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
         mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.likelihood, self.model)
-        x, y = self.model.train_inputs[0], self.model.train_targets
-        with _quiet_numerics():
-            for _ in range(self.train_iters):
+        x_all, y_all = self.model.train_inputs[0], self.model.train_targets
+        x, y = x_all, y_all
+        if len(y) > self.fit_points:  # hyperparameters from a random subset; the posterior uses every point
+            keep = torch.randperm(len(y))[: self.fit_points]
+            x, y = x[keep], y[keep]
+            self.model.set_train_data(x, y, strict=False)
+        with _quiet_numerics(), gpytorch.settings.max_cholesky_size(_CHOLESKY_UP_TO):
+            # later refits start from the previous hyperparameters and need fewer steps
+            for _ in range(self.train_iters if self.fits == 0 else max(1, self.train_iters // 3)):
                 optimiser.zero_grad()
                 loss = -mll(self.model(x), y)
                 loss.backward()
                 optimiser.step()
+        self.model.set_train_data(x_all, y_all, strict=False)
         self.fits += 1
+
+    def _posterior(self, x: np.ndarray, full_cov: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact posterior of the standardised latent at ``x``: mean (n,), and variance (n,) or covariance (n, n).
+
+        ``mu* = m + K*^T (K + s^2 I)^-1 (y - m)``, ``Sigma* = K** - V^T V`` with ``V = L^-1 K*`` and
+        ``L L^T = K + s^2 I``, in float64 (about 0.15 s for 1000 observations and 4096 candidates on two
+        cores, where gpytorch's generic path takes four times longer).
+        """
+        assert self.model is not None, "update() first"
+        m = self.model
+        with torch.no_grad():
+            train = m.train_inputs[0]
+            query = torch.as_tensor(x, dtype=torch.float32)
+            if m.features is not None:
+                train, query = m.features(train), m.features(query)
+            kernel = m.covar_module
+            k = kernel(train).to_dense().double()
+            k = k + (self.likelihood.noise.double() + 1e-6) * torch.eye(len(k), dtype=torch.float64)
+            k_star = kernel(train, query).to_dense().double()
+            chol = _cholesky(k)
+            mean0 = m.mean_module.constant.double()
+            alpha = torch.cholesky_solve((m.train_targets.double() - mean0)[:, None], chol)
+            mean = mean0 + (k_star.T @ alpha)[:, 0]
+            v = torch.linalg.solve_triangular(chol, k_star, upper=False)
+            if full_cov:
+                return mean, kernel(query).to_dense().double() - v.T @ v
+            return mean, (kernel(query, diag=True).double() - (v**2).sum(0)).clamp_min(1e-12)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent reward at ``x`` (n, d_in), reward units."""
-        assert self.model is not None, "update() first"
-        self.model.eval()
-        self.likelihood.eval()
-        with torch.no_grad(), gpytorch.settings.fast_pred_var(), _quiet_numerics():
-            post = self.model(torch.as_tensor(x, dtype=torch.float32))
-            mean, var = post.mean.numpy(), post.variance.clamp_min(1e-12).numpy()
-        return self._y_mean + self._y_std * mean.astype(np.float64), self._y_std * np.sqrt(var.astype(np.float64))
+        mean, var = self._posterior(x, full_cov=False)
+        return self._y_mean + self._y_std * mean.numpy(), self._y_std * np.sqrt(var.numpy())
 
     def sample(self, x: np.ndarray, seed: int) -> np.ndarray:
         """One joint posterior sample of the latent reward at ``x`` (n, d_in), reward units."""
-        assert self.model is not None, "update() first"
-        self.model.eval()
-        self.likelihood.eval()
-        torch.manual_seed(seed)
-        with torch.no_grad(), gpytorch.settings.fast_pred_var(), _quiet_numerics():
-            post = self.model(torch.as_tensor(x, dtype=torch.float32))
-            draw = post.rsample().numpy().astype(np.float64)
-        return self._y_mean + self._y_std * draw
+        mean, cov = self._posterior(x, full_cov=True)
+        chol = _cholesky(cov + 1e-8 * torch.eye(len(cov), dtype=torch.float64))
+        z = torch.as_tensor(np.random.default_rng(seed).standard_normal(len(mean)))
+        return self._y_mean + self._y_std * (mean + chol @ z).numpy()
 
     @property
     def best(self) -> float:
         """Largest observed reward (standardised targets mapped back)."""
         assert self.model is not None
         return self._y_mean + self._y_std * float(self.model.train_targets.max())
+
+
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor, adding diagonal jitter (up to 1e-3 of the mean diagonal) when needed."""
+    scale = float(matrix.diagonal().mean().clamp_min(1e-12))
+    jitter = 0.0
+    for _ in range(8):
+        chol, info = torch.linalg.cholesky_ex(matrix + jitter * scale * torch.eye(len(matrix), dtype=matrix.dtype))
+        if int(info) == 0:
+            return chol
+        jitter = 1e-9 if jitter == 0.0 else jitter * 10
+    raise np.linalg.LinAlgError("covariance is not positive definite even with jitter")
 
 
 def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, xi: float = 0.01) -> np.ndarray:

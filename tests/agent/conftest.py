@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from agent.observation import AtomTable, Observation
+from agent.observation import Observation
 from drivers.base import Frame
 
 CLASSES = ("background", "atom", "vacancy", "dopant")
@@ -22,12 +22,7 @@ def observation_at(
     """An observation of a field at (x_nm, y_nm); a survey (unresolved) when ``image`` is given."""
     pixels = 16 if image is None else image.shape[0]
     frame = Frame.of(np.zeros((pixels, pixels), np.float32), fov_nm / pixels, x_nm=x_nm, y_nm=y_nm, fov_nm=fov_nm)
-    unc = {"mean_mutual_info": 0.01, "p95_mutual_info": 0.02, "mean_entropy": 0.1, "atom_uncertainty": 0.01}
-    counts = {"vacancy": new_defects, "dopant": 0}
-    resolved = image is None
-    return Observation(
-        0, frame.header, 0.0, AtomTable.empty(), CLASSES, counts, new_defects, unc, ood, resolved, {}, image
-    )
+    return Observation.without_atoms(frame.header, new_defects, ood, image, CLASSES)
 
 
 @pytest.fixture
