@@ -26,9 +26,15 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-## make run: set up and run the main job (the simulated experiment)
+RUN_POLICY ?= bayes
+RUN_STEPS ?= 20
+
+## make run: set up and run the main job: a simulated experiment, recorded, and its report
+## (the demo directory is replaced on each run: a session directory is written once)
 run: install
-	$(BIN)/autoscope simulate demo --out $(RUN_OUT)
+	rm -rf $(RUN_OUT)
+	$(BIN)/autoscope run --instrument sim --policy $(RUN_POLICY) --steps $(RUN_STEPS) --record $(RUN_OUT) --json $(RUN_OUT)/SUMMARY.json
+	$(BIN)/autoscope report $(RUN_OUT) --out $(RUN_OUT)/report.html
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -48,6 +54,8 @@ test: lint typecheck layers pytest
 
 bench: install
 	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/loop.py
+	$(BIN)/python benchmarks/policies.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
