@@ -86,23 +86,32 @@ def build_policy(config: RunConfig, region: Region, perception: Perception) -> P
 class Experiment:
     """Open everything a run needs; ``with Experiment(config) as e: e.run()`` closes it all."""
 
-    def __init__(self, config: RunConfig, live: bool = False, segmenter: Segmenter | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        live: bool = False,
+        segmenter: Segmenter | None = None,
+        driver: Driver | None = None,
+        region: Region | None = None,
+        max_failures: int = 20,
+        recorder: SessionRecorder | None = None,
+    ) -> None:
         self.config = config
         self.segmenter = segmenter or Segmenter(config.model, config.providers)
         self.perception = Perception(
             self.segmenter, config.dedup_radius_nm, max_defect_uncertainty=config.max_defect_uncertainty
         )
-        self.driver = open_instrument(config)
+        self.driver = driver or open_instrument(config)
         try:
             cap = self.driver.capabilities()
-            self.region = field_region(cap, config)
+            self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
             self.guard = Guard(cap, config.guard)
-            self.recorder = SessionRecorder(config.record)
+            self.recorder = recorder or SessionRecorder(config.record)
         except BaseException:
             self.driver.close()
             raise
-        loop_config = LoopConfig(config.steps, frame_timeout_s=config.frame_timeout_s)
+        loop_config = LoopConfig(config.steps, frame_timeout_s=config.frame_timeout_s, max_failures=max_failures)
         self.loop = Loop(self.driver, self.perception, self.policy, self.guard, loop_config, self.recorder,
                          LiveView() if live else None)  # fmt: skip
         self.summary: dict[str, Any] = {}

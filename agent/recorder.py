@@ -32,11 +32,16 @@ def _jsonable(value: Any) -> Any:
 
 
 class SessionRecorder:
-    """Writes the loop's records, each stamped with the wall time; ``None`` directory records nothing."""
+    """Writes the loop's records, each stamped with the wall time; ``None`` directory records nothing.
 
-    def __init__(self, directory: str | Path | None, fsync: bool = False) -> None:
+    ``keep_decisions`` also keeps every decision record in :attr:`decisions` (replay compares them).
+    """
+
+    def __init__(self, directory: str | Path | None, fsync: bool = False, keep_decisions: bool = False) -> None:
         self.writer = SessionWriter(directory, fsync=fsync) if directory is not None else None
         self.directory = Path(directory) if directory is not None else None
+        self.keep_decisions = keep_decisions
+        self.decisions: list[dict[str, Any]] = []
 
     def write(self, record_type: str, /, **fields: Any) -> None:
         """Append a JSON record of type ``record_type``."""
@@ -45,8 +50,11 @@ class SessionRecorder:
 
     def decision(self, decision: Decision, step: int) -> None:
         """A decision with its rationale."""
+        record = decision_record(decision, step)
+        if self.keep_decisions:
+            self.decisions.append(record)
         if self.writer is not None:
-            self.writer.write({**decision_record(decision, step), "t_unix_s": time.time()})
+            self.writer.write({**record, "t_unix_s": time.time()})
 
     def command(self, command: Command, step: int) -> None:
         """A command, written before it is sent."""

@@ -24,7 +24,7 @@ class ScoreWeights:
     revisit_penalty : score lost per unit of field area already scanned.
     """
 
-    length_nm: float = 15.0
+    length_nm: float = 25.0
     prior_weight: float = 0.5
     travel_cost: float = 0.02
     revisit_penalty: float = 1.0

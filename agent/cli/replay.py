@@ -1,0 +1,90 @@
+"""``autoscope replay DIR``: strict replay (compare decisions) or what-if replay with another policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_DIVERGED = 3
+
+
+def register(sub: Any) -> None:
+    """Add ``replay`` to ``sub``."""
+    p = sub.add_parser("replay", help="replay a recorded session: strictly, or with another policy")
+    p.add_argument("directory", type=Path, help="a session directory")
+    p.add_argument("--policy", help="another policy: what-if replay, fields answered from the recorded data")
+    p.add_argument("--config", type=Path, help="TOML configuration overriding the recorded one")
+    p.add_argument("--steps", type=int, help="frames to analyse (default: as many as were recorded)")
+    p.add_argument("--seed", type=int, help="policy seed (default: the recorded one)")
+    p.add_argument("--speed", default="max", help="max, realtime, or a factor of the recorded pace (e.g. 4)")
+    p.add_argument("--allow-divergence", action="store_true", help="exit 0 even when decisions differ")
+    p.add_argument("--record", type=Path, help="record the replayed session into this new directory")
+    p.add_argument("--json", type=Path, help="write the replay report (summary, divergences) here")
+    p.add_argument("--model", type=Path, help="segmentation model (default: the bundled one)")
+    p.add_argument("--quiet", action="store_true", help="no live view")
+    p.set_defaults(handler=_replay)
+
+
+def parse_speed(text: str) -> float | None:
+    """``max`` -> None, ``realtime`` -> 1.0, else a positive factor.
+
+    Raises
+    ------
+    ValueError
+        For anything else.
+    """
+    if text == "max":
+        return None
+    if text == "realtime":
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"--speed must be max, realtime or a positive factor (got {text!r})")
+    return value
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.replay import recorded_config, replay
+    from drivers.recording import read_session
+
+    speed = parse_speed(args.speed)
+    session = read_session(args.directory)
+    start = next((r for r in session.records if r.get("type") == "start"), None)
+    frames = len(session.frames)
+    overrides = {
+        "policy": args.policy,
+        "steps": args.steps or frames,
+        "seed": args.seed,
+        "model": None if args.model is None else str(args.model),
+    }
+    config = recorded_config(start, overrides)
+    if args.config is not None:
+        config = load_config(args.config, {**overrides, "policy": args.policy or config.policy})
+    what_if = args.policy is not None and args.policy != ((start or {}).get("config") or {}).get("policy")
+    mode = "instrument" if what_if else "strict"
+    report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    r = report["replay"]
+    print(f"{mode} replay of {args.directory}: {report['status']}, {r['served']} frames served", file=sys.stderr)
+    if r["problem"]:
+        print(f"  the recording is damaged: {r['problem']} ({r['valid_bytes']} of {r['file_bytes']} bytes valid)",
+              file=sys.stderr)  # fmt: skip
+    if mode == "instrument":
+        print(f"  {r['refused_no_data']} requested fields had no recorded data "
+              f"(served fraction {r['served_fraction']})", file=sys.stderr)  # fmt: skip
+        return 0
+    divergences = report["divergences"]
+    if not report["model_matches_recording"]:
+        print("  note: the model differs from the recorded one", file=sys.stderr)
+    for d in divergences[:20]:
+        print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
+    print(f"  {len(divergences)} of {report['recorded_decisions']} decisions diverged", file=sys.stderr)
+    return 0 if not divergences or args.allow_divergence else EXIT_DIVERGED

@@ -1,0 +1,265 @@
+"""``ReplayDriver``: a recorded session standing in for the instrument.
+
+Two modes:
+
+* ``strict``: every scan is answered by the next recorded frame, in recorded order, whatever it asks
+  for (the agent's decisions are compared with the recorded ones elsewhere: :mod:`agent.replay`).
+* ``instrument``: a scan is answered from the recorded image data: the finest recorded frame that
+  covers the requested field is resampled onto the requested pixel grid; a field no frame covers is
+  refused with a reason starting "no data:".
+
+Served frames keep the recorded image values; their header says they are replayed (``metadata["replay"]``:
+mode, source sequence and command id).  A damaged log replays its valid prefix: :attr:`ReplayDriver.report`
+says what was lost; frames come only from records whose checksum held.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from drivers.base import Ack, Capabilities, Command, CommandRefused, Disconnected, Frame, Range, ScanCommand
+from drivers.local import BeamState, FrameQueue
+from drivers.recording import read_session
+
+Mode = Literal["strict", "instrument"]
+ALL_KINDS = ("scan", "set_tilt", "blank", "unblank", "stop")
+
+
+class ReplayDriver:
+    """Serve a recorded session as an instrument.
+
+    Parameters
+    ----------
+    directory
+        A session directory (or its ``session.log``).
+    mode
+        ``strict`` or ``instrument`` (see the module docstring).
+    speed
+        None: as fast as possible; 1.0: the recorded pace (strict) or the scan's dwell time (instrument);
+        any other positive factor divides those times.
+
+    Raises
+    ------
+    drivers.recording.RecordingError
+        When the directory holds no session log at all.
+    """
+
+    def __init__(self, directory: str | Path, mode: Mode = "strict", speed: float | None = None) -> None:
+        if mode not in ("strict", "instrument"):
+            raise ValueError(f"mode must be 'strict' or 'instrument' (got {mode!r})")
+        if speed is not None and not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number or None for maximum speed (got {speed!r})")
+        self.directory = Path(directory)
+        result = read_session(directory)
+        self.records = result.records
+        self.frames = result.frames
+        self.mode, self.speed = mode, speed
+        self.start = next((r for r in result.records if r.get("type") == "start"), None)
+        self.state = BeamState()
+        self._queue = FrameQueue()
+        self._lock = threading.Lock()
+        self._next = 0
+        self._t0: float | None = None
+        self._smoothed: dict[tuple[int, float], np.ndarray] = {}
+        self.stats = {"served": 0, "refused_no_data": 0, "refused_exhausted": 0}
+        self.problem, self.valid_bytes, self.file_bytes = result.problem, result.valid_bytes, result.file_bytes
+        self._cap = self._capabilities()
+
+    # -- the Driver protocol ---------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """The recorded instrument's capabilities (or limits spanning the recorded frames)."""
+        return self._cap
+
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        """Accept a command; a scan queues its frame (or is refused: no data, or the recording is used up)."""
+        if self._queue.closed:
+            raise Disconnected("replay is closed")
+        with self._lock:
+            self.state.admit(self._cap, command)
+            if not isinstance(command, ScanCommand):
+                self.state.apply(command)
+                return Ack.accept(command)
+            frame = self._strict(command) if self.mode == "strict" else self._instrument(command)
+            self.stats["served"] += 1
+            self._queue.put(frame)
+        return Ack.accept(command)
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        """The oldest unread frame; :class:`DriverTimeout` after ``timeout_s``."""
+        return self._queue.get(timeout_s)
+
+    def close(self) -> None:
+        """Stop serving; blocked and later calls raise :class:`Disconnected`."""
+        self._queue.close()
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """What was served and refused, and what the recording lost (if it was damaged)."""
+        return {
+            "mode": self.mode,
+            "frames_recorded": len(self.frames),
+            **self.stats,
+            "complete_recording": self.problem is None and self.valid_bytes == self.file_bytes,
+            "problem": self.problem,
+            "valid_bytes": self.valid_bytes,
+            "file_bytes": self.file_bytes,
+        }
+
+    # -- strict -------------------------------------------------------------------------------------
+    def _strict(self, command: ScanCommand) -> Frame:
+        if self._next >= len(self.frames):
+            self.stats["refused_exhausted"] += 1
+            lost = f" (the log was cut: {self.problem})" if self.problem else ""
+            reason = f"recording exhausted: it holds {len(self.frames)} frames and all were served{lost}"
+            raise CommandRefused(Ack.refusal(command, "refused", reason))
+        source = self.frames[self._next]
+        self._next += 1
+        self._pace(source.header.acquisition_end_unix_s, 0.0)
+        return self._served(source, command, source.image, source.header.model_dump())
+
+    # -- instrument -----------------------------------------------------------------------------------
+    def _instrument(self, command: ScanCommand) -> Frame:
+        index = self._covering(command)
+        if index is None:
+            self.stats["refused_no_data"] += 1
+            reason = (
+                f"no data: no recorded frame covers the {command.fov_nm:g} nm field at ({command.x_nm:g}, {command.y_nm:g}) nm"
+            )
+            raise CommandRefused(Ack.refusal(command, "refused", reason))
+        source = self.frames[index]
+        self._pace(None, command.rows * command.cols * command.dwell_us * 1e-6)
+        image = self._resample(index, command)
+        h = source.header
+        fields = h.model_dump()
+        fields.update(
+            x_nm=command.x_nm, y_nm=command.y_nm, fov_nm=command.fov_nm, shape=image.shape,
+            pixel_size_nm=command.fov_nm / command.cols, dwell_us=command.dwell_us,
+        )  # fmt: skip
+        return self._served(source, command, image, fields)
+
+    def _corners(self, command: ScanCommand) -> tuple[np.ndarray, np.ndarray]:
+        px = command.fov_nm / command.cols
+        rows = np.array([-0.5, -0.5, command.rows - 0.5, command.rows - 0.5])
+        cols = np.array([-0.5, command.cols - 0.5, -0.5, command.cols - 0.5])
+        return _to_stage(rows, cols, command.x_nm, command.y_nm, px, (command.rows, command.cols), command.rotation_deg)
+
+    def _covering(self, command: ScanCommand) -> int | None:
+        """The recorded frame with the finest sampling that contains the whole requested field."""
+        x, y = self._corners(command)
+        best: int | None = None
+        for i, f in enumerate(self.frames):
+            h = f.header
+            row, col = _to_pixels(x, y, h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(f))
+            rows, cols = h.shape
+            e = 1e-3  # pixels: the same field recorded and requested may differ by rounding
+            inside = (row >= -0.5 - e) & (row <= rows - 0.5 + e) & (col >= -0.5 - e) & (col <= cols - 0.5 + e)
+            if inside.all() and (best is None or h.pixel_size_nm < self.frames[best].header.pixel_size_nm):
+                best = i
+        return best
+
+    def _resample(self, index: int, command: ScanCommand) -> np.ndarray:
+        source = self.frames[index]
+        h = source.header
+        px = command.fov_nm / command.cols
+        ratio = px / h.pixel_size_nm
+        image = np.asarray(source.image, dtype=np.float32)
+        if ratio > 1.5:  # coarser than recorded: low-pass first so the new pixels average, not alias
+            key = (index, round(ratio, 2))
+            if key not in self._smoothed:
+                self._smoothed = {key: gaussian_filter(image, 0.5 * ratio)}  # keep one: bounded memory
+            image = self._smoothed[key]
+        r, c = np.meshgrid(np.arange(command.rows, dtype=np.float64), np.arange(command.cols, dtype=np.float64),
+                           indexing="ij")  # fmt: skip
+        x, y = _to_stage(r, c, command.x_nm, command.y_nm, px, (command.rows, command.cols), command.rotation_deg)
+        row, col = _to_pixels(x, y, h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(source))
+        return map_coordinates(image, [row, col], order=1, mode="nearest").astype(np.float32)
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def _served(self, source: Frame, command: ScanCommand, image: np.ndarray, fields: dict[str, Any]) -> Frame:
+        now = time.time()
+        metadata = dict(fields.get("metadata") or {})
+        metadata["replay"] = {
+            "mode": self.mode,
+            "source_sequence": source.header.sequence,
+            "source_command_id": source.header.command_id,
+        }
+        fields.update(
+            sequence=self.state.next_sequence(), command_id=command.id, acquisition_start_unix_s=now,
+            acquisition_end_unix_s=now, metadata=metadata, dtype=str(image.dtype), shape=image.shape,
+        )  # fmt: skip
+        return Frame(type(source.header).model_validate(fields), image)
+
+    def _pace(self, recorded_end_s: float | None, scan_s: float) -> None:
+        """Wait so frames come at the recorded pace (or the scan's duration) divided by ``speed``."""
+        if self.speed is None:
+            return
+        if recorded_end_s is None:
+            time.sleep(scan_s / self.speed)
+            return
+        first = self.frames[0].header.acquisition_end_unix_s
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        due = self._t0 + (recorded_end_s - first) / self.speed
+        time.sleep(max(0.0, due - time.monotonic()))
+
+    def _capabilities(self) -> Capabilities:
+        if self.start and isinstance(self.start.get("capabilities"), dict):
+            cap = Capabilities.model_validate(self.start["capabilities"])
+            return cap.model_copy(update={"instrument": f"replay of {self.directory.name} ({cap.instrument})"})
+        return _capabilities_spanning(self.frames, f"replay of {self.directory.name}")
+
+
+def _rotation(frame: Frame) -> float:
+    value = frame.header.metadata.get("rotation_deg", 0.0)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
+
+
+def _to_stage(
+    row: np.ndarray, col: np.ndarray, x_nm: float, y_nm: float, px: float, shape: tuple[int, ...], rotation_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nominal scan geometry: pixel (row, col) of a field centred at (x_nm, y_nm) -> stage (x, y)."""
+    u, v = (col - (shape[1] - 1) / 2.0) * px, (row - (shape[0] - 1) / 2.0) * px
+    t = math.radians(rotation_deg)
+    return x_nm + math.cos(t) * u - math.sin(t) * v, y_nm + math.sin(t) * u + math.cos(t) * v
+
+
+def _to_pixels(
+    x: np.ndarray, y: np.ndarray, x_nm: float, y_nm: float, px: float, shape: tuple[int, ...], rotation_deg: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`_to_stage`."""
+    t = math.radians(rotation_deg)
+    qx, qy = x - x_nm, y - y_nm
+    u, v = math.cos(t) * qx + math.sin(t) * qy, -math.sin(t) * qx + math.cos(t) * qy
+    return v / px + (shape[0] - 1) / 2.0, u / px + (shape[1] - 1) / 2.0
+
+
+def _capabilities_spanning(frames: list[Frame], name: str) -> Capabilities:
+    """Limits that admit every recorded field (for sessions without a start record, e.g. imported ones)."""
+    if not frames:
+        x = y = Range(low=-1.0, high=1.0)
+        fov = Range(low=0.01, high=1.0)
+    else:
+        half = [f.header.fov_nm / 2 for f in frames]
+        xs = [f.header.x_nm for f in frames]
+        ys = [f.header.y_nm for f in frames]
+        x = Range(
+            low=min(a - h for a, h in zip(xs, half, strict=True)),
+            high=max(a + h for a, h in zip(xs, half, strict=True)),
+        )
+        y = Range(
+            low=min(a - h for a, h in zip(ys, half, strict=True)),
+            high=max(a + h for a, h in zip(ys, half, strict=True)),
+        )
+        fov = Range(low=min(f.header.fov_nm for f in frames) / 64, high=max(f.header.fov_nm for f in frames))
+    return Capabilities(
+        instrument=name, command_kinds=ALL_KINDS, stage_x_nm=x, stage_y_nm=y, fov_nm=fov,
+        pixels=Range(low=8, high=8192), dwell_us=Range(low=0.01, high=1e4), tilt_deg=Range(low=-90, high=90),
+        max_dose_e_per_a2=1e12,
+    )  # fmt: skip
