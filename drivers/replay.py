@@ -107,6 +107,8 @@ class ReplayDriver:
             "frames_recorded": len(self.frames),
             **self.stats,
             "complete_recording": self.problem is None and self.valid_bytes == self.file_bytes,
+            # a log cut exactly between records reads as complete; only its missing stop record tells
+            "ended_cleanly": any(r.get("type") == "stop" for r in self.records),
             "problem": self.problem,
             "valid_bytes": self.valid_bytes,
             "file_bytes": self.file_bytes,

@@ -1,7 +1,8 @@
 """``autoscope instrument``: serve a simulated microscope, or check a running server.
 
 ``--sim`` puts :class:`drivers.simulated.SimulatedDriver` behind the instrument server
-until interrupted, logging each command.  ``--check ENDPOINT`` connects, prints the
+until interrupted, logging each command; ``--replay DIR`` does the same with a recorded session
+(:class:`drivers.replay.ReplayDriver`).  ``--check ENDPOINT`` connects, prints the
 capabilities, acquires one frame and prints its header.  ``--make-keys DIR`` writes
 CURVE certificates for a server and one client.
 """
@@ -22,12 +23,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser("instrument", help="serve a simulated instrument, or check a running one")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--sim", action="store_true", help="serve a simulated STEM until interrupted")
+    mode.add_argument("--replay", metavar="DIR", type=Path, help="serve a recorded session until interrupted")
     mode.add_argument("--check", metavar="ENDPOINT", help="connect, print capabilities, acquire one frame")
     mode.add_argument("--make-keys", metavar="DIR", type=Path, help="write CURVE certificates (server, client)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="command endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--pub", default=None, help="optional endpoint streaming every frame to observers")
     p.add_argument("--specimen-seed", type=int, default=0, help="simulated specimen seed (default 0)")
     p.add_argument("--lattice", default="MoS2", help="simulated lattice (default MoS2)")
+    p.add_argument(
+        "--replay-mode", choices=("strict", "instrument"), default="strict",
+        help="--replay: recorded frames in order (strict), or answer fields from the recorded data (instrument)",
+    )  # fmt: skip
+    p.add_argument("--speed", default="max", help="--replay: max, realtime or a factor of the recorded pace")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
     p.add_argument("--server-key", type=Path, default=None, help="server CURVE secret certificate (zmq.auth format)")
     p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
@@ -74,10 +81,9 @@ def _client_keys(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from drivers.server import InstrumentServer
-    from drivers.simulated import SimulatedDriver
 
     logging.getLogger("drivers").setLevel(logging.INFO)
-    driver = SimulatedDriver(specimen_seed=args.specimen_seed, lattice=args.lattice)
+    driver, what = _driver(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -85,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
         driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=_server_keys(args), insecure=args.insecure
     ).start()
     print(
-        f"simulated instrument on {server.endpoint}" + (f", frames on {server.pub_endpoint}" if args.pub else ""),
+        f"{what} on {server.endpoint}" + (f", frames on {server.pub_endpoint}" if args.pub else ""),
         flush=True,
     )
     try:
@@ -95,6 +101,18 @@ def _serve(args: argparse.Namespace) -> int:
         driver.close()
         print(json.dumps(dict(server.stats)), flush=True)
     return 0
+
+
+def _driver(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.replay is not None:
+        from agent.cli.replay import parse_speed
+        from drivers.replay import ReplayDriver
+
+        driver = ReplayDriver(args.replay, mode=args.replay_mode, speed=parse_speed(args.speed))
+        return driver, f"replay of {args.replay} ({args.replay_mode}, {len(driver.frames)} frames)"
+    from drivers.simulated import SimulatedDriver
+
+    return SimulatedDriver(specimen_seed=args.specimen_seed, lattice=args.lattice), "simulated instrument"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -132,4 +150,4 @@ def _make_keys(directory: Path) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.make_keys is not None:
         return _make_keys(args.make_keys)
-    return _serve(args) if args.sim else _check(args)
+    return _serve(args) if args.sim or args.replay is not None else _check(args)

@@ -64,6 +64,10 @@ def _replay(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "model": None if args.model is None else str(args.model),
     }
+    if not (start or {}).get("config") and session.frames:  # imported: fields like the recorded frames
+        first = session.frames[0].header
+        overrides.update({"field.fov_nm": first.fov_nm, "field.pixels": max(16, min(4096, first.shape[1]))})
+        overrides["policy"] = args.policy or "raster"
     config = recorded_config(start, overrides)
     if args.config is not None:
         config = load_config(args.config, {**overrides, "policy": args.policy or config.policy})

@@ -17,6 +17,19 @@ def register(sub: Any) -> None:
     inspect.add_argument("directory", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(handler=_inspect)
+    imp = actions.add_parser("import", help="build a session from images recorded elsewhere")
+    imp.add_argument("images", nargs="+", type=Path, help="images in any format autoscope segment reads")
+    imp.add_argument("--positions", type=Path, required=True, help="CSV: image,x_nm,y_nm[,pixel_size_nm,...]")
+    imp.add_argument("--out", type=Path, required=True, help="the new session directory")
+    imp.set_defaults(handler=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from agent.importer import import_session
+
+    n = import_session(args.images, args.positions, args.out)
+    print(f"imported {n} frames into {args.out}")
+    return 0
 
 
 def summarise(directory: Path) -> dict[str, Any]:

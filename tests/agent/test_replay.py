@@ -1,0 +1,179 @@
+"""Replay: strict (zero divergence), divergence reports, what-if, the replay driver, damaged logs, import."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.cli import main
+from drivers.base import CommandRefused, ScanCommand, UnblankCommand
+from drivers.recording import read_session
+from drivers.remote import RemoteDriver
+from drivers.replay import ReplayDriver
+from drivers.server import InstrumentServer
+
+SMALL = "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\ninitial_fields = 2\n"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A simulated bayes session of 6 small fields."""
+    root = tmp_path_factory.mktemp("recorded")
+    config = root / "small.toml"
+    config.write_text(SMALL)
+    argv = ["run", "--policy", "bayes", "--steps", "6", "--seed", "4", "--config", str(config), "--quiet"]
+    assert main([*argv, "--record", str(root / "session")]) == 0
+    return root / "session"
+
+
+def test_strict_replay_reproduces_every_decision(recorded, tmp_path, capsys):
+    out = tmp_path / "replay.json"
+    assert main(["replay", str(recorded), "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["divergences"] == [] and report["recorded_decisions"] == 6 and report["model_matches_recording"]
+    assert report["replay"]["served"] == 6 and report["summary"]["steps"] == 6
+    original = json.loads((recorded / "SUMMARY.json").read_text()) if (recorded / "SUMMARY.json").exists() else None
+    recorded_summary = next(r for r in read_session(recorded).records if r["type"] == "summary")["summary"]
+    assert report["summary"]["defects_found"] == recorded_summary["defects_found"]
+    assert original is None or original["fields"] == report["summary"]["fields"]
+    assert "0 of 6 decisions diverged" in capsys.readouterr().err
+
+
+def test_a_different_seed_diverges_and_says_where(recorded, tmp_path, capsys):
+    out = tmp_path / "replay.json"
+    assert main(["replay", str(recorded), "--seed", "5", "--quiet", "--json", str(out)]) == 3
+    divergences = json.loads(out.read_text())["divergences"]
+    assert divergences and divergences[0]["step"] == 0  # the random initial design differs at once
+    assert "x_nm" in divergences[0]["why"] or "y_nm" in divergences[0]["why"]
+    assert main(["replay", str(recorded), "--seed", "5", "--quiet", "--allow-divergence"]) == 0
+
+
+def test_what_if_replay_serves_recorded_fields_and_refuses_the_rest(recorded, tmp_path):
+    out = tmp_path / "what-if.json"
+    assert main(["replay", str(recorded), "--policy", "raster", "--steps", "6", "--quiet", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["replay"]
+    assert r["mode"] == "instrument" and r["refused_no_data"] > 0 and 0 < r["served"] <= 6
+    assert r["served_fraction"] == pytest.approx(r["served"] / (r["served"] + r["refused_no_data"]), abs=1e-4)
+
+
+def _scan_like(header, **change) -> ScanCommand:
+    fields = {"x_nm": header.x_nm, "y_nm": header.y_nm, "fov_nm": header.fov_nm, "rows": header.shape[0],
+              "cols": header.shape[1], "dwell_us": header.dwell_us, **change}  # fmt: skip
+    return ScanCommand(**fields)
+
+
+def test_instrument_mode_resamples_recorded_data_exactly(recorded):
+    driver = ReplayDriver(recorded, mode="instrument")
+    source = driver.frames[0]
+    h = source.header
+    driver.send(UnblankCommand())
+    driver.send(_scan_like(h))  # the recorded field itself
+    same = driver.next_frame(1.0)
+    assert np.allclose(same.image, source.image, atol=1e-5) and same.header.metadata["replay"]["mode"] == "instrument"
+    # the central half, at the recorded sampling: a crop (the centre of a 128-px field falls between pixels)
+    driver.send(_scan_like(h, fov_nm=h.fov_nm / 2, rows=64, cols=64))
+    crop = driver.next_frame(1.0)
+    assert np.allclose(crop.image, source.image[32:96, 32:96], atol=1e-4)
+    with pytest.raises(CommandRefused, match="no data"):
+        driver.send(_scan_like(h, x_nm=h.x_nm + 50.0))
+    assert driver.report["refused_no_data"] == 1 and driver.report["served"] == 2
+
+
+def test_strict_replay_driver_is_exhausted_after_the_recording(recorded):
+    driver = ReplayDriver(recorded)
+    driver.send(UnblankCommand())
+    for f in driver.frames:
+        driver.send(_scan_like(f.header))
+        assert np.array_equal(driver.next_frame(1.0).image, f.image)
+    with pytest.raises(CommandRefused, match="recording exhausted"):
+        driver.send(_scan_like(driver.frames[0].header))
+
+
+def test_a_recording_served_over_zeromq_is_the_recording(recorded):
+    server = InstrumentServer(ReplayDriver(recorded), "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            assert remote.capabilities().instrument.startswith("replay of")
+            remote.send(UnblankCommand())
+            originals = read_session(recorded).frames[:3]
+            for f in originals:
+                remote.send(_scan_like(f.header))
+                assert np.array_equal(remote.next_frame(5.0).image, f.image)
+    finally:
+        server.stop()
+
+
+def _record_offsets(log: bytes) -> list[int]:
+    from drivers.recording import iter_records
+
+    return [end for end, _, _ in iter_records(log)]
+
+
+def test_damaged_recordings_replay_their_valid_prefix(recorded, tmp_path):
+    log = (recorded / "session.log").read_bytes()
+    originals = read_session(recorded).frames
+    rng = np.random.default_rng(0)
+    boundaries = _record_offsets(log)
+    stop_end = boundaries[[r["type"] for r in read_session(recorded).records].index("stop")]
+    cuts = boundaries + [int(c) for c in rng.integers(9, len(log), 25)]
+    flips = [int(p) for p in rng.integers(8, len(log), 25)]
+    cases = [log[:cut] for cut in cuts]
+    for p in flips:
+        flipped = bytearray(log)
+        flipped[p] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(flipped))
+    for data in cases:
+        (tmp_path / "session.log").write_bytes(data)
+        driver = ReplayDriver(tmp_path)
+        n = len(driver.frames)
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(driver.frames, originals[:n], strict=True))
+        report = driver.report
+        assert report["valid_bytes"] <= len(data)
+        if report["complete_recording"] and data != log:  # a cut exactly between records
+            assert len(data) in boundaries and report["ended_cleanly"] == (len(data) >= stop_end)
+        elif data != log:
+            assert report["problem"] and n <= len(originals)
+
+
+def test_a_damaged_recording_replays_from_the_cli_and_says_what_was_lost(recorded, tmp_path, capsys):
+    log = (recorded / "session.log").read_bytes()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "session.log").write_bytes(log[: int(len(log) * 0.5)])
+    assert main(["replay", str(cut), "--quiet", "--allow-divergence"]) == 0
+    err = capsys.readouterr().err
+    assert "damaged" in err and "bytes valid" in err
+
+
+def test_import_builds_a_session_that_replays(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(2):
+        np.save(tmp_path / f"img{i}.npy", rng.random((128, 128), dtype=np.float32))
+        names.append(str(tmp_path / f"img{i}.npy"))
+    (tmp_path / "pos.csv").write_text("image,x_nm,y_nm,pixel_size_nm\nimg0.npy,0,0,0.02\nimg1.npy,2.56,0,0.02\n")
+    out = tmp_path / "imported"
+    assert main(["sessions", "import", *names, "--positions", str(tmp_path / "pos.csv"), "--out", str(out)]) == 0
+    frames = read_session(out).frames
+    assert [f.header.x_nm for f in frames] == [0.0, 2.56] and frames[0].header.pixel_size_nm == 0.02
+    assert main(["replay", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("csv", "message"),
+    [
+        ("image,x_nm,y_nm\nimg0.npy,0,0\n", "no pixel size"),
+        ("image,x_nm\nimg0.npy,0\n", "missing columns"),
+        ("image,x_nm,y_nm,pixel_size_nm\nother.npy,0,0,0.02\n", "not in pos.csv: img0.npy"),
+        ("image,x_nm,y_nm,pixel_size_nm\nimg0.npy,abc,0,0.02\n", "x_nm='abc' is not a number"),
+    ],
+)
+def test_import_names_what_is_wrong(tmp_path, capsys, csv, message):
+    np.save(tmp_path / "img0.npy", np.zeros((64, 64), np.float32))
+    (tmp_path / "pos.csv").write_text(csv)
+    argv = ["sessions", "import", str(tmp_path / "img0.npy"), "--positions", str(tmp_path / "pos.csv")]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
