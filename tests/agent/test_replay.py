@@ -177,3 +177,30 @@ def test_import_names_what_is_wrong(tmp_path, capsys, csv, message):
     assert main([*argv, "--out", str(tmp_path / "s")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_imported_real_session_replays(tmp_path):
+    from pathlib import Path
+
+    fixture = Path(__file__).parents[1] / "data" / "imported_sto" / "session"
+    out = tmp_path / "r.json"
+    assert main(["replay", str(fixture), "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["replay"]["served"] == 1 and report["replay"]["ended_cleanly"]
+    header = read_session(fixture).frames[0].header
+    assert header.shape == (400, 380) and header.pixel_size_nm == pytest.approx(0.00933, rel=0.01)
+    # SrTiO3 [001] over 3.7 x 3.5 nm: about 85 unit cells, each with one Sr and one Ti-O column (and O columns)
+    assert 150 < report["summary"]["atoms_found"] < 500
+
+
+def test_replay_paces_frames_at_the_requested_speed(recorded):
+    import time
+
+    frames = read_session(recorded).frames
+    recorded_span = frames[-1].header.acquisition_end_unix_s - frames[0].header.acquisition_end_unix_s
+    driver = ReplayDriver(recorded, speed=2.0)
+    driver.send(UnblankCommand())
+    t0 = time.monotonic()
+    for f in frames:
+        driver.send(_scan_like(f.header))
+    assert time.monotonic() - t0 >= recorded_span / 2.0 * 0.95  # never faster than asked (no upper bound here)
