@@ -204,3 +204,28 @@ def test_replay_paces_frames_at_the_requested_speed(recorded):
     for f in frames:
         driver.send(_scan_like(f.header))
     assert time.monotonic() - t0 >= recorded_span / 2.0 * 0.95  # never faster than asked (no upper bound here)
+
+
+def test_instrument_replay_serves_a_recording_to_any_client(tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    fixture = Path(__file__).parents[1] / "data" / "imported_sto" / "session"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "instrument", "--replay", str(fixture), "--bind", endpoint],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert "replay of" in proc.stdout.readline()
+        assert main(["instrument", "--check", endpoint]) == 0
+        out = capsys.readouterr().out
+        assert '"instrument": "replay of session' in out and '"shape": [\n      400,\n      380\n    ]' in out
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
