@@ -131,9 +131,8 @@ class ReplayDriver:
         index = self._covering(command)
         if index is None:
             self.stats["refused_no_data"] += 1
-            reason = (
-                f"no data: no recorded frame covers the {command.fov_nm:g} nm field at ({command.x_nm:g}, {command.y_nm:g}) nm"
-            )
+            where = f"({command.x_nm:g}, {command.y_nm:g}) nm"
+            reason = f"no data: no recorded frame covers the {command.fov_nm:g} nm field at {where}"
             raise CommandRefused(Ack.refusal(command, "refused", reason))
         source = self.frames[index]
         self._pace(None, command.rows * command.cols * command.dwell_us * 1e-6)
@@ -170,6 +169,9 @@ class ReplayDriver:
         source = self.frames[index]
         h = source.header
         px = command.fov_nm / command.cols
+        crop = _aligned_crop(source, command, px)
+        if crop is not None:  # the recorded pixels themselves: no interpolation, no cost
+            return crop
         ratio = px / h.pixel_size_nm
         image = np.asarray(source.image, dtype=np.float32)
         if ratio > 1.5:  # coarser than recorded: low-pass first so the new pixels average, not alias
@@ -177,6 +179,16 @@ class ReplayDriver:
             if key not in self._smoothed:
                 self._smoothed = {key: gaussian_filter(image, 0.5 * ratio)}  # keep one: bounded memory
             image = self._smoothed[key]
+        if abs(command.rotation_deg - _rotation(source)) < 1e-9:  # axis-aligned: two small matrix products
+            rows_at, _ = _to_pixels(*_to_stage(np.arange(command.rows, dtype=np.float64), np.zeros(command.rows),
+                                               command.x_nm, command.y_nm, px, (command.rows, command.cols),
+                                               command.rotation_deg),
+                                    h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(source))  # fmt: skip
+            _, cols_at = _to_pixels(*_to_stage(np.zeros(command.cols), np.arange(command.cols, dtype=np.float64),
+                                               command.x_nm, command.y_nm, px, (command.rows, command.cols),
+                                               command.rotation_deg),
+                                    h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(source))  # fmt: skip
+            return _linear_weights(rows_at, image.shape[0]) @ image @ _linear_weights(cols_at, image.shape[1]).T
         r, c = np.meshgrid(np.arange(command.rows, dtype=np.float64), np.arange(command.cols, dtype=np.float64),
                            indexing="ij")  # fmt: skip
         x, y = _to_stage(r, c, command.x_nm, command.y_nm, px, (command.rows, command.cols), command.rotation_deg)
@@ -216,6 +228,39 @@ class ReplayDriver:
             cap = Capabilities.model_validate(self.start["capabilities"])
             return cap.model_copy(update={"instrument": f"replay of {self.directory.name} ({cap.instrument})"})
         return _capabilities_spanning(self.frames, f"replay of {self.directory.name}")
+
+
+def _aligned_crop(source: Frame, command: ScanCommand, px: float) -> np.ndarray | None:
+    """The requested field as a slice of the recorded image, or None.
+
+    Only when both grids coincide: same pixel size and rotation, and a whole-pixel offset.
+    """
+    h = source.header
+    if not math.isclose(px, h.pixel_size_nm, rel_tol=1e-9) or abs(command.rotation_deg - _rotation(source)) > 1e-9:
+        return None
+    r, c = _to_pixels(
+        np.array(command.x_nm), np.array(command.y_nm), h.x_nm, h.y_nm, px, tuple(h.shape), _rotation(source)
+    )
+    top, left = float(r) - (command.rows - 1) / 2.0, float(c) - (command.cols - 1) / 2.0
+    if abs(top - round(top)) > 1e-3 or abs(left - round(left)) > 1e-3:
+        return None
+    top_i, left_i = round(top), round(left)
+    if top_i < 0 or left_i < 0 or top_i + command.rows > h.shape[0] or left_i + command.cols > h.shape[1]:
+        return None
+    return np.array(source.image[top_i : top_i + command.rows, left_i : left_i + command.cols], dtype=np.float32)
+
+
+def _linear_weights(at: np.ndarray, size: int) -> np.ndarray:
+    """(len(at), size) float32 matrix of linear-interpolation weights at positions ``at`` (clamped to the edge)."""
+    at = np.clip(at, 0.0, size - 1.0)
+    low = np.minimum(np.floor(at).astype(np.int64), size - 2) if size > 1 else np.zeros(len(at), dtype=np.int64)
+    frac = at - low
+    w = np.zeros((len(at), size), dtype=np.float32)
+    idx = np.arange(len(at))
+    w[idx, low] = 1.0 - frac
+    if size > 1:
+        w[idx, low + 1] += frac
+    return w
 
 
 def _rotation(frame: Frame) -> float:
