@@ -59,8 +59,7 @@ def compare_decisions(recorded: list[dict[str, Any]], new: list[dict[str, Any]])
             why = "the recorded session has no decision here" if old is None else "the replay made no decision here"
             out.append({"step": i, "recorded": _brief(old), "new": _brief(now), "why": why})
             continue
-        reasons = [_differs(name, old.get(name), now.get(name)) for name in COMPARED]
-        reasons = [r for r in reasons if r]
+        reasons = [r for name in COMPARED if (r := _differs(name, old.get(name), now.get(name)))]
         if reasons:
             rationale = _rationale_change(old.get("rationale") or {}, now.get("rationale") or {})
             out.append({"step": i, "recorded": _brief(old), "new": _brief(now), "why": "; ".join(reasons + rationale)})

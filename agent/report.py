@@ -45,10 +45,10 @@ def load(directory: Path) -> Session:
     by_type: dict[str, list[dict[str, Any]]] = {}
     for r in result.records:
         by_type.setdefault(str(r.get("type")), []).append(r)
-    summary_record = (by_type.get("summary") or [None])[-1]
+    summary_record = by_type["summary"][-1] if by_type.get("summary") else None
     return Session(
         start=(by_type.get("start") or [{}])[0],
-        stop=(by_type.get("stop") or [None])[-1],
+        stop=by_type["stop"][-1] if by_type.get("stop") else None,
         summary=summary_record["summary"] if summary_record else None,
         defects=summary_record.get("defects") if summary_record else None,
         observations=by_type.get("observation", []),
@@ -210,7 +210,7 @@ def decision_table(s: Session) -> str:
         why = next((reason for step, reason in refused if step == d["step"]), "")
         rows.append(
             f"<tr><td>{d['step']}</td><td>{d['x_nm']:.2f}</td><td>{d['y_nm']:.2f}</td><td>{d['fov_nm']:.3g}</td>"
-            f"<td>{html.escape(_rationale(d.get('rationale') or {}))}</td><td>{html.escape(why)}</td></tr>"
+            f"<td>{html.escape(_rationale(d.get('rationale') or {}))}</td><td>{html.escape(str(why or ''))}</td></tr>"
         )
     head = "<tr><th>step</th><th>x (nm)</th><th>y (nm)</th><th>fov (nm)</th><th>rationale</th><th>refused</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"

@@ -53,6 +53,7 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.replay import recorded_config, replay
     from drivers.recording import read_session
+    from drivers.replay import Mode
 
     speed = parse_speed(args.speed)
     session = read_session(args.directory)
@@ -72,7 +73,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_config(args.config, {**overrides, "policy": args.policy or config.policy})
     what_if = args.policy is not None and args.policy != ((start or {}).get("config") or {}).get("policy")
-    mode = "instrument" if what_if else "strict"
+    mode: Mode = "instrument" if what_if else "strict"
     report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
