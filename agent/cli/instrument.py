@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
         help="--replay: recorded frames in order (strict), or answer fields from the recorded data (instrument)",
     )  # fmt: skip
     p.add_argument("--speed", default="max", help="--replay: max, realtime or a factor of the recorded pace")
+    p.add_argument("--tomo", action="store_true", help="--sim: a tomography holder projecting a 3-D phantom")
+    p.add_argument("--phantom-seed", type=int, default=0, help="--sim --tomo: phantom seed")
+    p.add_argument("--size-px", type=int, default=64, help="--sim --tomo: phantom edge in voxels")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
     p.add_argument("--server-key", type=Path, default=None, help="server CURVE secret certificate (zmq.auth format)")
     p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
@@ -110,6 +113,11 @@ def _driver(args: argparse.Namespace) -> tuple[Any, str]:
 
         driver = ReplayDriver(args.replay, mode=args.replay_mode, speed=parse_speed(args.speed))
         return driver, f"replay of {args.replay} ({args.replay_mode}, {len(driver.frames)} frames)"
+    if args.tomo:
+        from drivers.simulated_tomo import SimulatedTiltDriver
+
+        holder = SimulatedTiltDriver(phantom_seed=args.phantom_seed, size_px=args.size_px)
+        return holder, "simulated tomography holder"
     from drivers.simulated import SimulatedDriver
 
     return SimulatedDriver(specimen_seed=args.specimen_seed, lattice=args.lattice), "simulated instrument"

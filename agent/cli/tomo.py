@@ -1,0 +1,121 @@
+"""``autoscope tomo``: reconstruct a tilt series, or run a tilt-series experiment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add ``tomo`` to ``sub``."""
+    p = sub.add_parser("tomo", help="electron tomography: reconstruct a tilt series, or run a tilt experiment")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    rec = actions.add_parser("reconstruct", help="reconstruct a tilt series (wbp or sart)")
+    rec.add_argument("series", type=Path, help=".dm3/.dm4, .mrc (+ .rawtlt), .npy (+ --angles), .npz or HDF5")
+    rec.add_argument("--angles", type=Path, help="tilt angles, one per line, in degrees (overrides the file)")
+    rec.add_argument("--method", choices=("wbp", "sart"), default="wbp")
+    rec.add_argument(
+        "--tilt-axis", choices=("rows", "cols"), default="rows",
+        help="rows: the axis is vertical in the images (each row is a sinogram); cols: it is horizontal",
+    )  # fmt: skip
+    rec.add_argument("--axis-shift-px", type=float, default=0.0, help="move the tilt axis to the centre by this")
+    rec.add_argument("--range-deg", type=float, nargs=2, metavar=("LOW", "HIGH"), help="use only these tilts")
+    rec.add_argument("--out", type=Path, required=True, help="volume path: writes .npy and .mrc, and a .png")
+    rec.set_defaults(handler=_reconstruct)
+    run = actions.add_parser("run", help="acquire a tilt series with a tilt scheme and reconstruct it")
+    run.add_argument("--instrument", default="sim", help="'sim' or tcp://HOST:PORT (an instrument --sim --tomo)")
+    run.add_argument("--policy", choices=("sequential", "dose-symmetric", "golden-ratio"), default="dose-symmetric")
+    run.add_argument("--tilts", type=int, default=20)
+    run.add_argument("--range-deg", type=float, nargs=2, default=(-70.0, 70.0), metavar=("LOW", "HIGH"))
+    run.add_argument("--phantom-seed", type=int, default=0)
+    run.add_argument("--size-px", type=int, default=64, help="simulated phantom edge in voxels (in-process sim)")
+    run.add_argument("--record", type=Path, help="record the session into this new directory")
+    run.add_argument("--json", type=Path, help="write SUMMARY.json here")
+    run.add_argument("--out", type=Path, help="also write the reconstructions (.npy/.mrc/.png) with this stem")
+    run.set_defaults(handler=_run)
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    import numpy as np
+    from scipy.ndimage import shift
+
+    from models.tilt_io import read_tilt_series, save_central_slices, write_volume
+    from models.tomo import reconstruct
+
+    loaded = read_tilt_series(args.series, args.angles)
+    series, angles = loaded.series, loaded.angles_deg
+    if args.range_deg:
+        keep = (angles >= args.range_deg[0]) & (angles <= args.range_deg[1])
+        series, angles = series[keep], angles[keep]
+    if args.tilt_axis == "cols":
+        series = series.transpose(0, 2, 1)
+    if args.axis_shift_px:
+        series = np.stack([shift(p, (0, args.axis_shift_px), order=1, mode="nearest") for p in series])
+    volume = reconstruct(series, angles, args.method)
+    written = write_volume(volume, args.out, loaded.pixel_size_nm)
+    png = args.out.with_suffix(".png")
+    title = f"{args.series.name}: {args.method}, {len(angles)} tilts {angles.min():g}..{angles.max():g} deg"
+    save_central_slices(volume, png, title)
+    print(f"volume {volume.shape} -> {', '.join(map(str, written))}, slices -> {png}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.recorder import SessionRecorder
+    from agent.timings import StageTimings
+    from agent.tomo import acquire_series, reconstruct_all, score
+    from drivers.base import Driver
+
+    driver: Driver
+    if args.instrument == "sim":
+        from drivers.simulated_tomo import SimulatedTiltDriver
+
+        driver = SimulatedTiltDriver(phantom_seed=args.phantom_seed, size_px=args.size_px)
+    else:
+        from drivers.remote import RemoteDriver
+
+        driver = RemoteDriver(args.instrument)
+    recorder = SessionRecorder(args.record)
+    timings = StageTimings()
+    try:
+        recorder.write("start", config={**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                                           if k != "handler"}, "policy": args.policy},
+                       capabilities=driver.capabilities().model_dump(mode="json"))  # fmt: skip
+        series = acquire_series(driver, args.policy, args.tilts, tuple(args.range_deg), recorder, timings)
+        recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
+    finally:
+        recorder.close()
+        driver.close()
+    volumes = reconstruct_all(series)
+    decision = timings.summary().get("decide", {})
+    summary: dict[str, Any] = {
+        "policy": args.policy,
+        "angles_deg": [round(a, 4) for a in series.angles_deg],
+        "decision_ms": {"p50": decision.get("p50"), "p99": decision.get("p99")},
+        "refusals": series.refusals,
+    }
+    seed = series.metadata.get("phantom_seed")
+    if series.metadata.get("simulated") and isinstance(seed, int):
+        from simulators.phantom import PhantomConfig, make_phantom
+
+        truth = make_phantom(PhantomConfig(seed=seed, size_px=series.projections[0].shape[1])).volume
+        for method, scores in score(volumes, truth).items():
+            summary.setdefault("psnr_db", {})[method] = scores["psnr_db"]
+            summary.setdefault("ssim", {})[method] = scores["ssim"]
+    if args.out:
+        from models.tilt_io import save_central_slices, write_volume
+
+        for method, vol in volumes.items():
+            stem = args.out.with_name(f"{args.out.stem}-{method}")
+            write_volume(vol, stem, None)
+            save_central_slices(
+                vol, stem.with_suffix(".png"), f"{args.policy}, {len(series.angles_deg)} tilts, {method}"
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
+    return 0
