@@ -32,19 +32,37 @@ class TiltSeries:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class PlannedTilts:
+    """A fixed scheme (:func:`~agent.policies.tilt.tilt_plan`) behind the next-angle interface."""
+
+    def __init__(self, scheme: str, n_tilts: int, range_deg: tuple[float, float]) -> None:
+        self.scheme = scheme
+        self.plan = tilt_plan(scheme, n_tilts, *range_deg)
+
+    def next_angle(self, angles_deg: list[float], projections: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
+        """The next planned angle (projections are not looked at)."""
+        k = self.asked
+        self.asked += 1
+        return self.plan[k], {"scheme": self.scheme, "order": k}
+
+    asked = 0
+
+
 def acquire_series(
-    driver: Driver, scheme: str, n_tilts: int, range_deg: tuple[float, float], recorder: SessionRecorder,
-    timings: StageTimings, dwell_us: float = 1.0,
+    driver: Driver, chooser: Any, n_tilts: int, recorder: SessionRecorder, timings: StageTimings,
+    dwell_us: float = 1.0,
 ) -> TiltSeries:  # fmt: skip
-    """Measure ``n_tilts`` projections in the order of ``scheme``; refused tilts are recorded and skipped."""
+    """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped."""
     cap = driver.capabilities()
     guard = Guard(cap)
     driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
     series = TiltSeries()
     side = int(cap.pixels.low)
-    for step, angle in enumerate(tilt_plan(scheme, n_tilts, *range_deg)):
+    for step in range(n_tilts):
         t0 = time.perf_counter()
-        decision = Decision("set_tilt", tilt_deg=angle, rationale={"scheme": scheme, "order": step})
+        density = [_density(p, series.metadata) for p in series.projections]
+        angle, why = chooser.next_angle(series.angles_deg, density)
+        decision = Decision("set_tilt", tilt_deg=angle, rationale=why)
         checked = guard.check(decision)
         timings.add("decide", 1e3 * (time.perf_counter() - t0))
         recorder.decision(decision, step)
@@ -66,13 +84,16 @@ def acquire_series(
     return series
 
 
-def projected_density(series: TiltSeries) -> np.ndarray:
-    """The projections as projected density, undoing the simulated detector when its constants are known."""
-    stack = np.stack(series.projections)
-    m = series.metadata
+def _density(projection: np.ndarray, m: dict[str, Any]) -> np.ndarray:
+    """A projection as projected density, undoing the simulated detector when its constants are known."""
     if {"dose_e_per_px", "background", "signal_per_voxel"} <= set(m):
-        return (stack / m["dose_e_per_px"] - m["background"]) / m["signal_per_voxel"]
-    return stack
+        return (projection / m["dose_e_per_px"] - m["background"]) / m["signal_per_voxel"]
+    return projection
+
+
+def projected_density(series: TiltSeries) -> np.ndarray:
+    """Every projection as projected density, ``(n, rows, cols)``."""
+    return np.stack([_density(p, series.metadata) for p in series.projections])
 
 
 def score(volumes: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[str, float]]:
@@ -87,8 +108,13 @@ def score(volumes: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[s
     return out
 
 
-def reconstruct_all(series: TiltSeries, methods: tuple[str, ...] = ("wbp", "sart")) -> dict[str, np.ndarray]:
-    """One volume per method."""
+def reconstruct_all(series: TiltSeries, inpainter: Any = None) -> dict[str, np.ndarray]:
+    """One volume per method: ``wbp``, ``sart`` and, with an inpainter, ``inpaint-wbp``."""
     density = projected_density(series)
     angles = np.array(series.angles_deg)
-    return {m: reconstruct(density, angles, m) for m in methods}  # type: ignore[arg-type]
+    volumes = {m: reconstruct(density, angles, m) for m in ("wbp", "sart")}
+    if inpainter is not None:
+        from models.inpaint import reconstruct_inpainted
+
+        volumes["inpaint-wbp"] = reconstruct_inpainted(density, angles, inpainter)
+    return volumes

@@ -96,12 +96,12 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         logger.info("onnx model %s on %s", path.name, self.active_providers)
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Run on a (1, 1, H, W) float32 batch; outputs by name, as numpy arrays on the host."""
+    def run(self, image: np.ndarray, input_name: str = "image") -> dict[str, np.ndarray]:
+        """Run on a float32 batch (``(1, 1, H, W)`` for segmentation); outputs by name, as numpy arrays."""
         if not self.on_gpu:
-            return dict(zip(self.output_names, self.session.run(None, {"image": image}), strict=True))
+            return dict(zip(self.output_names, self.session.run(None, {input_name: image}), strict=True))
         binding = self.session.io_binding()  # inputs copied once, outputs allocated on the device
-        binding.bind_cpu_input("image", np.ascontiguousarray(image))
+        binding.bind_cpu_input(input_name, np.ascontiguousarray(image))
         for name in self.output_names:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)

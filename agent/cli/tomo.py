@@ -27,7 +27,10 @@ def register(sub: Any) -> None:
     rec.set_defaults(handler=_reconstruct)
     run = actions.add_parser("run", help="acquire a tilt series with a tilt scheme and reconstruct it")
     run.add_argument("--instrument", default="sim", help="'sim' or tcp://HOST:PORT (an instrument --sim --tomo)")
-    run.add_argument("--policy", choices=("sequential", "dose-symmetric", "golden-ratio"), default="dose-symmetric")
+    run.add_argument(
+        "--policy", choices=("sequential", "dose-symmetric", "golden-ratio", "adaptive"), default="dose-symmetric"
+    )
+    run.add_argument("--inpaint-model", type=Path, help="inpainting manifest (default: the bundled one)")
     run.add_argument("--tilts", type=int, default=20)
     run.add_argument("--range-deg", type=float, nargs=2, default=(-70.0, 70.0), metavar=("LOW", "HIGH"))
     run.add_argument("--phantom-seed", type=int, default=0)
@@ -36,6 +39,9 @@ def register(sub: Any) -> None:
     run.add_argument("--json", type=Path, help="write SUMMARY.json here")
     run.add_argument("--out", type=Path, help="also write the reconstructions (.npy/.mrc/.png) with this stem")
     run.set_defaults(handler=_run)
+    from agent.cli import tomo_train
+
+    tomo_train.register(actions)
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
@@ -63,6 +69,28 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inpainter(args: argparse.Namespace) -> Any:
+    """The inpainting ensemble, or None when there is none (then no adaptive policy, no inpaint-wbp)."""
+    from models.inpaint import DEFAULT_INPAINT, SinogramInpainter
+
+    if args.inpaint_model is None and not DEFAULT_INPAINT.is_file():
+        if args.policy == "adaptive":
+            raise ValueError("the adaptive policy needs an inpainting model (--inpaint-model)")
+        return None
+    return SinogramInpainter(args.inpaint_model, providers="cpu")
+
+
+def _chooser(args: argparse.Namespace, inpainter: Any) -> Any:
+    from agent.tomo import PlannedTilts
+
+    if args.policy == "adaptive":
+        from agent.policies.tilt_adaptive import AdaptiveTilt
+
+        low, high = args.range_deg
+        return AdaptiveTilt(low, high, inpainter=inpainter)
+    return PlannedTilts(args.policy, args.tilts, tuple(args.range_deg))
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
@@ -80,16 +108,17 @@ def _run(args: argparse.Namespace) -> int:
         driver = RemoteDriver(args.instrument)
     recorder = SessionRecorder(args.record)
     timings = StageTimings()
+    inpainter = _inpainter(args)
     try:
         recorder.write("start", config={**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                            if k != "handler"}, "policy": args.policy},
                        capabilities=driver.capabilities().model_dump(mode="json"))  # fmt: skip
-        series = acquire_series(driver, args.policy, args.tilts, tuple(args.range_deg), recorder, timings)
+        series = acquire_series(driver, _chooser(args, inpainter), args.tilts, recorder, timings)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:
         recorder.close()
         driver.close()
-    volumes = reconstruct_all(series)
+    volumes = reconstruct_all(series, inpainter)
     decision = timings.summary().get("decide", {})
     summary: dict[str, Any] = {
         "policy": args.policy,

@@ -33,17 +33,21 @@ class UNet(nn.Module):
         Channels at full resolution.
     depth
         Number of 2x down-sampling stages; inputs must have H and W divisible by ``2**depth``.
+    in_channels
+        Input channels (1 for images; 2 for a masked sinogram and its mask).
 
     Notes
     -----
     Input (B, 1, H, W) float32, normalised intensity; output (B, n_classes, H, W) logits.
     """
 
-    def __init__(self, n_classes: int = 4, width: int = 12, depth: int = 3) -> None:
+    def __init__(self, n_classes: int = 4, width: int = 12, depth: int = 3, in_channels: int = 1) -> None:
         super().__init__()
         widths = [width * 2**i for i in range(depth + 1)]
         self.depth = depth
-        self.down = nn.ModuleList([_block(1, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.down = nn.ModuleList(
+            [_block(in_channels, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)]
+        )
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
         self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in range(depth)])
