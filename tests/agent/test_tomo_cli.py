@@ -93,3 +93,14 @@ def test_the_real_tilt_series_reconstructs_to_a_disk(tmp_path):
     centre = plane[24:40, 24:40].mean()
     ring = np.concatenate([plane[:8].ravel(), plane[-8:].ravel()]).mean()
     assert centre > ring + 3 * plane[:8].std()
+
+
+def test_adaptive_tomo_run_uses_the_bundled_inpainting_ensemble(tmp_path):
+    summary_path = tmp_path / "SUMMARY.json"
+    argv = ["tomo", "run", "--policy", "adaptive", "--tilts", "8", "--size-px", "64", "--phantom-seed", "1003"]
+    assert main([*argv, "--json", str(summary_path)]) == 0
+    summary = json.loads(summary_path.read_text())
+    angles = summary["angles_deg"]
+    assert angles[0] == 0.0 and len(set(angles)) == 8 and all(-70 <= a <= 70 for a in angles)
+    assert set(summary["psnr_db"]) == {"wbp", "sart", "inpaint-wbp"}
+    assert summary["decision_ms"]["p99"] < 5000
