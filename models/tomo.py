@@ -54,7 +54,8 @@ def reconstruct(
 ) -> np.ndarray:
     """Reconstruct a volume ``(z, y, x)`` (float32, ``x``-by-``x`` slices) slice by slice.
 
-    ``wbp``: filtered (ramp) back-projection; ``sart``: ``sart_iterations`` passes of the simultaneous
+    ``wbp``: filtered (ramp) back-projection, each projection weighted by its share of the angles
+    (:func:`angular_weights`); ``sart``: ``sart_iterations`` passes of the simultaneous
     algebraic reconstruction technique, each starting from the previous one.
 
     Raises
@@ -70,9 +71,12 @@ def reconstruct(
     order = np.argsort(angles)
     series, angles = series[order], angles[order]
     _, rows, cols = series.shape
+    weights = angular_weights(angles)
     volume = np.empty((cols, rows, cols), dtype=np.float32)
     for y in range(rows):
         sinogram = series[:, y, :].T.astype(np.float64)  # (detector, angle), scikit-image's layout
+        if method == "wbp":
+            sinogram = sinogram * weights[None, :]
         volume[:, y, :] = _slice(sinogram, angles, method, sart_iterations)
     return volume
 
@@ -85,6 +89,22 @@ def _slice(sinogram: np.ndarray, angles: np.ndarray, method: Method, iterations:
         image = iradon_sart(sinogram, theta=angles, image=image, relaxation=0.15)
     assert image is not None
     return image
+
+
+def angular_weights(sorted_angles_deg: np.ndarray) -> np.ndarray:
+    """Quadrature weights of back-projection for uneven tilts: each projection's share of the angles.
+
+    ``w_i = (theta_{i+1} - theta_{i-1}) / 2`` (one-sided at the ends), normalised to mean 1, so evenly
+    spaced tilts get 1 each and a crowded angle does not count several times over.
+    """
+    a = np.asarray(sorted_angles_deg, dtype=np.float64)
+    if len(a) < 2:
+        return np.ones(len(a))
+    gaps = np.diff(a)
+    w = np.empty(len(a))
+    w[0], w[-1] = gaps[0], gaps[-1]
+    w[1:-1] = 0.5 * (gaps[:-1] + gaps[1:])
+    return w / w.mean()
 
 
 def psnr_db(estimate: np.ndarray, truth: np.ndarray) -> float:
