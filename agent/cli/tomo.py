@@ -110,9 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     timings = StageTimings()
     inpainter = _inpainter(args)
     try:
-        recorder.write("start", config={**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-                                           if k != "handler"}, "policy": args.policy},
-                       capabilities=driver.capabilities().model_dump(mode="json"))  # fmt: skip
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
+        capabilities = driver.capabilities().model_dump(mode="json")
+        recorder.write("start", kind="tomography", config=config, capabilities=capabilities)
         series = acquire_series(driver, _chooser(args, inpainter), args.tilts, recorder, timings)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:

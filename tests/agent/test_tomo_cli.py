@@ -104,3 +104,11 @@ def test_adaptive_tomo_run_uses_the_bundled_inpainting_ensemble(tmp_path):
     assert angles[0] == 0.0 and len(set(angles)) == 8 and all(-70 <= a <= 70 for a in angles)
     assert set(summary["psnr_db"]) == {"wbp", "sart", "inpaint-wbp"}
     assert summary["decision_ms"]["p99"] < 5000
+
+
+def test_a_recorded_tomography_session_is_not_mistaken_for_a_scan_session(tmp_path, capsys):
+    record = tmp_path / "tomo-session"
+    assert main(["tomo", "run", "--tilts", "3", "--size-px", "32", "--record", str(record)]) == 0
+    assert read_session(record).records[0]["kind"] == "tomography"
+    assert main(["replay", str(record), "--quiet"]) == 2
+    assert "tomography session" in capsys.readouterr().err
