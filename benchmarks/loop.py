@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--policies", default="defects,bayes")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    from simulators.allocator import tune_allocator
+
+    tune_allocator()  # as autoscope run does with the in-process simulator
     segmenter = Segmenter(providers="cpu")
     results = {p: measure(p, args.steps, segmenter) for p in args.policies.split(",")}
     out = {

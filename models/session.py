@@ -73,6 +73,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's worker threads spin for a while after each run; in the agent's loop the next stages
+        # (the instrument, recording, the policy) would fight them for the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         explicit = providers != "auto"
         if not explicit:
             # 'auto' tries the GPU providers a GPU build lists even where no GPU exists; the
