@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.field_index import FieldIndex, FieldRecord
 from drivers.base import Capabilities, Command, Range, ScanCommand, SetTiltCommand, deadline_in
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -98,8 +98,8 @@ class Guard:
         }
         self.max_frame_dose = cap.max_dose_e_per_a2
         self.position: tuple[float, float] | None = None
-        self.fields: list[tuple[float, float, float]] = []  # (x, y, fov) of accepted scans
-        self._dose: list[tuple[float, float, float, float]] = []  # (x, y, half width, dose) of accepted scans
+        self._fields = FieldIndex()  # every accepted scan, binned: checks cost the same however many there are
+        self._doses: list[float] = []
 
     def frame_dose_e_per_a2(self, d: Decision) -> float:
         """Dose one frame of ``d`` delivers: ``I * t_dwell / (e * pixel area)``."""
@@ -126,11 +126,7 @@ class Guard:
         The sum over every earlier field whose bounding square overlaps this one: conservative
         (two of them need not overlap each other), so the guard may refuse early but never late.
         """
-        if not self._dose:
-            return 0.0
-        d = np.array(self._dose)
-        overlap = (np.abs(d[:, 0] - x) < d[:, 2] + half) & (np.abs(d[:, 1] - y) < d[:, 2] + half)
-        return float(d[overlap, 3].sum())  # an upper bound: overlapping fields may not overlap each other
+        return float(sum(r.dose_e_per_a2 for r in self._fields.overlapping(x, y, half)))
 
     def _scan_problem(self, d: Decision) -> str | None:
         problem = self._out_of_limits(d, ("x_nm", "y_nm", "fov_nm", "rows", "cols", "dwell_us"))
@@ -150,10 +146,10 @@ class Guard:
         if total > self.config.dose_budget_e_per_a2:
             return f"dose budget: {total:.3g} e/A^2 would exceed {self.config.dose_budget_e_per_a2:.3g} here"
         if not self.config.allow_revisits:
-            for x, y, fov in self.fields:
-                tol = self.config.revisit_tolerance_nm
-                if math.hypot(d.x_nm - x, d.y_nm - y) <= tol and abs(d.fov_nm - fov) <= tol:
-                    return f"repeat of the field already scanned at ({x:g}, {y:g}) nm, fov {fov:g} nm"
+            tol = self.config.revisit_tolerance_nm
+            for r in self._fields.overlapping(d.x_nm, d.y_nm, tol):
+                if math.hypot(d.x_nm - r.x_nm, d.y_nm - r.y_nm) <= tol and abs(d.fov_nm - r.fov_nm) <= tol:
+                    return f"repeat of the field already scanned at ({r.x_nm:g}, {r.y_nm:g}) nm, fov {r.fov_nm:g} nm"
         return None
 
     def check(self, d: Decision) -> Command | Refusal:
@@ -181,7 +177,7 @@ class Guard:
     @property
     def doses_e_per_a2(self) -> list[float]:
         """Dose of each scan let through, in order."""
-        return [d for *_, d in self._dose]
+        return list(self._doses)
 
     def commit(self, command: Command) -> None:
         """Remember a command that was sent: its position, field and dose count from now on."""
@@ -197,6 +193,7 @@ class Guard:
                 command.rotation_deg,
             )
             self.position = (command.x_nm, command.y_nm)
-            self.fields.append((command.x_nm, command.y_nm, command.fov_nm))
             half = 0.5 * command.fov_nm * math.sqrt(2.0)
-            self._dose.append((command.x_nm, command.y_nm, half, self.frame_dose_e_per_a2(d)))
+            dose = self.frame_dose_e_per_a2(d)
+            self._fields.add(FieldRecord(command.x_nm, command.y_nm, half, command.fov_nm, dose))
+            self._doses.append(dose)

@@ -134,6 +134,7 @@ class Loop:
         self.scorer = TruthScorer()
         self._in_flight: deque[_InFlight] = deque()
         self._current: _InFlight | None = None
+        self._lost_since: float | None = None
         self._frame_at: float | None = None
 
     # -- the run --------------------------------------------------------------------------------------
@@ -264,6 +265,7 @@ class Loop:
         except Disconnected as exc:
             self._instrument_lost(exc)
             return False
+        self._lost_since = None
         self.timings.add("send", 1e3 * (time.perf_counter() - t0))
         self.recorder.ack(ack, step)
         self.guard.commit(command)
@@ -353,16 +355,22 @@ class Loop:
             raise StopLoop("failed", f"{self.state.failures_in_row} failures in a row; last: {reason}")
 
     def _instrument_lost(self, exc: Exception) -> None:
-        """Wait for a reconnecting driver to come back; otherwise stop."""
+        """Wait for a reconnecting driver to come back; stop once it has been gone for the grace period.
+
+        The grace runs from the first failure of a streak, not from each: a driver may still report
+        itself connected for a few heartbeats after its peer died, and every send meanwhile fails.
+        """
         self._error("disconnected", str(exc))
         self._in_flight.clear()  # their frames will not come
+        now = time.monotonic()
+        self._lost_since = self._lost_since or now
+        deadline = self._lost_since + self.config.reconnect_grace_s
         connected = getattr(self.driver, "connected", None)
-        deadline = time.monotonic() + self.config.reconnect_grace_s
         while connected is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # let a dying connection be noticed before trusting `connected`
             if self.driver.connected:  # type: ignore[attr-defined]
                 self.recorder.write("reconnected")
                 return
-            time.sleep(0.05)
         raise StopLoop("failed", f"instrument lost: {exc}")
 
     def _shutdown(self, status: str, reason: str) -> None:
