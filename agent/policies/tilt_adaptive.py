@@ -7,7 +7,9 @@ every slice) says where the missing data is least constrained.  The next tilt ma
 ``score(theta) = u(theta) / max(u) - travel_cost * |theta - theta_now| / (high - low)``
 
 over reachable grid angles at least half a grid step from every measured one.  The first tilt is 0 (or
-the range's centre).
+the range's centre).  For speed the decision looks at most ``max_rows`` evenly spaced slices and bins
+the detector to at most ``max_detector`` pixels (the ensemble was trained at 64): the ranking of angles
+is a coarse quantity, and 256-pixel projections then cost what 64-pixel ones do.
 """
 
 from __future__ import annotations
@@ -25,10 +27,19 @@ class AdaptiveTilt:
 
     name = "adaptive"
 
-    def __init__(self, low_deg: float, high_deg: float, inpainter: SinogramInpainter, travel_cost: float = 0.1) -> None:
+    def __init__(
+        self,
+        low_deg: float,
+        high_deg: float,
+        inpainter: SinogramInpainter,
+        travel_cost: float = 0.1,
+        max_rows: int = 32,
+        max_detector: int = 64,
+    ) -> None:
         if not low_deg < high_deg:
             raise ValueError(f"empty tilt range [{low_deg}, {high_deg}]")
         self.low, self.high, self.inpainter, self.travel_cost = low_deg, high_deg, inpainter, travel_cost
+        self.max_rows, self.max_detector = max_rows, max_detector
         self.step = GRID_DEG[1] - GRID_DEG[0]
 
     def next_angle(self, angles_deg: list[float], projections: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
@@ -44,10 +55,21 @@ class AdaptiveTilt:
         if len(angles_deg) < 2:  # one projection constrains nothing: take the far end of the range
             far_end = self.high if abs(self.high - angles_deg[0]) >= abs(self.low - angles_deg[0]) else self.low
             return float(GRID_DEG[open_][np.argmin(np.abs(GRID_DEG[open_] - far_end))]), {"phase": "second tilt"}
-        done = self.inpainter.complete(np.stack(projections), np.array(angles_deg))
+        done = self.inpainter.complete(self._reduce(np.stack(projections)), np.array(angles_deg))
         u = done.angle_uncertainty
         span = self.high - self.low
         score = u / (u[open_].max() or 1.0) - self.travel_cost * np.abs(GRID_DEG - angles_deg[-1]) / span
         score = np.where(open_, score, -np.inf)
         best = int(np.argmax(score))
         return float(GRID_DEG[best]), {"uncertainty": float(u[best]), "score": float(score[best])}
+
+    def _reduce(self, series: np.ndarray) -> np.ndarray:
+        """At most ``max_rows`` evenly spaced slices, the detector binned to at most ``max_detector`` pixels."""
+        n, rows, cols = series.shape
+        if rows > self.max_rows:
+            series = series[:, np.linspace(0, rows - 1, self.max_rows).round().astype(int)]
+        factor = -(-cols // self.max_detector)
+        if factor > 1:
+            keep = cols // factor * factor
+            series = series[:, :, :keep].reshape(n, series.shape[1], keep // factor, factor).mean(-1)
+        return series
