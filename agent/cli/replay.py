@@ -59,8 +59,8 @@ def _replay(args: argparse.Namespace) -> int:
     session = read_session(args.directory)
     start = next((r for r in session.records if r.get("type") == "start"), None)
     if (start or {}).get("kind") == "tomography":
-        raise ValueError(f"{args.directory} is a tomography session: its frames can be served with "
-                         "autoscope instrument --replay, but autoscope replay re-runs scan sessions only")  # fmt: skip
+        raise ValueError(f"{args.directory} is a tomography session: replay it with "
+                         f"autoscope tomo run --instrument {args.directory} --policy ... --tilts ...")  # fmt: skip
     frames = len(session.frames)
     overrides = {
         "policy": args.policy,

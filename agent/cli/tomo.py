@@ -26,7 +26,11 @@ def register(sub: Any) -> None:
     rec.add_argument("--out", type=Path, required=True, help="volume path: writes .npy and .mrc, and a .png")
     rec.set_defaults(handler=_reconstruct)
     run = actions.add_parser("run", help="acquire a tilt series with a tilt scheme and reconstruct it")
-    run.add_argument("--instrument", default="sim", help="'sim' or tcp://HOST:PORT (an instrument --sim --tomo)")
+    run.add_argument(
+        "--instrument", default="sim",
+        help="'sim', tcp://HOST:PORT (an instrument --sim --tomo), or a recorded tomography session directory "
+        "(strict replay: its projections in order, every tilt decision compared with the recorded one)",
+    )  # fmt: skip
     run.add_argument(
         "--policy", choices=("sequential", "dose-symmetric", "golden-ratio", "adaptive"), default="dose-symmetric"
     )
@@ -96,9 +100,13 @@ def _run(args: argparse.Namespace) -> int:
     from agent.timings import StageTimings
     from agent.tomo import acquire_series, reconstruct_all, score
     from drivers.base import Driver
+    from drivers.replay import ReplayDriver
 
     driver: Driver
-    if args.instrument == "sim":
+    replayed = Path(args.instrument) if args.instrument not in ("sim",) and Path(args.instrument).is_dir() else None
+    if replayed is not None:
+        driver = ReplayDriver(replayed)
+    elif args.instrument == "sim":
         from drivers.simulated_tomo import SimulatedTiltDriver
 
         driver = SimulatedTiltDriver(phantom_seed=args.phantom_seed, size_px=args.size_px)
@@ -106,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         from drivers.remote import RemoteDriver
 
         driver = RemoteDriver(args.instrument)
-    recorder = SessionRecorder(args.record)
+    recorder = SessionRecorder(args.record, keep_decisions=True)
     timings = StageTimings()
     inpainter = _inpainter(args)
     try:
@@ -143,8 +151,19 @@ def _run(args: argparse.Namespace) -> int:
             save_central_slices(
                 vol, stem.with_suffix(".png"), f"{args.policy}, {len(series.angles_deg)} tilts, {method}"
             )
+    status = 0
+    if isinstance(driver, ReplayDriver):
+        from agent.replay import compare_decisions
+
+        recorded = [r for r in driver.records if r.get("type") == "decision"]
+        summary["divergences"] = compare_decisions(recorded, recorder.decisions)
+        summary["replay"] = driver.report
+        for d in summary["divergences"][:20]:
+            print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
+        print(f"  {len(summary['divergences'])} of {len(recorded)} tilt decisions diverged", file=sys.stderr)
+        status = 3 if summary["divergences"] else 0
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
-    return 0
+    return status

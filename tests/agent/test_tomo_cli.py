@@ -112,3 +112,15 @@ def test_a_recorded_tomography_session_is_not_mistaken_for_a_scan_session(tmp_pa
     assert read_session(record).records[0]["kind"] == "tomography"
     assert main(["replay", str(record), "--quiet"]) == 2
     assert "tomography session" in capsys.readouterr().err
+
+
+def test_a_tomography_session_replays_strictly_with_zero_divergence(tmp_path):
+    record = tmp_path / "tomo"
+    argv = ["tomo", "run", "--policy", "adaptive", "--tilts", "5", "--size-px", "32"]
+    assert main([*argv, "--record", str(record)]) == 0
+    out = tmp_path / "replay.json"
+    assert main([*argv[:-2], "--size-px", "32", "--instrument", str(record), "--json", str(out)]) == 0
+    replay = json.loads(out.read_text())
+    assert replay["divergences"] == [] and replay["replay"]["served"] == 5
+    other = ["tomo", "run", "--policy", "sequential", "--tilts", "5", "--instrument", str(record)]
+    assert main(other) == 3  # another scheme asks for other tilts: every difference is reported
