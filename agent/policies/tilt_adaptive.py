@@ -4,9 +4,12 @@ After each projection the measured series is completed on the 128-angle grid by 
 ensemble; its per-angle spread ``u(theta)`` (the mean member standard deviation over the detector and
 every slice) says where the missing data is least constrained.  The next tilt maximises
 
-``score(theta) = u(theta) / max(u) - travel_cost * |theta - theta_now| / (high - low)``
+``score(theta) = u(theta) / max(u) + c * g(theta) / max(g) - travel_cost * |theta - theta_now| / (high - low)``
 
-over reachable grid angles at least half a grid step from every measured one.  The first tilt is 0 (or
+over reachable grid angles at least half a grid step from every measured one, where ``g(theta)`` is the
+distance to the nearest measured tilt.  The coverage term ``c`` (default 1) was chosen on phantoms
+500-504 (training used 0-47, the benchmark uses 1000 and up): uncertainty alone (``c = 0``) trailed
+golden-ratio by 0.2 dB there, uncertainty plus coverage led it by 0.14 dB.  The first tilt is 0 (or
 the range's centre).  For speed the decision looks at most ``max_rows`` evenly spaced slices and bins
 the detector to at most ``max_detector`` pixels (the ensemble was trained at 64): the ranking of angles
 is a coarse quantity, and 256-pixel projections then cost what 64-pixel ones do.
@@ -35,11 +38,13 @@ class AdaptiveTilt:
         travel_cost: float = 0.1,
         max_rows: int = 32,
         max_detector: int = 64,
+        coverage_weight: float = 1.0,
     ) -> None:
         if not low_deg < high_deg:
             raise ValueError(f"empty tilt range [{low_deg}, {high_deg}]")
         self.low, self.high, self.inpainter, self.travel_cost = low_deg, high_deg, inpainter, travel_cost
         self.max_rows, self.max_detector = max_rows, max_detector
+        self.coverage_weight = coverage_weight
         self.step = GRID_DEG[1] - GRID_DEG[0]
 
     def next_angle(self, angles_deg: list[float], projections: list[np.ndarray]) -> tuple[float, dict[str, Any]]:
@@ -58,7 +63,12 @@ class AdaptiveTilt:
         done = self.inpainter.complete(self._reduce(np.stack(projections)), np.array(angles_deg))
         u = done.angle_uncertainty
         span = self.high - self.low
-        score = u / (u[open_].max() or 1.0) - self.travel_cost * np.abs(GRID_DEG - angles_deg[-1]) / span
+        gap = np.min(np.abs(GRID_DEG[:, None] - np.array(angles_deg)[None, :]), axis=1)
+        score = (
+            u / (u[open_].max() or 1.0)
+            + self.coverage_weight * gap / (gap[open_].max() or 1.0)
+            - self.travel_cost * np.abs(GRID_DEG - angles_deg[-1]) / span
+        )
         score = np.where(open_, score, -np.inf)
         best = int(np.argmax(score))
         return float(GRID_DEG[best]), {"uncertainty": float(u[best]), "score": float(score[best])}
