@@ -1,7 +1,11 @@
-"""Parts shared by drivers that run in this process: the frame queue and the beam/stage state.
+"""Parts shared by drivers that run in this process.
 
-Composed by :class:`~drivers.memory.InMemoryDriver` and
-:class:`~drivers.simulated.SimulatedDriver`; a vendor driver can use them too.
+The frame queue, the beam/stage state, and :class:`LocalInstrument`, the base of instruments that
+execute commands at once.
+
+:class:`~drivers.memory.InMemoryDriver` and :class:`~drivers.simulated_tomo.SimulatedTiltDriver` are
+local instruments; :class:`~drivers.simulated.SimulatedDriver` composes the queue and state (its scans
+also check the dose); a vendor driver can use them too.
 """
 
 from __future__ import annotations
@@ -110,3 +114,52 @@ class BeamState:
         """The next frame's sequence number."""
         self.sequence += 1
         return self.sequence - 1
+
+
+class LocalInstrument:
+    """An instrument in this process that executes commands at once: subclasses say what a scan records.
+
+    Thread-safe.  A scan is admitted against the capabilities, then ``_acquire`` makes its frame; other
+    commands change the beam and stage state.  ``commands`` records every accepted command, in order.
+    """
+
+    def __init__(self, capabilities: Capabilities) -> None:
+        self._cap = capabilities
+        self._frames = FrameQueue()
+        self._lock = threading.Lock()
+        self.state = BeamState()
+        self.commands: list[Command] = []
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._frames.closed
+
+    def capabilities(self) -> Capabilities:
+        """The instrument's capabilities."""
+        return self._cap
+
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        """Execute a command at once; refuse it with a reason if it is out of range, expired or blanked."""
+        if self.closed:
+            raise Disconnected("instrument is closed")
+        with self._lock:
+            self.state.admit(self._cap, command)
+            self.commands.append(command)
+            if isinstance(command, ScanCommand):
+                self._frames.put(self._acquire(command))
+            else:
+                self.state.apply(command)
+        return Ack.accept(command)
+
+    def _acquire(self, command: ScanCommand) -> Frame:
+        raise NotImplementedError
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        """The oldest unread frame; raises :class:`DriverTimeout` after ``timeout_s``."""
+        return self._frames.get(timeout_s)
+
+    def close(self) -> None:
+        """Close and blank the beam; pending and future calls raise :class:`Disconnected`."""
+        self.state.blanked = True
+        self._frames.close()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
-from drivers.base import Ack, Capabilities, Command, Disconnected, Frame, Range, ScanCommand
-from drivers.local import BeamState, FrameQueue
+from drivers.base import Capabilities, Frame, Range, ScanCommand
+from drivers.local import LocalInstrument
 
 
-class SimulatedTiltDriver:
+class SimulatedTiltDriver(LocalInstrument):
     """An instrument over :mod:`simulators.phantom` and :mod:`simulators.tilt`.
 
     Parameters
@@ -48,43 +47,22 @@ class SimulatedTiltDriver:
         self.fov_nm = size_px * voxel_nm
         self._rng = np.random.default_rng([noise_seed, phantom_seed, 0x70])
         half = self.fov_nm / 2
-        self._cap = Capabilities(
-            instrument=f"simulated tomography holder (phantom seed {phantom_seed}, {size_px}^3 voxels)",
-            command_kinds=("scan", "set_tilt", "blank", "unblank", "stop"),
-            stage_x_nm=Range(low=-half, high=half),
-            stage_y_nm=Range(low=-half, high=half),
-            fov_nm=Range(low=self.fov_nm, high=self.fov_nm),
-            pixels=Range(low=size_px, high=size_px),
-            dwell_us=Range(low=0.1, high=1000.0),
-            tilt_deg=Range(low=reachable_deg[0], high=reachable_deg[1]),
-            max_dose_e_per_a2=1e9,
+        super().__init__(
+            Capabilities(
+                instrument=f"simulated tomography holder (phantom seed {phantom_seed}, {size_px}^3 voxels)",
+                command_kinds=("scan", "set_tilt", "blank", "unblank", "stop"),
+                stage_x_nm=Range(low=-half, high=half),
+                stage_y_nm=Range(low=-half, high=half),
+                fov_nm=Range(low=self.fov_nm, high=self.fov_nm),
+                pixels=Range(low=size_px, high=size_px),
+                dwell_us=Range(low=0.1, high=1000.0),
+                tilt_deg=Range(low=reachable_deg[0], high=reachable_deg[1]),
+                max_dose_e_per_a2=1e9,
+            )
         )
-        self.state = BeamState()
-        self._frames = FrameQueue()
-        self._lock = threading.Lock()
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._frames.closed
-
-    def capabilities(self) -> Capabilities:
-        """Fixed field and pixels (the whole projection), the holder's tilt range."""
-        return self._cap
-
-    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
-        """Execute a command; a scan records the projection at the current tilt."""
-        if self.closed:
-            raise Disconnected("simulated holder is closed")
-        with self._lock:
-            self.state.admit(self._cap, command)
-            if isinstance(command, ScanCommand):
-                self._frames.put(self._project(command))
-            else:
-                self.state.apply(command)
-        return Ack.accept(command)
-
-    def _project(self, command: ScanCommand) -> Frame:
+    def _acquire(self, command: ScanCommand) -> Frame:
+        """The projection at the current tilt."""
         from simulators.tilt import record_projection
 
         start = time.time()
@@ -98,12 +76,3 @@ class SimulatedTiltDriver:
             "phantom_seed": self.phantom.config.seed,
         }
         return Frame(self.state.scan_header(command, start, metadata), counts)
-
-    def next_frame(self, timeout_s: float) -> Frame:
-        """The oldest unread frame; raises :class:`DriverTimeout` after ``timeout_s``."""
-        return self._frames.get(timeout_s)
-
-    def close(self) -> None:
-        """Close the instrument; blocked and later calls raise :class:`Disconnected`."""
-        self.state.blanked = True
-        self._frames.close()
