@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +80,11 @@ class ModelManifest(BaseModel):
         None, description="Per non-background class factor on summed probabilities (fitted at export)."
     )
     validation: dict[str, float] = {}
+
+
+def invoked_command() -> str:
+    """The command line of the running process as ``autoscope ...`` (never the path to the executable)."""
+    return " ".join(shlex.quote(a) for a in ["autoscope", *sys.argv[1:]])
 
 
 def sha256_file(path: Path) -> str:

@@ -8,8 +8,6 @@ its manifest.  Both import torch (lazily, inside the handlers).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +55,7 @@ def register(sub: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from models.manifest import invoked_command
     from models.training.train import TrainConfig, train_ensemble
     from simulators.allocator import tune_allocator
 
@@ -74,7 +73,7 @@ def _run_train(args: argparse.Namespace) -> int:
         data_seed=args.data_seed,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(" ".join(shlex.quote(a) for a in ["autoscope", *sys.argv[1:]]) + "\n")
+    (args.out / "command.txt").write_text(invoked_command() + "\n")
     paths = train_ensemble(args.out, config, progress=True, threads=args.threads)
     print("\n".join(str(p) for p in paths))
     return 0

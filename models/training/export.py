@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.manifest import Calibration, ClassInfo, ModelManifest, TrainingRecord, manifest_path_for, sha256_file
+from models.manifest import (
+    Calibration,
+    ClassInfo,
+    ModelManifest,
+    TrainingRecord,
+    invoked_command,
+    manifest_path_for,
+    sha256_file,
+)
 from models.training.data import SampleSpec, make_dataset, sample_spec_from_json
 from models.training.ensemble import OUTPUT_NAMES, EnsembleWithUncertainty
 from models.training.train import load_members
@@ -46,6 +52,19 @@ def export_onnx(ensemble: EnsembleWithUncertainty, path: Path, multiple: int) ->
         external_data=False,
         optimize=True,
     )
+    strip_stack_traces(path)
+
+
+def strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node Python stack traces, which name files on the exporting machine."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def calibrate(onnx_path: Path, spec: SampleSpec, frames: int = 48) -> Calibration:
@@ -65,12 +84,11 @@ def calibrate(onnx_path: Path, spec: SampleSpec, frames: int = 48) -> Calibratio
     )
 
 
-def _commands(run_dir: Path) -> str:
+def recorded_commands(run_dir: Path) -> str:
     """The train command recorded in the run directory, then this export command."""
     recorded = run_dir / "command.txt"
     train = recorded.read_text().strip() if recorded.exists() else "(not recorded)"
-    export = " ".join(shlex.quote(a) for a in ["autoscope", *sys.argv[1:]])
-    return f"{train} && {export}"
+    return f"{train} && {invoked_command()}"
 
 
 def export_run(
@@ -121,7 +139,7 @@ def export_run(
         members=len(members),
         outputs=list(OUTPUT_NAMES),
         training=TrainingRecord(
-            command=_commands(run_dir),
+            command=recorded_commands(run_dir),
             member_seeds=[int(config["seed"]) * 1000 + m for m in range(len(members))],
             data_seed=int(config["data_seed"]),
             config=config,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +23,9 @@ from skimage.transform import radon
 from torch import nn
 from tqdm import tqdm
 
-from models.manifest import sha256_file
+from models.manifest import invoked_command, sha256_file
 from models.sinogram import GRID_DEG, N_ANGLES, pack
+from models.training.export import recorded_commands, strip_stack_traces
 from models.training.unet import UNet
 from simulators.phantom import PhantomConfig, make_phantom
 
@@ -139,7 +138,7 @@ def train(out: Path, config: InpaintConfig, threads: int = 0) -> list[UNet]:
     members = [train_member(data, config, i) for i in range(config.members)]
     torch.save([m.state_dict() for m in members], out / "members.pt")
     (out / "config.json").write_text(config.model_dump_json(indent=2))
-    (out / "command.txt").write_text(" ".join(shlex.quote(a) for a in sys.argv) + "\n")
+    (out / "command.txt").write_text(invoked_command() + "\n")
     return members
 
 
@@ -167,6 +166,7 @@ def export(run_dir: Path, onnx_path: Path, name: str = "sinogram_inpaint") -> Pa
         ensemble, (example,), str(onnx_path), dynamo=True, input_names=["sinogram"], output_names=list(OUTPUTS),
         dynamic_shapes={"x": {0: batch, 3: multiple * width}}, external_data=False, optimize=True,
     )  # fmt: skip
+    strip_stack_traces(onnx_path)
     manifest = {
         "schema_version": 1,
         "name": name,
@@ -178,7 +178,7 @@ def export(run_dir: Path, onnx_path: Path, name: str = "sinogram_inpaint") -> Pa
         "members": len(members),
         "outputs": list(OUTPUTS),
         "training": {
-            "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").exists() else "",
+            "command": recorded_commands(run_dir),
             "config": json.loads(config.model_dump_json()),
             "phantom_seeds": f"0..{config.phantoms - 1}",
             "exported_unix_s": time.time(),
