@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import (
@@ -71,6 +71,7 @@ class BeamState:
     blanked: bool = False
     tilt_deg: float = 0.0
     sequence: int = 0
+    blank_times_unix_s: list[float] = field(default_factory=list)  # when each blank or stop took effect
 
     def admit(self, cap: Capabilities, command: Command, dose_e_per_a2: float | None = None) -> None:
         """Raise :class:`CommandRefused` unless ``command`` may run now (limits, deadline, beam)."""
@@ -89,6 +90,7 @@ class BeamState:
             self.tilt_deg = command.tilt_deg
         elif isinstance(command, (BlankCommand, StopCommand)):
             self.blanked = True
+            self.blank_times_unix_s.append(time.time())
         elif isinstance(command, UnblankCommand):
             self.blanked = False
 

@@ -6,6 +6,11 @@ messages get an ``error`` reply naming the violation, duplicates (by id) and
 expired commands (past their deadline) get a refusing ``ack``; none of them
 reaches the driver.  An accepted scan is answered by an ``ack`` and then its
 frame, sent zero-copy, also published on the PUB socket for passive observers.
+
+A dead-man timer protects the specimen from an agent that dies or freezes: once
+a client has commanded anything but ``blank``/``stop``, it must be heard from
+(heartbeats count) at least every ``deadman_s``; if it falls silent or says
+``bye``, its queued commands are dropped and the beam is blanked.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import zmq
 
 from drivers.base import (
     Ack,
+    BlankCommand,
     Command,
     CommandRefused,
     Driver,
@@ -73,6 +79,8 @@ class InstrumentServer:
         How long to wait for the frame of an accepted scan beyond its nominal scan time.
     curve, insecure
         CURVE keys (required to bind a non-loopback address unless ``insecure``).
+    deadman_s
+        Blank the beam when the client that last commanded it has been silent this long (``None``: never).
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class InstrumentServer:
         frame_timeout_s: float = 30.0,
         curve: CurveServerKeys | None = None,
         insecure: bool = False,
+        deadman_s: float | None = 2.0,
     ) -> None:
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
@@ -107,13 +116,16 @@ class InstrumentServer:
             self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._results = self._ctx.socket(zmq.PAIR)
         self._results.bind(f"inproc://results-{id(self)}")
-        self._jobs: queue.Queue[tuple[bytes, Command] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[bytes | None, Command] | None] = queue.Queue()
         self._done: queue.Queue[tuple[bytes, tuple[Ack | Frame | ProtocolError, ...], str]] = queue.Queue()
         self._clients: dict[bytes, _Client] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
+        self.deadman_s = deadman_s
+        self._commander: bytes | None = None  # the client whose commands left the beam on, if any
+        self._commander_seen = 0.0  # when it was last heard from (kept even once the client is forgotten)
 
     def _socket(self, kind: int, curve: CurveServerKeys | None) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
@@ -158,7 +170,10 @@ class InstrumentServer:
         out = self._ctx.socket(zmq.PAIR)
         out.connect(f"inproc://results-{id(self)}")
 
-        def post(identity: bytes, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
+        def post(identity: bytes | None, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
+            if identity is None:  # the server's own command (the dead-man's blank): nobody to answer
+                logger.warning("dead-man blank: %s", items[0])
+                return
             self._done.put((identity, items, command_id))
             out.send(b"")  # wake the I/O thread, which alone touches the client sockets
 
@@ -223,6 +238,7 @@ class InstrumentServer:
             if time.monotonic() >= next_beat:
                 self._heartbeat()
                 next_beat = time.monotonic() + self.heartbeat_s
+            self._check_deadman()
 
     def _drain_router(self) -> None:
         while True:
@@ -235,6 +251,8 @@ class InstrumentServer:
                 continue
             identity, body = parts[0], parts[1:]
             self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
+            if identity == self._commander:
+                self._commander_seen = time.monotonic()
             self._handle(identity, body)
 
     def _reply(self, identity: bytes, parts: list[Any]) -> None:
@@ -255,6 +273,8 @@ class InstrumentServer:
                 self.stats["heartbeats_in"] += 1
             elif kind == "bye":
                 self._clients.pop(identity, None)
+                if identity == self._commander:
+                    self._deadman("the commanding client said bye")
             elif kind == "command":
                 self._accept(identity, decode_command(obj))
             else:
@@ -279,7 +299,38 @@ class InstrumentServer:
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
+        self._commander = None if command.kind in ("blank", "stop") else identity
+        self._commander_seen = time.monotonic()
         self._jobs.put((identity, command))
+
+    # -- dead-man timer -----------------------------------------------------------------------------
+    def _check_deadman(self) -> None:
+        if self.deadman_s is None or self._commander is None:
+            return
+        silent_s = time.monotonic() - self._commander_seen
+        if silent_s > self.deadman_s:
+            self._deadman(f"no message from the commanding client for {silent_s:.1f} s")
+
+    def _deadman(self, why: str) -> None:
+        """Drop the silent commander's queued commands and blank the beam (once per silence)."""
+        lost, self._commander = self._commander, None
+        kept = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job[0] == lost:
+                self.stats["dropped_by_deadman"] += 1
+            else:
+                kept.append(job)
+        for job in kept:
+            self._jobs.put(job)
+        if self.deadman_s is None or "blank" not in self.driver.capabilities().command_kinds:
+            return
+        self.stats["deadman_blanks"] += 1
+        logger.warning("dead-man timer: %s; blanking the beam", why)
+        self._jobs.put((None, BlankCommand()))
 
     def _drain_results(self) -> None:
         while True:

@@ -39,6 +39,10 @@ def register(sub: Any) -> None:
     p.add_argument("--phantom-seed", type=int, default=0, help="--sim --tomo: phantom seed")
     p.add_argument("--size-px", type=int, default=64, help="--sim --tomo: phantom edge in voxels")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
+    p.add_argument(
+        "--deadman-s", type=float, default=2.0,
+        help="blank the beam when the commanding agent is silent this long (default 2 s; 0 disables)",
+    )  # fmt: skip
     p.add_argument("--server-key", type=Path, default=None, help="server CURVE secret certificate (zmq.auth format)")
     p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
     p.add_argument("--client-key", type=Path, default=None, help="--check: client CURVE secret certificate")
@@ -91,8 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server = InstrumentServer(
-        driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=_server_keys(args), insecure=args.insecure
-    ).start()
+        driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=_server_keys(args), insecure=args.insecure,
+        deadman_s=args.deadman_s or None,
+    ).start()  # fmt: skip
     print(
         f"{what} on {server.endpoint}" + (f", frames on {server.pub_endpoint}" if args.pub else ""),
         flush=True,

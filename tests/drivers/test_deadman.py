@@ -1,0 +1,169 @@
+"""The instrument server's dead-man timer: an agent that falls silent gets the beam blanked.
+
+Real sockets on loopback; the in-memory instrument records when each blank took effect, so the
+bound is checked on the instrument's side, independently of what the server says it did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from drivers.base import BlankCommand, ScanCommand, UnblankCommand
+from drivers.codec import encode_command, envelope
+from drivers.memory import InMemoryDriver
+from drivers.remote import RemoteDriver
+from drivers.server import InstrumentServer
+
+SCAN = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 4.0, "rows": 16, "cols": 16, "dwell_us": 1.0}
+
+
+class _Silent:
+    """A raw DEALER that commands and then says nothing more (no heartbeats): a frozen agent."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sock.send_multipart([envelope("hello")])
+        self.last_sent_unix_s = time.time()
+
+    def command(self, command: object) -> None:
+        self.sock.send_multipart(encode_command(command))  # type: ignore[arg-type]
+        self.last_sent_unix_s = time.time()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _wait_for_blank(driver: InMemoryDriver, timeout_s: float) -> float | None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if driver.state.blank_times_unix_s:
+            return driver.state.blank_times_unix_s[-1]
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("deadman_s", [0.5, 2.0])
+def test_a_silent_commander_gets_the_beam_blanked_within_the_bound(deadman_s):
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=deadman_s) as server:
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(UnblankCommand())
+            agent.command(ScanCommand(**SCAN))
+            blanked_at = _wait_for_blank(driver, deadman_s + 3.0)
+        finally:
+            agent.close()
+        assert blanked_at is not None, "the beam was never blanked"
+        assert deadman_s <= blanked_at - agent.last_sent_unix_s <= deadman_s + 0.5
+        assert driver.state.blanked
+        assert server.stats["deadman_blanks"] == 1
+
+
+def test_a_live_agent_keeps_the_beam_on_and_a_blanked_beam_needs_no_deadman():
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=0.5) as server:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:  # heartbeats every 0.2 s
+            remote.send(UnblankCommand())
+            time.sleep(1.5)
+            assert not driver.state.blank_times_unix_s
+            remote.send(BlankCommand())
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(BlankCommand())  # leaves the beam off, then falls silent
+            time.sleep(1.2)
+        finally:
+            agent.close()
+        assert server.stats["deadman_blanks"] == 0
+        assert len(driver.state.blank_times_unix_s) == 2  # the two blanks the clients sent
+
+
+class _Slow(InMemoryDriver):
+    def send(self, command, timeout_s=5.0):
+        time.sleep(0.2)
+        return super().send(command, timeout_s)
+
+
+def test_queued_commands_of_a_silent_commander_are_dropped_not_executed():
+    driver = _Slow()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=0.5) as server:
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(UnblankCommand())
+            for _ in range(20):  # 4 s of work for the instrument, queued at once
+                agent.command(ScanCommand(**SCAN))
+            _wait_for_blank(driver, 5.0)
+            time.sleep(0.5)
+        finally:
+            agent.close()
+        scans = [c for c in driver.commands if c.kind == "scan"]
+        assert server.stats["dropped_by_deadman"] > 0
+        assert len(scans) + server.stats["dropped_by_deadman"] == 20
+        assert driver.commands[-1].kind == "blank"  # nothing ran after the dead-man's blank
+
+
+_AGENT = textwrap.dedent(
+    """
+    import sys, time
+    from drivers.base import ScanCommand, UnblankCommand
+    from drivers.remote import RemoteDriver
+    remote = RemoteDriver(sys.argv[1], heartbeat_s=0.5)
+    remote.send(UnblankCommand())
+    print("ready", flush=True)
+    for i in range(100000):
+        remote.send(ScanCommand(x_nm=(i % 50) * 4.0, y_nm=0.0, fov_nm=4.0, rows=16, cols=16, dwell_us=1.0))
+        remote.next_frame(5.0)
+        time.sleep(0.01)
+    """
+)
+
+
+def _kill_trials(trials: int, deadman_s: float, seed: int) -> list[float]:
+    """SIGKILL an agent process at random points; the delay from the kill to the blank, per trial."""
+    rng = np.random.default_rng(seed)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    delays = []
+    for _ in range(trials):
+        driver = InMemoryDriver()
+        with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.5, deadman_s=deadman_s) as server:
+            agent = subprocess.Popen(
+                [sys.executable, "-c", _AGENT, server.endpoint], cwd=root, stdout=subprocess.PIPE, text=True
+            )
+            try:
+                assert agent.stdout is not None and agent.stdout.readline().strip() == "ready"
+                time.sleep(float(rng.uniform(0.0, 1.5)))
+                agent.send_signal(signal.SIGKILL)
+                killed_at = time.time()
+                agent.wait(5)
+            finally:
+                agent.kill()
+                agent.wait(5)
+                agent.stdout.close()  # type: ignore[union-attr]
+            blanked_at = _wait_for_blank(driver, deadman_s + 5.0)
+            assert blanked_at is not None, json.dumps(dict(server.stats))
+            delays.append(blanked_at - killed_at)
+    return delays
+
+
+def test_agent_killed_mid_run_beam_blanked_within_deadman_plus_half_a_second():
+    delays = _kill_trials(trials=3, deadman_s=2.0, seed=0)
+    assert max(delays) <= 2.0 + 0.5, delays
+
+
+@pytest.mark.slow
+def test_agent_killed_at_100_random_points():
+    delays = _kill_trials(trials=100, deadman_s=2.0, seed=1)
+    assert max(delays) <= 2.0 + 0.5, (np.percentile(delays, [50, 99]), max(delays))
