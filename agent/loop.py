@@ -12,9 +12,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.frame_checks import frame_age_s, is_strict_replay, readback_problem
 from agent.guard import Decision, Guard, Refusal
 from agent.observation import Observation
 from agent.perception import Perception
@@ -64,6 +67,11 @@ class LoopConfig:
     max_failures : consecutive failed steps (lost frames, bad frames, refusals) before giving up.
     reconnect_grace_s : how long a lost instrument may take to come back.
     stop_timeout_s : how long blanking the beam may take on the way out.
+    readback_tolerance_nm : a frame whose header puts it (centre or field of view) further than this
+        from what was commanded puts the loop in safe hold.
+    max_frame_age_s : frames whose acquisition ended longer ago than this are skipped, never analysed
+        (instrument and agent clocks must agree to well within it).
+    perception_timeout_s : a model that takes longer on one frame is declared hung: safe hold.
     """
 
     steps: int
@@ -72,6 +80,9 @@ class LoopConfig:
     max_failures: int = 20
     reconnect_grace_s: float = 10.0
     stop_timeout_s: float = 1.0
+    readback_tolerance_nm: float = 0.5
+    max_frame_age_s: float = 60.0
+    perception_timeout_s: float = 60.0
 
 
 @dataclass
@@ -98,6 +109,13 @@ class RunState:
     status: str = "running"
     reason: str = ""
     last: Observation | None = None
+    frames_received: int = 0  # = frames_analysed + sum(frames_skipped.values()), always
+    frames_analysed: int = 0
+    frames_skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        """Count a received frame that was not analysed."""
+        self.frames_skipped[reason] = self.frames_skipped.get(reason, 0) + 1
 
 
 class Loop:
@@ -136,13 +154,16 @@ class Loop:
         self._current: _InFlight | None = None
         self._lost_since: float | None = None
         self._frame_at: float | None = None
+        self._perceiver = ThreadPoolExecutor(1, thread_name_prefix="perception")  # a hung model cannot hang the loop
 
     # -- the run --------------------------------------------------------------------------------------
     def run(self) -> RunState:
         """Run until ``steps`` frames are analysed, the policy has nothing left, or something stops it.
 
         Always blanks the beam and writes a stop record; ``state.status`` is ``completed``,
-        ``exhausted`` (the policy ran out of fields), ``interrupted`` or ``failed``.
+        ``exhausted`` (the policy ran out of fields), ``interrupted``, ``failed`` or ``held`` (safe hold:
+        the instrument refused a move, a frame's readback was off, or the model hung; nothing more is
+        sent until an operator starts a new run).
         """
         status, reason = "completed", f"{self.config.steps} steps done"
         try:
@@ -180,16 +201,40 @@ class Loop:
         if frame is None:
             self._failed(job.decision, "no usable frame")
             return
+        self._check_frame(job, frame)
+        if self._too_old(job, frame):
+            return
         self._frame_at = time.perf_counter()
         if self.policy.commits_ahead:
             self._fill(depth)  # the instrument scans the next field while this one is analysed
         self._analyse(job, frame)
 
+    def _check_frame(self, job: _InFlight, frame: Frame) -> None:
+        """Safe hold when the frame was not taken where it was commanded."""
+        if is_strict_replay(frame):  # a strict replay serves the recorded fields, wherever asked
+            return
+        problem = readback_problem(job.command, frame.header, self.config.readback_tolerance_nm)
+        if problem is not None:
+            self.state.skip("readback")
+            self.recorder.frame(frame, job.step)
+            self._hold(f"readback of step {job.step} is off: {problem}")
+
+    def _too_old(self, job: _InFlight, frame: Frame) -> bool:
+        age_s = frame_age_s(frame)
+        if is_strict_replay(frame) or age_s <= self.config.max_frame_age_s:
+            return False
+        self.state.skip("too_old")
+        message = f"frame of step {job.step} is {age_s:.1f} s old (max_frame_age_s={self.config.max_frame_age_s:g})"
+        self._error("frame_too_old", message, step=job.step)
+        self._failed(job.decision, "frame too old")
+        return True
+
     def _analyse(self, job: _InFlight, frame: Frame) -> None:
         t0 = time.perf_counter()
         try:
-            obs = self.perception.observe(frame, job.step, job.command.rotation_deg)
+            obs = self._observe(job, frame)
         except ImageError as exc:
+            self.state.skip("bad_frame")
             self._error("bad_frame", f"frame of step {job.step} cannot be analysed: {exc}", step=job.step)
             self.recorder.frame(frame, job.step)
             self._failed(job.decision, str(exc))
@@ -209,12 +254,26 @@ class Loop:
         for stage, ms in obs.timings_ms.items():
             self.timings.add(f"perceive.{stage}", ms)
         s = self.state
+        s.frames_analysed += 1
         s.steps_done += 1
         s.failures_in_row = 0
         s.atoms_found += obs.n_atoms
         s.last = obs
         if self.on_step is not None:
             self.on_step(self)
+
+    def _observe(self, job: _InFlight, frame: Frame) -> Observation:
+        """Perception on the worker thread, waited for at most ``perception_timeout_s``."""
+        pending = self._perceiver.submit(self.perception.observe, frame, job.step, job.command.rotation_deg)
+        try:
+            return pending.result(timeout=self.config.perception_timeout_s)
+        except FutureTimeout:
+            self.state.skip("perception_hung")
+            self._error(
+                "perception_hung", f"no observation of step {job.step} after {self.config.perception_timeout_s:g} s"
+            )
+            self._hold(f"the model did not answer within perception_timeout_s={self.config.perception_timeout_s:g}")
+            raise  # unreachable: _hold raises
 
     # -- deciding and sending -------------------------------------------------------------------------
     def _fill(self, depth: int) -> None:
@@ -257,6 +316,8 @@ class Loop:
         except CommandRefused as exc:
             self.recorder.ack(exc.ack, step)
             self._refused(decision, "instrument", exc.ack.reason or exc.ack.code or "refused")
+            if exc.ack.code == "refused":  # our limits let it through and the instrument did not: stop moving
+                self._hold(f"the instrument refused a move: {exc.ack.reason}")
             return False
         except DriverTimeout as exc:
             self._error("ack_timeout", str(exc), step=step)
@@ -304,15 +365,17 @@ class Loop:
             except Disconnected as exc:
                 self._instrument_lost(exc)
                 return None
+            self.state.frames_received += 1
             if frame.header.command_id != c.id:
                 if any(j.command.id == frame.header.command_id for j in self._in_flight):
                     return frame  # a later scan answered: this one's frame was lost (see _skip_to)
+                self.state.skip("stale_frame")
                 self._error("stale_frame", f"a frame answering {frame.header.command_id} arrived for {c.id}")
                 continue
-            replayed = frame.header.metadata.get("replay")
-            strict_replay = isinstance(replayed, dict) and replayed.get("mode") == "strict"
+            strict_replay = is_strict_replay(frame)
             if tuple(frame.header.shape) != (c.rows, c.cols) and not strict_replay:  # a replay serves what it has
                 reason = f"frame of shape {tuple(frame.header.shape)} answers a {c.rows}x{c.cols} scan"
+                self.state.skip("bad_frame")
                 self._error("bad_frame", reason, step=job.step)
                 return None
             return frame
@@ -354,6 +417,11 @@ class Loop:
         if self.state.failures_in_row >= self.config.max_failures:
             raise StopLoop("failed", f"{self.state.failures_in_row} failures in a row; last: {reason}")
 
+    def _hold(self, reason: str) -> None:
+        """Safe hold: record why and end the run; the shutdown blanks the beam and nothing more is sent."""
+        self.recorder.write("safe_hold", reason=reason, step=self.state.issued)
+        raise StopLoop("held", f"safe hold: {reason}")
+
     def _instrument_lost(self, exc: Exception) -> None:
         """Wait for a reconnecting driver to come back; stop once it has been gone for the grace period.
 
@@ -368,10 +436,27 @@ class Loop:
         connected = getattr(self.driver, "connected", None)
         while connected is not None and time.monotonic() < deadline:
             time.sleep(0.05)  # let a dying connection be noticed before trusting `connected`
-            if self.driver.connected:  # type: ignore[attr-defined]
-                self.recorder.write("reconnected")
+            if self.driver.connected and self._resume():  # type: ignore[attr-defined]
                 return
         raise StopLoop("failed", f"instrument lost: {exc}")
+
+    def _resume(self) -> bool:
+        """After a reconnection: read the instrument's state back and unblank before any move.
+
+        The instrument may have restarted, or its dead-man timer blanked the beam meanwhile.  False
+        if the connection failed again meanwhile.
+        """
+        try:
+            capabilities = self.driver.capabilities()
+            unblank = UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
+            self.recorder.command(unblank, self.state.issued)
+            self.recorder.ack(self.driver.send(unblank, timeout_s=self.config.command_timeout_s), self.state.issued)
+        except CommandRefused as exc:
+            raise StopLoop("held", f"safe hold: the reconnected instrument refused to unblank: {exc}") from None
+        except DriverError:
+            return False
+        self.recorder.write("reconnected", capabilities=capabilities.model_dump(mode="json"))
+        return True
 
     def _shutdown(self, status: str, reason: str) -> None:
         """Blank the beam (bounded wait) and write the stop record."""
@@ -384,10 +469,13 @@ class Loop:
                 blanked = True
             except (DriverError, OSError) as exc:
                 self._error("blank_failed", f"could not blank the beam: {exc}")
-        self.state.status, self.state.reason = status, reason
+        self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
+        s = self.state
+        s.status, s.reason = status, reason
+        frames = {"received": s.frames_received, "analysed": s.frames_analysed, "skipped": s.frames_skipped}
         self.recorder.write(
-            "stop", status=status, reason=reason, beam_blanked=blanked, steps=self.state.steps_done,
-            timings_ms=self.timings.summary(), errors=self.state.errors,
+            "stop", status=status, reason=reason, beam_blanked=blanked, steps=s.steps_done,
+            timings_ms=self.timings.summary(), errors=s.errors, frames=frames,
         )  # fmt: skip
         logger.info("run %s: %s", status, reason)
 

@@ -15,15 +15,9 @@ from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
 from drivers.simulated import SimulatedDriver
-from models.segmenter import Segmenter
 
 FIELD = FieldTemplate(fov_nm=2.56, pixels=128, dwell_us=10.0)
 REGION = Region(-20.0, 20.0, -20.0, 20.0)
-
-
-@pytest.fixture(scope="module")
-def segmenter() -> Segmenter:
-    return Segmenter(providers="cpu", threads=1)
 
 
 def make_loop(driver, segmenter, tmp_path, policy="raster", steps=4, **loop_options) -> Loop:
@@ -130,7 +124,6 @@ class FaultyDriver:
         ("nan", "bad_frame"),
         ("shape", "bad_frame"),
         ("stale", "stale_frame"),
-        ("refuse", "refused_by_instrument"),
         ("lost", "frame_lost"),
     ],
 )
