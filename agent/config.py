@@ -9,16 +9,21 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.guard import GuardConfig
-from drivers.base import Range
+from drivers.base import Capabilities, Range
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used, naming the offending key."""
+
+
+# Limits an agent must be given before it may drive a real instrument: it never learns where it may go
+# from the instrument alone (the simulator's own limits stand in for them with ``instrument = "sim"``).
+REQUIRED_LIMITS = ("stage_x_nm", "stage_y_nm", "fov_nm", "pixels", "dwell_us")
 
 
 class FieldConfig(BaseModel):
@@ -80,6 +85,9 @@ class RunConfig(BaseModel):
     dedup_radius_nm: float = Field(0.1, gt=0.0, description="Detections closer than this are one defect.")
     max_defect_uncertainty: float = Field(0.06, gt=0.0, description="Defects more uncertain (nats) are not counted.")
     frame_timeout_s: float = Field(30.0, gt=0.0)
+    readback_tolerance_nm: float = Field(0.5, gt=0.0, description="Readback further from the command: safe hold.")
+    max_frame_age_s: float = Field(60.0, gt=0.0, description="Older frames are skipped, never analysed.")
+    perception_timeout_s: float = Field(60.0, gt=0.0, description="A model slower on one frame is hung: safe hold.")
     field: FieldConfig = FieldConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     policy_options: PolicyConfig = Field(PolicyConfig(), alias="policies")
@@ -91,6 +99,33 @@ class RunConfig(BaseModel):
         if value != "sim" and not value.startswith(("tcp://", "ipc://")):
             raise ValueError("must be 'sim' or an endpoint such as tcp://127.0.0.1:5555")
         return value
+
+    @model_validator(mode="after")
+    def _limits_for_real_instruments(self) -> RunConfig:
+        missing = [f"guard.{name}" for name in REQUIRED_LIMITS if getattr(self.guard, name) is None]
+        if self.instrument != "sim" and missing:
+            raise ValueError(
+                f"driving {self.instrument} needs its limits configured; missing: {', '.join(missing)} "
+                "(set them in the [guard] table, within what the instrument reports)"
+            )
+        return self
+
+
+def limits_beyond_instrument(guard: GuardConfig, cap: Capabilities) -> list[str]:
+    """Configured limits wider than the instrument's (each named with both ranges); empty when all fit."""
+    problems = []
+    for name in (*REQUIRED_LIMITS, "tilt_deg"):  # named alike in the guard and the capabilities
+        wanted, allowed = getattr(guard, name), getattr(cap, name)
+        if wanted is None:
+            continue
+        if allowed is None:
+            problems.append(f"guard.{name} is set but the instrument reports no {name} range")
+        elif wanted.low < allowed.low or wanted.high > allowed.high:
+            problems.append(
+                f"guard.{name} [{wanted.low:g}, {wanted.high:g}] is wider than the instrument's "
+                f"[{allowed.low:g}, {allowed.high:g}]"
+            )
+    return problems
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.config import RunConfig
-from agent.guard import Guard
+from agent.config import ConfigError, RunConfig, limits_beyond_instrument
+from agent.guard import Guard, intersect
 from agent.live import LiveView
 from agent.loop import Loop, LoopConfig, RunState
 from agent.perception import Perception
@@ -41,7 +41,8 @@ def open_instrument(config: RunConfig) -> Driver:
 def field_region(cap: Capabilities, config: RunConfig) -> Region:
     """Where field centres may lie.
 
-    The stage range (and the configured region), less half a field so every field stays on the stage.
+    The stage range (narrowed by the guard's stage limits and the configured region), less half a field
+    so every field stays within it.
 
     Raises
     ------
@@ -60,8 +61,8 @@ def field_region(cap: Capabilities, config: RunConfig) -> Region:
             raise ValueError(f"no room for a {config.field.fov_nm:g} nm field along {axis} in the allowed region")
         return low, high
 
-    x0, x1 = side(cap.stage_x_nm, config.region_x_nm, "x")
-    y0, y1 = side(cap.stage_y_nm, config.region_y_nm, "y")
+    x0, x1 = side(intersect(cap.stage_x_nm, config.guard.stage_x_nm), config.region_x_nm, "x")
+    y0, y1 = side(intersect(cap.stage_y_nm, config.guard.stage_y_nm), config.region_y_nm, "y")
     return Region(x0, x1, y0, y1)
 
 
@@ -104,6 +105,9 @@ class Experiment:
         self.driver = driver or open_instrument(config)
         try:
             cap = self.driver.capabilities()
+            beyond = limits_beyond_instrument(config.guard, cap)
+            if beyond:  # checked on the handshake alone: no command has been sent
+                raise ConfigError("the configuration does not fit the instrument: " + "; ".join(beyond))
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
             self.guard = Guard(cap, config.guard)
@@ -111,7 +115,11 @@ class Experiment:
         except BaseException:
             self.driver.close()
             raise
-        loop_config = LoopConfig(config.steps, frame_timeout_s=config.frame_timeout_s, max_failures=max_failures)
+        loop_config = LoopConfig(
+            config.steps, frame_timeout_s=config.frame_timeout_s, max_failures=max_failures,
+            readback_tolerance_nm=config.readback_tolerance_nm, max_frame_age_s=config.max_frame_age_s,
+            perception_timeout_s=config.perception_timeout_s,
+        )  # fmt: skip
         self.loop = Loop(self.driver, self.perception, self.policy, self.guard, loop_config, self.recorder,
                          LiveView() if live else None)  # fmt: skip
         self.summary: dict[str, Any] = {}

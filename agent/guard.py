@@ -71,7 +71,8 @@ class Refusal:
     reason: str
 
 
-def _intersect(a: Range | None, b: Range | None) -> Range | None:
+def intersect(a: Range | None, b: Range | None) -> Range | None:
+    """The overlap of two optional ranges (either may be None: the other stands); None if they do not overlap."""
     if a is None:
         return b
     if b is None:
@@ -88,13 +89,13 @@ class Guard:
         c, cap = self.config, capabilities
         self.kinds = set(cap.command_kinds)
         self.limits: dict[str, Range | None] = {
-            "x_nm": _intersect(cap.stage_x_nm, c.stage_x_nm),
-            "y_nm": _intersect(cap.stage_y_nm, c.stage_y_nm),
-            "fov_nm": _intersect(cap.fov_nm, c.fov_nm),
-            "rows": _intersect(cap.pixels, c.pixels),
-            "cols": _intersect(cap.pixels, c.pixels),
-            "dwell_us": _intersect(cap.dwell_us, c.dwell_us),
-            "tilt_deg": _intersect(cap.tilt_deg, c.tilt_deg),
+            "x_nm": intersect(cap.stage_x_nm, c.stage_x_nm),
+            "y_nm": intersect(cap.stage_y_nm, c.stage_y_nm),
+            "fov_nm": intersect(cap.fov_nm, c.fov_nm),
+            "rows": intersect(cap.pixels, c.pixels),
+            "cols": intersect(cap.pixels, c.pixels),
+            "dwell_us": intersect(cap.dwell_us, c.dwell_us),
+            "tilt_deg": intersect(cap.tilt_deg, c.tilt_deg),
         }
         self.max_frame_dose = cap.max_dose_e_per_a2
         self.position: tuple[float, float] | None = None

@@ -120,7 +120,7 @@ class ReplayDriver:
             self.stats["refused_exhausted"] += 1
             lost = f" (the log was cut: {self.problem})" if self.problem else ""
             reason = f"recording exhausted: it holds {len(self.frames)} frames and all were served{lost}"
-            raise CommandRefused(Ack.refusal(command, "refused", reason))
+            raise CommandRefused(Ack.refusal(command, "unsupported", reason))
         source = self.frames[self._next]
         self._next += 1
         self._pace(source.header.acquisition_end_unix_s, 0.0)
@@ -133,7 +133,7 @@ class ReplayDriver:
             self.stats["refused_no_data"] += 1
             where = f"({command.x_nm:g}, {command.y_nm:g}) nm"
             reason = f"no data: no recorded frame covers the {command.fov_nm:g} nm field at {where}"
-            raise CommandRefused(Ack.refusal(command, "refused", reason))
+            raise CommandRefused(Ack.refusal(command, "unsupported", reason))
         source = self.frames[index]
         self._pace(None, command.rows * command.cols * command.dwell_us * 1e-6)
         image = self._resample(index, command)

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 EXIT_INTERRUPTED = 130
+EXIT_HELD = 4  # safe hold: the beam is blanked; an operator checks the instrument before a new run
 
 
 def register(sub: Any) -> None:
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     if config.record:
         print(f"session recorded in {config.record} (autoscope report {config.record})", file=sys.stderr)
-    return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED}.get(state.status, 1)
+    return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED, "held": EXIT_HELD}.get(state.status, 1)
 
 
 def versions() -> dict[str, str]:

@@ -14,7 +14,10 @@ import pytest
 from agent.cli import main
 from drivers.recording import read_session
 
-SMALL = "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n"
+SMALL = "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n" + (
+    "[guard]\nstage_x_nm = { low = -100.0, high = 100.0 }\nstage_y_nm = { low = -100.0, high = 100.0 }\n"
+    "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 1024 }\ndwell_us = { low = 0.1, high = 100.0 }\n"
+)  # a real instrument's limits must be configured (tcp runs need them)
 
 
 @pytest.fixture
@@ -115,3 +118,55 @@ def test_the_baseline_policies_run_without_importing_torch(small_config):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["0", "False", "False"]
+
+
+def _listener():
+    """A plain TCP listener standing in for an instrument: did anyone connect?"""
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.settimeout(0.5)
+    return sock, f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("guard", "message"),
+    [
+        ("", "missing: guard.stage_x_nm, guard.stage_y_nm, guard.fov_nm, guard.pixels, guard.dwell_us"),
+        ("[guard]\nstage_x_nm = { low = -10.0, high = 10.0 }\n", "missing: guard.stage_y_nm, guard.fov_nm"),
+        (SMALL.split("[guard]\n")[1].replace("low = -100.0, high = 100.0", "low = 5.0, high = -5.0", 1), "stage_x_nm"),
+    ],
+)
+def test_a_config_without_sane_limits_refuses_to_start_without_touching_the_instrument(
+    tmp_path, capsys, guard, message
+):
+    config = tmp_path / "limits.toml"
+    config.write_text(
+        "[field]\nfov_nm = 2.56\npixels = 128\n" + ("[guard]\n" if guard and "[guard]" not in guard else "") + guard
+    )
+    sock, endpoint = _listener()
+    try:
+        assert main(["run", "--instrument", endpoint, "--steps", "2", "--config", str(config), "--quiet"]) == 2
+        with pytest.raises(TimeoutError):
+            sock.accept()  # nobody ever connected
+    finally:
+        sock.close()
+    err = capsys.readouterr().err
+    assert message in err and ("low (5.0) must not exceed high (-5.0)" in err or "missing" in message)
+
+
+def test_limits_wider_than_the_instruments_refuse_before_any_command(tmp_path, capsys):
+    from drivers.memory import InMemoryDriver
+    from drivers.server import InstrumentServer
+
+    config = tmp_path / "wide.toml"
+    config.write_text(
+        SMALL.replace("stage_x_nm = { low = -100.0, high = 100.0 }", "stage_x_nm = { low = -5000.0, high = 100.0 }")
+    )
+    driver = InMemoryDriver()  # its stage reaches +-1000 nm
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        assert main(["run", "--instrument", server.endpoint, "--steps", "2", "--config", str(config), "--quiet"]) == 2
+    assert driver.commands == []
+    assert "guard.stage_x_nm [-5000, 100] is wider than the instrument's [-1000, 1000]" in capsys.readouterr().err
