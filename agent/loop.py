@@ -292,7 +292,9 @@ class Loop:
             if isinstance(checked, Refusal):
                 self._refused(decision, "guard", checked.reason)
                 continue
-            assert isinstance(checked, ScanCommand)  # policies here propose scans
+            if not isinstance(checked, ScanCommand):  # tilt series run in agent.tomo, not here
+                self._refused(decision, "loop", f"this loop acquires scans; a {checked.kind} decision is not run")
+                continue
             self.timings.add("suggest", 1e3 * (t1 - t0))
             self.timings.add("guard", 1e3 * (t2 - t1))
             if self._send_scan(checked, decision):

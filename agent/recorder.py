@@ -14,9 +14,8 @@ from drivers.recording import SessionWriter
 
 
 def decision_record(decision: Decision, step: int) -> dict[str, Any]:
-    """A decision as a JSON-able record."""
-    fields = dataclasses.asdict(decision)
-    return {"type": "decision", "step": step, **fields, "rationale": _jsonable(decision.rationale)}
+    """A decision as a JSON-able record (non-finite values, which the guard refuses, are written as null)."""
+    return {"type": "decision", "step": step, **_jsonable(dataclasses.asdict(decision))}
 
 
 def _jsonable(value: Any) -> Any:
