@@ -23,6 +23,7 @@ from drivers.base import (
     Command,
     CommandRefused,
     Disconnected,
+    DriverError,
     DriverTimeout,
     Frame,
     FrameHeader,
@@ -38,12 +39,12 @@ class FrameQueue:
     """Acquired frames waiting to be read; ``get`` never blocks past its timeout."""
 
     def __init__(self) -> None:
-        self._frames: collections.deque[Frame] = collections.deque()
+        self._frames: collections.deque[Frame | DriverError] = collections.deque()
         self._ready = threading.Condition()
         self.closed = False
 
-    def put(self, frame: Frame) -> None:
-        """Append a frame and wake a waiting reader."""
+    def put(self, frame: Frame | DriverError) -> None:
+        """Append a frame (or the error an acquisition ended with, raised to its reader) and wake a reader."""
         with self._ready:
             self._frames.append(frame)
             self._ready.notify_all()
@@ -55,7 +56,10 @@ class FrameQueue:
                 raise DriverTimeout(f"no frame within {timeout_s} s")
             if not self._frames:
                 raise Disconnected("instrument is closed")
-            return self._frames.popleft()
+            item = self._frames.popleft()
+        if isinstance(item, DriverError):
+            raise item
+        return item
 
     def close(self) -> None:
         """Wake every reader; later reads of an empty queue raise :class:`Disconnected`."""

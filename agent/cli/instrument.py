@@ -2,7 +2,8 @@
 
 ``--sim`` puts :class:`drivers.simulated.SimulatedDriver` behind the instrument server
 until interrupted, logging each command; ``--replay DIR`` does the same with a recorded session
-(:class:`drivers.replay.ReplayDriver`).  ``--check ENDPOINT`` connects, prints the
+(:class:`drivers.replay.ReplayDriver`), ``--nion-usim`` with Nion's own simulated STEM driven through
+:class:`drivers.nion.NionDriver`.  ``--check ENDPOINT`` connects, prints the
 capabilities, acquires one frame and prints its header.  ``--make-keys DIR`` writes
 CURVE certificates for a server and one client.
 """
@@ -24,6 +25,10 @@ def register(sub: Any) -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--sim", action="store_true", help="serve a simulated STEM until interrupted")
     mode.add_argument("--replay", metavar="DIR", type=Path, help="serve a recorded session until interrupted")
+    mode.add_argument(
+        "--nion-usim", action="store_true",
+        help="serve Nion's own STEM simulator (nionswift-usim, headless) through the Nion driver",
+    )  # fmt: skip
     mode.add_argument("--check", metavar="ENDPOINT", help="connect, print capabilities, acquire one frame")
     mode.add_argument("--make-keys", metavar="DIR", type=Path, help="write CURVE certificates (server, client)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="command endpoint (default tcp://127.0.0.1:5555)")
@@ -35,6 +40,11 @@ def register(sub: Any) -> None:
         help="--replay: recorded frames in order (strict), or answer fields from the recorded data (instrument)",
     )  # fmt: skip
     p.add_argument("--speed", default="max", help="--replay: max, realtime or a factor of the recorded pace")
+    p.add_argument(
+        "--scan-data", choices=("specimen", "usim"), default="specimen",
+        help="--nion-usim: what usim scans: our simulated specimen (--specimen-seed, --lattice) or usim's sample",
+    )  # fmt: skip
+    p.add_argument("--positioner", choices=("scan", "stage"), default="scan", help="--nion-usim: how fields are placed")
     p.add_argument("--tomo", action="store_true", help="--sim: a tomography holder projecting a 3-D phantom")
     p.add_argument("--phantom-seed", type=int, default=0, help="--sim --tomo: phantom seed")
     p.add_argument("--size-px", type=int, default=64, help="--sim --tomo: phantom edge in voxels")
@@ -118,6 +128,8 @@ def _driver(args: argparse.Namespace) -> tuple[Any, str]:
 
         driver = ReplayDriver(args.replay, mode=args.replay_mode, speed=parse_speed(args.speed))
         return driver, f"replay of {args.replay} ({args.replay_mode}, {len(driver.frames)} frames)"
+    if args.nion_usim:
+        return _nion_usim(args)
     if args.tomo:
         from drivers.simulated_tomo import SimulatedTiltDriver
 
@@ -126,6 +138,23 @@ def _driver(args: argparse.Namespace) -> tuple[Any, str]:
     from drivers.simulated import SimulatedDriver
 
     return SimulatedDriver(specimen_seed=args.specimen_seed, lattice=args.lattice), "simulated instrument"
+
+
+def _nion_usim(args: argparse.Namespace) -> tuple[Any, str]:
+    """Nion's simulator behind the Nion driver; closing the driver also stops the simulator."""
+    from drivers.nion import NionDriver
+    from drivers.nion_usim import SpecimenScanData, UsimHost
+
+    scan_data = None
+    if args.scan_data == "specimen":
+        from simulators import ImagingParams, Specimen, SpecimenConfig
+
+        specimen = Specimen(SpecimenConfig(seed=args.specimen_seed, lattice=args.lattice))
+        scan_data = SpecimenScanData(specimen, ImagingParams(), seed=args.specimen_seed)
+    host = UsimHost(scan_data)
+    stem, scan = host.start()
+    driver = NionDriver(stem, scan, positioner=args.positioner, on_close=host.stop)
+    return driver, f"Nion usim ({args.scan_data} scan data, {args.positioner} positioner)"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -163,4 +192,4 @@ def _make_keys(directory: Path) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.make_keys is not None:
         return _make_keys(args.make_keys)
-    return _serve(args) if args.sim or args.replay is not None else _check(args)
+    return _serve(args) if args.sim or args.nion_usim or args.replay is not None else _check(args)

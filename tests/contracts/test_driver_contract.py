@@ -1,7 +1,8 @@
 """The Driver contract: every implementation behaves the same at the instrument boundary.
 
-Runs over the in-memory driver, the simulated instrument, and the remote driver talking
-to each of them through a real instrument server on loopback TCP.
+Runs over the in-memory driver, the simulated instrument, the Nion driver on Nion's own simulator
+(nionswift-usim, headless), and the remote driver talking to each of them through a real instrument
+server on loopback TCP.
 """
 
 from __future__ import annotations
@@ -34,10 +35,21 @@ def _simulated() -> SimulatedDriver:
     return SimulatedDriver(specimen_seed=1, specimen_config={"width_nm": 64.0, "height_nm": 64.0})
 
 
-@pytest.fixture(params=["memory", "simulated", "remote-memory", "remote-simulated"])
+def _nion() -> Driver:
+    pytest.importorskip("nion.instrumentation", reason="the Nion extra is not installed")
+    from drivers.nion import NionDriver
+    from drivers.nion_usim import UsimHost
+
+    host = UsimHost()
+    stem, scan = host.start()
+    return NionDriver(stem, scan, on_close=host.stop)
+
+
+@pytest.fixture(params=["memory", "simulated", "nion", "remote-memory", "remote-simulated", "remote-nion"])
 def driver(request) -> Iterator[Driver]:
     kind = request.param
-    inner: Driver = _simulated() if kind.endswith("simulated") else InMemoryDriver()
+    make = {"memory": InMemoryDriver, "simulated": _simulated, "nion": _nion}[kind.removeprefix("remote-")]
+    inner: Driver = make()
     if not kind.startswith("remote"):
         yield inner
         inner.close()
@@ -128,6 +140,11 @@ def test_blanked_beam_refuses_scans_until_unblanked(driver):
 
 def test_tilt_is_applied_and_reported(driver):
     cap = driver.capabilities()
+    if "set_tilt" not in cap.command_kinds:  # an instrument without a stage tilt says so, and refuses tilts
+        assert cap.tilt_deg is None
+        with pytest.raises(CommandRefused, match="set_tilt"):
+            driver.send(SetTiltCommand(tilt_deg=12.5))
+        return
     assert cap.tilt_deg is not None
     assert driver.send(SetTiltCommand(tilt_deg=12.5)).accepted
     driver.send(_scan(cap))
