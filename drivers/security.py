@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import zmq
@@ -90,3 +91,22 @@ def apply_client_keys(socket: zmq.Socket[bytes], keys: CurveClientKeys) -> None:
     socket.curve_secretkey = keys.secret
     socket.curve_publickey = keys.public
     socket.curve_serverkey = keys.server_public
+
+
+def load_server_keys(server_key: Path, allow_clients: Path | None) -> CurveServerKeys:
+    """Server keys from a zmq.auth secret certificate and a folder of allowed client public certificates.
+
+    Raises
+    ------
+    ValueError
+        The certificate holds no secret key, or no client is allowed.
+    """
+    public, secret = zmq.auth.load_certificate(str(server_key))
+    if secret is None:
+        raise ValueError(f"{server_key} holds no secret key")
+    allowed: frozenset[bytes] = frozenset()
+    if allow_clients is not None:
+        allowed = frozenset(zmq.auth.load_certificate(str(f))[0] for f in sorted(Path(allow_clients).glob("*.key")))
+    if not allowed:
+        raise ValueError("a server key needs an allow-list with at least one client public certificate")
+    return CurveServerKeys(public, secret, allowed)

@@ -65,19 +65,9 @@ def register(sub: Any) -> None:
 def _server_keys(args: argparse.Namespace) -> Any:
     if args.server_key is None:
         return None
-    import zmq.auth
+    from drivers.security import load_server_keys
 
-    from drivers.security import CurveServerKeys
-
-    public, secret = zmq.auth.load_certificate(str(args.server_key))
-    if secret is None:
-        raise ValueError(f"{args.server_key} holds no secret key")
-    allowed: frozenset[bytes] = frozenset()
-    if args.allow_clients is not None:
-        allowed = frozenset(zmq.auth.load_certificate(str(f))[0] for f in sorted(args.allow_clients.glob("*.key")))
-    if not allowed:
-        raise ValueError("--server-key needs --allow-clients with at least one client public certificate")
-    return CurveServerKeys(public, secret, allowed)
+    return load_server_keys(args.server_key, args.allow_clients)
 
 
 def _client_keys(args: argparse.Namespace) -> Any:
