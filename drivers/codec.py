@@ -96,6 +96,8 @@ def decode_envelope(parts: list[bytes]) -> dict[str, Any]:
         obj = json.loads(bytes(parts[0]).decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("json", f"first part is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("json", "first part nests too deeply to parse") from None
     if not isinstance(obj, dict) or "v" not in obj or "type" not in obj:
         raise ProtocolError("envelope", "message must be a JSON object with 'v' and 'type'")
     if obj["v"] != PROTOCOL_VERSION:

@@ -36,6 +36,8 @@ from drivers.security import CurveClientKeys, apply_client_keys
 
 logger = logging.getLogger(__name__)
 
+_HELLO_RETRY_S = 0.05  # until welcomed, hello is repeated this often (it is dropped while TCP connects)
+
 
 class RemoteDriver:
     """Connect to an instrument server at ``endpoint``.
@@ -252,9 +254,10 @@ class RemoteDriver:
         last_in, last_out = time.monotonic(), 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            if not self._connected.is_set() and now - last_out >= self.heartbeat_s:
-                self._try_send(sock, hello)  # (re)introduce ourselves until welcomed
-                last_out = now
+            welcomed = self._connected.is_set()
+            if not welcomed and now - last_out >= min(self.heartbeat_s, _HELLO_RETRY_S):
+                self._try_send(sock, hello)  # (re)introduce ourselves until welcomed (IMMEDIATE drops it
+                last_out = now  # while the TCP connection is still being made: retry soon)
             elif self._connected.is_set() and now - last_out >= self.heartbeat_s:
                 self._try_send(sock, [envelope("heartbeat", t=time.time())])
                 last_out = now
@@ -264,7 +267,8 @@ class RemoteDriver:
                     return
                 if self._caps is not None:
                     return  # a reconnect attempt that got no welcome: back off and retry
-            events = dict(poller.poll(timeout=int(1000 * self.heartbeat_s / 4)))
+            wait_s = self.heartbeat_s / 4 if welcomed else min(self.heartbeat_s / 4, _HELLO_RETRY_S)
+            events = dict(poller.poll(timeout=int(1000 * wait_s)))
             if self._wake_rx in events:
                 while self._drain_wake():
                     pass
@@ -343,6 +347,9 @@ class RemoteDriver:
         obj = decode_envelope([bytes(parts[0]), *parts[1:]])  # type: ignore[list-item]
         kind = obj["type"]
         if kind == "welcome":
+            if self._connected.is_set():  # the answer to a repeated hello of this same connection
+                self.stats["extra_welcomes"] += 1
+                return
             self._caps = decode_capabilities(obj)
             self._expected_seq = 0
             self._connected.set()
@@ -367,3 +374,5 @@ class RemoteDriver:
                     self._frames.put(error)
         elif kind == "heartbeat":
             self.stats["heartbeats_in"] += 1
+        else:  # hello, command, bye: what a client sends, never a server
+            raise ProtocolError("type", f"a server may not send {kind!r} messages")

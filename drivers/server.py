@@ -253,7 +253,11 @@ class InstrumentServer:
             self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
             if identity == self._commander:
                 self._commander_seen = time.monotonic()
-            self._handle(identity, body)
+            try:
+                self._handle(identity, body)
+            except Exception:  # a bug must not end the I/O thread: log it, count it, keep serving
+                self.stats["internal_errors"] += 1
+                logger.exception("message from client %s could not be handled", identity.hex()[:8])
 
     def _reply(self, identity: bytes, parts: list[Any]) -> None:
         try:
@@ -377,6 +381,6 @@ def _command_id_of(body: list[bytes]) -> str | None:
     try:
         obj = json.loads(bytes(body[0]))
         cid = obj["command"]["id"]
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return None
     return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None

@@ -1,0 +1,83 @@
+"""F2/F4: an instrument process frozen (SIGSTOP: a silent peer whose TCP connection stays up).
+
+Detected by heartbeat within 3.5 s (1 s heartbeat, three missed = gone); no call blocks past its
+timeout meanwhile; a command sent into the frozen connection is never executed late, however long the
+freeze (its deadline passes, the server drops it); after the thaw the driver reconnects with a fresh
+handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from drivers.base import CommandRefused, Disconnected, DriverTimeout, ScanCommand, UnblankCommand, deadline_in
+from drivers.remote import RemoteDriver
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
+
+
+def _serve() -> tuple[str, subprocess.Popen[str]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "instrument", "--sim", "--bind", endpoint],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert proc.stdout is not None and "simulated instrument on" in proc.stdout.readline()
+    return endpoint, proc
+
+
+def test_a_frozen_instrument_is_detected_and_a_command_sent_into_it_never_runs_late():
+    endpoint, proc = _serve()
+    scan = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 4.0, "rows": 32, "cols": 32, "dwell_us": 1.0}
+    try:
+        with RemoteDriver(endpoint, heartbeat_s=1.0) as remote:
+            remote.send(UnblankCommand())
+            os.kill(proc.pid, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            late = ScanCommand(**scan, deadline_unix_s=deadline_in(1.0))
+            with pytest.raises((DriverTimeout, Disconnected)):
+                remote.send(late, timeout_s=0.5)  # goes into the frozen connection's buffers
+            longest_call_s = 0.0
+            while remote.connected and time.monotonic() - frozen_at < 10.0:
+                t0 = time.monotonic()
+                with pytest.raises((DriverTimeout, Disconnected)):
+                    remote.next_frame(0.2)
+                longest_call_s = max(longest_call_s, time.monotonic() - t0)
+            detected_s = time.monotonic() - frozen_at
+            assert not remote.connected and detected_s <= 3.5, detected_s
+            assert longest_call_s < 1.0
+            with pytest.raises(Disconnected):
+                remote.send(ScanCommand(**scan))  # nothing is queued for a peer that is gone
+            time.sleep(1.0)
+            os.kill(proc.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 10.0
+            while not remote.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert remote.connected and remote.stats["reconnects"] >= 1  # a fresh hello/welcome
+            with pytest.raises(DriverTimeout):
+                remote.next_frame(0.5)  # the scan sent into the freeze never produced a frame
+            fresh = ScanCommand(**scan)
+            try:
+                remote.send(fresh)
+            except CommandRefused as exc:  # the server's dead-man blanked the beam during the freeze
+                assert "blank" in str(exc)
+                remote.send(UnblankCommand())
+                fresh = ScanCommand(**scan)
+                remote.send(fresh)
+            assert remote.next_frame(5.0).header.command_id == fresh.id
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats.get("expired", 0) >= 1  # the late scan was dropped at the server, never executed
