@@ -5,6 +5,7 @@ Instrument, perception, policy, guard, recorder and loop, with the session's sta
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from agent.config import ConfigError, RunConfig, limits_beyond_instrument
@@ -17,7 +18,10 @@ from agent.recorder import SessionRecorder
 from agent.reward import Reward
 from agent.summary import run_summary
 from drivers.base import Capabilities, Driver, Range
+from drivers.recording import RecordingError
 from models.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
 
 
 def open_instrument(config: RunConfig) -> Driver:
@@ -142,7 +146,10 @@ class Experiment:
         self.summary = run_summary(self.loop, self.config.policy)
         catalog = self.perception.catalog
         defects = {"x_nm": catalog.x_nm, "y_nm": catalog.y_nm, "class_id": catalog.class_id, "step": catalog.first_step}
-        self.recorder.write("summary", summary=self.summary, defects=defects)
+        try:
+            self.recorder.write("summary", summary=self.summary, defects=defects)
+        except RecordingError as exc:  # the run itself ended safely; say what could not be kept
+            logger.error("the summary record could not be written: %s", exc)
         return state
 
     def close(self) -> None:

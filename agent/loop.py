@@ -38,6 +38,7 @@ from drivers.base import (
     UnblankCommand,
     deadline_in,
 )
+from drivers.recording import RecordingError
 from models.preprocess import ImageError
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class Loop:
             status, reason = "interrupted", str(exc) or type(exc).__name__
         except StopLoop as exc:
             status, reason = exc.status, exc.reason
+        except RecordingError as exc:  # nothing may be sent that cannot be recorded first
+            status, reason = "failed", f"the session can no longer be recorded: {exc}"
         except Exception as exc:
             status, reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
             self._shutdown(status, reason)
@@ -464,22 +467,31 @@ class Loop:
         """Blank the beam (bounded wait) and write the stop record."""
         blanked = False
         if "blank" in self._kinds():
-            try:
-                blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
-                self.recorder.command(blank, self.state.issued)
+            blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
+            self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
+            try:  # the one command sent even when it could not be recorded: the beam must go off
                 self.driver.send(blank, timeout_s=self.config.stop_timeout_s)
                 blanked = True
             except (DriverError, OSError) as exc:
-                self._error("blank_failed", f"could not blank the beam: {exc}")
+                message = f"could not blank the beam: {exc}"
+                self._record_if_possible(lambda: self._error("blank_failed", message))
         self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
         s = self.state
         s.status, s.reason = status, reason
         frames = {"received": s.frames_received, "analysed": s.frames_analysed, "skipped": s.frames_skipped}
-        self.recorder.write(
+        self._record_if_possible(lambda: self.recorder.write(
             "stop", status=status, reason=reason, beam_blanked=blanked, steps=s.steps_done,
             timings_ms=self.timings.summary(), errors=s.errors, frames=frames,
-        )  # fmt: skip
+        ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
+
+    @staticmethod
+    def _record_if_possible(write: Callable[[], None]) -> None:
+        """On the way out a recording failure is logged, not raised: blanking comes first."""
+        try:
+            write()
+        except RecordingError as exc:
+            logger.error("not recorded: %s", exc)
 
     def _kinds(self) -> tuple[str, ...]:
         try:

@@ -68,15 +68,33 @@ class SessionWriter:
         self._fsync = fsync
         self.records = 0
         self.bytes_written = 0
+        self.failed: str | None = None  # why writing stopped, once it has
         self._write(MAGIC)
 
     def _write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` whole, or fail leaving the file as it was (a valid prefix, never a torn record).
+
+        Raises
+        ------
+        RecordingError
+            The disk refused (full, I/O error...); this and every later write fail.
+        """
+        if self.failed is not None:
+            raise RecordingError(f"{self.path} can no longer be written: {self.failed}")
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self._fsync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self.failed = f"{exc.strerror or exc} (errno {exc.errno}) after {self.records} records"
+            try:
+                os.ftruncate(self._fd, self.bytes_written)  # drop the torn record: the log stays a valid prefix
+            except OSError:
+                pass  # the reader still stops at the torn record; nothing after it is ever written
+            raise RecordingError(f"cannot record to {self.path}: {self.failed}") from exc
         self.bytes_written += len(data)
 
     def _record(self, kind: int, body: bytes) -> None:
