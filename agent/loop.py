@@ -465,16 +465,7 @@ class Loop:
 
     def _shutdown(self, status: str, reason: str) -> None:
         """Blank the beam (bounded wait) and write the stop record."""
-        blanked = False
-        if "blank" in self._kinds():
-            blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
-            self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
-            try:  # the one command sent even when it could not be recorded: the beam must go off
-                self.driver.send(blank, timeout_s=self.config.stop_timeout_s)
-                blanked = True
-            except (DriverError, OSError) as exc:
-                message = f"could not blank the beam: {exc}"
-                self._record_if_possible(lambda: self._error("blank_failed", message))
+        blanked = "blank" in self._kinds() and any(self._blank(attempt) for attempt in range(2))
         self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
         s = self.state
         s.status, s.reason = status, reason
@@ -484,6 +475,21 @@ class Loop:
             timings_ms=self.timings.summary(), errors=s.errors, frames=frames,
         ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
+
+    def _blank(self, attempt: int) -> bool:
+        """Send a blank (the one command sent even when it could not be recorded); True once acknowledged.
+
+        Tried twice, each bounded by ``stop_timeout_s``: a lost ack must not leave the question open.
+        """
+        blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
+        self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
+        try:
+            self.driver.send(blank, timeout_s=self.config.stop_timeout_s)
+            return True
+        except (DriverError, OSError) as exc:
+            message = f"could not blank the beam (attempt {attempt + 1}): {exc}"
+            self._record_if_possible(lambda: self._error("blank_failed", message))
+            return False
 
     @staticmethod
     def _record_if_possible(write: Callable[[], None]) -> None:
