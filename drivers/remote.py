@@ -245,10 +245,24 @@ class RemoteDriver:
             backoff = min(backoff * 2, 2.0)
 
     def _session(self, sock: zmq.Socket[bytes]) -> None:
-        """One connection: hello, then serve until the peer is silent for three heartbeats."""
+        """One connection: hello, then serve until the peer is silent for three heartbeats or drops.
+
+        A dropped TCP connection ends the session at once: a killed server is noticed in milliseconds,
+        and a restarted one never inherits the session (ZeroMQ would reconnect underneath; a drop
+        always means a fresh socket and a fresh hello).
+        """
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            self._serve_session(sock, monitor)
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+
+    def _serve_session(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         self._expected_seq = 0
         hello = [envelope("hello", client="autoscope.RemoteDriver")]
         last_in, last_out = time.monotonic(), 0.0
@@ -276,6 +290,13 @@ class RemoteDriver:
             if sock in events:
                 while self._receive(sock):
                     last_in = time.monotonic()
+            if monitor in events:
+                monitor.recv_multipart()
+                if self._connected.is_set():
+                    self._lost("the connection to the server dropped")
+                    return
+                if self._caps is not None:
+                    return  # a reconnect attempt whose connection dropped before the welcome
         self._flush_outbox(sock)
 
     def _drain_wake(self) -> bool:
