@@ -14,7 +14,7 @@ from agent.live import LiveView
 from agent.loop import Loop, LoopConfig, RunState
 from agent.perception import Perception
 from agent.policies import AcquisitionConfig, FieldTemplate, Policy, PolicyContext, Region, ScoreWeights, make_policy
-from agent.recorder import SessionRecorder
+from agent.recorder import SessionRecorder, claim_session_dir
 from agent.reward import Reward
 from agent.summary import run_summary
 from drivers.base import Capabilities, Driver, Range
@@ -115,7 +115,11 @@ class Experiment:
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
             self.guard = Guard(cap, config.guard)
-            self.recorder = recorder or SessionRecorder(config.record)
+            self.previous_session: dict[str, Any] | None = None
+            self.record_dir = config.record
+            if recorder is None and config.record is not None:
+                self.record_dir, self.previous_session = claim_session_dir(config.record)
+            self.recorder = recorder or SessionRecorder(self.record_dir)
         except BaseException:
             self.driver.close()
             raise
@@ -141,6 +145,7 @@ class Experiment:
             capabilities=self.driver.capabilities().model_dump(mode="json"),
             region_nm=[self.region.x_min_nm, self.region.x_max_nm, self.region.y_min_nm, self.region.y_max_nm],
             class_names=list(self.perception.class_names),
+            previous_session=self.previous_session,
         )
         state = self.loop.run()
         self.summary = run_summary(self.loop, self.config.policy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -10,7 +11,46 @@ from typing import Any
 
 from agent.guard import Decision
 from drivers.base import Ack, Command, Frame
-from drivers.recording import SessionWriter
+from drivers.recording import LOG_NAME, RecordingError, SessionWriter, read_session
+
+UNCLOSED_MARK = "UNCLOSED.json"
+
+
+def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
+    """Where a new session asked to go to ``directory`` is recorded, and the unclosed session it follows.
+
+    A directory holding a closed session is never reused.  One holding an *unclosed* session (its
+    agent was killed: no stop record) is marked with ``UNCLOSED.json`` and left as it is; the new
+    session goes to ``<directory>.2`` (or the next free suffix) and its start record links back.
+
+    Raises
+    ------
+    RecordingError
+        The directory holds a closed session.
+    """
+    directory = Path(directory)
+    if not (directory / LOG_NAME).exists():
+        return directory, None
+    old = read_session(directory)
+    if any(r.get("type") == "stop" for r in old.records):
+        raise RecordingError(f"{directory} already holds a finished session: a session directory is written once")
+    previous = {
+        "path": str(directory),
+        "closed": False,
+        "records": len(old.records),
+        "frames": len(old.frames),
+        "valid_bytes": old.valid_bytes,
+        "file_bytes": old.file_bytes,
+        "problem": old.problem,
+        "last_record_unix_s": next((r.get("t_unix_s") for r in reversed(old.records) if "t_unix_s" in r), None),
+    }
+    mark = directory / UNCLOSED_MARK
+    if not mark.exists():
+        mark.write_text(json.dumps({**previous, "marked_unix_s": time.time()}, indent=2) + "\n")
+    k = 2
+    while (directory.with_name(f"{directory.name}.{k}") / LOG_NAME).exists():
+        k += 1
+    return directory.with_name(f"{directory.name}.{k}"), previous
 
 
 def decision_record(decision: Decision, step: int) -> dict[str, Any]:

@@ -80,7 +80,10 @@ def _run(args: argparse.Namespace) -> int:
     with Experiment(config, live=not args.quiet) as experiment, _signals_interrupt():
         state = experiment.run()
     summary = experiment.summary
-    for path in filter(None, (config.json_summary, config.record and config.record / "SUMMARY.json")):
+    record = experiment.record_dir
+    if experiment.previous_session is not None:
+        print(f"{config.record} held an unclosed session (marked UNCLOSED.json); this one follows it", file=sys.stderr)
+    for path in filter(None, (config.json_summary, record and record / "SUMMARY.json")):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(summary, indent=2) + "\n")
     found = f", {summary['true_defects_found']} of them planted" if "true_defects_found" in summary else ""
@@ -91,8 +94,8 @@ def _run(args: argparse.Namespace) -> int:
         f"travel {summary['travel_nm']:.0f} nm; latency p50 {latency.get('p50', float('nan')):.0f} ms",
         file=sys.stderr,
     )
-    if config.record:
-        print(f"session recorded in {config.record} (autoscope report {config.record})", file=sys.stderr)
+    if record:
+        print(f"session recorded in {record} (autoscope report {record})", file=sys.stderr)
     return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED, "held": EXIT_HELD}.get(state.status, 1)
 
 
