@@ -56,3 +56,11 @@ def tiny_model(tmp_path_factory) -> TinyModel:
     onnx = run_dir / "tiny.onnx"
     export_run(run_dir, onnx, name="tiny", tile_size_px=64, calibration_frames=4)
     return TinyModel(run_dir, onnx, onnx.with_suffix(".json"))
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    """The bundled ensemble on one CPU thread (shared by every test: loading it costs a second)."""
+    from models.segmenter import Segmenter
+
+    return Segmenter(providers="cpu", threads=1)

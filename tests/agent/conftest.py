@@ -54,11 +54,3 @@ def sim_server():
     if proc.poll() is None:
         proc.kill()
         proc.communicate(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def segmenter():
-    """The bundled ensemble on one CPU thread (shared: loading it costs a second)."""
-    from models.segmenter import Segmenter
-
-    return Segmenter(providers="cpu", threads=1)
