@@ -13,14 +13,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent.cli import instrument, replay, report, run, segment, sessions, simulate, tomo, train
+from agent.cli import instrument, replay, report, run, segment, sessions, simulate, tomo, train, watch
 
 #: Exit status for bad input (arguments, parameters, files).
 EXIT_USAGE = 2
 #: Exit status when the instrument fails (gone, refused, timed out).
 EXIT_FAILURE = 1
 
-_SUBCOMMANDS = (run, replay, report, tomo, simulate, train, segment, instrument, sessions)
+_SUBCOMMANDS = (run, replay, report, tomo, simulate, train, segment, instrument, sessions, watch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,102 @@
+"""A passive observer of an instrument server's frame stream (its PUB endpoint): frames, no commands.
+
+For an agent that only watches and suggests while a person drives.  Frames carry the stream's own
+sequence numbers; gaps (the publisher drops frames for a subscriber that falls behind its high-water
+mark) are counted in ``stats["frames_lost"]``, never hidden.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import zmq
+
+from drivers.base import DriverTimeout, Frame, ProtocolError
+from drivers.codec import decode_envelope, decode_frame
+from drivers.security import CurveClientKeys, apply_client_keys
+
+
+class FrameSubscriber:
+    """Subscribe to ``endpoint`` (an instrument server's ``--pub``).
+
+    Parameters
+    ----------
+    endpoint
+        The server's PUB endpoint.
+    max_frame_bytes
+        Larger frames are dropped and counted.
+    queue_frames
+        Frames held for a slow reader before the publisher drops (and this side counts) the rest.
+    curve
+        CURVE client keys when the server requires them.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        max_frame_bytes: int = 256 * 2**20,
+        queue_frames: int = 100,
+        curve: CurveClientKeys | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.max_frame_bytes = max_frame_bytes
+        self.stats: Counter[str] = Counter()
+        self._expected: int | None = None
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.SUB)
+        for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, queue_frames), (zmq.MAXMSGSIZE, max_frame_bytes + 65536)):
+            self._sock.setsockopt(opt, value)
+        if curve is not None:
+            apply_client_keys(self._sock, curve)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"frame")
+        self._sock.connect(endpoint)
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        """The next frame of the stream.
+
+        Raises
+        ------
+        DriverTimeout
+            None within ``timeout_s``.
+        """
+        if not self._sock.poll(int(1000 * timeout_s)):
+            raise DriverTimeout(f"no frame on {self.endpoint} within {timeout_s} s")
+        frame = self._receive()
+        return frame if frame is not None else self.next_frame(0.0)
+
+    def pending(self) -> list[Frame]:
+        """Every frame already received and not yet read (oldest first), without waiting."""
+        frames = []
+        while self._sock.poll(0):
+            frame = self._receive()
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def _receive(self) -> Frame | None:
+        parts = self._sock.recv_multipart(copy=False)
+        try:
+            if len(parts) != 3 or parts[0].bytes != b"frame":
+                raise ProtocolError("parts", f"a stream message has 3 parts, got {len(parts)}")
+            obj = decode_envelope([parts[1].bytes, parts[2].buffer])  # type: ignore[list-item]
+            frame, seq = decode_frame(obj, parts[2].buffer, self.max_frame_bytes)
+        except ProtocolError as exc:
+            self.stats[f"error_{exc.code}"] += 1
+            return None
+        if self._expected is not None and seq > self._expected:
+            self.stats["frames_lost"] += seq - self._expected
+        self._expected = seq + 1
+        self.stats["frames"] += 1
+        return frame
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            self._ctx.term()
+
+    def __enter__(self) -> FrameSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
