@@ -97,5 +97,6 @@ def test_the_agent_killed_at_random_points(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_the_agent_killed_at_a_hundred_random_points(tmp_path):
     _kill_trials(tmp_path, trials=100, seed=1)

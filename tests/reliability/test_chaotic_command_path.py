@@ -85,5 +85,6 @@ def test_the_loop_through_a_chaotic_command_path_keeps_invariants_1_and_2(segmen
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_five_minutes_of_chaos(segmenter, tmp_path):
     _chaotic_run(segmenter, tmp_path, seconds=300.0)
