@@ -70,12 +70,21 @@ def field_region(cap: Capabilities, config: RunConfig) -> Region:
     return Region(x0, x1, y0, y1)
 
 
+def _context(config: RunConfig, region: Region) -> PolicyContext:
+    f, o = config.field, config.policy_options
+    template = FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg)
+    return PolicyContext(region, template, config.seed, o.spacing_nm)
+
+
+def build_fallback(config: RunConfig, region: Region) -> Policy | None:
+    """The model-free policy that decides when the model fails on a frame: a raster of the same fields."""
+    return None if config.policy == "raster" else make_policy("raster", _context(config, region))
+
+
 def build_policy(config: RunConfig, region: Region, perception: Perception) -> Policy:
     """The configured policy (its reward expression is checked against the model's variables)."""
-    f, o = config.field, config.policy_options
-    context = PolicyContext(
-        region, FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg), config.seed, o.spacing_nm
-    )
+    o = config.policy_options
+    context = _context(config, region)
     reward = Reward(o.reward, perception.variable_names())
     acquisition = AcquisitionConfig(
         o.acquisition, o.beta, travel_cost=o.travel_cost, revisit_penalty=o.revisit_penalty,
@@ -129,7 +138,7 @@ class Experiment:
             perception_timeout_s=config.perception_timeout_s,
         )  # fmt: skip
         self.loop = Loop(self.driver, self.perception, self.policy, self.guard, loop_config, self.recorder,
-                         LiveView() if live else None)  # fmt: skip
+                         LiveView() if live else None, build_fallback(config, self.region))  # fmt: skip
         self.summary: dict[str, Any] = {}
 
     def run(self) -> RunState:

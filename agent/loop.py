@@ -26,6 +26,7 @@ from agent.recorder import SessionRecorder
 from agent.scoring import TruthScorer
 from agent.timings import StageTimings
 from drivers.base import (
+    Ack,
     BlankCommand,
     CommandRefused,
     Disconnected,
@@ -40,6 +41,7 @@ from drivers.base import (
 )
 from drivers.recording import RecordingError
 from models.preprocess import ImageError
+from models.segmenter import ModelOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +114,32 @@ class RunState:
     last: Observation | None = None
     frames_received: int = 0  # = frames_analysed + sum(frames_skipped.values()), always
     frames_analysed: int = 0
+    frames_recorded: int = 0
     frames_skipped: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, int] = field(default_factory=dict)  # sent, acked, refused_locally, refused_remotely...
+    model_failures: dict[str, int] = field(default_factory=dict)
+    fallback_decisions: int = 0
 
     def skip(self, reason: str) -> None:
         """Count a received frame that was not analysed."""
-        self.frames_skipped[reason] = self.frames_skipped.get(reason, 0) + 1
+        _bump(self.frames_skipped, reason)
+
+    def counters(self) -> dict[str, Any]:
+        """The run's counters as the stop record and ``autoscope sessions inspect`` show them."""
+        frames = {
+            "received": self.frames_received, "analysed": self.frames_analysed, "recorded": self.frames_recorded,
+            "skipped": dict(self.frames_skipped),
+        }  # fmt: skip
+        return {
+            "frames": frames,
+            "commands": dict(self.commands),
+            "model_failures": dict(self.model_failures),
+            "fallback_decisions": self.fallback_decisions,
+        }
+
+
+def _bump(counter: dict[str, int], key: str, n: int = 1) -> None:
+    counter[key] = counter.get(key, 0) + n
 
 
 class Loop:
@@ -132,6 +155,10 @@ class Loop:
         Where records go (a recorder with no directory records nothing).
     on_step
         Called after every analysed frame with the loop (the live view).
+    fallback
+        A model-free policy (a raster) that takes the next decision whenever the model fails on a frame
+        (raises, or returns non-finite or mis-shaped outputs): that frame is not analysed, the policy is
+        not fed, and the instrument keeps acquiring.  None: the failed step is simply retried.
     """
 
     def __init__(
@@ -143,8 +170,11 @@ class Loop:
         config: LoopConfig,
         recorder: SessionRecorder | None = None,
         on_step: Callable[[Loop], None] | None = None,
+        fallback: Policy | None = None,
     ) -> None:
         self.driver, self.perception, self.policy, self.guard = driver, perception, policy, guard
+        self.fallback = fallback
+        self._fallback_due = False
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
@@ -219,7 +249,7 @@ class Loop:
         problem = readback_problem(job.command, frame.header, self.config.readback_tolerance_nm)
         if problem is not None:
             self.state.skip("readback")
-            self.recorder.frame(frame, job.step)
+            self._record_frame(frame, job.step)
             self._hold(f"readback of step {job.step} is off: {problem}")
 
     def _too_old(self, job: _InFlight, frame: Frame) -> bool:
@@ -236,11 +266,16 @@ class Loop:
         t0 = time.perf_counter()
         try:
             obs = self._observe(job, frame)
+        except StopLoop:  # a hung model: safe hold
+            raise
         except ImageError as exc:
             self.state.skip("bad_frame")
             self._error("bad_frame", f"frame of step {job.step} cannot be analysed: {exc}", step=job.step)
-            self.recorder.frame(frame, job.step)
+            self._record_frame(frame, job.step)
             self._failed(job.decision, str(exc))
+            return
+        except Exception as exc:  # the model failed on a good frame: no decision from it
+            self._model_failed(job, frame, exc)
             return
         t1 = time.perf_counter()
         self._call_policy("ingest", lambda: self.policy.ingest(obs))
@@ -251,7 +286,7 @@ class Loop:
         truth = {"true_new_defects": true_new} if self.scorer.available else {}
         stages = ("wait_frame", "suggest", "guard", "send", "perceive", "ingest", "frame_to_command")
         loop_ms = {k: round(self.timings.last(k), 3) for k in stages if self.timings.counts.get(k)}
-        self.recorder.frame(frame, job.step)
+        self._record_frame(frame, job.step)
         self.recorder.write("observation", **obs.summary(), **truth, loop_ms=loop_ms)
         self.timings.add("record", 1e3 * (time.perf_counter() - t2))
         for stage, ms in obs.timings_ms.items():
@@ -278,13 +313,30 @@ class Loop:
             self._hold(f"the model did not answer within perception_timeout_s={self.config.perception_timeout_s:g}")
             raise  # unreachable: _hold raises
 
+    def _record_frame(self, frame: Frame, step: int) -> None:
+        self.recorder.frame(frame, step)
+        self.state.frames_recorded += 1
+
+    def _model_failed(self, job: _InFlight, frame: Frame, exc: Exception) -> None:
+        """Withhold the decision the frame would have fed; the fallback policy takes the next one."""
+        reason = exc.reason if isinstance(exc, ModelOutputError) else f"raised_{type(exc).__name__}"
+        _bump(self.state.model_failures, reason)
+        self.state.skip("model_failed")
+        self._record_frame(frame, job.step)
+        fallback = self.fallback.name if self.fallback is not None else None
+        message = f"the model failed on the frame of step {job.step} ({reason}): {exc}"
+        self._error("model_failed", message, step=job.step, reason=reason, fallback=fallback)
+        self._fallback_due = self.fallback is not None
+        self._failed(job.decision, f"model failed: {reason}")
+
     # -- deciding and sending -------------------------------------------------------------------------
     def _fill(self, depth: int) -> None:
         """Issue commands until ``depth`` scans are in flight (or every step has its command)."""
         s = self.state
         while len(self._in_flight) < depth and self._frames_wanted() > 0:
             t0 = time.perf_counter()
-            decisions = self._call_policy("suggest", lambda: self.policy.suggest(1))
+            policy, fallback = self._decider()
+            decisions = self._call_policy("suggest", lambda: policy.suggest(1))  # noqa: B023 (called at once)
             t1 = time.perf_counter()
             if not decisions:
                 return
@@ -292,6 +344,9 @@ class Loop:
             checked = self.guard.check(decision)
             t2 = time.perf_counter()
             self.recorder.decision(decision, s.issued)
+            if fallback:
+                s.fallback_decisions += 1
+                self.recorder.write("fallback", step=s.issued, policy=policy.name)
             if isinstance(checked, Refusal):
                 self._refused(decision, "guard", checked.reason)
                 continue
@@ -303,6 +358,13 @@ class Loop:
             if self._send_scan(checked, decision):
                 self._in_flight.append(_InFlight(s.issued, decision, checked, time.perf_counter()))
                 s.issued += 1
+
+    def _decider(self) -> tuple[Policy, bool]:
+        """The policy that takes the next decision, and whether it is the fallback (used once per failure)."""
+        if self._fallback_due and self.fallback is not None:
+            self._fallback_due = False
+            return self.fallback, True
+        return self.policy, False
 
     def _frames_wanted(self) -> int:
         """Frames still to ask for: the steps not yet done, less those in flight or being analysed."""
@@ -316,21 +378,26 @@ class Loop:
         if self._frame_at is not None and not self.policy.commits_ahead:
             self.timings.add("frame_to_command", 1e3 * (t0 - self._frame_at))
             self._frame_at = None
+        _bump(self.state.commands, "sent")
         try:
             ack = self.driver.send(command, timeout_s=self.config.command_timeout_s)
         except CommandRefused as exc:
             self.recorder.ack(exc.ack, step)
+            _bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
             self._refused(decision, "instrument", exc.ack.reason or exc.ack.code or "refused")
             if exc.ack.code == "refused":  # our limits let it through and the instrument did not: stop moving
                 self._hold(f"the instrument refused a move: {exc.ack.reason}")
             return False
         except DriverTimeout as exc:
+            _bump(self.state.commands, "ack_timeouts")
             self._error("ack_timeout", str(exc), step=step)
             self._failed(decision, "no ack")
             return False
         except Disconnected as exc:
+            _bump(self.state.commands, "disconnected")
             self._instrument_lost(exc)
             return False
+        _bump(self.state.commands, "acked")
         self._lost_since = None
         self.timings.add("send", 1e3 * (time.perf_counter() - t0))
         self.recorder.ack(ack, step)
@@ -342,12 +409,29 @@ class Loop:
         s.fields.append((command.x_nm, command.y_nm, command.fov_nm))
         return True
 
+    def _send_counted(self, command: BlankCommand | UnblankCommand, timeout_s: float) -> Ack:
+        """Send a beam command, counting it as sent, then as acked or by how it failed."""
+        _bump(self.state.commands, "sent")
+        try:
+            ack = self.driver.send(command, timeout_s=timeout_s)
+        except CommandRefused as exc:
+            _bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
+            raise
+        except DriverTimeout:
+            _bump(self.state.commands, "ack_timeouts")
+            raise
+        except DriverError as exc:
+            _bump(self.state.commands, "disconnected" if isinstance(exc, Disconnected) else "failed")
+            raise
+        _bump(self.state.commands, "acked")
+        return ack
+
     def _send_simple(self, command: BlankCommand | UnblankCommand) -> None:
         if command.kind not in self.driver.capabilities().command_kinds:
             return
         self.recorder.command(command, self.state.issued)
         try:
-            self.recorder.ack(self.driver.send(command, timeout_s=self.config.command_timeout_s), self.state.issued)
+            self.recorder.ack(self._send_counted(command, self.config.command_timeout_s), self.state.issued)
         except DriverError as exc:
             raise StopLoop("failed", f"the instrument did not accept {command.kind}: {exc}") from None
 
@@ -409,6 +493,8 @@ class Loop:
         self.recorder.write("error", kind=kind, message=message, **fields)
 
     def _refused(self, decision: Decision, source: str, reason: str) -> None:
+        if source != "instrument":
+            _bump(self.state.commands, "refused_locally")
         self.state.refusal_count += 1
         self.state.refusals.append({"step": self.state.issued, "source": source, "reason": reason})
         del self.state.refusals[:-1000]  # bounded: the count is kept below
@@ -455,7 +541,7 @@ class Loop:
             capabilities = self.driver.capabilities()
             unblank = UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
             self.recorder.command(unblank, self.state.issued)
-            self.recorder.ack(self.driver.send(unblank, timeout_s=self.config.command_timeout_s), self.state.issued)
+            self.recorder.ack(self._send_counted(unblank, self.config.command_timeout_s), self.state.issued)
         except CommandRefused as exc:
             raise StopLoop("held", f"safe hold: the reconnected instrument refused to unblank: {exc}") from None
         except DriverError:
@@ -469,10 +555,10 @@ class Loop:
         self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
         s = self.state
         s.status, s.reason = status, reason
-        frames = {"received": s.frames_received, "analysed": s.frames_analysed, "skipped": s.frames_skipped}
+        counters = {**s.counters(), "link": self._link_counters(), "recorder": self.recorder.counters()}
         self._record_if_possible(lambda: self.recorder.write(
             "stop", status=status, reason=reason, beam_blanked=blanked, steps=s.steps_done,
-            timings_ms=self.timings.summary(), errors=s.errors, frames=frames,
+            timings_ms=self.timings.summary(), errors=s.errors, frames=counters["frames"], counters=counters,
         ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
 
@@ -484,12 +570,21 @@ class Loop:
         blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
         self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
         try:
-            self.driver.send(blank, timeout_s=self.config.stop_timeout_s)
+            self._send_counted(blank, self.config.stop_timeout_s)
             return True
         except (DriverError, OSError) as exc:
             message = f"could not blank the beam (attempt {attempt + 1}): {exc}"
             self._record_if_possible(lambda: self._error("blank_failed", message))
             return False
+
+    def _link_counters(self) -> dict[str, Any]:
+        """The driver's own counters (sequence gaps, stale acks, reconnects, heartbeat round trip...)."""
+        stats = getattr(self.driver, "stats", None)
+        link = dict(stats) if isinstance(stats, dict) else {}
+        rtt = getattr(self.driver, "heartbeat_rtt_ms", None)
+        if callable(rtt):
+            link["heartbeat_rtt_ms"] = rtt()
+        return link
 
     @staticmethod
     def _record_if_possible(write: Callable[[], None]) -> None:

@@ -108,6 +108,13 @@ class SessionRecorder:
         if self.writer is not None:
             self.writer.write_frame(frame, step=step, t_unix_s=time.time())
 
+    def counters(self) -> dict[str, Any]:
+        """Records and bytes written; the backlog is always 0: every record is written before the loop goes on."""
+        w = self.writer
+        if w is None:
+            return {"records": 0, "bytes": 0, "backlog": 0, "failed": None}
+        return {"records": w.records, "bytes": w.bytes_written, "backlog": 0, "failed": w.failed}
+
     def close(self) -> None:
         """Flush and close."""
         if self.writer is not None:

@@ -24,6 +24,44 @@ from models.tiling import run_tiled
 #: The bundled default model.
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "stem_ensemble.json"
 
+#: The ensemble outputs a segmentation is made of: name -> channels (``None``: one per class).
+_OUTPUTS: dict[str, int | None] = {"mean_probs": None, "entropy": 1, "mutual_info": 1, "variance": None}
+
+
+class ModelOutputError(RuntimeError):
+    """The ensemble returned something no decision may be based on.
+
+    Attributes
+    ----------
+    reason : ``missing``, ``shape``, ``non_finite`` or ``range`` (what a run counts failures by).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_outputs(out: dict[str, np.ndarray], shape: tuple[int, int], n_classes: int) -> None:
+    """Refuse ensemble outputs that are missing, mis-shaped, non-finite, or probabilities outside [0, 1].
+
+    Raises
+    ------
+    ModelOutputError
+        Naming the output and what is wrong with it.
+    """
+    for name, channels in _OUTPUTS.items():
+        if name not in out:
+            raise ModelOutputError("missing", f"the model returned no {name!r}")
+        value = np.asarray(out[name])
+        expected = (channels or n_classes, *shape)
+        if value.shape != expected:
+            raise ModelOutputError("shape", f"{name!r} has shape {value.shape}, expected {expected}")
+        if not np.isfinite(value).all():
+            raise ModelOutputError("non_finite", f"{name!r} holds NaN or Inf")
+    probs = out["mean_probs"]
+    if probs.min() < -1e-3 or probs.max() > 1 + 1e-3:
+        raise ModelOutputError("range", f"mean_probs span [{probs.min():.3g}, {probs.max():.3g}], not [0, 1]")
+
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -82,6 +120,8 @@ class Segmenter:
         ------
         models.preprocess.ImageError
             For a non-2-D, too small, non-numeric or non-finite image, or a missing pixel size.
+        ModelOutputError
+            The ensemble's outputs are unusable (see :func:`check_outputs`).
         """
         m = self.manifest
         t0 = time.perf_counter()
@@ -91,6 +131,7 @@ class Segmenter:
         native = normalize(resample(arr, shape), m.normalisation.low_pct, m.normalisation.high_pct)
         t1 = time.perf_counter()
         out = run_tiled(native, self.model.run, m.tile_size_px, m.tile_overlap_px, m.input_multiple)
+        check_outputs(out, (native.shape[0], native.shape[1]), len(m.classes))
         t2 = time.perf_counter()
         mi = out["mutual_info"][0]
         return Segmentation(

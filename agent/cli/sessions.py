@@ -48,11 +48,25 @@ def summarise(directory: Path) -> dict[str, Any]:
         "frame_shapes": sorted({tuple(f.header.shape) for f in result.frames}),
         "start": start,
         "stop": stop,
+        "counters": stop.get("counters") if stop else None,
         "complete": result.complete,
         "valid_bytes": result.valid_bytes,
         "file_bytes": result.file_bytes,
         "problem": result.problem,
     }
+
+
+def _flat(values: Any) -> str:
+    """``a 1, b.c 2``: nested counters on one line."""
+    if not isinstance(values, dict):
+        return str(values)
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{k} {v}" for k, v in value.items()] or [f"{key} -"]
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts) or "-"
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -65,6 +79,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"  {kind:<12} {n}")
     stop = summary["stop"]
     print("  stop: " + (f"status {stop.get('status')}, {stop.get('reason')}" if stop else "none (session cut short)"))
+    for group, values in (summary["counters"] or {}).items():
+        print(f"  {group}: {_flat(values)}")
     if summary["problem"]:
         print(f"  damaged: {summary['problem']}; the first {summary['valid_bytes']} bytes are valid")
     return 0

@@ -6,17 +6,21 @@ wrappers where an instrument cannot be made to misbehave on demand.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from agent.loop import LoopConfig
+from agent.policies import PolicyContext, make_policy
 from drivers.base import Ack, CommandRefused, Frame, ScanCommand
+from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
 from drivers.simulated import SimulatedDriver
-from tests.agent.test_loop import FaultyDriver, make_loop, records
+from tests.agent.test_loop import FIELD, REGION, FaultyDriver, make_loop, records
 
 
 class _Misbehaving(SimulatedDriver):
@@ -67,7 +71,70 @@ def test_every_frame_received_is_analysed_or_counted_as_skipped(segmenter, tmp_p
     assert state.frames_analysed == state.steps_done == 5
     assert (skipped > 0) == (fault in ("nan", "shape", "stale"))
     stop = records(tmp_path)[-1]
-    assert stop["frames"] == {"received": state.frames_received, "analysed": 5, "skipped": state.frames_skipped}
+    recorded = state.frames_recorded
+    expected = {"received": state.frames_received, "analysed": 5, "recorded": recorded, "skipped": state.frames_skipped}
+    assert stop["frames"] == expected == stop["counters"]["frames"]
+    assert recorded == len(read_session(tmp_path / "session").frames)  # every recorded frame is on disk
+
+
+class _FailingModel:
+    """The real onnxruntime model, whose outputs are spoiled (or which raises) on chosen calls."""
+
+    def __init__(self, inner, faults: dict[int, str]) -> None:
+        self.inner, self.faults, self.calls = inner, faults, 0
+
+    def run(self, image, input_name="image"):
+        fault = self.faults.get(self.calls, "")
+        self.calls += 1
+        out = self.inner.run(image, input_name)
+        if fault == "raise":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        if fault == "nan":
+            out["mean_probs"][:, 3, 3] = np.nan
+        if fault == "shape":
+            out["mutual_info"] = out["mutual_info"][:, :-1]
+        if fault == "range":
+            out["mean_probs"] = out["mean_probs"] * 7.0
+        return out
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("nan", "non_finite"), ("shape", "shape"), ("raise", "raised_RuntimeError"), ("range", "range")],
+)
+def test_a_failing_model_withholds_the_decision_and_the_fallback_decides_on_the_same_frame(
+    segmenter, tmp_path, fault, reason
+):
+    spoiled = copy.copy(segmenter)
+    spoiled.model = _FailingModel(segmenter.model, {1: fault})
+    loop = make_loop(SimulatedDriver(specimen_seed=2), spoiled, tmp_path, policy="defects", steps=4)
+    ingested: list[int] = []
+    inner_ingest = loop.policy.ingest
+    loop.policy.ingest = lambda obs: (ingested.append(obs.step), inner_ingest(obs))  # type: ignore[method-assign]
+    loop.fallback = make_policy("raster", PolicyContext(REGION, FIELD, seed=1))
+    state = loop.run()
+    assert state.status == "completed" and state.steps_done == 4
+    assert state.model_failures == {reason: 1} and state.frames_skipped == {"model_failed": 1}
+    assert 1 not in ingested and len(ingested) == 4  # the failed frame fed no decision
+    log = records(tmp_path)
+    failure = next(i for i, r in enumerate(log) if r["type"] == "error" and r["kind"] == "model_failed")
+    assert log[failure]["reason"] == reason and log[failure]["fallback"] == "raster"
+    after = [r["type"] for r in log[failure:]]
+    assert after.index("fallback") < after.index("command") < after.index("observation")  # the very next move
+    fallback = next(r for r in log[failure:] if r["type"] == "fallback")
+    assert fallback["policy"] == "raster" and state.fallback_decisions == 1
+    assert log[-1]["counters"]["model_failures"] == {reason: 1}
+
+
+def test_a_model_that_keeps_failing_stops_the_run_blanked(segmenter, tmp_path):
+    spoiled = copy.copy(segmenter)
+    spoiled.model = _FailingModel(segmenter.model, dict.fromkeys(range(100), "nan"))
+    driver = SimulatedDriver(specimen_seed=2)
+    loop = make_loop(driver, spoiled, tmp_path, policy="defects", steps=4, max_failures=3)
+    loop.fallback = make_policy("raster", PolicyContext(REGION, FIELD, seed=1))
+    state = loop.run()
+    assert state.status == "failed" and "model failed" in state.reason and state.steps_done == 0
+    assert state.model_failures == {"non_finite": 3} and driver.state.blanked
 
 
 class _SlowPerception:
@@ -143,3 +210,25 @@ def test_after_the_instrument_restarts_the_loop_reads_it_back_and_unblanks_befor
     assert after == ("command", "unblank")  # the unblank is recorded before the reconnection completes
     next_scan = next(i for i, k in enumerate(kinds) if i > back and k == ("command", "scan"))
     assert next_scan > back
+
+
+def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_path, capsys):
+    from agent.cli import main
+
+    server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
+    remote = RemoteDriver(server.endpoint, heartbeat_s=0.1)
+    try:
+        loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=3)
+        state = loop.run()
+    finally:
+        remote.close()
+        server.stop()
+    counters = records(tmp_path)[-1]["counters"]
+    assert counters["frames"]["received"] == state.frames_received == 3
+    assert counters["commands"] == {"sent": 5, "acked": 5}  # unblank, 3 scans, blank
+    assert counters["link"]["frames"] == 3 and counters["link"].get("frames_lost", 0) == 0
+    assert counters["recorder"]["records"] > 10 and counters["recorder"]["backlog"] == 0
+    assert main(["sessions", "inspect", str(tmp_path / "session")]) == 0
+    out = capsys.readouterr().out
+    assert "frames: received 3, analysed 3, recorded 3" in out and "commands: sent 5, acked 5" in out
+    assert "link: " in out and "recorder: records" in out
