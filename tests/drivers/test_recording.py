@@ -79,6 +79,27 @@ def test_corruption_stops_reading_at_the_damaged_record(tmp_path_factory, positi
     assert clean.valid_bytes <= position
 
 
+def test_ten_thousand_single_byte_flips_are_all_detected_and_never_raise(tmp_path):
+    """S2: every flip anywhere after the magic ends the valid prefix at or before it; nothing is invented."""
+    _write_sample(tmp_path / "full")
+    data = (tmp_path / "full" / LOG_NAME).read_bytes()
+    full = read_session(tmp_path / "full").records
+    rng = np.random.default_rng(8)
+    path = tmp_path / "flipped.log"
+    for position, flip in zip(rng.integers(0, len(data), 10_000), rng.integers(1, 256, 10_000), strict=True):
+        damaged = bytearray(data)
+        damaged[position] ^= flip
+        path.write_bytes(bytes(damaged))
+        if position < len(MAGIC):
+            with pytest.raises(RecordingError, match="not an autoscope session log"):
+                read_session(path)
+            continue
+        result = read_session(path)  # no exception: the damage is reported, not raised
+        assert not result.complete and result.problem is not None
+        assert result.valid_bytes <= position
+        assert result.records == full[: len(result.records)]
+
+
 def test_refuses_foreign_files_and_second_writers(tmp_path):
     (tmp_path / "x.log").write_bytes(b"not a session")
     with pytest.raises(RecordingError, match="not an autoscope session log"):
