@@ -175,6 +175,7 @@ class Loop:
         self.driver, self.perception, self.policy, self.guard = driver, perception, policy, guard
         self.fallback = fallback
         self._fallback_due = False
+        self.paused = False
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
@@ -196,23 +197,70 @@ class Loop:
         the instrument refused a move, a frame's readback was off, or the model hung; nothing more is
         sent until an operator starts a new run).
         """
-        status, reason = "completed", f"{self.config.steps} steps done"
-        try:
-            self._send_simple(UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s)))
-            while self.state.steps_done < self.config.steps:
-                self._step()
-        except (Interrupted, KeyboardInterrupt) as exc:
-            status, reason = "interrupted", str(exc) or type(exc).__name__
-        except StopLoop as exc:
-            status, reason = exc.status, exc.reason
-        except RecordingError as exc:  # nothing may be sent that cannot be recorded first
-            status, reason = "failed", f"the session can no longer be recorded: {exc}"
-        except Exception as exc:
-            status, reason = "failed", f"unexpected {type(exc).__name__}: {exc}"
-            self._shutdown(status, reason)
-            raise
-        self._shutdown(status, reason)
+        if self.start():
+            while self.step():
+                pass
         return self.state
+
+    @property
+    def running(self) -> bool:
+        """True from :meth:`start` until the run has ended (stop record written)."""
+        return self.state.status == "running"
+
+    def start(self) -> bool:
+        """Unblank the beam; False if the run ended at once (see ``state``)."""
+        return self._guarded(
+            lambda: self._send_simple(UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s)))
+        )
+
+    def step(self) -> bool:
+        """Analyse one more frame (a paused loop does nothing); False once the run has ended."""
+        if not self.running:
+            return False
+        if self.paused:
+            return True
+        if self.state.steps_done >= self.config.steps:
+            self._shutdown("completed", f"{self.config.steps} steps done")
+            return False
+        return self._guarded(self._step)
+
+    def pause(self) -> None:
+        """Operator pause: blank the beam and send nothing more until :meth:`resume` (scans in flight finish)."""
+        if self.running and not self.paused and self._guarded(lambda: self._send_simple(self._blank_command())):
+            self.paused = True
+            self._record_if_possible(lambda: self.recorder.write("paused", step=self.state.issued))
+
+    def resume(self) -> None:
+        """End a pause: unblank, then steps go on."""
+        if self.running and self.paused:
+            self.paused = False
+            unblank = UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
+            if self._guarded(lambda: self._send_simple(unblank)):
+                self._record_if_possible(lambda: self.recorder.write("resumed", step=self.state.issued))
+
+    def abort(self, reason: str) -> None:
+        """End the run now (an operator's stop): blank, stop record with ``reason``."""
+        if self.running:
+            self._shutdown("interrupted", reason)
+
+    def _guarded(self, action: Callable[[], None]) -> bool:
+        """Run ``action``; end the run (blank, stop record) on whatever stops it, and say whether it goes on."""
+        try:
+            action()
+            return True
+        except (Interrupted, KeyboardInterrupt) as exc:
+            self._shutdown("interrupted", str(exc) or type(exc).__name__)
+        except StopLoop as exc:
+            self._shutdown(exc.status, exc.reason)
+        except RecordingError as exc:  # nothing may be sent that cannot be recorded first
+            self._shutdown("failed", f"the session can no longer be recorded: {exc}")
+        except Exception as exc:
+            self._shutdown("failed", f"unexpected {type(exc).__name__}: {exc}")
+            raise
+        return False
+
+    def _blank_command(self) -> BlankCommand:
+        return BlankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
 
     def _step(self) -> None:
         depth = 2 if self.policy.commits_ahead else 1
@@ -224,6 +272,10 @@ class Loop:
             self._handle(job, depth)
         finally:
             self._current = None
+            s = self.state
+            in_hand = s.frames_received - s.frames_analysed - sum(s.frames_skipped.values())
+            if in_hand > 0:  # the run stopped with a frame received but not yet analysed or skipped
+                s.skip("run_stopped")
 
     def _handle(self, job: _InFlight, depth: int) -> None:
         t0 = time.perf_counter()
@@ -235,11 +287,11 @@ class Loop:
             self._failed(job.decision, "no usable frame")
             return
         self._check_frame(job, frame)
-        if self._too_old(job, frame):
-            return
         self._frame_at = time.perf_counter()
         if self.policy.commits_ahead:
             self._fill(depth)  # the instrument scans the next field while this one is analysed
+        if self._too_old(job, frame):  # checked last: sending the next scan may have taken a while
+            return
         self._analyse(job, frame)
 
     def _check_frame(self, job: _InFlight, frame: Frame) -> None:
@@ -427,10 +479,10 @@ class Loop:
         return ack
 
     def _send_simple(self, command: BlankCommand | UnblankCommand) -> None:
-        if command.kind not in self.driver.capabilities().command_kinds:
-            return
-        self.recorder.command(command, self.state.issued)
         try:
+            if command.kind not in self.driver.capabilities().command_kinds:
+                return
+            self.recorder.command(command, self.state.issued)
             self.recorder.ack(self._send_counted(command, self.config.command_timeout_s), self.state.issued)
         except DriverError as exc:
             raise StopLoop("failed", f"the instrument did not accept {command.kind}: {exc}") from None

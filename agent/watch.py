@@ -9,6 +9,7 @@ suggestion for the next field is recorded (and shown), never sent.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from agent.recorder import SessionRecorder, decision_record
 from drivers.base import DriverTimeout, Frame
 from drivers.observer import FrameSubscriber
 from models.preprocess import ImageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,20 +82,22 @@ class Watcher:
     def run(self, duration_s: float, idle_timeout_s: float = 1.0) -> WatchState:
         """Watch for ``duration_s`` seconds; returns what was seen (also written as a ``watch_stop`` record)."""
         end = time.monotonic() + duration_s
-        while time.monotonic() < end:
-            try:
-                first = self.frames.next_frame(min(idle_timeout_s, max(end - time.monotonic(), 0.0)))
-            except DriverTimeout:
-                continue
-            batch = [first, *self.frames.pending()]
-            self.state.frames_received += len(batch)
-            self.state.skip("behind", len(batch) - 1)  # the model cannot keep up: only the newest is analysed
-            self._analyse(batch[-1])
-        s = self.state
-        self.recorder.write(
-            "watch_stop", received=s.frames_received, analysed=s.frames_analysed, skipped=s.frames_skipped,
-            stream_lost=int(self.frames.stats["frames_lost"]), suggestions=s.suggestions,
-        )  # fmt: skip
+        try:
+            while time.monotonic() < end:
+                try:
+                    first = self.frames.next_frame(min(idle_timeout_s, max(end - time.monotonic(), 0.0)))
+                except DriverTimeout:
+                    continue
+                batch = [first, *self.frames.pending()]
+                self.state.frames_received += len(batch)
+                self.state.skip("behind", len(batch) - 1)  # the model cannot keep up: only the newest is analysed
+                self._analyse(batch[-1])
+        finally:  # however watching ends (Ctrl-C included), the counts are written
+            s = self.state
+            self.recorder.write(
+                "watch_stop", received=s.frames_received, analysed=s.frames_analysed, skipped=s.frames_skipped,
+                stream_lost=int(self.frames.stats["frames_lost"]), suggestions=s.suggestions,
+            )  # fmt: skip
         return s
 
     def _analyse(self, frame: Frame) -> None:
@@ -104,6 +109,10 @@ class Watcher:
             obs = self.perception.observe(frame, s.frames_analysed, _rotation(frame))
         except ImageError:
             s.skip("bad_frame")
+            return
+        except Exception as exc:  # a failing model: no suggestion from this frame
+            logger.warning("the model failed on a watched frame: %s", exc)
+            s.skip("model_failed")
             return
         s.frames_analysed += 1
         s.last = obs

@@ -115,9 +115,23 @@ class SessionWriter:
         self._record(_KIND_FRAME, struct.pack("<I", len(head)) + head + image.tobytes())
 
     def close(self) -> None:
-        """Flush to disk and close (idempotent)."""
-        if self._fd >= 0:
+        """Flush to disk and close (idempotent); the file is closed even when the flush fails.
+
+        Raises
+        ------
+        RecordingError
+            The final flush failed on a log that had been written without error until then (a log that
+            failed earlier already said so).
+        """
+        if self._fd < 0:
+            return
+        try:
             os.fsync(self._fd)
+        except OSError as exc:
+            if self.failed is None:
+                self.failed = f"flush on close: {exc.strerror or exc} (errno {exc.errno})"
+                raise RecordingError(f"cannot flush {self.path}: {self.failed}") from exc
+        finally:
             os.close(self._fd)
             self._fd = -1
 
