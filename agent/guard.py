@@ -21,6 +21,11 @@ from drivers.base import Capabilities, Command, Range, ScanCommand, SetTiltComma
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def _half_diagonal_nm(fov_nm: float, rows: float, cols: float) -> float:
+    """Radius of the disc that holds the field at any rotation: ``fov_nm`` wide, ``fov_nm * rows / cols`` tall."""
+    return 0.5 * fov_nm * math.hypot(1.0, rows / cols)
+
+
 class GuardConfig(BaseModel):
     """Configured limits; each is intersected with the instrument's own."""
 
@@ -142,7 +147,7 @@ class Guard:
         dose = self.frame_dose_e_per_a2(d)
         if dose > self.max_frame_dose:
             return f"frame dose {dose:.3g} e/A^2 exceeds the instrument's maximum {self.max_frame_dose:.3g}"
-        half = 0.5 * d.fov_nm * math.sqrt(2.0)  # any rotation fits in this square
+        half = _half_diagonal_nm(d.fov_nm, d.rows, d.cols)
         total = self._accumulated_dose(d.x_nm, d.y_nm, half) + dose
         if total > self.config.dose_budget_e_per_a2:
             return f"dose budget: {total:.3g} e/A^2 would exceed {self.config.dose_budget_e_per_a2:.3g} here"
@@ -194,7 +199,7 @@ class Guard:
                 command.rotation_deg,
             )
             self.position = (command.x_nm, command.y_nm)
-            half = 0.5 * command.fov_nm * math.sqrt(2.0)
+            half = _half_diagonal_nm(command.fov_nm, command.rows, command.cols)
             dose = self.frame_dose_e_per_a2(d)
             self._fields.add(FieldRecord(command.x_nm, command.y_nm, half, command.fov_nm, dose))
             self._doses.append(dose)

@@ -132,3 +132,13 @@ def test_limits_are_the_intersection_of_instrument_and_configuration():
     assert guard.limits["y_nm"] == DEFAULT_CAPABILITIES.stage_y_nm  # configuration silent
     disjoint = Guard(DEFAULT_CAPABILITIES, GuardConfig(fov_nm=Range(low=5000, high=6000)))
     assert "do not overlap" in disjoint.check(_scan()).reason
+
+
+def test_the_dose_of_a_tall_non_square_field_counts_over_its_whole_height():
+    tall = {"fov_nm": 4.0, "rows": 256, "cols": 16, "dwell_us": 20.0}  # 4 nm wide, 64 nm tall
+    one = Guard(DEFAULT_CAPABILITIES, CONFIG).frame_dose_e_per_a2(_scan(**tall))
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG.model_copy(update={"dose_budget_e_per_a2": 1.5 * one}))
+    guard.commit(guard.check(_scan(**tall)))
+    overlapping = guard.check(_scan(y_nm=20.0, **tall))  # 20 nm up: inside the first field's height
+    assert isinstance(overlapping, Refusal) and "dose budget" in overlapping.reason
+    assert isinstance(guard.check(_scan(y_nm=100.0, **tall)), ScanCommand)  # clear of it
