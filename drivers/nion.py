@@ -20,6 +20,7 @@ control (``StageOutA``, radians).  The package is optional: ``pip install 'autos
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -54,6 +55,8 @@ STAGE_Y = ("StageOutY", "stage_position_m.y")
 BEAM_SHIFT_X = ("CSH.x",)
 BEAM_SHIFT_Y = ("CSH.y",)
 TILT = ("StageOutA",)
+logger = logging.getLogger(__name__)
+
 BLANKER = "C_Blank"
 
 
@@ -188,14 +191,24 @@ class NionDriver:
                 self._place(command)
                 self._acquirer.submit(self._acquire, command)
             elif isinstance(command, (BlankCommand, StopCommand)):
-                self.stem.SetVal(BLANKER, 1.0)
+                self._set_blanker(command, 1.0)
                 self.state.apply(command)
             elif isinstance(command, UnblankCommand):
-                self.stem.SetVal(BLANKER, 0.0)
+                self._set_blanker(command, 0.0)
                 self.state.apply(command)
             elif isinstance(command, SetTiltCommand):
                 self._set_tilt(command)
         return Ack.accept(command)
+
+    def _set_blanker(self, command: Command, value: float) -> None:
+        """Set ``C_Blank`` and read it back; a blanker that did not take the value refuses the command."""
+        if not self.stem.SetVal(BLANKER, value):
+            raise CommandRefused(Ack.refusal(command, "error", f"Nion did not accept {BLANKER} = {value:g}"))
+        readback = self.stem.TryGetVal(BLANKER)
+        if readback[0] and readback[1] != value:
+            raise CommandRefused(
+                Ack.refusal(command, "error", f"{BLANKER} reads {readback[1]!r} after setting {value:g}")
+            )
 
     def next_frame(self, timeout_s: float) -> Frame:
         """The oldest acquired frame; :class:`~drivers.base.DriverTimeout` after ``timeout_s``."""
@@ -206,7 +219,8 @@ class NionDriver:
         if self.closed:
             return
         try:
-            self.stem.SetVal(BLANKER, 1.0)
+            if not self.stem.SetVal(BLANKER, 1.0):
+                logger.error("closing: Nion did not take %s = 1: the beam may be unblanked", BLANKER)
         finally:
             self.state.blanked = True
             self._frames.close()

@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 
 pytest.importorskip("nion.instrumentation", reason="the Nion extra is not installed")
 
-from drivers.base import ScanCommand, UnblankCommand
+from drivers.base import BlankCommand, CommandRefused, ScanCommand, UnblankCommand
 from drivers.nion import NionDriver, require_nion
 from drivers.nion_usim import PeriodicImageScanData, SpecimenScanData, UsimHost
 from drivers.recording import read_session
@@ -254,3 +254,27 @@ def test_the_plugin_reports_hardware_that_never_registers():
     assert not extension.wait_started(5.0)
     assert "no_such_scan" in (extension.error or "")
     extension.close()
+
+
+class _StuckBlanker:
+    """Nion's STEM controller, except that the blanker does not take a new value (a hardware fault)."""
+
+    def __init__(self, stem) -> None:
+        self.stem = stem
+
+    def SetVal(self, name, value):  # noqa: N802 (Nion's name)
+        return False if name == "C_Blank" else self.stem.SetVal(name, value)
+
+    def __getattr__(self, name):
+        return getattr(self.stem, name)
+
+
+def test_a_blank_the_blanker_did_not_take_is_refused_not_acknowledged(usim):
+    _, stem, scan = usim
+    driver = NionDriver(_StuckBlanker(stem), scan)
+    try:
+        with pytest.raises(CommandRefused, match="did not accept C_Blank"):
+            driver.send(BlankCommand())
+        assert stem.GetVal("C_Blank") == 0.0  # the beam is on, and nobody was told otherwise
+    finally:
+        driver.close()
