@@ -54,11 +54,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`~agent.loop.Interrupted` in the loop, which then stops safely."""
+    """SIGINT and SIGTERM raise :class:`~agent.loop.Interrupted` in the loop, which then stops safely.
+
+    Only the first signal does: a second one (an impatient Ctrl-C) must not break off the shutdown that
+    blanks the beam and writes the stop record; it is reported and ignored.
+    """
     from agent.loop import Interrupted
 
+    fired: list[int] = []
+
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+        name = signal.Signals(signum).name
+        if fired:
+            print(f"{name} again: already stopping (blanking the beam, writing the stop record)", file=sys.stderr)
+            return
+        fired.append(signum)
+        raise Interrupted(f"stopped by {name}")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

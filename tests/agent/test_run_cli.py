@@ -170,3 +170,20 @@ def test_limits_wider_than_the_instruments_refuse_before_any_command(tmp_path, c
         assert main(["run", "--instrument", server.endpoint, "--steps", "2", "--config", str(config), "--quiet"]) == 2
     assert driver.commands == []
     assert "guard.stage_x_nm [-5000, 100] is wider than the instrument's [-1000, 1000]" in capsys.readouterr().err
+
+
+def test_a_second_signal_does_not_break_off_the_safe_shutdown(capsys):
+    import os
+    import signal
+    import time
+
+    from agent.cli.run import _signals_interrupt
+    from agent.loop import Interrupted
+
+    with _signals_interrupt():
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGINT)  # while the loop shuts down: must not raise
+        time.sleep(0.05)
+    assert "already stopping" in capsys.readouterr().err
