@@ -88,6 +88,10 @@ class RunConfig(BaseModel):
     readback_tolerance_nm: float = Field(0.5, gt=0.0, description="Readback further from the command: safe hold.")
     max_frame_age_s: float = Field(60.0, gt=0.0, description="Older frames are skipped, never analysed.")
     perception_timeout_s: float = Field(60.0, gt=0.0, description="A model slower on one frame is hung: safe hold.")
+    heartbeat_s: float = Field(
+        1.0, ge=0.01, le=60.0, description="Heartbeat period to a tcp:// instrument (three missed: gone); keep it "
+        "under a third of the server's dead-man time."
+    )
     field: FieldConfig = FieldConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     policy_options: PolicyConfig = Field(PolicyConfig(), alias="policies")

@@ -39,7 +39,7 @@ def open_instrument(config: RunConfig) -> Driver:
         )
     from drivers.remote import RemoteDriver
 
-    return RemoteDriver(config.instrument)
+    return RemoteDriver(config.instrument, heartbeat_s=config.heartbeat_s)
 
 
 def field_region(cap: Capabilities, config: RunConfig) -> Region:

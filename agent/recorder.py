@@ -19,23 +19,28 @@ UNCLOSED_MARK = "UNCLOSED.json"
 def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     """Where a new session asked to go to ``directory`` is recorded, and the unclosed session it follows.
 
-    A directory holding a closed session is never reused.  One holding an *unclosed* session (its
-    agent was killed: no stop record) is marked with ``UNCLOSED.json`` and left as it is; the new
-    session goes to ``<directory>.2`` (or the next free suffix) and its start record links back.
+    Sessions asked to go to one directory form a chain: ``directory``, ``directory.2``, ``directory.3``...
+    A chain whose latest session is closed is never reused.  When the latest is *unclosed* (its agent
+    was killed: no stop record), it is marked with ``UNCLOSED.json`` and left as it is; the new session
+    goes to the next suffix and its start record links back to it.
 
     Raises
     ------
     RecordingError
-        The directory holds a closed session.
+        The latest session of the chain is closed.
     """
     directory = Path(directory)
-    if not (directory / LOG_NAME).exists():
+    chain = [directory]
+    while (_suffixed(directory, len(chain) + 1) / LOG_NAME).exists():
+        chain.append(_suffixed(directory, len(chain) + 1))
+    if len(chain) == 1 and not (directory / LOG_NAME).exists():
         return directory, None
-    old = read_session(directory)
+    latest = chain[-1]
+    old = read_session(latest)
     if any(r.get("type") == "stop" for r in old.records):
-        raise RecordingError(f"{directory} already holds a finished session: a session directory is written once")
+        raise RecordingError(f"{latest} already holds a finished session: a session directory is written once")
     previous = {
-        "path": str(directory),
+        "path": str(latest),
         "closed": False,
         "records": len(old.records),
         "frames": len(old.frames),
@@ -44,13 +49,14 @@ def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
         "problem": old.problem,
         "last_record_unix_s": next((r.get("t_unix_s") for r in reversed(old.records) if "t_unix_s" in r), None),
     }
-    mark = directory / UNCLOSED_MARK
+    mark = latest / UNCLOSED_MARK
     if not mark.exists():
         mark.write_text(json.dumps({**previous, "marked_unix_s": time.time()}, indent=2) + "\n")
-    k = 2
-    while (directory.with_name(f"{directory.name}.{k}") / LOG_NAME).exists():
-        k += 1
-    return directory.with_name(f"{directory.name}.{k}"), previous
+    return _suffixed(directory, len(chain) + 1), previous
+
+
+def _suffixed(directory: Path, k: int) -> Path:
+    return directory.with_name(f"{directory.name}.{k}")
 
 
 def decision_record(decision: Decision, step: int) -> dict[str, Any]:
