@@ -92,11 +92,9 @@ def _session_dir(record: Path, trial: int) -> Path:
 def _kill_trials(tmp_path: Path, trials: int, seed: int, deadman_s: float, heartbeat_s: float, lanes: int) -> None:
     """``trials`` kills spread over ``lanes`` independent instruments and agent chains run side by side."""
     with ThreadPoolExecutor(lanes) as pool:
+        shares = [trials // lanes + (k < trials % lanes) for k in range(lanes)]
         runs = [
-            pool.submit(
-                _lane, tmp_path / f"lane{k}", trials // lanes + (k < trials % lanes), seed + k, deadman_s, heartbeat_s
-            )  # fmt: skip
-            for k in range(lanes)
+            pool.submit(_lane, tmp_path / f"lane{k}", n, seed + k, deadman_s, heartbeat_s) for k, n in enumerate(shares)
         ]
         for run in runs:
             run.result()
