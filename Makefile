@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints/cpu.txt
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 RUN_OUT ?= runs/demo
 
-.PHONY: run test install install-dev lint typecheck layers pytest bench clean
+.PHONY: run test install install-dev lint typecheck layers pytest bench soak clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "autoscope needs Python >= 3.11; set PYTHON=python3.11")'
@@ -56,6 +56,11 @@ bench: install
 	$(BIN)/python benchmarks/simulate.py
 	$(BIN)/python benchmarks/loop.py
 	$(BIN)/python benchmarks/policies.py
+
+## make soak: the long reliability runs (about 3 hours at SOAK_SCALE=1); JSON report in benchmarks/results/soak.json
+SOAK_SCALE ?= 1
+soak: install-dev
+	$(BIN)/python benchmarks/soak.py --scale $(SOAK_SCALE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

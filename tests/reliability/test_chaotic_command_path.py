@@ -7,6 +7,7 @@ the limits and recorded before it was sent, ran at most once per id, and never a
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
@@ -87,4 +88,4 @@ def test_the_loop_through_a_chaotic_command_path_keeps_invariants_1_and_2(segmen
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_five_minutes_of_chaos(segmenter, tmp_path):
-    _chaotic_run(segmenter, tmp_path, seconds=300.0)
+    _chaotic_run(segmenter, tmp_path, seconds=float(os.environ.get("AUTOSCOPE_F3_S", "300")))

@@ -34,22 +34,23 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _person(endpoint: str, rate_hz: float, stop: threading.Event, done: list[int]) -> None:
-    """Someone at the microscope: a 64 x 64 field every 1/rate_hz seconds, here and there."""
+def _person(endpoint: str, rate_hz: float, stop: threading.Event, done: list[int], pixels: int) -> None:
+    """Someone at the microscope: a pixels x pixels field (0.02 nm/px) every 1/rate_hz seconds, here and there."""
     rng = np.random.default_rng(0)
     with RemoteDriver(endpoint, heartbeat_s=0.5) as remote:
         remote.send(UnblankCommand())
         next_at = time.monotonic()
         while not stop.is_set():
             x, y = rng.uniform(-100.0, 100.0, 2)
-            remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=1.28, rows=64, cols=64, dwell_us=1.0))
+            fov_nm = 0.02 * pixels
+            remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=fov_nm, rows=pixels, cols=pixels, dwell_us=1.0))
             remote.next_frame(2.0)
             done[0] += 1
             next_at += 1.0 / rate_hz
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
-def _scenario(warm_up_s: float, watch_s: float) -> dict[str, object]:
+def _scenario(warm_up_s: float, watch_s: float, pixels: int = 64) -> dict[str, object]:
     """The L1 scenario; run in a fresh process so that the memory figure is this scenario's alone."""
     from models.segmenter import Segmenter
 
@@ -58,9 +59,9 @@ def _scenario(warm_up_s: float, watch_s: float) -> dict[str, object]:
         subscriber = FrameSubscriber(server.pub_endpoint)  # type: ignore[arg-type]
         time.sleep(0.3)  # let the subscription reach the publisher
         stop, done = threading.Event(), [0]
-        person = threading.Thread(target=_person, args=(server.endpoint, 100.0, stop, done), daemon=True)
+        person = threading.Thread(target=_person, args=(server.endpoint, 100.0, stop, done, pixels), daemon=True)
         person.start()
-        field = FieldTemplate(fov_nm=1.28, pixels=64, dwell_us=1.0)
+        field = FieldTemplate(fov_nm=0.02 * pixels, pixels=pixels, dwell_us=1.0)
         policy = make_policy("defects", PolicyContext(Region(-100.0, 100.0, -100.0, 100.0), field, seed=0))
         watcher = Watcher(subscriber, Perception(Segmenter(providers="cpu", threads=1)), policy)
         try:
@@ -79,15 +80,36 @@ def _scenario(warm_up_s: float, watch_s: float) -> dict[str, object]:
     }  # fmt: skip
 
 
+def _in_fresh_process(warm_up_s: float, watch_s: float, pixels: int) -> dict:
+    code = (
+        "import json; from tests.reliability.test_frame_stream import _scenario as s; "
+        f"print(json.dumps(s({warm_up_s}, {watch_s}, {pixels})))"
+    )
+    timeout_s = warm_up_s + watch_s + 120
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print("L1", json.dumps(report))  # the soak report picks this line up
+    return report
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
 def test_watching_a_100_hz_stream_counts_every_frame_and_keeps_memory_flat():
-    code = (
-        "import json; from tests.reliability.test_frame_stream import _scenario as s; print(json.dumps(s(10.0, 50.0)))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = _in_fresh_process(10.0, 50.0, 64)
     assert r["rate_hz"] > 50.0, r  # the stream really ran fast
+    _check_stream(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
+def test_ten_minutes_of_a_256_x_256_stream():
+    r = _in_fresh_process(30.0, float(os.environ.get("AUTOSCOPE_L1_S", "600")), 256)
+    assert r["rate_hz"] > 10.0, r  # as fast as the simulated instrument renders 256 x 256 fields
+    _check_stream(r)
+
+
+def _check_stream(r: dict) -> None:
     assert r["received"] == r["analysed"] + sum(r["skipped"].values())
     assert r["stream"]["frames"] == r["received"]
     assert r["received"] + r["stream"].get("frames_lost", 0) <= r["sent"]  # nothing invented
