@@ -431,8 +431,10 @@ class Loop:
             self.timings.add("frame_to_command", 1e3 * (t0 - self._frame_at))
             self._frame_at = None
         _bump(self.state.commands, "sent")
+        # wait for the ack as long as the command may still run: given up on, it can no longer execute
+        timeout_s = max(self.config.command_timeout_s, command.deadline_unix_s - time.time() + 0.25)
         try:
-            ack = self.driver.send(command, timeout_s=self.config.command_timeout_s)
+            ack = self.driver.send(command, timeout_s=timeout_s)
         except CommandRefused as exc:
             self.recorder.ack(exc.ack, step)
             _bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
@@ -442,11 +444,13 @@ class Loop:
             return False
         except DriverTimeout as exc:
             _bump(self.state.commands, "ack_timeouts")
+            self.guard.commit(command)  # it may have run: its dose counts (the conservative side)
             self._error("ack_timeout", str(exc), step=step)
             self._failed(decision, "no ack")
             return False
         except Disconnected as exc:
             _bump(self.state.commands, "disconnected")
+            self.guard.commit(command)  # it may have reached the instrument before the link broke
             self._instrument_lost(exc)
             return False
         _bump(self.state.commands, "acked")

@@ -15,7 +15,7 @@ import pytest
 
 from agent.loop import LoopConfig
 from agent.policies import PolicyContext, make_policy
-from drivers.base import Ack, CommandRefused, Frame, ScanCommand
+from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, ScanCommand
 from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -232,3 +232,29 @@ def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_
     out = capsys.readouterr().out
     assert "frames: received 3, analysed 3, recorded 3" in out and "commands: sent 5, acked 5" in out
     assert "link: " in out and "recorder: records" in out
+
+
+class _LostAcks(SimulatedDriver):
+    """Executes every scan but loses the ack of the ``at``-th (the answer never arrives)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(specimen_seed=2)
+        self.at, self.scans, self.timeouts_s = at, 0, []
+
+    def send(self, command, timeout_s: float = 5.0) -> Ack:
+        ack = super().send(command, timeout_s)
+        if isinstance(command, ScanCommand):
+            self.scans += 1
+            if self.scans == self.at:
+                self.timeouts_s.append(timeout_s)
+                raise DriverTimeout(f"no ack for {command.id} within {timeout_s:g} s")
+        return ack
+
+
+def test_a_scan_whose_ack_was_lost_counts_in_the_dose_and_was_waited_for_until_its_deadline(segmenter, tmp_path):
+    driver = _LostAcks(at=2)
+    loop = make_loop(driver, segmenter, tmp_path, policy="defects", steps=3, command_timeout_s=0.5)
+    state = loop.run()
+    assert state.commands.get("ack_timeouts") == 1
+    assert len(loop.guard.doses_e_per_a2) == driver.scans  # the unacknowledged scan's dose is counted too
+    assert driver.timeouts_s[0] > 20.0  # the guard's 30 s deadline, not the 0.5 s ack wait
