@@ -89,8 +89,11 @@ class RunConfig(BaseModel):
     max_frame_age_s: float = Field(60.0, gt=0.0, description="Older frames are skipped, never analysed.")
     perception_timeout_s: float = Field(60.0, gt=0.0, description="A model slower on one frame is hung: safe hold.")
     heartbeat_s: float = Field(
-        1.0, ge=0.01, le=60.0, description="Heartbeat period to a tcp:// instrument (three missed: gone); keep it "
-        "under a third of the server's dead-man time."
+        1.0,
+        ge=0.01,
+        le=60.0,
+        description="Heartbeat period to a tcp:// instrument (three missed: gone); keep it "
+        "under a third of the server's dead-man time.",
     )
     field: FieldConfig = FieldConfig()
     simulator: SimulatorConfig = SimulatorConfig()
