@@ -46,6 +46,10 @@ SCENARIOS: dict[str, tuple[str, dict[str, float]]] = {
         {"AUTOSCOPE_L1_S": 600},
     ),
     "F3_chaos": (_R + "test_chaotic_command_path.py::test_five_minutes_of_chaos", {"AUTOSCOPE_F3_S": 300}),
+    "F2_F4_frozen_60s": (
+        _R + "test_frozen_instrument.py::test_an_instrument_frozen_for_a_minute_gets_nothing_sent_before_the_freeze",
+        {},
+    ),
     "deadman_kills": ("tests/drivers/test_deadman.py", {}),
     "B2_decisions": (_R + "test_decisions_reach_no_unsafe_command.py::test_ten_thousand_decision_sequences", {}),
     "P1_state_machine": (_R + "test_state_machine.py::test_invariants_hold_over_200_examples_of_30_steps", {}),

@@ -37,6 +37,16 @@ def _serve() -> tuple[str, subprocess.Popen[str]]:
 
 
 def test_a_frozen_instrument_is_detected_and_a_command_sent_into_it_never_runs_late():
+    _freeze(thaw_after_s=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_instrument_frozen_for_a_minute_gets_nothing_sent_before_the_freeze():
+    _freeze(thaw_after_s=60.0)  # F2 (30 s) and F4 (reconnect after 60 s) at their full lengths
+
+
+def _freeze(thaw_after_s: float) -> None:
     endpoint, proc = _serve()
     scan = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 4.0, "rows": 32, "cols": 32, "dwell_us": 1.0}
     try:
@@ -58,7 +68,7 @@ def test_a_frozen_instrument_is_detected_and_a_command_sent_into_it_never_runs_l
             assert longest_call_s < 1.0
             with pytest.raises(Disconnected):
                 remote.send(ScanCommand(**scan))  # nothing is queued for a peer that is gone
-            time.sleep(1.0)
+            time.sleep(thaw_after_s)
             os.kill(proc.pid, signal.SIGCONT)
             deadline = time.monotonic() + 10.0
             while not remote.connected and time.monotonic() < deadline:
