@@ -147,17 +147,32 @@ class InstrumentServer:
         return self
 
     def stop(self) -> None:
-        """Stop the threads and close the sockets (the driver stays open)."""
+        """Drop queued commands, blank the beam, stop the threads and close the sockets (the driver stays open).
+
+        A worker stuck in the driver (an acquisition that never ends) is left behind after 5 s rather
+        than waited for, so that the caller can go on and close the driver.
+        """
         self._stop.set()
-        self._jobs.put(None)
+        while True:
+            try:
+                dropped = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if dropped is not None:
+                self.stats["dropped_at_stop"] += 1
+        self._blank_first(keep=[None])
         for t in self._threads:
             t.join(timeout=5.0)
+        stuck = any(t.is_alive() for t in self._threads)
         for sock in (self._router, self._pub, self._results):
             if sock is not None:
                 sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
-        self._ctx.term()
+        if stuck:  # its inproc socket is still open: terminating the context would wait for it forever
+            logger.error("the instrument worker is stuck in the driver; leaving it behind")
+        else:
+            self._ctx.term()
 
     def __enter__(self) -> InstrumentServer:
         return self.start()
@@ -171,8 +186,8 @@ class InstrumentServer:
         out.connect(f"inproc://results-{id(self)}")
 
         def post(identity: bytes | None, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
-            if identity is None:  # the server's own command (the dead-man's blank): nobody to answer
-                logger.warning("dead-man blank: %s", items[0])
+            if identity is None:  # the server's own blank (dead-man or stop): nobody to answer
+                logger.warning("the server's own blank: %s", items[0])
                 return
             self._done.put((identity, items, command_id))
             out.send(b"")  # wake the I/O thread, which alone touches the client sockets
@@ -180,7 +195,7 @@ class InstrumentServer:
         try:
             while (job := self._jobs.get()) is not None:
                 identity, command = job
-                ack = self._execute(command)
+                ack = self._execute(command, own=identity is None)
                 if not (ack.accepted and isinstance(command, ScanCommand)):
                     post(identity, command.id, ack)
                     continue
@@ -196,8 +211,12 @@ class InstrumentServer:
         finally:
             out.close(linger=0)
 
-    def _execute(self, command: Command) -> Ack:
-        if time.time() > command.deadline_unix_s:
+    def _execute(self, command: Command, own: bool = False) -> Ack:
+        """Run one command on the driver; whatever the driver raises becomes a refusal (the worker lives on).
+
+        ``own``: the server's own command (the dead-man's blank), which never expires.
+        """
+        if not own and time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
             return Ack.refusal(command, "expired", "deadline passed while queued")
         try:
@@ -208,6 +227,10 @@ class InstrumentServer:
         except DriverError as exc:
             self.stats["driver_errors"] += 1
             return Ack.refusal(command, "error", str(exc))
+        except Exception as exc:  # a vendor API failing in an unforeseen way must not kill the worker
+            self.stats["driver_exceptions"] += 1
+            logger.exception("the driver raised on %s", command.kind)
+            return Ack.refusal(command, "error", f"the instrument failed: {type(exc).__name__}: {exc}")
 
     def _acquire(self, command: ScanCommand, wait_s: float | None = None) -> Frame | ProtocolError | None:
         """The frame of an accepted scan, an error when none came, or None if ``wait_s`` passed first."""
@@ -222,6 +245,10 @@ class InstrumentServer:
         except DriverError as exc:
             self.stats["frames_missing"] += 1
             return ProtocolError("acquisition", f"scan was accepted but no frame came: {exc}")
+        except Exception as exc:  # as in _execute: the worker must live on
+            self.stats["driver_exceptions"] += 1
+            logger.exception("the driver raised while acquiring")
+            return ProtocolError("acquisition", f"the instrument failed: {type(exc).__name__}: {exc}")
 
     # -- I/O thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -328,13 +355,19 @@ class InstrumentServer:
                 self.stats["dropped_by_deadman"] += 1
             else:
                 kept.append(job)
-        for job in kept:
-            self._jobs.put(job)
-        if self.deadman_s is None or "blank" not in self.driver.capabilities().command_kinds:
+        if self.deadman_s is None:
+            for job in kept:
+                self._jobs.put(job)
             return
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
+        self._blank_first(keep=kept)
+
+    def _blank_first(self, keep: list[tuple[bytes | None, Command] | None]) -> None:
+        """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty)."""
         self._jobs.put((None, BlankCommand()))
+        for job in keep:
+            self._jobs.put(job)
 
     def _drain_results(self) -> None:
         while True:

@@ -115,6 +115,74 @@ def test_queued_commands_of_a_silent_commander_are_dropped_not_executed():
         assert driver.commands[-1].kind == "blank"  # nothing ran after the dead-man's blank
 
 
+class _Failing(InMemoryDriver):
+    """A vendor API that raises something unforeseen on the first scan."""
+
+    def send(self, command, timeout_s=5.0):
+        if command.kind == "scan":
+            raise RuntimeError("SetVal: the vendor's COM server went away")
+        return super().send(command, timeout_s)
+
+
+class _Stuck(InMemoryDriver):
+    """A vendor call that hangs for ``stuck_s`` on the first scan (a stage move that never reports)."""
+
+    def __init__(self, stuck_s: float) -> None:
+        super().__init__()
+        self.stuck_s, self.scans = stuck_s, 0
+
+    def send(self, command, timeout_s=5.0):
+        if command.kind == "scan":
+            self.scans += 1
+            if self.scans == 1:
+                time.sleep(self.stuck_s)
+        return super().send(command, timeout_s)
+
+
+def test_a_driver_raising_the_unforeseen_neither_kills_the_server_nor_stops_the_dead_man():
+    driver = _Failing()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=0.5) as server:
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(UnblankCommand())
+            agent.command(ScanCommand(**SCAN))
+            blanked_at = _wait_for_blank(driver, 3.0)
+        finally:
+            agent.close()
+        assert blanked_at is not None and blanked_at - agent.last_sent_unix_s <= 0.5 + 0.5
+        assert server.stats["driver_exceptions"] == 1 and driver.state.blanked
+
+
+def test_the_dead_man_blank_follows_a_hung_call_at_once_and_the_queued_work_is_dropped():
+    driver = _Stuck(stuck_s=2.0)
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=0.5) as server:
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(UnblankCommand())
+            agent.command(ScanCommand(**SCAN))  # the instrument hangs 2 s on it
+            agent.command(ScanCommand(**SCAN))  # queued behind it
+            blanked_at = _wait_for_blank(driver, 5.0)
+        finally:
+            agent.close()
+        assert blanked_at is not None
+        assert [c.kind for c in driver.commands] == ["unblank", "scan", "blank"]  # the queued scan never ran
+        assert server.stats["dropped_by_deadman"] == 1 and server.stats["expired"] == 0
+
+
+def test_stopping_the_server_drops_queued_work_and_blanks():
+    driver = _Slow()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None).start()
+    with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+        remote.send(UnblankCommand())
+        for _ in range(20):
+            remote.submit(ScanCommand(**SCAN))
+        time.sleep(0.3)
+        server.stop()
+    kinds = [c.kind for c in driver.commands]
+    assert kinds[-1] == "blank" and kinds.count("scan") <= 3 and driver.state.blanked
+    assert server.stats["dropped_at_stop"] >= 1  # what was queued at the stop never ran
+
+
 _AGENT = textwrap.dedent(
     """
     import sys, time
