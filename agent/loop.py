@@ -176,6 +176,7 @@ class Loop:
         self.fallback = fallback
         self._fallback_due = False
         self.paused = False
+        self._seen_generation = self._link_generation()
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
@@ -385,6 +386,7 @@ class Loop:
     def _fill(self, depth: int) -> None:
         """Issue commands until ``depth`` scans are in flight (or every step has its command)."""
         s = self.state
+        self._check_link()
         while len(self._in_flight) < depth and self._frames_wanted() > 0:
             t0 = time.perf_counter()
             policy, fallback = self._decider()
@@ -584,8 +586,29 @@ class Loop:
         while connected is not None and time.monotonic() < deadline:
             time.sleep(0.05)  # let a dying connection be noticed before trusting `connected`
             if self.driver.connected and self._resume():  # type: ignore[attr-defined]
+                self._seen_generation = self._link_generation()
                 return
         raise StopLoop("failed", f"instrument lost: {exc}")
+
+    def _link_generation(self) -> int:
+        """How many times the driver has reconnected (0 for drivers that never do)."""
+        stats = getattr(self.driver, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+    def _check_link(self) -> None:
+        """A reconnection the loop did not see (it happened while waiting for a frame) is resumed first.
+
+        No move may follow a reconnection before the instrument's state is read back and the beam
+        unblanked; the scans in flight on the old connection will not answer.
+        """
+        generation = self._link_generation()
+        if generation == self._seen_generation:
+            return
+        self._seen_generation = generation
+        self._error("reconnected", "the instrument connection was re-established since the last command")
+        self._in_flight.clear()
+        if not self._resume():
+            raise StopLoop("failed", "the instrument reconnected but its state could not be read back")
 
     def _resume(self) -> bool:
         """After a reconnection: read the instrument's state back and unblank before any move.

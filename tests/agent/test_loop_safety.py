@@ -258,3 +258,43 @@ def test_a_scan_whose_ack_was_lost_counts_in_the_dose_and_was_waited_for_until_i
     assert state.commands.get("ack_timeouts") == 1
     assert len(loop.guard.doses_e_per_a2) == driver.scans  # the unacknowledged scan's dose is counted too
     assert driver.timeouts_s[0] > 20.0  # the guard's 30 s deadline, not the 0.5 s ack wait
+
+
+def test_a_reconnection_during_the_analysis_is_resumed_before_the_next_move(segmenter, tmp_path):
+    server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.1)
+    loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=3)
+    fresh = _Misbehaving("none")  # remembers what it executed
+    fresh.state.blanked = True  # the restarted instrument comes back blanked
+    servers = [server]
+
+    class _RestartDuringAnalysis:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def observe(self, frame, step, rotation_deg=0.0):
+            if step == 0:  # nothing in flight: the loop will not notice from a failed call
+                servers[0].stop()
+                time.sleep(0.5)
+                servers.append(InstrumentServer(fresh, endpoint, heartbeat_s=0.1).start())
+                deadline = time.monotonic() + 10.0
+                while not (remote.connected and remote.stats["reconnects"]) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            return self.inner.observe(frame, step, rotation_deg)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    loop.perception = _RestartDuringAnalysis(loop.perception)  # type: ignore[assignment]
+    try:
+        state = loop.run()
+    finally:
+        remote.close()
+        servers[-1].stop()
+    assert state.status == "completed", state.reason
+    assert fresh.executed[:2] == ["unblank", "scan"]  # read back, unblanked, then moved
+    log = records(tmp_path)
+    reconnected = next(i for i, r in enumerate(log) if r["type"] == "reconnected")
+    later_scans = [i for i, r in enumerate(log) if r["type"] == "command" and r["command"]["kind"] == "scan"]
+    assert any(i > reconnected for i in later_scans) and later_scans[1] > reconnected
