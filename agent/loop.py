@@ -607,8 +607,8 @@ class Loop:
         self._seen_generation = generation
         self._error("reconnected", "the instrument connection was re-established since the last command")
         self._in_flight.clear()
-        if not self._resume():
-            raise StopLoop("failed", "the instrument reconnected but its state could not be read back")
+        if not self._resume():  # lost again meanwhile: wait for it as for any loss
+            self._instrument_lost(Disconnected("the instrument was lost again while its state was read back"))
 
     def _resume(self) -> bool:
         """After a reconnection: read the instrument's state back and unblank before any move.

@@ -70,14 +70,15 @@ def _chaotic_run(segmenter, tmp_path, seconds: float) -> None:
         finally:
             recorder.close()
             remote.close()
+        executed = list(instrument.executed)  # before the server stops (and blanks on its own account)
     records = read_session(tmp_path / "session").records
     recorded_at = {r["command"]["id"]: r["t_unix_s"] for r in records if r["type"] == "command"}
-    ids = [cid for cid, _, _ in instrument.executed]
+    ids = [cid for cid, _, _ in executed]
     assert state.steps_done > 5, (state.status, state.reason, dict(proxy.stats))
     assert instrument.violations == []  # invariant 1: within limits...
-    assert all(recorded_at.get(cid, math.inf) <= at for cid, at, _ in instrument.executed)  # ...and recorded first
+    assert all(recorded_at.get(cid, math.inf) <= at for cid, at, _ in executed)  # ...and recorded first
     assert len(ids) == len(set(ids))  # invariant 2: at most once...
-    assert all(at <= deadline for _, at, deadline in instrument.executed)  # ...and never after its deadline
+    assert all(at <= deadline for _, at, deadline in executed)  # ...and never after its deadline
     assert proxy.stats["dropped_to_server"] > 0 and proxy.stats["dropped_to_client"] > 0  # the chaos was real
 
 

@@ -123,7 +123,7 @@ def test_autoscope_watch_reads_a_stream_and_records_suggestions(tmp_path, capsys
 
     with InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", "tcp://127.0.0.1:0") as server:
         stop, done = threading.Event(), [0]
-        person = threading.Thread(target=_person, args=(server.endpoint, 20.0, stop, done), daemon=True)
+        person = threading.Thread(target=_person, args=(server.endpoint, 20.0, stop, done, 64), daemon=True)
         person.start()
         try:
             argv = ["watch", "--frames", server.pub_endpoint, "--duration-s", "4", "--fov-nm", "1.28", "--pixels", "64"]
