@@ -663,6 +663,9 @@ class Loop:
         rtt = getattr(self.driver, "heartbeat_rtt_ms", None)
         if callable(rtt):
             link["heartbeat_rtt_ms"] = rtt()
+        send = self.timings.summary().get("send")
+        if send is not None:  # a scan sent and its ack back: the link's round trip as the loop sees it
+            link["command_round_trip_ms"] = send
         return link
 
     @staticmethod

@@ -227,6 +227,7 @@ def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_
     assert counters["frames"]["received"] == state.frames_received == 3
     assert counters["commands"] == {"sent": 5, "acked": 5}  # unblank, 3 scans, blank
     assert counters["link"]["frames"] == 3 and counters["link"].get("frames_lost", 0) == 0
+    assert counters["link"]["command_round_trip_ms"]["n"] == 3 and counters["link"]["command_round_trip_ms"]["p50"] > 0
     assert counters["recorder"]["records"] > 10 and counters["recorder"]["backlog"] == 0
     assert main(["sessions", "inspect", str(tmp_path / "session")]) == 0
     out = capsys.readouterr().out
