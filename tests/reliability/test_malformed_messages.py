@@ -122,8 +122,8 @@ def test_the_remote_driver_drops_and_counts_every_malformed_message_from_a_serve
     welcome.start()
     try:
         with RemoteDriver(
-            router.getsockopt_string(zmq.LAST_ENDPOINT), heartbeat_s=5.0, max_frame_bytes=64 * 1024
-        ) as remote:
+            router.getsockopt_string(zmq.LAST_ENDPOINT), heartbeat_s=30.0, max_frame_bytes=64 * 1024
+        ) as remote:  # the raw router sends no heartbeats: on a loaded machine the 10 000 take a while
             welcome.join(10.0)  # the socket is the test thread's again
             for _, parts in _malformed(np.random.default_rng(1), for_client=True):
                 router.send_multipart([identities[0], *parts])
