@@ -75,7 +75,14 @@ def run(name: str, scale: float) -> dict[str, object]:
         "settings": {k: env[k] for k in knobs},
         "pytest": summary,
         "figures": figures,
+        "failure": None if done.returncode == 0 else _failure(done.stdout),
     }
+
+
+def _failure(output: str) -> str:
+    """The assertion lines of a failed run (what broke), at most 2000 characters."""
+    lines = [line for line in output.splitlines() if line.startswith(("E ", ">", "FAILED"))]
+    return "\n".join(lines)[-2000:]
 
 
 def main() -> None:

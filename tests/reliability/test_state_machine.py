@@ -200,6 +200,7 @@ class LoopMachine(RuleBasedStateMachine):
         s = self.session
         if s is None or s.loop.running:
             return
+        self._note_unreachable()  # whichever rule ended it (a frame step too) while the instrument was down
         blanked = self.instrument.inner.state.blanked
         assert blanked or s.unreachable_at_end, s.loop.state.reason  # an unreachable one: its dead-man's job
         if not s.disk_full:
