@@ -28,6 +28,7 @@ from agent.timings import StageTimings
 from drivers.base import (
     Ack,
     BlankCommand,
+    Command,
     CommandRefused,
     Disconnected,
     Driver,
@@ -210,9 +211,7 @@ class Loop:
 
     def start(self) -> bool:
         """Unblank the beam; False if the run ended at once (see ``state``)."""
-        return self._guarded(
-            lambda: self._send_simple(UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s)))
-        )
+        return self._guarded(lambda: self._send_simple(self._unblank_command()))
 
     def step(self) -> bool:
         """Analyse one more frame (a paused loop does nothing); False once the run has ended."""
@@ -235,8 +234,7 @@ class Loop:
         """End a pause: unblank, then steps go on."""
         if self.running and self.paused:
             self.paused = False
-            unblank = UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
-            if self._guarded(lambda: self._send_simple(unblank)):
+            if self._guarded(lambda: self._send_simple(self._unblank_command())):
                 self._record_if_possible(lambda: self.recorder.write("resumed", step=self.state.issued))
 
     def abort(self, reason: str) -> None:
@@ -262,6 +260,9 @@ class Loop:
 
     def _blank_command(self) -> BlankCommand:
         return BlankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
+
+    def _unblank_command(self) -> UnblankCommand:
+        return UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
 
     def _step(self) -> None:
         depth = 2 if self.policy.commits_ahead else 1
@@ -432,30 +433,25 @@ class Loop:
         if self._frame_at is not None and not self.policy.commits_ahead:
             self.timings.add("frame_to_command", 1e3 * (t0 - self._frame_at))
             self._frame_at = None
-        _bump(self.state.commands, "sent")
         # wait for the ack as long as the command may still run: given up on, it can no longer execute
         timeout_s = max(self.config.command_timeout_s, command.deadline_unix_s - time.time() + 0.25)
         try:
-            ack = self.driver.send(command, timeout_s=timeout_s)
+            ack = self._send_counted(command, timeout_s)
         except CommandRefused as exc:
             self.recorder.ack(exc.ack, step)
-            _bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
             self._refused(decision, "instrument", exc.ack.reason or exc.ack.code or "refused")
             if exc.ack.code == "refused":  # our limits let it through and the instrument did not: stop moving
                 self._hold(f"the instrument refused a move: {exc.ack.reason}")
             return False
         except DriverTimeout as exc:
-            _bump(self.state.commands, "ack_timeouts")
             self.guard.commit(command)  # it may have run: its dose counts (the conservative side)
             self._error("ack_timeout", str(exc), step=step)
             self._failed(decision, "no ack")
             return False
         except Disconnected as exc:
-            _bump(self.state.commands, "disconnected")
             self.guard.commit(command)  # it may have reached the instrument before the link broke
             self._instrument_lost(exc)
             return False
-        _bump(self.state.commands, "acked")
         self._lost_since = None
         self.timings.add("send", 1e3 * (time.perf_counter() - t0))
         self.recorder.ack(ack, step)
@@ -467,8 +463,8 @@ class Loop:
         s.fields.append((command.x_nm, command.y_nm, command.fov_nm))
         return True
 
-    def _send_counted(self, command: BlankCommand | UnblankCommand, timeout_s: float) -> Ack:
-        """Send a beam command, counting it as sent, then as acked or by how it failed."""
+    def _send_counted(self, command: Command, timeout_s: float) -> Ack:
+        """Send a command, counting it as sent, then as acked or by how it failed."""
         _bump(self.state.commands, "sent")
         try:
             ack = self.driver.send(command, timeout_s=timeout_s)
@@ -590,10 +586,14 @@ class Loop:
                 return
         raise StopLoop("failed", f"instrument lost: {exc}")
 
+    def _driver_stats(self) -> dict[str, Any]:
+        """The driver's own counters, if it keeps any (the remote driver does)."""
+        stats = getattr(self.driver, "stats", None)
+        return dict(stats) if isinstance(stats, dict) else {}
+
     def _link_generation(self) -> int:
         """How many times the driver has reconnected (0 for drivers that never do)."""
-        stats = getattr(self.driver, "stats", None)
-        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+        return int(self._driver_stats().get("reconnects", 0))
 
     def _check_link(self) -> None:
         """A reconnection the loop did not see (it happened while waiting for a frame) is resumed first.
@@ -618,7 +618,7 @@ class Loop:
         """
         try:
             capabilities = self.driver.capabilities()
-            unblank = UnblankCommand(deadline_unix_s=deadline_in(self.config.command_timeout_s))
+            unblank = self._unblank_command()
             self.recorder.command(unblank, self.state.issued)
             self.recorder.ack(self._send_counted(unblank, self.config.command_timeout_s), self.state.issued)
         except CommandRefused as exc:
@@ -634,10 +634,11 @@ class Loop:
         self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
         s = self.state
         s.status, s.reason = status, reason
-        counters = {**s.counters(), "link": self._link_counters(), "recorder": self.recorder.counters()}
+        timings_ms = self.timings.summary()
+        counters = {**s.counters(), "link": self._link_counters(timings_ms), "recorder": self.recorder.counters()}
         self._record_if_possible(lambda: self.recorder.write(
             "stop", status=status, reason=reason, beam_blanked=blanked, steps=s.steps_done,
-            timings_ms=self.timings.summary(), errors=s.errors, frames=counters["frames"], counters=counters,
+            timings_ms=timings_ms, errors=s.errors, frames=counters["frames"], counters=counters,
         ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
 
@@ -656,14 +657,13 @@ class Loop:
             self._record_if_possible(lambda: self._error("blank_failed", message))
             return False
 
-    def _link_counters(self) -> dict[str, Any]:
-        """The driver's own counters (sequence gaps, stale acks, reconnects, heartbeat round trip...)."""
-        stats = getattr(self.driver, "stats", None)
-        link = dict(stats) if isinstance(stats, dict) else {}
+    def _link_counters(self, timings_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """The driver's own counters (sequence gaps, stale acks, reconnects...) and the command round trip."""
+        link = self._driver_stats()
         rtt = getattr(self.driver, "heartbeat_rtt_ms", None)
         if callable(rtt):
             link["heartbeat_rtt_ms"] = rtt()
-        send = self.timings.summary().get("send")
+        send = timings_ms.get("send")
         if send is not None:  # a scan sent and its ack back: the link's round trip as the loop sees it
             link["command_round_trip_ms"] = send
         return link

@@ -153,13 +153,9 @@ class InstrumentServer:
         than waited for, so that the caller can go on and close the driver.
         """
         self._stop.set()
-        while True:
-            try:
-                dropped = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if dropped is not None:
-                self.stats["dropped_at_stop"] += 1
+        dropped = sum(job is not None for job in self._take_jobs())
+        if dropped:
+            self.stats["dropped_at_stop"] += dropped
         self._blank_first(keep=[None])
         for t in self._threads:
             t.join(timeout=5.0)
@@ -346,11 +342,7 @@ class InstrumentServer:
         """Drop the silent commander's queued commands and blank the beam (once per silence)."""
         lost, self._commander = self._commander, None
         kept = []
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
+        for job in self._take_jobs():
             if job is not None and job[0] == lost:
                 self.stats["dropped_by_deadman"] += 1
             else:
@@ -362,6 +354,15 @@ class InstrumentServer:
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
         self._blank_first(keep=kept)
+
+    def _take_jobs(self) -> list[tuple[bytes | None, Command] | None]:
+        """Empty the job queue, returning what was in it, in order."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                return jobs
 
     def _blank_first(self, keep: list[tuple[bytes | None, Command] | None]) -> None:
         """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty)."""

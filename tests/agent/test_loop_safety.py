@@ -10,7 +10,6 @@ import copy
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from agent.loop import LoopConfig
@@ -21,6 +20,7 @@ from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
 from drivers.simulated import SimulatedDriver
 from tests.agent.test_loop import FIELD, REGION, FaultyDriver, make_loop, records
+from tests.reliability.harness import FailingModel
 
 
 class _Misbehaving(SimulatedDriver):
@@ -77,27 +77,6 @@ def test_every_frame_received_is_analysed_or_counted_as_skipped(segmenter, tmp_p
     assert recorded == len(read_session(tmp_path / "session").frames)  # every recorded frame is on disk
 
 
-class _FailingModel:
-    """The real onnxruntime model, whose outputs are spoiled (or which raises) on chosen calls."""
-
-    def __init__(self, inner, faults: dict[int, str]) -> None:
-        self.inner, self.faults, self.calls = inner, faults, 0
-
-    def run(self, image, input_name="image"):
-        fault = self.faults.get(self.calls, "")
-        self.calls += 1
-        out = self.inner.run(image, input_name)
-        if fault == "raise":
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        if fault == "nan":
-            out["mean_probs"][:, 3, 3] = np.nan
-        if fault == "shape":
-            out["mutual_info"] = out["mutual_info"][:, :-1]
-        if fault == "range":
-            out["mean_probs"] = out["mean_probs"] * 7.0
-        return out
-
-
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [("nan", "non_finite"), ("shape", "shape"), ("raise", "raised_RuntimeError"), ("range", "range")],
@@ -106,7 +85,7 @@ def test_a_failing_model_withholds_the_decision_and_the_fallback_decides_on_the_
     segmenter, tmp_path, fault, reason
 ):
     spoiled = copy.copy(segmenter)
-    spoiled.model = _FailingModel(segmenter.model, {1: fault})
+    spoiled.model = FailingModel(segmenter.model, {1: fault})
     loop = make_loop(SimulatedDriver(specimen_seed=2), spoiled, tmp_path, policy="defects", steps=4)
     ingested: list[int] = []
     inner_ingest = loop.policy.ingest
@@ -128,7 +107,7 @@ def test_a_failing_model_withholds_the_decision_and_the_fallback_decides_on_the_
 
 def test_a_model_that_keeps_failing_stops_the_run_blanked(segmenter, tmp_path):
     spoiled = copy.copy(segmenter)
-    spoiled.model = _FailingModel(segmenter.model, dict.fromkeys(range(100), "nan"))
+    spoiled.model = FailingModel(segmenter.model, dict.fromkeys(range(100), "nan"))
     driver = SimulatedDriver(specimen_seed=2)
     loop = make_loop(driver, spoiled, tmp_path, policy="defects", steps=4, max_failures=3)
     loop.fallback = make_policy("raster", PolicyContext(REGION, FIELD, seed=1))

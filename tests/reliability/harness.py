@@ -181,15 +181,19 @@ class ChaosInstrument:
 
 
 class FailingModel:
-    """The real onnxruntime model, whose next outputs can be spoiled; remembers whether the last was."""
+    """The real onnxruntime model, whose outputs can be spoiled (the next call's, or chosen calls' by index:
+    ``nan``, ``shape``, ``range``, ``raise``); remembers whether the last call's was."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, faults: dict[int, str] | None = None) -> None:
         self.inner = inner
+        self.faults = faults or {}  # by call index, besides next_fault
+        self.calls = 0
         self.next_fault: str | None = None
         self.last_spoiled = False
 
     def run(self, image: np.ndarray, input_name: str = "image") -> dict[str, np.ndarray]:
-        fault, self.next_fault = self.next_fault, None
+        fault, self.next_fault = self.next_fault or self.faults.get(self.calls), None
+        self.calls += 1
         self.last_spoiled = fault is not None
         out = self.inner.run(image, input_name)
         if fault == "raise":
