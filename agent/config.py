@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.guard import GuardConfig
-from drivers.base import Capabilities, Range
+from agent.guard import CHECKED_LIMITS, GuardConfig
+from drivers.base import Range
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 # Limits an agent must be given before it may drive a real instrument: it never learns where it may go
 # from the instrument alone (the simulator's own limits stand in for them with ``instrument = "sim"``).
-REQUIRED_LIMITS = ("stage_x_nm", "stage_y_nm", "fov_nm", "pixels", "dwell_us")
+REQUIRED_LIMITS = CHECKED_LIMITS[:-1]  # all but tilt: a scan-only instrument has none
 
 
 class FieldConfig(BaseModel):
@@ -116,23 +116,6 @@ class RunConfig(BaseModel):
                 "(set them in the [guard] table, within what the instrument reports)"
             )
         return self
-
-
-def limits_beyond_instrument(guard: GuardConfig, cap: Capabilities) -> list[str]:
-    """Configured limits wider than the instrument's (each named with both ranges); empty when all fit."""
-    problems = []
-    for name in (*REQUIRED_LIMITS, "tilt_deg"):  # named alike in the guard and the capabilities
-        wanted, allowed = getattr(guard, name), getattr(cap, name)
-        if wanted is None:
-            continue
-        if allowed is None:
-            problems.append(f"guard.{name} is set but the instrument reports no {name} range")
-        elif wanted.low < allowed.low or wanted.high > allowed.high:
-            problems.append(
-                f"guard.{name} [{wanted.low:g}, {wanted.high:g}] is wider than the instrument's "
-                f"[{allowed.low:g}, {allowed.high:g}]"
-            )
-    return problems
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.config import ConfigError, RunConfig, limits_beyond_instrument
-from agent.guard import Guard, intersect
+from agent.config import ConfigError, RunConfig
+from agent.guard import Guard, intersect, limits_beyond_instrument
 from agent.live import LiveView
 from agent.loop import Loop, LoopConfig, RunState
 from agent.perception import Perception

@@ -76,6 +76,27 @@ class Refusal:
     reason: str
 
 
+#: Limits named alike in the guard's configuration and the instrument's capabilities.
+CHECKED_LIMITS = ("stage_x_nm", "stage_y_nm", "fov_nm", "pixels", "dwell_us", "tilt_deg")
+
+
+def limits_beyond_instrument(guard: GuardConfig, cap: Capabilities) -> list[str]:
+    """Configured limits wider than the instrument's (each named with both ranges); empty when all fit."""
+    problems = []
+    for name in CHECKED_LIMITS:
+        wanted, allowed = getattr(guard, name), getattr(cap, name)
+        if wanted is None:
+            continue
+        if allowed is None:
+            problems.append(f"guard.{name} is set but the instrument reports no {name} range")
+        elif wanted.low < allowed.low or wanted.high > allowed.high:
+            problems.append(
+                f"guard.{name} [{wanted.low:g}, {wanted.high:g}] is wider than the instrument's "
+                f"[{allowed.low:g}, {allowed.high:g}]"
+            )
+    return problems
+
+
 def intersect(a: Range | None, b: Range | None) -> Range | None:
     """The overlap of two optional ranges (either may be None: the other stands); None if they do not overlap."""
     if a is None:
@@ -91,7 +112,13 @@ class Guard:
 
     def __init__(self, capabilities: Capabilities, config: GuardConfig | None = None) -> None:
         self.config = config or GuardConfig()
-        c, cap = self.config, capabilities
+        self._take_limits(capabilities)
+        self.position: tuple[float, float] | None = None
+        self._fields = FieldIndex()  # every accepted scan, binned: checks cost the same however many there are
+        self._doses: list[float] = []
+
+    def _take_limits(self, cap: Capabilities) -> None:
+        c = self.config
         self.kinds = set(cap.command_kinds)
         self.limits: dict[str, Range | None] = {
             "x_nm": intersect(cap.stage_x_nm, c.stage_x_nm),
@@ -103,9 +130,18 @@ class Guard:
             "tilt_deg": intersect(cap.tilt_deg, c.tilt_deg),
         }
         self.max_frame_dose = cap.max_dose_e_per_a2
-        self.position: tuple[float, float] | None = None
-        self._fields = FieldIndex()  # every accepted scan, binned: checks cost the same however many there are
-        self._doses: list[float] = []
+
+    def refresh(self, capabilities: Capabilities) -> list[str]:
+        """Take the limits of an instrument that reconnected (it may have restarted with other ones).
+
+        Fields already scanned and the dose they received are kept.  Returns what of the configuration
+        is wider than the new limits (as :func:`limits_beyond_instrument`); in that case nothing changes
+        and the caller must not move.
+        """
+        problems = limits_beyond_instrument(self.config, capabilities)
+        if not problems:
+            self._take_limits(capabilities)
+        return problems
 
     def frame_dose_e_per_a2(self, d: Decision) -> float:
         """Dose one frame of ``d`` delivers: ``I * t_dwell / (e * pixel area)``."""

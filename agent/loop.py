@@ -613,11 +613,16 @@ class Loop:
     def _resume(self) -> bool:
         """After a reconnection: read the instrument's state back and unblank before any move.
 
-        The instrument may have restarted, or its dead-man timer blanked the beam meanwhile.  False
+        The instrument may have restarted (the guard takes its limits again: narrower than the
+        configuration's means a safe hold), or its dead-man timer blanked the beam meanwhile.  False
         if the connection failed again meanwhile.
         """
         try:
             capabilities = self.driver.capabilities()
+            beyond = self.guard.refresh(capabilities)
+            if beyond:
+                raise StopLoop("held", "safe hold: the reconnected instrument's limits are narrower than the "
+                               f"configuration's: {'; '.join(beyond)}")  # fmt: skip
             unblank = self._unblank_command()
             self.recorder.command(unblank, self.state.issued)
             self.recorder.ack(self._send_counted(unblank, self.config.command_timeout_s), self.state.issued)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
+import numpy as np
 import zmq
 
 from drivers.base import (
@@ -77,6 +79,7 @@ class RemoteDriver:
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.stats: Counter[str] = Counter()
+        self._rtts_ms: deque[float] = deque(maxlen=1000)
         self._curve = curve
         self._ctx = zmq.Context()
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
@@ -364,6 +367,27 @@ class RemoteDriver:
             logger.warning("dropped a message from %s: %s", self.endpoint, exc)
         return True
 
+    def _note_round_trip(self, echo_t: Any, held_s: Any) -> None:
+        """A heartbeat's round trip from our own stamp it echoes, less the time the server held it."""
+        if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in (echo_t, held_s)):
+            return  # a beat without an echo (its first, or an older server)
+        rtt_s = time.time() - float(echo_t) - float(held_s)
+        if math.isfinite(rtt_s) and 0.0 <= rtt_s < 60.0:  # a wall-clock step makes nonsense: left out
+            self._rtts_ms.append(1e3 * rtt_s)
+
+    def heartbeat_rtt_ms(self) -> dict[str, float] | None:
+        """Heartbeat round trips (the last 1000): count, median, 99th percentile and maximum, in ms."""
+        rtts = np.asarray(list(self._rtts_ms))
+        if rtts.size == 0:
+            return None
+        p50, p99 = np.percentile(rtts, [50, 99])
+        return {
+            "n": int(rtts.size),
+            "p50": round(float(p50), 3),
+            "p99": round(float(p99), 3),
+            "max": round(float(rtts.max()), 3),
+        }
+
     def _dispatch(self, parts: list[memoryview]) -> None:
         obj = decode_envelope([bytes(parts[0]), *parts[1:]])  # type: ignore[list-item]
         kind = obj["type"]
@@ -395,5 +419,6 @@ class RemoteDriver:
                     self._frames.put(error)
         elif kind == "heartbeat":
             self.stats["heartbeats_in"] += 1
+            self._note_round_trip(obj.get("echo_t"), obj.get("held_s"))
         else:  # hello, command, bye: what a client sends, never a server
             raise ProtocolError("type", f"a server may not send {kind!r} messages")

@@ -47,7 +47,10 @@ def schemas() -> dict[str, dict[str, Any]]:
             {"header": {"$ref": "frame_header.json"}, "delivery_seq": {"type": "integer", "minimum": 0}},
             ("header", "delivery_seq"),
         ),
-        "heartbeat": _envelope("heartbeat", {"t": {"type": "number"}}),
+        "heartbeat": _envelope(
+            "heartbeat",
+            {"t": {"type": "number"}, "echo_t": {"type": "number"}, "held_s": {"type": "number", "minimum": 0}},
+        ),
         "error": _envelope(
             "error",
             {"code": {"type": "string"}, "reason": {"type": "string"}, "command_id": {"type": ["string", "null"]}},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -58,6 +59,8 @@ _SEEN_IDS = 100_000
 class _Client:
     last_seen: float
     delivery_seq: int = 0
+    #: The client's last heartbeat time stamp and when it arrived (monotonic), echoed in our next beat.
+    echo: tuple[float, float] | None = None
 
 
 class InstrumentServer:
@@ -287,7 +290,7 @@ class InstrumentServer:
             self._router.send_multipart([identity, *parts], copy=False)
         except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
             self.stats["undeliverable"] += 1
-            self._clients.pop(identity, None)
+            self._forget(identity)
 
     def _handle(self, identity: bytes, body: list[bytes]) -> None:
         try:
@@ -298,8 +301,9 @@ class InstrumentServer:
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time()))
             elif kind == "heartbeat":
                 self.stats["heartbeats_in"] += 1
+                self._keep_echo(identity, obj.get("t"))
             elif kind == "bye":
-                self._clients.pop(identity, None)
+                self._forget(identity)
                 if identity == self._commander:
                     self._deadman("the commanding client said bye")
             elif kind == "command":
@@ -355,6 +359,22 @@ class InstrumentServer:
         logger.warning("dead-man timer: %s; blanking the beam", why)
         self._blank_first(keep=kept)
 
+    def _forget(self, identity: bytes) -> None:
+        """A client gone (silent, said bye, unreachable): drop its queued moves, keep its blanks and stops.
+
+        It has given its pending commands up as failed (or will, on its own heartbeat), so none of them may
+        run later; the safe ones still do.
+        """
+        self._clients.pop(identity, None)
+        kept = []
+        for job in self._take_jobs():
+            if job is not None and job[0] == identity and job[1].kind not in ("blank", "stop"):
+                self.stats["dropped_client_gone"] += 1
+            else:
+                kept.append(job)
+        for job in kept:
+            self._jobs.put(job)
+
     def _take_jobs(self) -> list[tuple[bytes | None, Command] | None]:
         """Empty the job queue, returning what was in it, in order."""
         jobs = []
@@ -400,9 +420,24 @@ class InstrumentServer:
         for identity, client in list(self._clients.items()):
             if now - client.last_seen > 3 * self.heartbeat_s:
                 self.stats["clients_lost"] += 1
-                del self._clients[identity]
+                self._forget(identity)
             else:
-                self._reply(identity, [envelope("heartbeat", t=time.time())])
+                self._reply(identity, [envelope("heartbeat", t=time.time(), **self._echo(client, now))])
+
+    def _keep_echo(self, identity: bytes, t: object) -> None:
+        """Keep a client's heartbeat time stamp (a finite number, else ignored) to echo back."""
+        client = self._clients.get(identity)
+        if client is not None and isinstance(t, float | int) and not isinstance(t, bool) and math.isfinite(t):
+            client.echo = (float(t), time.monotonic())
+
+    @staticmethod
+    def _echo(client: _Client, now: float) -> dict[str, float]:
+        """``echo_t`` and ``held_s`` for the client's round trip: its own stamp and how long we held it."""
+        if client.echo is None:
+            return {}
+        t, arrived = client.echo
+        client.echo = None
+        return {"echo_t": t, "held_s": now - arrived}
 
     @property
     def clients(self) -> int:

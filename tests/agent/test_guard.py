@@ -142,3 +142,16 @@ def test_the_dose_of_a_tall_non_square_field_counts_over_its_whole_height():
     overlapping = guard.check(_scan(y_nm=20.0, **tall))  # 20 nm up: inside the first field's height
     assert isinstance(overlapping, Refusal) and "dose budget" in overlapping.reason
     assert isinstance(guard.check(_scan(y_nm=100.0, **tall)), ScanCommand)  # clear of it
+
+
+def test_refresh_takes_a_restarted_instruments_limits_and_keeps_what_was_scanned():
+    guard = Guard(DEFAULT_CAPABILITIES, GuardConfig())
+    guard.commit(guard.check(_scan()))
+    narrower = DEFAULT_CAPABILITIES.model_copy(update={"stage_x_nm": Range(low=-1.0, high=1.0)})
+    assert guard.refresh(narrower) == []  # nothing configured: the instrument's word stands
+    assert "x_nm=2 is outside the allowed [-1, 1]" in guard.check(_scan(x_nm=2.0)).reason
+    assert "repeat of the field" in guard.check(_scan(x_nm=0.2)).reason  # the earlier field is remembered
+    configured = Guard(DEFAULT_CAPABILITIES, CONFIG)  # x within [-200, 300]
+    beyond = configured.refresh(narrower)
+    assert beyond == ["guard.stage_x_nm [-200, 300] is wider than the instrument's [-1, 1]"]
+    assert configured.limits["x_nm"] == Range(low=-200, high=300)  # unchanged: the caller holds instead

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from agent.guard import Guard, GuardConfig
 from agent.loop import LoopConfig
 from agent.policies import PolicyContext, make_policy
-from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, ScanCommand
+from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, Range, ScanCommand
 from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -191,6 +192,37 @@ def test_after_the_instrument_restarts_the_loop_reads_it_back_and_unblanks_befor
     assert next_scan > back
 
 
+def test_an_instrument_back_with_narrower_limits_than_configured_means_a_safe_hold(segmenter, tmp_path):
+    server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.1)
+    loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=6, reconnect_grace_s=10.0)
+    loop.guard = Guard(remote.capabilities(), GuardConfig(stage_x_nm=Range(low=-30.0, high=30.0)))
+    restarted: list[SimulatedDriver] = []
+    servers: list[InstrumentServer] = []
+
+    def restart_narrower_after_two(loop_) -> None:
+        if loop_.state.steps_done == 2 and not restarted:
+            server.stop()
+            time.sleep(0.5)
+            fresh = SimulatedDriver(specimen_seed=2)
+            fresh._cap = fresh._cap.model_copy(update={"stage_x_nm": Range(low=-10.0, high=10.0)})
+            restarted.append(fresh)
+            servers.append(InstrumentServer(fresh, endpoint, heartbeat_s=0.1).start())
+
+    loop.on_step = restart_narrower_after_two
+    try:
+        state = loop.run()
+        executed = restarted[0].commands_executed  # before stopping the server (which blanks too)
+    finally:
+        remote.close()
+        for s in servers:
+            s.stop()
+    assert state.status == "held" and "narrower" in state.reason and "guard.stage_x_nm [-30, 30]" in state.reason
+    assert executed == 1 and restarted[0].state.blanked  # the hold's blank: no unblank, no move
+    assert state.steps_done == 2
+
+
 def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_path, capsys):
     from agent.cli import main
 
@@ -198,6 +230,7 @@ def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_
     remote = RemoteDriver(server.endpoint, heartbeat_s=0.1)
     try:
         loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=3)
+        time.sleep(0.4)  # a few heartbeats and their echoes
         state = loop.run()
     finally:
         remote.close()
@@ -207,6 +240,7 @@ def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_
     assert counters["commands"] == {"sent": 5, "acked": 5}  # unblank, 3 scans, blank
     assert counters["link"]["frames"] == 3 and counters["link"].get("frames_lost", 0) == 0
     assert counters["link"]["command_round_trip_ms"]["n"] == 3 and counters["link"]["command_round_trip_ms"]["p50"] > 0
+    assert counters["link"]["heartbeat_rtt_ms"]["n"] >= 1
     assert counters["recorder"]["records"] > 10 and counters["recorder"]["backlog"] == 0
     assert main(["sessions", "inspect", str(tmp_path / "session")]) == 0
     out = capsys.readouterr().out

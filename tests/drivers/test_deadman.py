@@ -115,6 +115,27 @@ def test_queued_commands_of_a_silent_commander_are_dropped_not_executed():
         assert driver.commands[-1].kind == "blank"  # nothing ran after the dead-man's blank
 
 
+def test_a_client_forgotten_for_silence_has_its_queued_moves_dropped_and_its_blank_kept():
+    driver = _Slow()  # no dead-man: the server's own heartbeat bookkeeping must do it
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None) as server:
+        agent = _Silent(server.endpoint)
+        try:
+            agent.command(UnblankCommand())
+            for _ in range(20):  # 4 s of work, queued at once; the client is gone after 0.6 s
+                agent.command(ScanCommand(**SCAN))
+            agent.command(BlankCommand())
+            deadline = time.time() + 6.0
+            while server.stats["clients_lost"] == 0 and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.5)  # the job in hand, then the kept blank
+        finally:
+            agent.close()
+        scans = [c for c in driver.commands if c.kind == "scan"]
+        assert server.stats["dropped_client_gone"] > 0
+        assert len(scans) + server.stats["dropped_client_gone"] == 20
+        assert driver.commands[-1].kind == "blank" and driver.state.blanked
+
+
 class _Failing(InMemoryDriver):
     """A vendor API that raises something unforeseen on the first scan."""
 

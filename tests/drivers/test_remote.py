@@ -249,3 +249,30 @@ def test_submit_fails_at_once_when_not_connected():
         remote.submit(refused)
     remote.close()
     assert refused.id not in [c.id for c in driver.commands]  # only the stopped server's own blank ran
+
+
+def test_heartbeat_round_trip_is_measured_from_the_servers_echo():
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.05).start()
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.05) as remote:
+            t0 = time.monotonic()
+            while (remote.heartbeat_rtt_ms() or {"n": 0})["n"] < 5 and time.monotonic() - t0 < 5.0:
+                time.sleep(0.02)
+            rtt = remote.heartbeat_rtt_ms()
+    finally:
+        server.stop()
+    assert rtt is not None and rtt["n"] >= 5
+    assert 0.0 <= rtt["p50"] <= rtt["p99"] <= rtt["max"] < 1000.0
+
+
+def test_echoes_that_make_no_sense_are_left_out_of_the_round_trip(fake):
+    with RemoteDriver(fake.endpoint, heartbeat_s=0.2) as remote:
+        assert remote.heartbeat_rtt_ms() is None  # the fake server never echoes
+        now = time.time()
+        fake.send([envelope("heartbeat", t=now, echo_t=now - 0.010, held_s=0.004)])  # 6 ms
+        for echo_t, held_s in ((now, 120.0), (now - 3600.0, 0.0), ("soon", 0.0), (now, True)):  # < 0, > 60 s, types
+            fake.send([envelope("heartbeat", t=now, echo_t=echo_t, held_s=held_s)])
+        time.sleep(0.3)
+        rtt = remote.heartbeat_rtt_ms()
+        assert remote.connected
+    assert rtt is not None and rtt["n"] == 1 and 6.0 <= rtt["p50"] < 300.0

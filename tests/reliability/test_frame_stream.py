@@ -2,6 +2,11 @@
 
 64 x 64 frames of the simulated instrument.  Frames received = analysed + skipped, exactly; frames the
 publisher dropped are counted by sequence number; memory grows by less than 50 MB after warm-up.
+
+The 10-minute run at 256 x 256 (slow) serves a bank of fields the simulator rendered beforehand: its
+renderer takes about 20 ms per 256 x 256 field on one core, too slow for 100 Hz next to the model on a
+2-core machine, and what L1 tests is the agent keeping up with (or counting what it skips of) a fast
+stream, not the simulator's speed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pytest
 from agent.perception import Perception
 from agent.policies import FieldTemplate, PolicyContext, Region, make_policy
 from agent.watch import Watcher
-from drivers.base import ScanCommand, UnblankCommand
+from drivers.base import Frame, ScanCommand, UnblankCommand
 from drivers.observer import FrameSubscriber
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -50,11 +55,37 @@ def _person(endpoint: str, rate_hz: float, stop: threading.Event, done: list[int
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
-def _scenario(warm_up_s: float, watch_s: float, pixels: int = 64) -> dict[str, object]:
-    """The L1 scenario; run in a fresh process so that the memory figure is this scenario's alone."""
+class _BankedDriver(SimulatedDriver):
+    """The simulated instrument, rendering its first ``bank`` fields and then serving them again in turn.
+
+    Each served frame gets the header of the scan that asked for it (position, command id, times,
+    sequence); ground truth is left out of re-served frames, since it belongs to another position.
+    """
+
+    def __init__(self, bank: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._bank: list[np.ndarray] = []
+        self._bank_size = bank
+
+    def _scan(self, command: ScanCommand) -> Frame:
+        if len(self._bank) < self._bank_size:
+            frame = super()._scan(command)
+            self._bank.append(frame.image)
+            return frame
+        start = time.time()
+        image = self._bank[self.commands_executed % self._bank_size]
+        metadata = {"rotation_deg": command.rotation_deg, "simulated": True, "banked": True}
+        return Frame(self.state.scan_header(command, start, metadata), image)
+
+
+def _scenario(warm_up_s: float, watch_s: float, pixels: int = 64, bank: int = 0) -> dict[str, object]:
+    """The L1 scenario; run in a fresh process so that the memory figure is this scenario's alone.
+
+    ``bank`` > 0 serves that many pre-rendered fields in turn (see the module's note).
+    """
     from models.segmenter import Segmenter
 
-    driver = SimulatedDriver(specimen_seed=2)
+    driver = _BankedDriver(bank, specimen_seed=2) if bank else SimulatedDriver(specimen_seed=2)
     with InstrumentServer(driver, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", heartbeat_s=0.5) as server:
         subscriber = FrameSubscriber(server.pub_endpoint)  # type: ignore[arg-type]
         time.sleep(0.3)  # let the subscription reach the publisher
@@ -80,10 +111,10 @@ def _scenario(warm_up_s: float, watch_s: float, pixels: int = 64) -> dict[str, o
     }  # fmt: skip
 
 
-def _in_fresh_process(warm_up_s: float, watch_s: float, pixels: int) -> dict:
+def _in_fresh_process(warm_up_s: float, watch_s: float, pixels: int, bank: int = 0) -> dict:
     code = (
         "import json; from tests.reliability.test_frame_stream import _scenario as s; "
-        f"print(json.dumps(s({warm_up_s}, {watch_s}, {pixels})))"
+        f"print(json.dumps(s({warm_up_s}, {watch_s}, {pixels}, {bank})))"
     )
     timeout_s = warm_up_s + watch_s + 120
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -104,8 +135,8 @@ def test_watching_a_100_hz_stream_counts_every_frame_and_keeps_memory_flat():
 @pytest.mark.timeout(1200)
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
 def test_ten_minutes_of_a_256_x_256_stream():
-    r = _in_fresh_process(30.0, float(os.environ.get("AUTOSCOPE_L1_S", "600")), 256)
-    assert r["rate_hz"] > 10.0, r  # as fast as the simulated instrument renders 256 x 256 fields
+    r = _in_fresh_process(30.0, float(os.environ.get("AUTOSCOPE_L1_S", "600")), 256, bank=64)
+    assert r["rate_hz"] > 50.0, r  # the stream really ran fast
     _check_stream(r)
 
 

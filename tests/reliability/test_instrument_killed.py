@@ -45,11 +45,14 @@ class _Instrument:
         )  # fmt: skip
         assert self.proc.stdout is not None and "simulated instrument on" in self.proc.stdout.readline()
 
-    def kill(self) -> None:
+    def kill(self) -> float:
+        """SIGKILL the process; return the monotonic time the signal was sent."""
         assert self.proc is not None
+        killed_at = time.monotonic()  # taken before the signal: the driver may notice before we return
         self.proc.send_signal(signal.SIGKILL)
         _, err = self.proc.communicate(timeout=10)
         self.logs.append(err)
+        return killed_at
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -91,8 +94,7 @@ def _kills(segmenter, tmp_path, kills: int, restart_s: float, seed: int) -> None
         if len(killed_at) == kills:
             raise StopIteration  # ends the run (caught below)
         time.sleep(float(rng.uniform(0.0, 0.2)))  # a random point: mid-scan, mid-ack, idle
-        instrument.kill()
-        killed_at.append(time.monotonic())
+        killed_at.append(instrument.kill())
         threading.Timer(restart_s, instrument.start).start()
         next_kill[0] = loop_.state.steps_done + int(rng.integers(2, 6))
 

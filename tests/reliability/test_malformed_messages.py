@@ -125,6 +125,9 @@ def test_the_remote_driver_drops_and_counts_every_malformed_message_from_a_serve
             router.getsockopt_string(zmq.LAST_ENDPOINT), heartbeat_s=30.0, max_frame_bytes=64 * 1024
         ) as remote:  # the raw router sends no heartbeats: on a loaded machine the 10 000 take a while
             welcome.join(10.0)  # the socket is the test thread's again
+            # A plain ROUTER drops what a slow peer's full queue cannot take; these must all arrive.
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue now blocks the send instead
+            router.setsockopt(zmq.SNDTIMEO, 30_000)
             for _, parts in _malformed(np.random.default_rng(1), for_client=True):
                 router.send_multipart([identities[0], *parts])
             frame = _a_frame()
