@@ -5,7 +5,9 @@ after three missed intervals declares the server gone, fails every pending call
 with :class:`Disconnected`, and reconnects with exponential backoff on a fresh
 socket.  ``LINGER=0``, ``IMMEDIATE=1`` and a small send high-water mark mean a
 command is never queued for a dead peer and delivered late: sending while
-disconnected fails at once.  Frames carry a per-client delivery sequence; gaps
+disconnected fails at once, and a command still waiting for the I/O thread when
+the connection is lost is dropped (its caller gets :class:`Disconnected`), never
+sent on a later connection.  Frames carry a per-client delivery sequence; gaps
 are counted in ``stats["frames_lost"]``, never hidden.
 """
 
@@ -82,7 +84,9 @@ class RemoteDriver:
         self._rtts_ms: deque[float] = deque(maxlen=1000)
         self._curve = curve
         self._ctx = zmq.Context()
-        self._outbox: queue.Queue[list[bytes]] = queue.Queue()
+        # (connection number when posted, or None: any connection; message parts)
+        self._outbox: queue.Queue[tuple[int | None, list[bytes]]] = queue.Queue()
+        self._connection = 0  # bumped (under _lock) each time a connection is lost
         self._waiters: dict[str, concurrent.futures.Future[Ack]] = {}
         self._frames: queue.Queue[Frame | ProtocolError] = queue.Queue()
         self._lock = threading.Lock()
@@ -148,12 +152,14 @@ class RemoteDriver:
         Disconnected
             The server is not connected; nothing was sent.
         """
-        if self._stop.is_set() or not self._connected.is_set():
-            raise Disconnected(f"instrument server at {self.endpoint} is not connected")
         pending: concurrent.futures.Future[Ack] = concurrent.futures.Future()
-        with self._lock:
+        parts = encode_command(command)
+        with self._lock:  # checked and tagged together: a loss in between would let it out on the next connection
+            if self._stop.is_set() or not self._connected.is_set():
+                raise Disconnected(f"instrument server at {self.endpoint} is not connected")
             self._waiters[command.id] = pending
-        self._post(encode_command(command))
+            connection = self._connection
+        self._post(parts, connection)
         return pending
 
     def _forget(self, command_id: str) -> None:
@@ -192,7 +198,7 @@ class RemoteDriver:
         """Say goodbye, stop the I/O thread and release the sockets (idempotent)."""
         if self._stop.is_set():
             return
-        self._post([envelope("bye")])
+        self._post([envelope("bye")], None)
         self._connected.clear()
         self._stop.set()
         self._wake()
@@ -209,8 +215,9 @@ class RemoteDriver:
         self.close()
 
     # -- I/O thread ---------------------------------------------------------------------------------
-    def _post(self, parts: list[bytes]) -> None:
-        self._outbox.put(parts)
+    def _post(self, parts: list[bytes], connection: int | None) -> None:
+        """Queue ``parts`` for the I/O thread; tagged with a connection, they go out on that one or never."""
+        self._outbox.put((connection, parts))
         self._wake()
 
     def _wake(self) -> None:
@@ -319,10 +326,13 @@ class RemoteDriver:
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
         while True:
             try:
-                parts = self._outbox.get_nowait()
+                connection, parts = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            if not self._try_send(sock, parts):
+            if connection is not None and connection != self._connection:
+                self.stats["unsent_connection_lost"] += 1  # posted before a loss: never on a later connection
+                self._fail_waiter(parts, Disconnected("the connection was lost before the command went out; not sent"))
+            elif not self._try_send(sock, parts):
                 self._fail_waiter(parts, Disconnected("no connection to the instrument server; command not sent"))
 
     def _fail_waiter(self, parts: list[bytes], error: Exception) -> None:
@@ -349,8 +359,9 @@ class RemoteDriver:
     def _lost(self, why: str) -> None:
         logger.warning("instrument server at %s lost: %s", self.endpoint, why)
         self.stats["disconnects"] += 1
-        self._connected.clear()
         with self._lock:
+            self._connected.clear()
+            self._connection += 1
             waiting = list(self._waiters)
         for command_id in waiting:
             self._answer(command_id, Disconnected(f"instrument server lost ({why}) before the ack arrived"))

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import zmq
 
-from drivers.base import PROTOCOL_VERSION, BlankCommand, Disconnected, DriverTimeout, Frame, ScanCommand
+from drivers.base import (
+    PROTOCOL_VERSION,
+    BlankCommand,
+    Disconnected,
+    DriverTimeout,
+    Frame,
+    ScanCommand,
+    UnblankCommand,
+)
 from drivers.codec import decode_envelope, decode_frame, encode_frame, encode_welcome, envelope
 from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
 from drivers.remote import RemoteDriver
@@ -152,6 +160,32 @@ def test_reconnects_after_the_server_restarts():
         assert remote.send(after).accepted
         # the stopped server's own blank, then the one sent after the reconnect; none sent during the outage
         assert [c.kind for c in driver.commands] == ["blank", "blank"] and driver.commands[-1].id == after.id
+    finally:
+        remote.close()
+        server.stop()
+
+
+def test_a_command_the_io_thread_had_not_sent_when_the_link_broke_never_goes_out_on_the_next_one(monkeypatch):
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.2)
+    try:
+        wake = remote._wake
+        monkeypatch.setattr(remote, "_wake", lambda: None)  # a busy I/O thread: the command waits in its queue
+        early = remote.submit(UnblankCommand())
+        server.stop()  # the link breaks with the command still queued
+        server = InstrumentServer(driver, endpoint, heartbeat_s=0.2).start()
+        deadline = time.monotonic() + 5
+        while (remote.stats["disconnects"] == 0 or not remote.connected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert remote.connected and remote.stats["disconnects"] == 1
+        monkeypatch.setattr(remote, "_wake", wake)
+        assert remote.send(BlankCommand()).accepted  # its wake-up flushes the queue on the new connection
+        with pytest.raises(Disconnected):
+            early.result(1.0)
+        assert [c.kind for c in driver.commands] == ["blank", "blank"]  # the stop's and ours: no unblank, ever
+        assert remote.stats["unsent_connection_lost"] == 1
     finally:
         remote.close()
         server.stop()
