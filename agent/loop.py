@@ -178,6 +178,7 @@ class Loop:
         self._fallback_due = False
         self.paused = False
         self._seen_generation = self._link_generation()
+        self._replaying = _serves_recorded_fields(driver)  # said once by the driver, not by each frame
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
@@ -296,9 +297,13 @@ class Loop:
             return
         self._analyse(job, frame)
 
+    def _strict_replay(self, frame: Frame) -> bool:
+        """A frame of a strict replay: the driver said so when connecting, and the frame says so too."""
+        return self._replaying and is_strict_replay(frame)
+
     def _check_frame(self, job: _InFlight, frame: Frame) -> None:
         """Safe hold when the frame was not taken where it was commanded."""
-        if is_strict_replay(frame):  # a strict replay serves the recorded fields, wherever asked
+        if self._strict_replay(frame):  # a strict replay serves the recorded fields, wherever asked
             return
         problem = readback_problem(job.command, frame.header, self.config.readback_tolerance_nm)
         if problem is not None:
@@ -308,7 +313,7 @@ class Loop:
 
     def _too_old(self, job: _InFlight, frame: Frame) -> bool:
         age_s = frame_age_s(frame)
-        if is_strict_replay(frame) or age_s <= self.config.max_frame_age_s:
+        if self._strict_replay(frame) or age_s <= self.config.max_frame_age_s:
             return False
         self.state.skip("too_old")
         message = f"frame of step {job.step} is {age_s:.1f} s old (max_frame_age_s={self.config.max_frame_age_s:g})"
@@ -515,7 +520,7 @@ class Loop:
                 self.state.skip("stale_frame")
                 self._error("stale_frame", f"a frame answering {frame.header.command_id} arrived for {c.id}")
                 continue
-            strict_replay = is_strict_replay(frame)
+            strict_replay = self._strict_replay(frame)
             if tuple(frame.header.shape) != (c.rows, c.cols) and not strict_replay:  # a replay serves what it has
                 reason = f"frame of shape {tuple(frame.header.shape)} answers a {c.rows}x{c.cols} scan"
                 self.state.skip("bad_frame")
@@ -619,6 +624,7 @@ class Loop:
         """
         try:
             capabilities = self.driver.capabilities()
+            self._replaying = capabilities.serves_recorded_fields
             beyond = self.guard.refresh(capabilities)
             if beyond:
                 raise StopLoop("held", "safe hold: the reconnected instrument's limits are narrower than the "
@@ -686,3 +692,11 @@ class Loop:
             return tuple(self.driver.capabilities().command_kinds)
         except DriverError:
             return ()
+
+
+def _serves_recorded_fields(driver: Driver) -> bool:
+    """Whether ``driver`` is a strict replay (its capabilities say so); False if it cannot say now."""
+    try:
+        return driver.capabilities().serves_recorded_fields
+    except DriverError:
+        return False

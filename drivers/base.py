@@ -123,6 +123,11 @@ class Capabilities(BaseModel):
     tilt_deg: Range | None = None
     max_dose_e_per_a2: float = Field(gt=0.0, description="Largest dose one frame may deliver.")
     detectors: tuple[str, ...] = ("HAADF",)
+    serves_recorded_fields: bool = Field(
+        False,
+        description="A strict replay: every frame is a recorded field, wherever a scan asks, so the agent "
+        "does not check its readback, age or shape.  Never true for an instrument.",
+    )
 
 
 class FrameHeader(BaseModel):

@@ -226,8 +226,10 @@ class ReplayDriver:
     def _capabilities(self) -> Capabilities:
         if self.start and isinstance(self.start.get("capabilities"), dict):
             cap = Capabilities.model_validate(self.start["capabilities"])
-            return cap.model_copy(update={"instrument": f"replay of {self.directory.name} ({cap.instrument})"})
-        return _capabilities_spanning(self.frames, f"replay of {self.directory.name}")
+            cap = cap.model_copy(update={"instrument": f"replay of {self.directory.name} ({cap.instrument})"})
+        else:
+            cap = _capabilities_spanning(self.frames, f"replay of {self.directory.name}")
+        return cap.model_copy(update={"serves_recorded_fields": self.mode == "strict"})
 
 
 def _aligned_crop(source: Frame, command: ScanCommand, px: float) -> np.ndarray | None:

@@ -25,7 +25,8 @@ from tests.reliability.harness import FailingModel
 
 
 class _Misbehaving(SimulatedDriver):
-    """A simulated instrument that refuses, or misplaces, its ``at``-th scan."""
+    """A simulated instrument that refuses, or misplaces, its ``at``-th scan (``misplaced_as_replay``: and
+    labels that frame as a strict replay's, which only a driver saying so when connecting may serve)."""
 
     def __init__(self, fault: str, at: int = 1) -> None:
         super().__init__(specimen_seed=2)
@@ -42,13 +43,16 @@ class _Misbehaving(SimulatedDriver):
 
     def next_frame(self, timeout_s: float) -> Frame:
         frame = super().next_frame(timeout_s)
-        if self.fault == "misplaced" and self.executed.count("scan") - 1 == self.at:
-            header = frame.header.model_copy(update={"x_nm": frame.header.x_nm + 2.0})  # the stage slipped
+        if self.fault.startswith("misplaced") and self.executed.count("scan") - 1 == self.at:
+            update: dict = {"x_nm": frame.header.x_nm + 2.0}  # the stage slipped
+            if self.fault == "misplaced_as_replay":
+                update["metadata"] = {**frame.header.metadata, "replay": {"mode": "strict"}}
+            header = frame.header.model_copy(update=update)
             return Frame(header, frame.image)
         return frame
 
 
-@pytest.mark.parametrize("fault", ["refuse", "misplaced"])
+@pytest.mark.parametrize("fault", ["refuse", "misplaced", "misplaced_as_replay"])
 @pytest.mark.parametrize("policy", ["raster", "defects"])
 def test_a_refused_move_or_an_off_readback_holds_and_blanks(segmenter, tmp_path, fault, policy):
     driver = _Misbehaving(fault, at=1)
