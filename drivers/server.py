@@ -59,6 +59,7 @@ _SEEN_IDS = 100_000
 class _Client:
     last_seen: float
     delivery_seq: int = 0
+    welcomed: bool = False  # said hello on this connection (since it was last forgotten)
     #: The client's last heartbeat time stamp and when it arrived (monotonic), echoed in our next beat.
     echo: tuple[float, float] | None = None
 
@@ -297,6 +298,7 @@ class InstrumentServer:
             obj = decode_envelope(body)
             kind = obj["type"]
             if kind == "hello":
+                self._clients[identity].welcomed = True  # (registered on arrival, just before)
                 caps = self.driver.capabilities()
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time()))
             elif kind == "heartbeat":
@@ -307,6 +309,8 @@ class InstrumentServer:
                 if identity == self._commander:
                     self._deadman("the commanding client said bye")
             elif kind == "command":
+                if not self._clients[identity].welcomed:  # a client must learn the limits first
+                    raise ProtocolError("hello_first", "no hello on this connection (or forgotten since): not accepted")
                 self._accept(identity, decode_command(obj))
             else:
                 raise ProtocolError("type", f"a client may not send {kind!r} messages")

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from drivers.base import PROTOCOL_VERSION, ScanCommand
+from drivers.base import PROTOCOL_VERSION, BlankCommand, ScanCommand
 from drivers.codec import encode_command
 from drivers.memory import InMemoryDriver
 from drivers.remote import RemoteDriver
@@ -42,11 +42,15 @@ class _Sockets:
         self.ctx.term()
 
 
-def _raw(ctx, server) -> zmq.Socket:
+def _raw(ctx, server, hello: bool = True) -> zmq.Socket:
+    """A raw DEALER on the server; ``hello``: introduced and welcomed first, as every client must be."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 3000)
     sock.connect(server.endpoint)
+    if hello:
+        sock.send_multipart([_msg(type="hello")])
+        assert _reply(sock)["type"] == "welcome"
     return sock
 
 
@@ -177,14 +181,28 @@ def _vanish_and_check(driver, server, ctx):
         assert other.capabilities().instrument == driver.capabilities().instrument
 
 
-def test_silent_clients_are_forgotten_after_three_heartbeats(served):
-    _, server, ctx = served
+def test_silent_clients_are_forgotten_after_three_heartbeats_and_must_say_hello_again(served):
+    driver, server, ctx = served
     sock = _raw(ctx, server)
-    sock.send_multipart([_msg(type="hello")])
-    assert _reply(sock)["type"] == "welcome"
     assert server.clients == 1
     time.sleep(0.2 * 3 + 0.4)  # the raw client never sends heartbeats
     assert server.clients == 0 and server.stats["clients_lost"] == 1
+    scan = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=16, cols=16, dwell_us=1)
+    sock.send_multipart(encode_command(scan))
+    reply = _reply(sock)
+    assert reply["code"] == "hello_first" and reply["command_id"] == scan.id
+    assert driver.commands == []
+
+
+def test_a_command_before_hello_is_refused(served):
+    driver, server, ctx = served
+    sock = _raw(ctx, server, hello=False)
+    sock.send_multipart(encode_command(BlankCommand()))
+    assert _reply(sock)["code"] == "hello_first" and server.stats["error_hello_first"] == 1
+    sock.send_multipart([_msg(type="hello")])
+    assert _reply(sock)["type"] == "welcome"
+    sock.send_multipart(encode_command(BlankCommand()))
+    assert _reply(sock)["ack"]["accepted"] and [c.kind for c in driver.commands] == ["blank"]
 
 
 class _NoFrameDriver(InMemoryDriver):

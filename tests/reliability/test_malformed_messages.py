@@ -16,7 +16,7 @@ import numpy as np
 import zmq
 
 from drivers.base import PROTOCOL_VERSION, Capabilities, ScanCommand, UnblankCommand
-from drivers.codec import encode_command, encode_frame, encode_welcome
+from drivers.codec import encode_command, encode_frame, encode_welcome, envelope
 from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -76,6 +76,8 @@ def test_the_server_rejects_and_counts_every_malformed_message_and_keeps_serving
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(server.endpoint)
+        sock.send_multipart([envelope("hello")])  # a welcomed client: its commands reach the checks
+        assert sock.poll(5000) and json.loads(sock.recv_multipart()[0])["type"] == "welcome"
         sent: Counter[str] = Counter()
         replies = 0
         try:
