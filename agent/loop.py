@@ -28,6 +28,7 @@ from agent.timings import StageTimings
 from drivers.base import (
     Ack,
     BlankCommand,
+    Capabilities,
     Command,
     CommandRefused,
     Disconnected,
@@ -178,7 +179,8 @@ class Loop:
         self._fallback_due = False
         self.paused = False
         self._seen_generation = self._link_generation()
-        self._replaying = _serves_recorded_fields(driver)  # said once by the driver, not by each frame
+        cap = _capabilities_now(driver)  # a strict replay is said once by the driver, not by each frame
+        self._replaying = cap is not None and cap.serves_recorded_fields
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
@@ -688,15 +690,13 @@ class Loop:
             logger.error("not recorded: %s", exc)
 
     def _kinds(self) -> tuple[str, ...]:
-        try:
-            return tuple(self.driver.capabilities().command_kinds)
-        except DriverError:
-            return ()
+        cap = _capabilities_now(self.driver)
+        return tuple(cap.command_kinds) if cap is not None else ()
 
 
-def _serves_recorded_fields(driver: Driver) -> bool:
-    """Whether ``driver`` is a strict replay (its capabilities say so); False if it cannot say now."""
+def _capabilities_now(driver: Driver) -> Capabilities | None:
+    """The driver's capabilities, or None if it cannot say now (not connected)."""
     try:
-        return driver.capabilities().serves_recorded_fields
+        return driver.capabilities()
     except DriverError:
-        return False
+        return None

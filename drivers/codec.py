@@ -16,6 +16,7 @@ unknown command kinds), ``shape_mismatch`` (header and buffer disagree),
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,14 @@ from drivers.base import (
 )
 
 MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "error", "bye")
+
+
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _reject_constant(token: str) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import queue
 import threading
 import time
@@ -35,7 +34,15 @@ from drivers.base import (
     Frame,
     ProtocolError,
 )
-from drivers.codec import decode_ack, decode_capabilities, decode_envelope, decode_frame, encode_command, envelope
+from drivers.codec import (
+    decode_ack,
+    decode_capabilities,
+    decode_envelope,
+    decode_frame,
+    encode_command,
+    envelope,
+    finite_number,
+)
 from drivers.security import CurveClientKeys, apply_client_keys
 
 logger = logging.getLogger(__name__)
@@ -380,10 +387,11 @@ class RemoteDriver:
 
     def _note_round_trip(self, echo_t: Any, held_s: Any) -> None:
         """A heartbeat's round trip from our own stamp it echoes, less the time the server held it."""
-        if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in (echo_t, held_s)):
+        stamp, held = finite_number(echo_t), finite_number(held_s)
+        if stamp is None or held is None:
             return  # a beat without an echo (its first, or an older server)
-        rtt_s = time.time() - float(echo_t) - float(held_s)
-        if math.isfinite(rtt_s) and 0.0 <= rtt_s < 60.0:  # a wall-clock step makes nonsense: left out
+        rtt_s = time.time() - stamp - held
+        if 0.0 <= rtt_s < 60.0:  # a wall-clock step makes nonsense: left out
             self._rtts_ms.append(1e3 * rtt_s)
 
     def heartbeat_rtt_ms(self) -> dict[str, float] | None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from drivers.codec import (
     encode_frame,
     encode_welcome,
     envelope,
+    finite_number,
 )
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
 
@@ -349,12 +350,7 @@ class InstrumentServer:
     def _deadman(self, why: str) -> None:
         """Drop the silent commander's queued commands and blank the beam (once per silence)."""
         lost, self._commander = self._commander, None
-        kept = []
-        for job in self._take_jobs():
-            if job is not None and job[0] == lost:
-                self.stats["dropped_by_deadman"] += 1
-            else:
-                kept.append(job)
+        kept = self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
         if self.deadman_s is None:
             for job in kept:
                 self._jobs.put(job)
@@ -370,14 +366,27 @@ class InstrumentServer:
         run later; the safe ones still do.
         """
         self._clients.pop(identity, None)
+
+        def unsafe_move_of_the_client(owner: bytes | None, command: Command) -> bool:
+            return owner == identity and command.kind not in ("blank", "stop")
+
+        for job in self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone"):
+            self._jobs.put(job)
+
+    def _drop_jobs(
+        self, drop: Callable[[bytes | None, Command], bool], counter: str
+    ) -> list[tuple[bytes | None, Command] | None]:
+        """Empty the job queue, dropping (and counting in ``stats[counter]``) the jobs ``drop`` picks.
+
+        ``drop(identity, command)``; the other jobs are returned in order, for the caller to put back.
+        """
         kept = []
         for job in self._take_jobs():
-            if job is not None and job[0] == identity and job[1].kind not in ("blank", "stop"):
-                self.stats["dropped_client_gone"] += 1
+            if job is not None and drop(*job):
+                self.stats[counter] += 1
             else:
                 kept.append(job)
-        for job in kept:
-            self._jobs.put(job)
+        return kept
 
     def _take_jobs(self) -> list[tuple[bytes | None, Command] | None]:
         """Empty the job queue, returning what was in it, in order."""
@@ -430,9 +439,9 @@ class InstrumentServer:
 
     def _keep_echo(self, identity: bytes, t: object) -> None:
         """Keep a client's heartbeat time stamp (a finite number, else ignored) to echo back."""
-        client = self._clients.get(identity)
-        if client is not None and isinstance(t, float | int) and not isinstance(t, bool) and math.isfinite(t):
-            client.echo = (float(t), time.monotonic())
+        client, stamp = self._clients.get(identity), finite_number(t)
+        if client is not None and stamp is not None:
+            client.echo = (stamp, time.monotonic())
 
     @staticmethod
     def _echo(client: _Client, now: float) -> dict[str, float]:

@@ -97,14 +97,19 @@ class _Slow(InMemoryDriver):
         return super().send(command, timeout_s)
 
 
+def _queue_four_seconds_of_work(agent: _Silent) -> None:
+    """Unblank and 20 scans of 0.2 s each on a slow instrument, sent at once."""
+    agent.command(UnblankCommand())
+    for _ in range(20):
+        agent.command(ScanCommand(**SCAN))
+
+
 def test_queued_commands_of_a_silent_commander_are_dropped_not_executed():
     driver = _Slow()
     with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=0.5) as server:
         agent = _Silent(server.endpoint)
         try:
-            agent.command(UnblankCommand())
-            for _ in range(20):  # 4 s of work for the instrument, queued at once
-                agent.command(ScanCommand(**SCAN))
+            _queue_four_seconds_of_work(agent)
             _wait_for_blank(driver, 5.0)
             time.sleep(0.5)
         finally:
@@ -120,9 +125,7 @@ def test_a_client_forgotten_for_silence_has_its_queued_moves_dropped_and_its_bla
     with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None) as server:
         agent = _Silent(server.endpoint)
         try:
-            agent.command(UnblankCommand())
-            for _ in range(20):  # 4 s of work, queued at once; the client is gone after 0.6 s
-                agent.command(ScanCommand(**SCAN))
+            _queue_four_seconds_of_work(agent)  # the client is gone after 0.6 s
             agent.command(BlankCommand())
             deadline = time.time() + 6.0
             while server.stats["clients_lost"] == 0 and time.time() < deadline:
