@@ -121,6 +121,7 @@ class Watcher:
             self.policy.ingest(obs)
             suggested = self.policy.suggest(1)
             if suggested:
+                self.policy.release(suggested[0])  # advice only: proposed again until the person scans there
                 s.last_suggestion = suggested[0]
                 s.suggestions += 1
                 self.recorder.write("suggestion", **_without_type(decision_record(suggested[0], s.suggestions)))

@@ -38,6 +38,7 @@ from drivers.base import (
     Frame,
     ProtocolError,
     ScanCommand,
+    new_command_id,
 )
 from drivers.codec import (
     decode_command,
@@ -54,6 +55,7 @@ from drivers.security import CurveServerKeys, apply_server_keys, check_bind, sta
 logger = logging.getLogger(__name__)
 
 _SEEN_IDS = 100_000
+SERVER_ID_PREFIX = "server-"  # the ids of the commands the server gives on its own (reserved to it)
 
 
 @dataclass
@@ -161,7 +163,7 @@ class InstrumentServer:
         dropped = sum(job is not None for job in self._take_jobs())
         if dropped:
             self.stats["dropped_at_stop"] += dropped
-        self._blank_first(keep=[None])
+        self._blank_first("stop", keep=[None])
         for t in self._threads:
             t.join(timeout=5.0)
         stuck = any(t.is_alive() for t in self._threads)
@@ -312,7 +314,10 @@ class InstrumentServer:
             elif kind == "command":
                 if not self._clients[identity].welcomed:  # a client must learn the limits first
                     raise ProtocolError("hello_first", "no hello on this connection (or forgotten since): not accepted")
-                self._accept(identity, decode_command(obj))
+                command = decode_command(obj)
+                if command.id.startswith(SERVER_ID_PREFIX):
+                    raise ProtocolError("reserved_id", f"ids starting {SERVER_ID_PREFIX!r} are the server's own")
+                self._accept(identity, command)
             else:
                 raise ProtocolError("type", f"a client may not send {kind!r} messages")
         except ProtocolError as exc:
@@ -357,7 +362,7 @@ class InstrumentServer:
             return
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
-        self._blank_first(keep=kept)
+        self._blank_first("deadman", keep=kept)
 
     def _forget(self, identity: bytes) -> None:
         """A client gone (silent, said bye, unreachable): drop its queued moves, keep its blanks and stops.
@@ -397,9 +402,12 @@ class InstrumentServer:
             except queue.Empty:
                 return jobs
 
-    def _blank_first(self, keep: list[tuple[bytes | None, Command] | None]) -> None:
-        """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty)."""
-        self._jobs.put((None, BlankCommand()))
+    def _blank_first(self, why: str, keep: list[tuple[bytes | None, Command] | None]) -> None:
+        """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty).
+
+        Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.
+        """
+        self._jobs.put((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
         for job in keep:
             self._jobs.put(job)
 

@@ -112,6 +112,12 @@ class Policy(Protocol):
     def reject(self, decision: Decision, reason: str) -> None:
         """A suggested decision was refused (guard or instrument) or its frame was lost: do not propose it again."""
 
+    def release(self, decision: Decision) -> None:
+        """A suggestion no one will act on for sure (advice to a person, in watch mode): it may be proposed again.
+
+        A field visited or refused meanwhile stays closed.
+        """
+
 
 class CandidatePolicy:
     """Shared bookkeeping for policies choosing among grid candidates: visited and blocked fields."""
@@ -122,7 +128,8 @@ class CandidatePolicy:
     def __init__(self, context: PolicyContext) -> None:
         self.context = context
         self.xy = context.candidates()
-        self.open = np.ones(len(self.xy), dtype=bool)  # neither visited nor refused
+        self.open = np.ones(len(self.xy), dtype=bool)  # neither visited nor refused nor suggested
+        self._only_suggested: set[int] = set()  # closed by a suggestion alone: released, they open again
         self.position: tuple[float, float] | None = None
 
     def _index_of(self, x_nm: float, y_nm: float) -> int:
@@ -132,6 +139,7 @@ class CandidatePolicy:
         i = self._index_of(x_nm, y_nm)
         if math.hypot(self.xy[i, 0] - x_nm, self.xy[i, 1] - y_nm) < 0.5 * self.context.field.fov_nm:
             self.open[i] = False
+            self._only_suggested.discard(i)
 
     def ingest(self, observation: Observation) -> None:
         """Mark the observed field's candidate as visited."""
@@ -144,7 +152,16 @@ class CandidatePolicy:
         """Never propose this field again."""
         self._close(decision.x_nm, decision.y_nm)
 
+    def release(self, decision: Decision) -> None:
+        """Open the suggested field again, unless it was visited or refused since."""
+        i = self._index_of(decision.x_nm, decision.y_nm)
+        if i in self._only_suggested:
+            self._only_suggested.discard(i)
+            self.open[i] = True
+
     def decide(self, index: int, **rationale: object) -> Decision:
-        """The decision for candidate ``index`` (closed at once, so it is never proposed twice)."""
+        """The decision for candidate ``index`` (closed at once, so it is never proposed twice unless released)."""
+        if self.open[index]:
+            self._only_suggested.add(index)
         self.open[index] = False
         return self.context.field.at(self.xy[index, 0], self.xy[index, 1], **rationale)

@@ -87,6 +87,13 @@ class DKLPolicy(GPPolicy):
             return
         super().reject(decision, reason)
 
+    def release(self, decision: Decision) -> None:
+        """A survey no one took is proposed again; a field opens again."""
+        if decision.rationale.get("phase") == "survey":
+            self._survey_asked = False
+            return
+        super().release(decision)
+
     def ingest(self, observation: Observation) -> None:
         """Take the survey's patches, or a field's reward."""
         h = observation.header

@@ -29,6 +29,13 @@ class RasterPolicy(CandidatePolicy):
         self._next = 0
         self._columns = len(xs)
 
+    def release(self, decision: Decision) -> None:
+        """Open the field again and take the sweep back to it: it stays the next suggestion until visited."""
+        super().release(decision)
+        i = self._index_of(decision.x_nm, decision.y_nm)
+        if self.open[i]:
+            self._next = min(self._next, int(np.flatnonzero(self._order == i)[0]))
+
     def suggest(self, n: int = 1) -> list[Decision]:
         """The next ``n`` open fields of the sweep."""
         out: list[Decision] = []

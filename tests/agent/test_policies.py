@@ -161,3 +161,31 @@ def test_every_policy_speaks_the_protocol(name, obs_at):
     decisions = policy.suggest(1)
     assert len(decisions) == 1 and isinstance(decisions[0], Decision)
     policy.reject(decisions[0], "test")
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_released_advice_is_proposed_again_and_a_visited_field_is_not(name, obs_at):
+    """Watch mode: suggestions no one acted on never use the candidates up (121 here; 300 rounds of advice)."""
+    policy = make_policy(name, context())
+    visited: set[tuple[float, float]] = set()
+    for i in range(300):
+        (d,) = policy.suggest(1)
+        assert (d.x_nm, d.y_nm) not in visited
+        policy.release(d)
+        if i % 10 == 0 and d.fov_nm == FIELD.fov_nm:  # the person sometimes scans where the advice said
+            policy.ingest(obs_at(d.x_nm, d.y_nm, FIELD.fov_nm, new_defects=1))
+            visited.add((d.x_nm, d.y_nm))
+        elif d.fov_nm != FIELD.fov_nm:  # a survey: the person takes it once
+            policy.ingest(obs_at(d.x_nm, d.y_nm, d.fov_nm, new_defects=0))
+
+
+def test_released_raster_advice_stays_the_next_field_until_it_is_scanned(obs_at):
+    policy = make_policy("raster", context())
+    (first,) = policy.suggest(1)
+    policy.release(first)
+    (again,) = policy.suggest(1)
+    assert (again.x_nm, again.y_nm) == (first.x_nm, first.y_nm)
+    policy.release(again)
+    policy.ingest(obs_at(first.x_nm, first.y_nm, FIELD.fov_nm, new_defects=0))
+    (after,) = policy.suggest(1)
+    assert (after.x_nm, after.y_nm) != (first.x_nm, first.y_nm)

@@ -22,7 +22,7 @@ from drivers.base import BlankCommand, ScanCommand, UnblankCommand
 from drivers.codec import encode_command, envelope
 from drivers.memory import InMemoryDriver
 from drivers.remote import RemoteDriver
-from drivers.server import InstrumentServer
+from drivers.server import SERVER_ID_PREFIX, InstrumentServer
 
 SCAN = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 4.0, "rows": 16, "cols": 16, "dwell_us": 1.0}
 
@@ -71,6 +71,7 @@ def test_a_silent_commander_gets_the_beam_blanked_within_the_bound(deadman_s):
         assert deadman_s <= blanked_at - agent.last_sent_unix_s <= deadman_s + 0.5
         assert driver.state.blanked
         assert server.stats["deadman_blanks"] == 1
+        assert driver.commands[-1].id.startswith(f"{SERVER_ID_PREFIX}deadman:")  # no client sent it
 
 
 def test_a_live_agent_keeps_the_beam_on_and_a_blanked_beam_needs_no_deadman():

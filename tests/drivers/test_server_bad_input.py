@@ -12,7 +12,7 @@ from drivers.base import PROTOCOL_VERSION, BlankCommand, ScanCommand
 from drivers.codec import encode_command
 from drivers.memory import InMemoryDriver
 from drivers.remote import RemoteDriver
-from drivers.server import InstrumentServer
+from drivers.server import SERVER_ID_PREFIX, InstrumentServer
 
 
 @pytest.fixture
@@ -203,6 +203,13 @@ def test_a_command_before_hello_is_refused(served):
     assert _reply(sock)["type"] == "welcome"
     sock.send_multipart(encode_command(BlankCommand()))
     assert _reply(sock)["ack"]["accepted"] and [c.kind for c in driver.commands] == ["blank"]
+
+
+def test_a_client_may_not_use_the_ids_reserved_to_the_server(served):
+    driver, server, ctx = served
+    sock = _raw(ctx, server)
+    sock.send_multipart(encode_command(BlankCommand(id=f"{SERVER_ID_PREFIX}deadman:1")))
+    assert _reply(sock)["code"] == "reserved_id" and driver.commands == []
 
 
 class _NoFrameDriver(InMemoryDriver):
