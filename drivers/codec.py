@@ -67,16 +67,30 @@ def encode_ack(ack: Ack) -> list[bytes]:
     return [envelope("ack", ack=ack.model_dump(mode="json"))]
 
 
-def encode_welcome(cap: Capabilities, heartbeat_s: float, server_time_unix_s: float) -> list[bytes]:
-    """The server's answer to ``hello``."""
+def encode_welcome(
+    cap: Capabilities, heartbeat_s: float, server_time_unix_s: float, deadman_s: float | None = None
+) -> list[bytes]:
+    """The server's answer to ``hello``; ``deadman_s`` when its dead-man timer is on."""
+    extra = {} if deadman_s is None else {"deadman_s": deadman_s}
     return [
         envelope(
             "welcome",
             capabilities=cap.model_dump(mode="json"),
             heartbeat_s=heartbeat_s,
             server_time_unix_s=server_time_unix_s,
+            **extra,
         )
     ]
+
+
+def keepalive_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
+    """How often a client must send while idle: its ``heartbeat_s``, or a quarter of the server's dead-man time.
+
+    With one heartbeat lost on the way, the next still reaches the server well inside its dead-man
+    time; a missing or invalid ``deadman_s`` (an older bridge) leaves ``heartbeat_s``.
+    """
+    deadman_s = finite_number(welcome.get("deadman_s"))
+    return min(heartbeat_s, deadman_s / 4) if deadman_s is not None and deadman_s > 0 else heartbeat_s
 
 
 def encode_error(code: str, reason: str, command_id: str | None = None) -> list[bytes]:

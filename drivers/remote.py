@@ -42,6 +42,7 @@ from drivers.codec import (
     encode_command,
     envelope,
     finite_number,
+    keepalive_s,
 )
 from drivers.security import CurveClientKeys, apply_client_keys
 
@@ -58,7 +59,8 @@ class RemoteDriver:
     endpoint
         The server's ROUTER endpoint, e.g. ``tcp://127.0.0.1:5555``.
     heartbeat_s
-        Heartbeat interval; the server is gone after three silent intervals.
+        Heartbeat interval; the server is gone after three silent intervals.  While idle the driver sends
+        at least this often, and at least every quarter of the server's dead-man time (from ``welcome``).
     connect_timeout_s
         How long the constructor waits for the server's welcome.
     max_frame_bytes
@@ -85,6 +87,7 @@ class RemoteDriver:
     ) -> None:
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
+        self._keepalive_s = heartbeat_s  # how often to send while idle: shorter if the server's dead-man asks
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.stats: Counter[str] = Counter()
@@ -289,7 +292,7 @@ class RemoteDriver:
             if not welcomed and now - last_out >= min(self.heartbeat_s, _HELLO_RETRY_S):
                 self._try_send(sock, hello)  # (re)introduce ourselves until welcomed (IMMEDIATE drops it
                 last_out = now  # while the TCP connection is still being made: retry soon)
-            elif self._connected.is_set() and now - last_out >= self.heartbeat_s:
+            elif self._connected.is_set() and now - last_out >= self._keepalive_s:
                 self._try_send(sock, [envelope("heartbeat", t=time.time())])
                 last_out = now
             if now - last_in > 3 * self.heartbeat_s:
@@ -298,7 +301,7 @@ class RemoteDriver:
                     return
                 if self._caps is not None:
                     return  # a reconnect attempt that got no welcome: back off and retry
-            wait_s = self.heartbeat_s / 4 if welcomed else min(self.heartbeat_s / 4, _HELLO_RETRY_S)
+            wait_s = self._keepalive_s / 4 if welcomed else min(self.heartbeat_s / 4, _HELLO_RETRY_S)
             events = dict(poller.poll(timeout=int(1000 * wait_s)))
             if self._wake_rx in events:
                 while self._drain_wake():
@@ -415,6 +418,7 @@ class RemoteDriver:
                 self.stats["extra_welcomes"] += 1
                 return
             self._caps = decode_capabilities(obj)
+            self._keepalive_s = keepalive_s(obj, self.heartbeat_s)
             self._expected_seq = 0
             self._connected.set()
         elif kind == "ack":

@@ -37,6 +37,7 @@ def schemas() -> dict[str, dict[str, Any]]:
                 "capabilities": {"$ref": "capabilities.json"},
                 "heartbeat_s": {"type": "number"},
                 "server_time_unix_s": {"type": "number"},
+                "deadman_s": {"type": "number", "exclusiveMinimum": 0},
             },
             ("capabilities", "heartbeat_s"),
         ),

@@ -303,7 +303,7 @@ class InstrumentServer:
             if kind == "hello":
                 self._clients[identity].welcomed = True  # (registered on arrival, just before)
                 caps = self.driver.capabilities()
-                self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time()))
+                self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
             elif kind == "heartbeat":
                 self.stats["heartbeats_in"] += 1
                 self._keep_echo(identity, obj.get("t"))

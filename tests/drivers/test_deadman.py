@@ -92,6 +92,18 @@ def test_a_live_agent_keeps_the_beam_on_and_a_blanked_beam_needs_no_deadman():
         assert len(driver.state.blank_times_unix_s) == 2  # the two blanks the clients sent
 
 
+def test_an_idle_agent_heartbeats_often_enough_for_a_dead_man_shorter_than_its_heartbeat():
+    """The welcome names the dead-man time: the driver sends every quarter of it, whatever its own heartbeat."""
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=1.0, deadman_s=0.6) as server:
+        with RemoteDriver(server.endpoint, heartbeat_s=1.0) as remote:
+            remote.send(UnblankCommand())
+            time.sleep(2.5)  # idle: only heartbeats keep the beam on
+            assert server.stats["deadman_blanks"] == 0 and not driver.state.blank_times_unix_s
+            assert server.stats["heartbeats_in"] >= 2.5 / 0.15 - 2
+            remote.send(BlankCommand())
+
+
 class _Slow(InMemoryDriver):
     def send(self, command, timeout_s=5.0):
         time.sleep(0.2)
