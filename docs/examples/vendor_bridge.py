@@ -4,6 +4,11 @@ It imports nothing from autoscope: it is what a vendor writes (in Python here, i
 language with ZeroMQ and JSON elsewhere) to put an instrument behind the protocol of
 docs/PROTOCOL.md.  ``FakeVendorScope`` stands in for the vendor's own API.
 
+What a bridge owes the agent, all shown here: commands only from clients that said hello; each
+command id executed at most once and never after its deadline; heartbeats that echo the client's
+latest stamp (for its round-trip figure); clients silent for three heartbeats forgotten; and a
+dead-man timer: the client that left the beam on falls silent for ``DEADMAN_S`` -> beam blanked.
+
     python docs/examples/vendor_bridge.py tcp://127.0.0.1:5556
 """
 
@@ -19,6 +24,8 @@ import numpy as np
 import zmq
 
 VERSION = 1
+HEARTBEAT_S = 1.0
+DEADMAN_S = 2.0
 LIMITS = {
     "stage_x_nm": (-500.0, 500.0),
     "stage_y_nm": (-500.0, 500.0),
@@ -94,7 +101,10 @@ class Bridge:
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.seen: set[str] = set()
-        self.clients: dict[bytes, int] = {}  # identity -> next delivery_seq
+        self.clients: dict[bytes, int] = {}  # identity -> next delivery_seq (the clients that said hello)
+        self.heard: dict[bytes, float] = {}  # identity -> when it last sent anything (monotonic s)
+        self.echo: dict[bytes, tuple[float, float]] = {}  # identity -> (its latest heartbeat t, when it came)
+        self.commander: bytes | None = None  # the client whose command left the beam on
         self.sequence = 0
         self._stop = threading.Event()
 
@@ -153,6 +163,7 @@ class Bridge:
         self.ack(who, cmd, True)
 
     def handle(self, who: bytes, parts: list[bytes]) -> None:
+        self.heard[who] = time.monotonic()
         try:
             msg = json.loads(parts[0])
             assert isinstance(msg, dict) and msg.get("v") == VERSION
@@ -161,13 +172,46 @@ class Bridge:
             return
         if msg.get("type") == "hello":
             self.clients.setdefault(who, 0)  # heartbeats go to every client that said hello
-            self.sock.send_multipart(
-                [who, message("welcome", capabilities=capabilities(), heartbeat_s=1.0, server_time_unix_s=time.time())]
-            )
+            welcome = message(
+                "welcome", capabilities=capabilities(), heartbeat_s=HEARTBEAT_S, server_time_unix_s=time.time(),
+                deadman_s=DEADMAN_S,
+            )  # fmt: skip
+            self.sock.send_multipart([who, welcome])
+        elif msg.get("type") == "command" and who not in self.clients:
+            self.sock.send_multipart([who, message("error", code="hello_first", reason="say hello first",
+                                                   command_id=None)])  # fmt: skip
         elif msg.get("type") == "command":
             self.command(who, msg.get("command"))
+            self.commander = None if self.scope.blanked else who  # the beam is on: on this client's word
+        elif msg.get("type") == "heartbeat" and isinstance(msg.get("t"), (int, float)):
+            self.echo[who] = (msg["t"], time.monotonic())
         elif msg.get("type") == "bye":
-            self.clients.pop(who, None)
+            self.forget(who)
+
+    def forget(self, who: bytes) -> None:
+        """A client gone (bye, or silent for three heartbeats): it must say hello again to command."""
+        self.clients.pop(who, None)
+        self.echo.pop(who, None)
+        if who == self.commander:
+            self.deadman()
+
+    def deadman(self) -> None:
+        """The client that left the beam on is gone or silent: blank the beam."""
+        self.commander = None
+        self.scope.blanked = True
+
+    def beat(self) -> None:
+        """Heartbeats to every client, echoing its latest stamp; silent clients forgotten; the dead-man."""
+        now = time.monotonic()
+        for who in list(self.clients):
+            if now - self.heard.get(who, now) > 3 * HEARTBEAT_S:
+                self.forget(who)
+                continue
+            fields = {"t": time.time()}
+            if who in self.echo:
+                t, arrived = self.echo.pop(who)
+                fields.update(echo_t=t, held_s=now - arrived)
+            self.sock.send_multipart([who, message("heartbeat", **fields)])
 
     def serve(self) -> None:
         last_beat = 0.0
@@ -175,9 +219,10 @@ class Bridge:
             if self.sock.poll(50):
                 who, *parts = self.sock.recv_multipart()
                 self.handle(who, parts)
-            if time.monotonic() - last_beat > 1.0:
-                for who in list(self.clients):
-                    self.sock.send_multipart([who, message("heartbeat", t=time.time())])
+            if self.commander is not None and time.monotonic() - self.heard.get(self.commander, 0.0) > DEADMAN_S:
+                self.deadman()
+            if time.monotonic() - last_beat > HEARTBEAT_S:
+                self.beat()
                 last_beat = time.monotonic()
 
     def stop(self) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 from drivers.base import BlankCommand, CommandRefused, ScanCommand, UnblankCommand
+from drivers.codec import encode_command, envelope
 from drivers.remote import RemoteDriver
 
 BRIDGE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "vendor_bridge.py"
@@ -51,3 +54,30 @@ def test_bridge_serves_remote_driver(bridge):
         time.sleep(3.5)  # idle longer than three heartbeats: the bridge's heartbeats keep us connected
         assert remote.connected and remote.stats["disconnects"] == 0
         assert bridge.scope.frames == 1
+
+
+def test_bridge_wants_hello_first_echoes_heartbeats_and_blanks_for_a_silent_commander(bridge):
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.RCVTIMEO, 3000)
+    raw.connect(bridge.endpoint)
+    try:
+        raw.send_multipart(encode_command(UnblankCommand()))
+        assert json.loads(raw.recv_multipart()[0])["code"] == "hello_first" and bridge.scope.blanked is False
+        raw.send_multipart([envelope("hello")])
+        deadman_s = json.loads(raw.recv_multipart()[0])["deadman_s"]
+        raw.send_multipart([envelope("heartbeat", t=123.0)])
+        raw.send_multipart(encode_command(UnblankCommand()))
+        replies = [json.loads(raw.recv_multipart()[0]) for _ in range(3)]  # the ack and heartbeats
+        acks = [r["ack"] for r in replies if r["type"] == "ack"]
+        echoes = [(r["echo_t"], r["held_s"]) for r in replies if r["type"] == "heartbeat" and "echo_t" in r]
+        assert acks[0]["accepted"]
+        assert len(echoes) == 1 and echoes[0][0] == 123.0 and echoes[0][1] >= 0  # echoed once
+        deadline = time.monotonic() + deadman_s + 2.0
+        while not bridge.scope.blanked and time.monotonic() < deadline:  # then silence: the dead-man blanks
+            time.sleep(0.05)
+        assert bridge.scope.blanked and bridge.commander is None
+    finally:
+        raw.close(linger=0)
+        ctx.term()
