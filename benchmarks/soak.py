@@ -64,7 +64,7 @@ def run(name: str, scale: float) -> dict[str, object]:
     t0 = time.monotonic()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     figures = {}
-    for tag in ("SOAK", "L1", "F3"):
+    for tag in ("SOAK", "L1", "F3", "F1"):
         found = re.findall(rf"^{tag} (\{{.*\}})$", done.stdout, re.MULTILINE)
         if found:
             figures = json.loads(found[-1])

@@ -8,6 +8,7 @@ restart by default; 200 kills with the 5 s restart of the scenario are marked sl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -111,9 +112,13 @@ def _kills(segmenter, tmp_path, kills: int, restart_s: float, seed: int) -> None
         remote.close()
         instrument.stop()
     assert len(killed_at) == kills and len(lost_at) >= kills
-    for k in killed_at:
-        detected = min(t for t in lost_at if t >= k) - k
-        assert detected <= 3.5, detected
+    detected_s = np.array([min(t for t in lost_at if t >= k) - k for k in killed_at])
+    print("F1 " + json.dumps({
+        "kills": kills, "restart_s": restart_s,
+        "detected_s": {q: round(float(np.percentile(detected_s, p)), 3) for q, p in (("p50", 50), ("p99", 99))}
+        | {"max": round(float(detected_s.max()), 3)},
+    }))  # fmt: skip
+    assert detected_s.max() <= 3.5, detected_s.round(2).tolist()
     restarted_logs = instrument.logs[1:]  # every instrument after the first one
     for log in restarted_logs:
         kinds = re.findall(r"command (\w+) ", log)
