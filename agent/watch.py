@@ -121,7 +121,9 @@ class Watcher:
             self.policy.ingest(obs)
             suggested = self.policy.suggest(1)
             if suggested:
-                self.policy.release(suggested[0])  # advice only: proposed again until the person scans there
+                release = getattr(self.policy, "release", None)  # (a policy written before release existed)
+                if release is not None:
+                    release(suggested[0])  # advice only: proposed again until the person scans there
                 s.last_suggestion = suggested[0]
                 s.suggestions += 1
                 self.recorder.write("suggestion", **_without_type(decision_record(suggested[0], s.suggestions)))

@@ -34,6 +34,7 @@ from drivers.base import (
 )
 
 MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "error", "bye")
+MIN_KEEPALIVE_S = 0.05  # a client never heartbeats more often than this, whatever a server asks
 
 
 def finite_number(value: Any) -> float | None:
@@ -87,10 +88,13 @@ def keepalive_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
     """How often a client must send while idle: its ``heartbeat_s``, or a quarter of the server's dead-man time.
 
     With one heartbeat lost on the way, the next still reaches the server well inside its dead-man
-    time; a missing or invalid ``deadman_s`` (an older bridge) leaves ``heartbeat_s``.
+    time; a missing or invalid ``deadman_s`` (an older bridge) leaves ``heartbeat_s``, and no dead-man
+    time makes the client send more often than every ``MIN_KEEPALIVE_S``.
     """
     deadman_s = finite_number(welcome.get("deadman_s"))
-    return min(heartbeat_s, deadman_s / 4) if deadman_s is not None and deadman_s > 0 else heartbeat_s
+    if deadman_s is None or deadman_s <= 0:
+        return heartbeat_s
+    return min(heartbeat_s, max(deadman_s / 4, MIN_KEEPALIVE_S))
 
 
 def encode_error(code: str, reason: str, command_id: str | None = None) -> list[bytes]:

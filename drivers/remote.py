@@ -301,7 +301,10 @@ class RemoteDriver:
                     return
                 if self._caps is not None:
                     return  # a reconnect attempt that got no welcome: back off and retry
-            wait_s = self._keepalive_s / 4 if welcomed else min(self.heartbeat_s / 4, _HELLO_RETRY_S)
+            if welcomed:  # wake for the next heartbeat due, and at least four times per interval
+                wait_s = min(self._keepalive_s / 4, max(last_out + self._keepalive_s - now, 0.001))
+            else:
+                wait_s = min(self.heartbeat_s / 4, _HELLO_RETRY_S)
             events = dict(poller.poll(timeout=int(1000 * wait_s)))
             if self._wake_rx in events:
                 while self._drain_wake():

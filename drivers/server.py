@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -102,6 +103,9 @@ class InstrumentServer:
         insecure: bool = False,
         deadman_s: float | None = 2.0,
     ) -> None:
+        for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds (got {value!r}; None: no dead-man)")
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
         self.driver = driver

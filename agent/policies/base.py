@@ -135,9 +135,15 @@ class CandidatePolicy:
     def _index_of(self, x_nm: float, y_nm: float) -> int:
         return int(np.argmin(np.hypot(self.xy[:, 0] - x_nm, self.xy[:, 1] - y_nm)))
 
-    def _close(self, x_nm: float, y_nm: float) -> None:
+    def _candidate_at(self, x_nm: float, y_nm: float) -> int | None:
+        """The candidate whose field holds (x_nm, y_nm) near its centre (within half a field), if any."""
         i = self._index_of(x_nm, y_nm)
-        if math.hypot(self.xy[i, 0] - x_nm, self.xy[i, 1] - y_nm) < 0.5 * self.context.field.fov_nm:
+        near = math.hypot(self.xy[i, 0] - x_nm, self.xy[i, 1] - y_nm) < 0.5 * self.context.field.fov_nm
+        return i if near else None
+
+    def _close(self, x_nm: float, y_nm: float) -> None:
+        i = self._candidate_at(x_nm, y_nm)
+        if i is not None:
             self.open[i] = False
             self._only_suggested.discard(i)
 
@@ -154,8 +160,8 @@ class CandidatePolicy:
 
     def release(self, decision: Decision) -> None:
         """Open the suggested field again, unless it was visited or refused since."""
-        i = self._index_of(decision.x_nm, decision.y_nm)
-        if i in self._only_suggested:
+        i = self._candidate_at(decision.x_nm, decision.y_nm)
+        if i is not None and i in self._only_suggested:
             self._only_suggested.discard(i)
             self.open[i] = True
 

@@ -26,15 +26,16 @@ class RasterPolicy(CandidatePolicy):
             row = row[np.argsort(self.xy[row, 0])]
             order.extend((row[::-1] if j % 2 else row).tolist())
         self._order = np.array(order, dtype=np.int64)
+        self._place = np.argsort(self._order)  # candidate index -> its place in the sweep
         self._next = 0
         self._columns = len(xs)
 
     def release(self, decision: Decision) -> None:
         """Open the field again and take the sweep back to it: it stays the next suggestion until visited."""
         super().release(decision)
-        i = self._index_of(decision.x_nm, decision.y_nm)
-        if self.open[i]:
-            self._next = min(self._next, int(np.flatnonzero(self._order == i)[0]))
+        i = self._candidate_at(decision.x_nm, decision.y_nm)
+        if i is not None and self.open[i]:
+            self._next = min(self._next, int(self._place[i]))
 
     def suggest(self, n: int = 1) -> list[Decision]:
         """The next ``n`` open fields of the sweep."""

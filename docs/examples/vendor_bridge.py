@@ -73,6 +73,11 @@ def message(kind: str, **fields) -> bytes:
     return json.dumps({"v": VERSION, "type": kind, **fields}, allow_nan=False).encode()
 
 
+def is_finite_number(value: object) -> bool:
+    """A JSON number (not a bool) that is finite: Python's json accepts NaN and 1e999."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_scan(cmd: dict) -> str | None:
     """Why a scan command is refused, or None."""
     for name, key in (
@@ -85,7 +90,7 @@ def check_scan(cmd: dict) -> str | None:
     ):
         value = cmd.get(name)
         lo, hi = LIMITS[key]
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+        if not is_finite_number(value) or not lo <= value <= hi:
             return f"{name}={value!r} is outside [{lo}, {hi}]"
     return None
 
@@ -158,8 +163,10 @@ class Bridge:
             if reason:
                 return self.ack(who, cmd, False, "refused", reason)
             self.ack(who, cmd, True)
+            self.commander = who  # the beam is on at this client's word: the dead-man watches it
             return self.scan(who, cmd)
         self.scope.blanked = cmd["kind"] in ("blank", "stop")
+        self.commander = None if self.scope.blanked else who
         self.ack(who, cmd, True)
 
     def handle(self, who: bytes, parts: list[bytes]) -> None:
@@ -178,13 +185,14 @@ class Bridge:
             )  # fmt: skip
             self.sock.send_multipart([who, welcome])
         elif msg.get("type") == "command" and who not in self.clients:
-            self.sock.send_multipart([who, message("error", code="hello_first", reason="say hello first",
-                                                   command_id=None)])  # fmt: skip
+            cmd = msg.get("command")
+            command_id = cmd.get("id") if isinstance(cmd, dict) and isinstance(cmd.get("id"), str) else None
+            error = message("error", code="hello_first", reason="say hello first", command_id=command_id)
+            self.sock.send_multipart([who, error])
         elif msg.get("type") == "command":
             self.command(who, msg.get("command"))
-            self.commander = None if self.scope.blanked else who  # the beam is on: on this client's word
-        elif msg.get("type") == "heartbeat" and isinstance(msg.get("t"), (int, float)):
-            self.echo[who] = (msg["t"], time.monotonic())
+        elif msg.get("type") == "heartbeat" and is_finite_number(msg.get("t")):
+            self.echo[who] = (msg["t"], time.monotonic())  # (NaN or 1e999 would break our next message)
         elif msg.get("type") == "bye":
             self.forget(who)
 
@@ -192,6 +200,7 @@ class Bridge:
         """A client gone (bye, or silent for three heartbeats): it must say hello again to command."""
         self.clients.pop(who, None)
         self.echo.pop(who, None)
+        self.heard.pop(who, None)
         if who == self.commander:
             self.deadman()
 
@@ -201,7 +210,7 @@ class Bridge:
         self.scope.blanked = True
 
     def beat(self) -> None:
-        """Heartbeats to every client, echoing its latest stamp; silent clients forgotten; the dead-man."""
+        """Heartbeats to every client, echoing its latest stamp; clients silent for three heartbeats forgotten."""
         now = time.monotonic()
         for who in list(self.clients):
             if now - self.heard.get(who, now) > 3 * HEARTBEAT_S:
@@ -212,6 +221,8 @@ class Bridge:
                 t, arrived = self.echo.pop(who)
                 fields.update(echo_t=t, held_s=now - arrived)
             self.sock.send_multipart([who, message("heartbeat", **fields)])
+        for who in [w for w, t in self.heard.items() if w not in self.clients and now - t > 3 * HEARTBEAT_S]:
+            del self.heard[who]  # strangers that never said hello
 
     def serve(self) -> None:
         last_beat = 0.0

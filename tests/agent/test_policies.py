@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -189,3 +191,25 @@ def test_released_raster_advice_stays_the_next_field_until_it_is_scanned(obs_at)
     policy.ingest(obs_at(first.x_nm, first.y_nm, FIELD.fov_nm, new_defects=0))
     (after,) = policy.suggest(1)
     assert (after.x_nm, after.y_nm) != (first.x_nm, first.y_nm)
+
+
+def test_release_opens_neither_a_refused_field_nor_one_far_from_the_decision(obs_at):
+    policy = make_policy("defects", context())
+    (first,) = policy.suggest(1)
+    policy.reject(first, "dose budget")
+    policy.release(first)
+    assert (first.x_nm, first.y_nm) not in [(d.x_nm, d.y_nm) for d in policy.suggest(120)]
+    raster = make_policy("raster", context())
+    (d,) = raster.suggest(1)
+    raster.release(dataclasses.replace(d, x_nm=d.x_nm - 0.6 * FIELD.fov_nm))  # no candidate's field: nothing opens
+    (after,) = raster.suggest(1)
+    assert (after.x_nm, after.y_nm) != (d.x_nm, d.y_nm)
+
+
+def test_a_released_survey_is_proposed_again(obs_at):
+    policy = make_policy("dkl", context())
+    (survey,) = policy.suggest(1)
+    assert survey.rationale["phase"] == "survey" and policy.suggest(1) == []  # in flight: nothing else yet
+    policy.release(survey)
+    (again,) = policy.suggest(1)
+    assert again.rationale["phase"] == "survey"

@@ -20,6 +20,7 @@ from drivers.codec import (
     encode_command,
     encode_frame,
     encode_welcome,
+    keepalive_s,
 )
 from drivers.memory import DEFAULT_CAPABILITIES
 
@@ -116,6 +117,18 @@ def test_ack_and_welcome_round_trip():
     ack = Ack(command_id="x1", kind="scan", accepted=False, code="refused", reason="out of range")
     assert decode_ack(decode_envelope(encode_ack(ack))) == ack
     assert decode_capabilities(decode_envelope(encode_welcome(DEFAULT_CAPABILITIES, 1.0, 5.0))) == DEFAULT_CAPABILITIES
+
+
+@pytest.mark.parametrize(
+    ("deadman_s", "expected_s"),
+    [(2.0, 0.5), (8.0, 1.0), (0.1, 0.05), (None, 1.0), (0, 1.0), (-2.0, 1.0), (True, 1.0), ("2", 1.0)],
+)
+def test_a_client_sends_at_least_every_quarter_of_the_servers_dead_man_time(deadman_s, expected_s):
+    welcome = decode_envelope(encode_welcome(DEFAULT_CAPABILITIES, 1.0, 5.0, None))
+    if deadman_s is not None:
+        welcome["deadman_s"] = deadman_s
+    assert keepalive_s(welcome, 1.0) == pytest.approx(expected_s)
+    assert keepalive_s({"deadman_s": float("nan")}, 1.0) == keepalive_s({"deadman_s": float("inf")}, 1.0) == 1.0
 
 
 def test_frame_image_must_match_its_header():

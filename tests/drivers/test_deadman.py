@@ -100,8 +100,18 @@ def test_an_idle_agent_heartbeats_often_enough_for_a_dead_man_shorter_than_its_h
             remote.send(UnblankCommand())
             time.sleep(2.5)  # idle: only heartbeats keep the beam on
             assert server.stats["deadman_blanks"] == 0 and not driver.state.blank_times_unix_s
-            assert server.stats["heartbeats_in"] >= 2.5 / 0.15 - 2
+            assert server.stats["heartbeats_in"] >= 2.5 / (0.6 / 2)  # on average under half the dead-man apart
             remote.send(BlankCommand())
+
+
+def test_the_servers_own_blank_on_stopping_says_so_and_a_bad_dead_man_time_is_refused():
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2):
+        pass
+    assert driver.commands[-1].kind == "blank" and driver.commands[-1].id.startswith(f"{SERVER_ID_PREFIX}stop:")
+    for bad in ({"deadman_s": -1.0}, {"deadman_s": float("nan")}, {"heartbeat_s": 0.0}):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", **bad)
 
 
 class _Slow(InMemoryDriver):

@@ -19,11 +19,16 @@ from drivers.remote import RemoteDriver
 BRIDGE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "vendor_bridge.py"
 
 
-@pytest.fixture
-def bridge():
+def _bridge_module():
     spec = importlib.util.spec_from_file_location("vendor_bridge", BRIDGE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bridge():
+    module = _bridge_module()
     assert "autoscope" not in BRIDGE.read_text().split('"""', 2)[2].split("import")[0]
     server = module.Bridge(module.FakeVendorScope(), "tcp://127.0.0.1:0")
     thread = threading.Thread(target=server.serve, daemon=True)
@@ -68,6 +73,7 @@ def test_bridge_wants_hello_first_echoes_heartbeats_and_blanks_for_a_silent_comm
         raw.send_multipart([envelope("hello")])
         deadman_s = json.loads(raw.recv_multipart()[0])["deadman_s"]
         raw.send_multipart([envelope("heartbeat", t=123.0)])
+        raw.send_multipart([b'{"v": 1, "type": "heartbeat", "t": NaN}'])  # ignored: echoing it would break
         raw.send_multipart(encode_command(UnblankCommand()))
         replies = [json.loads(raw.recv_multipart()[0]) for _ in range(3)]  # the ack and heartbeats
         acks = [r["ack"] for r in replies if r["type"] == "ack"]
@@ -81,3 +87,22 @@ def test_bridge_wants_hello_first_echoes_heartbeats_and_blanks_for_a_silent_comm
     finally:
         raw.close(linger=0)
         ctx.term()
+
+
+def test_only_a_command_the_bridge_accepted_makes_its_sender_the_one_the_dead_man_watches():
+    module = _bridge_module()
+    bridge = module.Bridge(module.FakeVendorScope(), "tcp://127.0.0.1:0")  # not serving: acks go nowhere
+    try:
+        deadline = time.time() + 30
+        bridge.command(b"A", {"id": "a1", "kind": "unblank", "deadline_unix_s": deadline})
+        bridge.command(b"B", {"id": "b1", "kind": "teleport", "deadline_unix_s": deadline})  # malformed
+        bridge.command(b"B", {"id": "a1", "kind": "unblank", "deadline_unix_s": deadline})  # duplicate
+        bridge.command(b"B", {"id": "b2", "kind": "unblank", "deadline_unix_s": 1.0})  # expired
+        scan = {"id": "b3", "kind": "scan", "x_nm": 1e5, "y_nm": 0, "fov_nm": 10, "rows": 16, "cols": 16}
+        bridge.command(b"B", {**scan, "dwell_us": 1, "deadline_unix_s": deadline})  # refused: out of range
+        assert bridge.commander == b"A" and not bridge.scope.blanked
+        bridge.command(b"B", {"id": "b4", "kind": "blank", "deadline_unix_s": deadline})
+        assert bridge.commander is None and bridge.scope.blanked
+    finally:
+        bridge.sock.close(linger=0)
+        bridge.ctx.term()

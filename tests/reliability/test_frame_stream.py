@@ -158,12 +158,13 @@ def test_autoscope_watch_reads_a_stream_and_records_suggestions(tmp_path, capsys
         person.start()
         try:
             argv = ["watch", "--frames", server.pub_endpoint, "--duration-s", "4", "--fov-nm", "1.28", "--pixels", "64"]
-            assert main([*argv, "--providers", "cpu", "--record", str(tmp_path / "w")]) == 0
+            region = ["--region-nm", "-0.64", "0.64", "-0.64", "0.64"]  # 4 candidates: advice must not use them up
+            assert main([*argv, *region, "--providers", "cpu", "--record", str(tmp_path / "w")]) == 0
         finally:
             stop.set()
             person.join(10.0)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["analysed"] > 0 and summary["received"] == summary["analysed"] + sum(summary["skipped"].values())
     kinds = [r["type"] for r in read_session(tmp_path / "w").records]
-    assert kinds.count("suggestion") == summary["suggestions"] > 0 and kinds[-1] == "watch_stop"
+    assert kinds.count("suggestion") == summary["suggestions"] == summary["analysed"] > 4 and kinds[-1] == "watch_stop"
     assert done[0] > 0
