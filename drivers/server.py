@@ -105,7 +105,7 @@ class InstrumentServer:
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds (got {value!r}; None: no dead-man)")
+                raise ValueError(f"{name} must be a positive number of seconds (got {value!r})")
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
         self.driver = driver

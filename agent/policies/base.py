@@ -160,10 +160,16 @@ class CandidatePolicy:
 
     def release(self, decision: Decision) -> None:
         """Open the suggested field again, unless it was visited or refused since."""
+        self._reopen(decision)
+
+    def _reopen(self, decision: Decision) -> int | None:
+        """:meth:`release`, returning the index of the candidate it opened again (None: none)."""
         i = self._candidate_at(decision.x_nm, decision.y_nm)
-        if i is not None and i in self._only_suggested:
-            self._only_suggested.discard(i)
-            self.open[i] = True
+        if i is None or i not in self._only_suggested:
+            return None
+        self._only_suggested.discard(i)
+        self.open[i] = True
+        return i
 
     def decide(self, index: int, **rationale: object) -> Decision:
         """The decision for candidate ``index`` (closed at once, so it is never proposed twice unless released)."""

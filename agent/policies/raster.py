@@ -32,9 +32,8 @@ class RasterPolicy(CandidatePolicy):
 
     def release(self, decision: Decision) -> None:
         """Open the field again and take the sweep back to it: it stays the next suggestion until visited."""
-        super().release(decision)
-        i = self._candidate_at(decision.x_nm, decision.y_nm)
-        if i is not None and self.open[i]:
+        i = self._reopen(decision)
+        if i is not None:
             self._next = min(self._next, int(self._place[i]))
 
     def suggest(self, n: int = 1) -> list[Decision]:
