@@ -12,6 +12,7 @@ import zmq
 
 from drivers.base import (
     PROTOCOL_VERSION,
+    Ack,
     BlankCommand,
     Disconnected,
     DriverTimeout,
@@ -19,7 +20,7 @@ from drivers.base import (
     ScanCommand,
     UnblankCommand,
 )
-from drivers.codec import decode_envelope, decode_frame, encode_frame, encode_welcome, envelope
+from drivers.codec import decode_envelope, decode_frame, encode_ack, encode_frame, encode_welcome, envelope
 from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
 from drivers.remote import RemoteDriver
 from drivers.security import CurveClientKeys, CurveServerKeys, check_bind, new_keypair
@@ -310,3 +311,21 @@ def test_echoes_that_make_no_sense_are_left_out_of_the_round_trip(fake):
         rtt = remote.heartbeat_rtt_ms()
         assert remote.connected
     assert rtt is not None and rtt["n"] == 1 and 6.0 <= rtt["p50"] < 300.0
+
+
+def test_a_late_ack_and_an_ack_for_no_command_are_ignored_and_counted(fake):
+    """F3's 'stale acks ignored and counted': an ack whose caller gave up never answers a later call."""
+    with RemoteDriver(fake.endpoint, heartbeat_s=0.2) as remote:
+        late = BlankCommand()
+        with pytest.raises(DriverTimeout):
+            remote.send(late, timeout_s=0.3)  # the fake server never acks on its own
+        fake.send(encode_ack(Ack(command_id=late.id, kind="blank", accepted=True)))
+        fake.send(encode_ack(Ack(command_id="nobody-asked", kind="scan", accepted=True)))
+        deadline = time.monotonic() + 3.0
+        while remote.stats["stale_acks"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert remote.stats["stale_acks"] == 2
+        current = UnblankCommand()
+        pending = remote.submit(current)
+        fake.send(encode_ack(Ack(command_id=current.id, kind="unblank", accepted=True)))
+        assert pending.result(3.0).command_id == current.id and remote.stats["stale_acks"] == 2
