@@ -1,11 +1,20 @@
 """The instrument server: any :class:`Driver` behind ZeroMQ (ROUTER for commands, PUB for observers).
 
-One I/O thread owns the sockets; one worker thread calls the driver, so a long
-acquisition never stops heartbeats.  Commands are checked on arrival: bad
-messages get an ``error`` reply naming the violation, duplicates (by id) and
-expired commands (past their deadline) get a refusing ``ack``; none of them
-reaches the driver.  An accepted scan is answered by an ``ack`` and then its
-frame, sent zero-copy, also published on the PUB socket for passive observers.
+One worker thread calls the driver and sends its answers itself; while it has
+nothing to do it also reads the command socket, so a command is read, checked,
+executed and answered by one thread, with no hand-off between threads on the way
+(each hand-off costs a wake-up, which on a loaded machine is most of a frame's
+time).  A second thread keeps time (heartbeats, the dead-man timer) and reads the
+command socket whenever the worker has been inside the driver for a while, so a
+long acquisition never stops heartbeats.  The sockets and the server's state are
+shared under one lock that is never held while waiting: the threads wait on the
+command socket's descriptor, outside it.
+
+Commands are checked on arrival: bad messages get an ``error`` reply naming the
+violation, duplicates (by id) and expired commands (past their deadline) get a
+refusing ``ack``; none of them reaches the driver.  An accepted scan is answered
+by an ``ack`` and then its frame, sent zero-copy, also published on the PUB
+socket for passive observers.
 
 A dead-man timer protects the specimen from an agent that dies or freezes: once
 a client has commanded anything but ``blank``/``stop``, it must be heard from
@@ -15,14 +24,14 @@ a client has commanded anything but ``blank``/``stop``, it must be heard from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import queue
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 _SEEN_IDS = 100_000
 SERVER_ID_PREFIX = "server-"  # the ids of the commands the server gives on its own (reserved to it)
+_TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
+_TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
+
+Job = tuple[bytes | None, Command] | None  # (client, command); client None: the server's own; None: stop
 
 
 @dataclass
@@ -125,10 +138,18 @@ class InstrumentServer:
             self._pub = self._socket(zmq.PUB, curve)
             self._pub.bind(pub_endpoint)
             self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._results = self._ctx.socket(zmq.PAIR)
-        self._results.bind(f"inproc://results-{id(self)}")
-        self._jobs: queue.Queue[tuple[bytes | None, Command] | None] = queue.Queue()
-        self._done: queue.Queue[tuple[bytes, tuple[Ack | Frame | ProtocolError, ...], str]] = queue.Queue()
+        # Everything below, the ROUTER and the PUB socket are used under this lock, never held while waiting.
+        # Whoever reads the ROUTER reads it until it is empty before letting go: its descriptor, which the
+        # threads wait on, signals only new arrivals.
+        self._lock = threading.Lock()
+        self._router_fd = int(self._router.getsockopt(zmq.FD))
+        self._wake_rx = self._ctx.socket(zmq.PAIR)  # wakes the worker waiting for work (read by the worker only)
+        self._wake_rx.bind(f"inproc://wake-{id(self)}")
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(f"inproc://wake-{id(self)}")
+        self._worker_ident: int | None = None
+        self._busy_since: float | None = None  # when the worker went into the driver; None while it is not
+        self._jobs: deque[Job] = deque()
         self._clients: dict[bytes, _Client] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
@@ -150,7 +171,7 @@ class InstrumentServer:
         """Start the I/O and worker threads; returns self."""
         self._threads = [
             threading.Thread(target=self._worker, name="instrument-worker", daemon=True),
-            threading.Thread(target=self._loop, name="instrument-io", daemon=True),
+            threading.Thread(target=self._timekeeper, name="instrument-timekeeper", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -163,17 +184,19 @@ class InstrumentServer:
         A worker stuck in the driver (an acquisition that never ends) is left behind after 5 s rather
         than waited for, so that the caller can go on and close the driver.
         """
-        self._stop.set()
-        dropped = sum(job is not None for job in self._take_jobs())
-        if dropped:
-            self.stats["dropped_at_stop"] += dropped
-        self._blank_first("stop", keep=[None])
+        with _held(self._lock, timeout_s=5.0):  # (a send to a client that reads nothing may hold it a while)
+            dropped = sum(job is not None for job in self._take_jobs())
+            if dropped:
+                self.stats["dropped_at_stop"] += dropped
+            self._blank_first("stop", keep=[None])  # the worker runs it, then ends at the None
+            self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
         stuck = any(t.is_alive() for t in self._threads)
-        for sock in (self._router, self._pub, self._results):
-            if sock is not None:
-                sock.close(linger=0)
+        with _held(self._lock, timeout_s=1.0):  # a stuck worker that comes back finds the sockets closed
+            for sock in (self._router, self._pub, self._wake_rx, self._wake_tx):
+                if sock is not None:
+                    sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
         if stuck:  # its inproc socket is still open: terminating the context would wait for it forever
@@ -187,36 +210,57 @@ class InstrumentServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- worker: the only caller of the driver ----------------------------------------------------
+    # -- worker: the only caller of the driver; it answers, and reads commands while idle -----------
     def _worker(self) -> None:
-        out = self._ctx.socket(zmq.PAIR)
-        out.connect(f"inproc://results-{id(self)}")
-
-        def post(identity: bytes | None, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
-            if identity is None:  # the server's own blank (dead-man or stop): nobody to answer
-                logger.warning("the server's own blank: %s", items[0])
+        self._worker_ident = threading.get_ident()
+        # The descriptor, not the socket: the timekeeper may use the socket meanwhile (under the lock).
+        items: list[tuple[Any, int]] = [(self._router_fd, zmq.POLLIN), (self._wake_rx, zmq.POLLIN)]
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._drain_router()  # its commands become jobs
+                idle = not self._jobs
+                job = None if idle else self._jobs.popleft()
+                self._busy_since = None if idle else time.monotonic()
+            if not idle and job is None:  # the end of the queue at stop
                 return
-            self._done.put((identity, items, command_id))
-            out.send(b"")  # wake the I/O thread, which alone touches the client sockets
+            if job is not None:
+                self._run(*job)
+            elif self._stop.is_set():
+                return
+            elif any(item is self._wake_rx for item, _ in zmq.zmq_poll(items, 100)):
+                _drain(self._wake_rx)
 
-        try:
-            while (job := self._jobs.get()) is not None:
-                identity, command = job
-                ack = self._execute(command, own=identity is None)
-                if not (ack.accepted and isinstance(command, ScanCommand)):
-                    post(identity, command.id, ack)
-                    continue
-                # A frame already there travels with its ack in one hand-off; otherwise the ack
-                # goes out at once and the frame follows when the acquisition ends.
-                ready = self._acquire(command, wait_s=0.0)
-                if ready is not None:
-                    post(identity, command.id, ack, ready)
-                    continue
-                post(identity, command.id, ack)
-                outcome = self._acquire(command)
-                post(identity, command.id, outcome if outcome is not None else ProtocolError("acquisition", "no frame"))
-        finally:
-            out.close(linger=0)
+    def _run(self, identity: bytes | None, command: Command) -> None:
+        """Execute one job on the driver (outside the lock) and answer it."""
+        ack = self._execute(command, own=identity is None)
+        if not (ack.accepted and isinstance(command, ScanCommand)):
+            self._post(identity, command.id, ack)
+            return
+        # A frame already there goes out with its ack; otherwise the ack goes out at once and the
+        # frame follows when the acquisition ends.
+        ready = self._acquire(command, wait_s=0.0)
+        if ready is not None:
+            self._post(identity, command.id, ack, ready)
+            return
+        self._post(identity, command.id, ack)
+        outcome = self._acquire(command)
+        self._post(identity, command.id, outcome if outcome is not None else ProtocolError("acquisition", "no frame"))
+
+    def _post(self, identity: bytes | None, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
+        """Send the answers to a job (the worker, between driver calls)."""
+        if identity is None:  # the server's own blank (dead-man or stop): nobody to answer
+            logger.warning("the server's own blank: %s", items[0])
+            return
+        with self._lock:
+            if self._stop.is_set():  # the sockets are being closed
+                return
+            try:
+                self._answer(identity, command_id, items)
+            except Exception:  # as for a message: a bug must not end the worker
+                self.stats["internal_errors"] += 1
+                logger.exception("the answer to %s could not be sent", command_id)
+            self._drain_router()  # sending may have taken the descriptor's signal of what came meanwhile
 
     def _execute(self, command: Command, own: bool = False) -> Ack:
         """Run one command on the driver; whatever the driver raises becomes a refusal (the worker lives on).
@@ -257,24 +301,30 @@ class InstrumentServer:
             logger.exception("the driver raised while acquiring")
             return ProtocolError("acquisition", f"the instrument failed: {type(exc).__name__}: {exc}")
 
-    # -- I/O thread ---------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._results, zmq.POLLIN)
+    # -- timekeeper: heartbeats, the dead-man, and commands while the worker is in the driver ------
+    def _timekeeper(self) -> None:
+        watch = zmq.Poller()
+        watch.register(self._router_fd, zmq.POLLIN)
         next_beat = time.monotonic() + self.heartbeat_s
-        while not self._stop.is_set():
-            events = dict(poller.poll(timeout=50))
-            if self._router in events:
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + self.heartbeat_s
+                self._check_deadman()
+                # Last, and until empty, so that the descriptor signals the next arrival (a heartbeat sent
+                # may have taken its signal); mostly nothing is there: the idle worker reads on arrival.
                 self._drain_router()
-            if self._results in events:
-                self._drain_results()
-            if time.monotonic() >= next_beat:
-                self._heartbeat()
-                next_beat = time.monotonic() + self.heartbeat_s
-            self._check_deadman()
+                busy = self._busy_since is not None and time.monotonic() - self._busy_since > _TAKE_OVER_S
+            if busy:  # the worker is in the driver: read for it as messages come
+                watch.poll(timeout=int(1000 * _TICK_S))  # wakes on the next arrival
+            else:
+                self._stop.wait(_TICK_S)
 
     def _drain_router(self) -> None:
+        """Handle every message waiting on the command socket (under the lock)."""
         while True:
             try:
                 parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -346,7 +396,7 @@ class InstrumentServer:
             return
         self._commander = None if command.kind in ("blank", "stop") else identity
         self._commander_seen = time.monotonic()
-        self._jobs.put((identity, command))
+        self._enqueue((identity, command))
 
     # -- dead-man timer -----------------------------------------------------------------------------
     def _check_deadman(self) -> None:
@@ -361,8 +411,7 @@ class InstrumentServer:
         lost, self._commander = self._commander, None
         kept = self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
         if self.deadman_s is None:
-            for job in kept:
-                self._jobs.put(job)
+            self._jobs.extend(kept)
             return
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
@@ -379,12 +428,9 @@ class InstrumentServer:
         def unsafe_move_of_the_client(owner: bytes | None, command: Command) -> bool:
             return owner == identity and command.kind not in ("blank", "stop")
 
-        for job in self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone"):
-            self._jobs.put(job)
+        self._jobs.extend(self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone"))
 
-    def _drop_jobs(
-        self, drop: Callable[[bytes | None, Command], bool], counter: str
-    ) -> list[tuple[bytes | None, Command] | None]:
+    def _drop_jobs(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> list[Job]:
         """Empty the job queue, dropping (and counting in ``stats[counter]``) the jobs ``drop`` picks.
 
         ``drop(identity, command)``; the other jobs are returned in order, for the caller to put back.
@@ -397,38 +443,37 @@ class InstrumentServer:
                 kept.append(job)
         return kept
 
-    def _take_jobs(self) -> list[tuple[bytes | None, Command] | None]:
+    def _take_jobs(self) -> list[Job]:
         """Empty the job queue, returning what was in it, in order."""
-        jobs = []
-        while True:
-            try:
-                jobs.append(self._jobs.get_nowait())
-            except queue.Empty:
-                return jobs
+        jobs = list(self._jobs)
+        self._jobs.clear()
+        return jobs
 
-    def _blank_first(self, why: str, keep: list[tuple[bytes | None, Command] | None]) -> None:
+    def _blank_first(self, why: str, keep: list[Job]) -> None:
         """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty).
 
         Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.
         """
-        self._jobs.put((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
-        for job in keep:
-            self._jobs.put(job)
+        self._enqueue((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
+        self._jobs.extend(keep)
 
-    def _drain_results(self) -> None:
-        while True:
+    def _enqueue(self, job: Job) -> None:
+        """Queue a job for the worker, waking it if it waits for work (under the lock)."""
+        self._jobs.append(job)
+        if threading.get_ident() != self._worker_ident and not self._wake_tx.closed:
             try:
-                self._results.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            identity, items, command_id = self._done.get()
-            for item in items:
-                if isinstance(item, Ack):
-                    self._reply(identity, encode_ack(item))
-                elif isinstance(item, Frame):
-                    self._send_frame(identity, item)
-                else:  # an accepted scan whose frame never came: say so, naming the scan
-                    self._reply(identity, encode_error(item.code, str(item), command_id))
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+            except zmq.Again:  # wake-ups are already waiting to be read
+                pass
+
+    def _answer(self, identity: bytes, command_id: str, items: tuple[Ack | Frame | ProtocolError, ...]) -> None:
+        for item in items:
+            if isinstance(item, Ack):
+                self._reply(identity, encode_ack(item))
+            elif isinstance(item, Frame):
+                self._send_frame(identity, item)
+            else:  # an accepted scan whose frame never came: say so, naming the scan
+                self._reply(identity, encode_error(item.code, str(item), command_id))
 
     def _send_frame(self, identity: bytes, frame: Frame) -> None:
         client = self._clients.get(identity)
@@ -468,6 +513,26 @@ class InstrumentServer:
     def clients(self) -> int:
         """Clients heard from within the last three heartbeats."""
         return len(self._clients)
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock, timeout_s: float) -> Iterator[bool]:
+    """Hold ``lock`` if it can be had within ``timeout_s``; go on without it otherwise (yields whether held)."""
+    locked = lock.acquire(timeout=timeout_s)
+    try:
+        yield locked
+    finally:
+        if locked:
+            lock.release()
+
+
+def _drain(sock: zmq.Socket[bytes]) -> None:
+    """Read and discard everything waiting on ``sock``."""
+    while True:
+        try:
+            sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 def _command_id_of(body: list[bytes]) -> str | None:
