@@ -49,8 +49,13 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"non-finite number {token} is not allowed")
 
 
+# Built once (both are stateless): json.dumps and json.loads with options build new ones on every call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def envelope(kind: str, **fields: Any) -> bytes:
@@ -120,7 +125,7 @@ def decode_envelope(parts: list[bytes]) -> dict[str, Any]:
     if not parts or len(parts) > 2:
         raise ProtocolError("parts", f"expected 1 or 2 message parts, got {len(parts)}")
     try:
-        obj = json.loads(bytes(parts[0]).decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(bytes(parts[0]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("json", f"first part is not valid JSON: {exc}") from None
     except RecursionError:

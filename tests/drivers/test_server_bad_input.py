@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from drivers.base import PROTOCOL_VERSION, BlankCommand, ScanCommand
+from drivers.base import PROTOCOL_VERSION, BlankCommand, DriverTimeout, ScanCommand, UnblankCommand
 from drivers.codec import encode_command
 from drivers.memory import InMemoryDriver
 from drivers.remote import RemoteDriver
@@ -232,3 +232,38 @@ def test_accepted_scan_without_a_frame_is_reported_to_next_frame():
         assert server.stats["frames_missing"] == 1
     finally:
         server.stop()
+
+
+class _LongScan(InMemoryDriver):
+    """An instrument whose every scan keeps the server's worker inside ``next_frame`` for ``scan_s``."""
+
+    scan_s = 1.5
+
+    def next_frame(self, timeout_s):
+        if timeout_s < self.scan_s:
+            raise DriverTimeout("still scanning")
+        time.sleep(self.scan_s)
+        return super().next_frame(timeout_s)
+
+
+def test_messages_are_answered_while_the_worker_is_inside_a_long_acquisition():
+    """The worker reads commands only between driver calls; the timekeeper must read for it meanwhile."""
+    driver = _LongScan()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=1.0, deadman_s=None) as server:
+        ctx = _Sockets()
+        try:
+            busy, other = _raw(ctx, server), _raw(ctx, server)
+            busy.send_multipart(encode_command(UnblankCommand()))
+            assert _reply(busy)["ack"]["accepted"]
+            busy.send_multipart([_msg(type="command", command=_scan_dict())])
+            assert _reply(busy)["ack"]["accepted"]  # the worker now waits for the frame, inside the driver
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            other.send_multipart([b"{not json"])
+            assert _reply(other)["code"] == "json"
+            answered_s = time.monotonic() - t0
+            assert _reply(busy)["type"] == "frame"
+        finally:
+            ctx.close()
+    assert answered_s < 0.5 * driver.scan_s  # answered during the acquisition, not after it
+    assert server.stats["error_json"] == 1
