@@ -222,11 +222,12 @@ class InstrumentServer:
                 idle = not self._jobs
                 job = None if idle else self._jobs.popleft()
                 self._busy_since = None if idle else time.monotonic()
+                stopped = self._stop.is_set()  # (read here: stop() queues its blank before it sets the flag)
             if not idle and job is None:  # the end of the queue at stop
                 return
             if job is not None:
                 self._run(*job)
-            elif self._stop.is_set():
+            elif stopped:
                 return
             elif any(item is self._wake_rx for item, _ in zmq.zmq_poll(items, 100)):
                 _drain(self._wake_rx)
@@ -310,11 +311,12 @@ class InstrumentServer:
             with self._lock:
                 if self._stop.is_set():
                     return
+                self._drain_router()  # first: the commander's last heartbeat may be waiting for the dead-man
+                self._check_deadman()
                 if time.monotonic() >= next_beat:
                     self._heartbeat()
                     next_beat = time.monotonic() + self.heartbeat_s
-                self._check_deadman()
-                # Last, and until empty, so that the descriptor signals the next arrival (a heartbeat sent
+                # And last, until empty, so that the descriptor signals the next arrival (a heartbeat sent
                 # may have taken its signal); mostly nothing is there: the idle worker reads on arrival.
                 self._drain_router()
                 busy = self._busy_since is not None and time.monotonic() - self._busy_since > _TAKE_OVER_S
@@ -344,8 +346,15 @@ class InstrumentServer:
                 logger.exception("message from client %s could not be handled", identity.hex()[:8])
 
     def _reply(self, identity: bytes, parts: list[Any]) -> None:
+        """Send to one client without ever waiting (the lock is held): a client that reads nothing loses replies.
+
+        A full queue to the client (its high-water mark reached) drops the message and counts it in
+        ``stats["dropped_client_not_reading"]``; a lost frame also shows as a gap in its delivery sequence.
+        """
         try:
-            self._router.send_multipart([identity, *parts], copy=False)
+            self._router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.stats["dropped_client_not_reading"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
             self.stats["undeliverable"] += 1
             self._forget(identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -267,3 +268,34 @@ def test_messages_are_answered_while_the_worker_is_inside_a_long_acquisition():
             ctx.close()
     assert answered_s < 0.5 * driver.scan_s  # answered during the acquisition, not after it
     assert server.stats["error_json"] == 1
+
+
+def test_a_client_that_reads_nothing_cannot_freeze_the_server(monkeypatch):
+    """Replies to a client whose queue is full are dropped and counted; the server serves the others."""
+    monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.ERROR)  # (tens of thousands of warnings)
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.5, deadman_s=None) as server:
+        ctx = _Sockets()
+        try:
+            flood = ctx.socket(zmq.DEALER)
+            for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 1), (zmq.RCVBUF, 4096), (zmq.SNDHWM, 100_000)):
+                flood.setsockopt(opt, value)
+            flood.connect(server.endpoint)
+            deadline = time.monotonic() + 60.0
+            sent = 0
+            while server.stats["dropped_client_not_reading"] == 0 and time.monotonic() < deadline:
+                try:
+                    for _ in range(2000):  # each earns an error reply that the flooder never reads
+                        flood.send(b"{not json", zmq.NOBLOCK)
+                        sent += 1
+                except zmq.Again:  # 100 000 unread by the server: it has stopped reading
+                    break
+                time.sleep(0.05)
+            assert server.stats["dropped_client_not_reading"] > 0, f"no reply dropped after {sent} messages"
+            while server.stats["error_json"] < sent and time.monotonic() < deadline:
+                time.sleep(0.05)  # (a send blocked on the full queue would stop the reading here)
+            assert server.stats["error_json"] == sent
+            with RemoteDriver(server.endpoint, connect_timeout_s=5.0) as good:
+                assert good.send(BlankCommand(), timeout_s=5.0).accepted
+        finally:
+            ctx.close()
