@@ -184,11 +184,10 @@ class InstrumentServer:
         A worker stuck in the driver (an acquisition that never ends) is left behind after 5 s rather
         than waited for, so that the caller can go on and close the driver.
         """
-        with _held(self._lock, timeout_s=5.0):  # (a send to a client that reads nothing may hold it a while)
-            dropped = sum(job is not None for job in self._take_jobs())
-            if dropped:
-                self.stats["dropped_at_stop"] += dropped
-            self._blank_first("stop", keep=[None])  # the worker runs it, then ends at the None
+        with _held(self._lock, timeout_s=5.0):
+            self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
+            self._blank_next("stop")
+            self._jobs.append(None)  # the worker runs the blank, then ends here
             self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
@@ -418,13 +417,12 @@ class InstrumentServer:
     def _deadman(self, why: str) -> None:
         """Drop the silent commander's queued commands and blank the beam (once per silence)."""
         lost, self._commander = self._commander, None
-        kept = self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
+        self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
         if self.deadman_s is None:
-            self._jobs.extend(kept)
             return
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
-        self._blank_first("deadman", keep=kept)
+        self._blank_next("deadman")
 
     def _forget(self, identity: bytes) -> None:
         """A client gone (silent, said bye, unreachable): drop its queued moves, keep its blanks and stops.
@@ -437,38 +435,30 @@ class InstrumentServer:
         def unsafe_move_of_the_client(owner: bytes | None, command: Command) -> bool:
             return owner == identity and command.kind not in ("blank", "stop")
 
-        self._jobs.extend(self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone"))
+        self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone")
 
-    def _drop_jobs(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> list[Job]:
-        """Empty the job queue, dropping (and counting in ``stats[counter]``) the jobs ``drop`` picks.
+    def _drop_jobs(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> None:
+        """Remove the queued jobs ``drop(identity, command)`` picks, counting them in ``stats[counter]``."""
+        kept = [job for job in self._jobs if job is None or not drop(*job)]
+        if len(kept) < len(self._jobs):
+            self.stats[counter] += len(self._jobs) - len(kept)
+            self._jobs.clear()
+            self._jobs.extend(kept)
 
-        ``drop(identity, command)``; the other jobs are returned in order, for the caller to put back.
-        """
-        kept = []
-        for job in self._take_jobs():
-            if job is not None and drop(*job):
-                self.stats[counter] += 1
-            else:
-                kept.append(job)
-        return kept
-
-    def _take_jobs(self) -> list[Job]:
-        """Empty the job queue, returning what was in it, in order."""
-        jobs = list(self._jobs)
-        self._jobs.clear()
-        return jobs
-
-    def _blank_first(self, why: str, keep: list[Job]) -> None:
-        """Queue the server's own blank ahead of ``keep`` (the jobs left in the queue, which must be empty).
+    def _blank_next(self, why: str) -> None:
+        """Queue the server's own blank ahead of every queued job.
 
         Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.
         """
-        self._enqueue((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
-        self._jobs.extend(keep)
+        self._jobs.appendleft((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
+        self._wake_worker()
 
     def _enqueue(self, job: Job) -> None:
         """Queue a job for the worker, waking it if it waits for work (under the lock)."""
         self._jobs.append(job)
+        self._wake_worker()
+
+    def _wake_worker(self) -> None:
         if threading.get_ident() != self._worker_ident and not self._wake_tx.closed:
             try:
                 self._wake_tx.send(b"", zmq.NOBLOCK)
@@ -525,11 +515,11 @@ class InstrumentServer:
 
 
 @contextlib.contextmanager
-def _held(lock: threading.Lock, timeout_s: float) -> Iterator[bool]:
-    """Hold ``lock`` if it can be had within ``timeout_s``; go on without it otherwise (yields whether held)."""
+def _held(lock: threading.Lock, timeout_s: float) -> Iterator[None]:
+    """Hold ``lock`` if it can be had within ``timeout_s``; go on without it otherwise (a thread stuck holding it)."""
     locked = lock.acquire(timeout=timeout_s)
     try:
-        yield locked
+        yield
     finally:
         if locked:
             lock.release()
