@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import time
 from multiprocessing.connection import Connection
 
@@ -26,6 +27,7 @@ from drivers.codec import envelope
 from drivers.memory import InMemoryDriver
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
+from simulators.allocator import tune_allocator
 
 SIDE = 1024
 
@@ -45,6 +47,26 @@ class _Fixed:
 
     def random(self, shape: tuple[int, int], dtype: object = None) -> np.ndarray:
         return self.image
+
+
+class _Usage:
+    """This process's CPU time and page faults over a block, per frame (all its threads, libzmq's too)."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.per_frame: dict[str, float] = {}
+
+    def __enter__(self) -> _Usage:
+        self._start = resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end, start, n = resource.getrusage(resource.RUSAGE_SELF), self._start, self.frames
+        self.per_frame = {
+            "user_ms": round(1e3 * (end.ru_utime - start.ru_utime) / n, 3),
+            "system_ms": round(1e3 * (end.ru_stime - start.ru_stime) / n, 3),
+            "page_faults": round((end.ru_minflt - start.ru_minflt) / n, 1),
+        }
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
@@ -108,14 +130,15 @@ def ours(frames: int, commands: int, depth: int) -> dict[str, object]:
         # depth 1: send (waits for the ack) then read the frame; deeper: submit ahead, never wait on acks.
         acks = [remote.submit(ScanCommand(**scan)) for _ in range(depth - 1)]
         t_start = time.perf_counter()
-        for _ in range(frames):
-            t0 = time.perf_counter()
-            if depth == 1:
-                remote.send(ScanCommand(**scan))
-            else:
-                acks.append(remote.submit(ScanCommand(**scan)))
-            frame = remote.next_frame(10.0)
-            per_frame.append(time.perf_counter() - t0)
+        with _Usage(frames) as usage:
+            for _ in range(frames):
+                t0 = time.perf_counter()
+                if depth == 1:
+                    remote.send(ScanCommand(**scan))
+                else:
+                    acks.append(remote.submit(ScanCommand(**scan)))
+                frame = remote.next_frame(10.0)
+                per_frame.append(time.perf_counter() - t0)
         total = time.perf_counter() - t_start
         for _ in range(depth - 1):
             remote.next_frame(10.0)
@@ -126,6 +149,7 @@ def ours(frames: int, commands: int, depth: int) -> dict[str, object]:
         "command_round_trip": _stats(rtt),
         "frame_interval": _stats(per_frame),
         "fps": frames / total,
+        "client_per_frame": usage.per_frame,
         "frames_lost": lost,
     }
 
@@ -141,19 +165,20 @@ def raw(frames: int, depth: int) -> dict[str, object]:
         for _ in range(depth - 1):
             dealer.send(b"scan")
         t_start = time.perf_counter()
-        for _ in range(frames):
-            t0 = time.perf_counter()
-            dealer.send(b"scan")
-            head, buf = dealer.recv_multipart(copy=False)
-            shape = json.loads(head.bytes)["header"]["shape"]  # the minimum any receiver must do
-            np.frombuffer(buf.buffer, dtype=np.float32).reshape(shape)
-            per_frame.append(time.perf_counter() - t0)
+        with _Usage(frames) as usage:
+            for _ in range(frames):
+                t0 = time.perf_counter()
+                dealer.send(b"scan")
+                head, buf = dealer.recv_multipart(copy=False)
+                shape = json.loads(head.bytes)["header"]["shape"]  # the minimum any receiver must do
+                np.frombuffer(buf.buffer, dtype=np.float32).reshape(shape)
+                per_frame.append(time.perf_counter() - t0)
         total = time.perf_counter() - t_start
         for _ in range(depth - 1):
             dealer.recv_multipart()
         dealer.close(linger=0)
         ctx.term()
-    return {"frame_interval": _stats(per_frame), "fps": frames / total}
+    return {"frame_interval": _stats(per_frame), "fps": frames / total, "client_per_frame": usage.per_frame}
 
 
 def compare(frames: int, commands: int, rounds: int, depth: int) -> dict[str, object]:
@@ -182,8 +207,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--commands", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds of raw and ours")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is for both sides (autoscope run tunes it: simulators/allocator.py)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    # As `autoscope run` does; before the first round, so that raw and ours see the same allocator.
+    tuned = False if args.default_allocator else tune_allocator()
     modes = {
         "request_response": compare(args.frames, args.commands, args.rounds, depth=1),
         "streaming": compare(args.frames, args.commands, args.rounds, depth=3),
@@ -198,6 +230,7 @@ def main() -> None:
             "libzmq": zmq.zmq_version(),
         },
         "frame": f"{SIDE}x{SIDE} float32 ({SIDE * SIDE * 4 / 2**20:.0f} MiB), tcp loopback, server in a child process",
+        "allocator": "glibc thresholds tuned (simulators/allocator.py, as autoscope run does)" if tuned else "default",
         **modes,
         "note": "request_response: one scan at a time; streaming: two scans are submitted ahead of the frame "
         "being read (how the agent loop runs a committed raster), raw pyzmq pipelined the same way. "

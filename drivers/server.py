@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 _SEEN_IDS = 100_000
 SERVER_ID_PREFIX = "server-"  # the ids of the commands the server gives on its own (reserved to it)
+_DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartbeats, dead-man)
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
 
@@ -102,6 +103,9 @@ class InstrumentServer:
         CURVE keys (required to bind a non-loopback address unless ``insecure``).
     deadman_s
         Blank the beam when the client that last commanded it has been silent this long (``None``: never).
+    max_queued_per_client
+        Replies (acks, heartbeats, frames) held for one client that is not reading before further ones
+        are dropped and counted: bounds the server's memory for a slow client to about this many frames.
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class InstrumentServer:
         curve: CurveServerKeys | None = None,
         insecure: bool = False,
         deadman_s: float | None = 2.0,
+        max_queued_per_client: int = 64,
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -129,6 +134,7 @@ class InstrumentServer:
         self._auth = start_authenticator(self._ctx, curve) if curve else None
         self._router = self._socket(zmq.ROUTER, curve)
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.SNDHWM, max_queued_per_client)  # (libzmq's default, 1 000, is 4 GB of frames)
         self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._router.bind(endpoint)
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -139,8 +145,8 @@ class InstrumentServer:
             self._pub.bind(pub_endpoint)
             self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         # Everything below, the ROUTER and the PUB socket are used under this lock, never held while waiting.
-        # Whoever reads the ROUTER reads it until it is empty before letting go: its descriptor, which the
-        # threads wait on, signals only new arrivals.
+        # Whoever reads the ROUTER reads it until it is empty, or says in _unread that it stopped short
+        # (see _drain_router): its descriptor, which the threads wait on, signals only new arrivals.
         self._lock = threading.Lock()
         self._router_fd = int(self._router.getsockopt(zmq.FD))
         self._wake_rx = self._ctx.socket(zmq.PAIR)  # wakes the worker waiting for work (read by the worker only)
@@ -158,6 +164,8 @@ class InstrumentServer:
         self.deadman_s = deadman_s
         self._commander: bytes | None = None  # the client whose commands left the beam on, if any
         self._commander_seen = 0.0  # when it was last heard from (kept even once the client is forgotten)
+        self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
+        self._unread = False  # the last read of the command socket stopped before it was empty
 
     def _socket(self, kind: int, curve: CurveServerKeys | None) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
@@ -218,16 +226,21 @@ class InstrumentServer:
             with self._lock:
                 if not self._jobs:
                     self._drain_router()  # its commands become jobs
+                    if self._unread:  # a flood: heartbeats and the dead-man between batches
+                        self._keep_time()
                 idle = not self._jobs
                 job = None if idle else self._jobs.popleft()
                 self._busy_since = None if idle else time.monotonic()
                 stopped = self._stop.is_set()  # (read here: stop() queues its blank before it sets the flag)
+                unread = self._unread
             if not idle and job is None:  # the end of the queue at stop
                 return
             if job is not None:
                 self._run(*job)
             elif stopped:
                 return
+            elif unread:  # the descriptor will not signal what is already waiting
+                continue
             elif any(item is self._wake_rx for item, _ in zmq.zmq_poll(items, 100)):
                 _drain(self._wake_rx)
 
@@ -305,44 +318,64 @@ class InstrumentServer:
     def _timekeeper(self) -> None:
         watch = zmq.Poller()
         watch.register(self._router_fd, zmq.POLLIN)
-        next_beat = time.monotonic() + self.heartbeat_s
         while True:
             with self._lock:
                 if self._stop.is_set():
                     return
                 self._drain_router()  # first: the commander's last heartbeat may be waiting for the dead-man
-                self._check_deadman()
-                if time.monotonic() >= next_beat:
-                    self._heartbeat()
-                    next_beat = time.monotonic() + self.heartbeat_s
-                # And last, until empty, so that the descriptor signals the next arrival (a heartbeat sent
-                # may have taken its signal); mostly nothing is there: the idle worker reads on arrival.
+                self._keep_time()
+                # And last, so that the descriptor signals the next arrival (a heartbeat sent may have taken
+                # its signal); mostly nothing is there: the idle worker reads on arrival.
                 self._drain_router()
                 busy = self._busy_since is not None and time.monotonic() - self._busy_since > _TAKE_OVER_S
+                unread = self._unread
+            if busy and unread:  # the worker is in the driver and more is waiting: read on
+                continue
             if busy:  # the worker is in the driver: read for it as messages come
                 watch.poll(timeout=int(1000 * _TICK_S))  # wakes on the next arrival
             else:
                 self._stop.wait(_TICK_S)
 
+    def _keep_time(self) -> None:
+        """The dead-man check, and the heartbeats when due (under the lock)."""
+        self._check_deadman()
+        if time.monotonic() >= self._next_beat:
+            self._heartbeat()
+            self._next_beat = time.monotonic() + self.heartbeat_s
+
     def _drain_router(self) -> None:
-        """Handle every message waiting on the command socket (under the lock)."""
-        while True:
+        """Handle the messages waiting on the command socket, at most ``_DRAIN_BATCH`` (under the lock).
+
+        The socket's descriptor signals only new arrivals, so a reader that stops before the socket is
+        empty says so in ``_unread``: a thread about to wait on the descriptor reads again instead, and
+        the idle worker is woken to.  Bounded batches let a client sending faster than messages are
+        handled hold no one up: between batches the lock is let go (the worker runs the commands read
+        so far) and time is kept (the other clients' heartbeats, the dead-man).
+        """
+        for _ in range(_DRAIN_BATCH):
             try:
                 parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
+                self._unread = False
                 return
-            if len(parts) < 2:
-                self.stats["malformed"] += 1
-                continue
-            identity, body = parts[0], parts[1:]
-            self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
-            if identity == self._commander:
-                self._commander_seen = time.monotonic()
-            try:
-                self._handle(identity, body)
-            except Exception:  # a bug must not end the I/O thread: log it, count it, keep serving
-                self.stats["internal_errors"] += 1
-                logger.exception("message from client %s could not be handled", identity.hex()[:8])
+            self._take(parts)
+        self._unread = True
+        self._wake_worker()
+
+    def _take(self, parts: list[bytes]) -> None:
+        """Handle one message read from the command socket (under the lock)."""
+        if len(parts) < 2:
+            self.stats["malformed"] += 1
+            return
+        identity, body = parts[0], parts[1:]
+        self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
+        if identity == self._commander:
+            self._commander_seen = time.monotonic()
+        try:
+            self._handle(identity, body)
+        except Exception:  # a bug must not end the thread reading: log it, count it, keep serving
+            self.stats["internal_errors"] += 1
+            logger.exception("message from client %s could not be handled", identity.hex()[:8])
 
     def _reply(self, identity: bytes, parts: list[Any]) -> None:
         """Send to one client without ever waiting (the lock is held): a client that reads nothing loses replies.

@@ -88,8 +88,10 @@ def _client_keys(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from drivers.server import InstrumentServer
+    from simulators.allocator import tune_allocator
 
     logging.getLogger("drivers").setLevel(logging.INFO)
+    tune_allocator()  # our own process: a new multi-megabyte image per frame is cheaper from a warm heap
     driver, what = _driver(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

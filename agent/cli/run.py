@@ -84,10 +84,11 @@ def _run(args: argparse.Namespace) -> int:
     from agent.experiment import Experiment
 
     config = load_config(args.config, _overrides(args))
-    if config.instrument == "sim":  # the in-process simulator renders faster with the tuned allocator (README)
-        from simulators.allocator import tune_allocator
+    # Every instrument kind: the in-process simulator renders faster, and a remote instrument's frames
+    # (a libzmq buffer each) arrive faster, when freed buffers are reused (README, Performance).
+    from simulators.allocator import tune_allocator
 
-        tune_allocator()
+    tune_allocator()
     with Experiment(config, live=not args.quiet) as experiment, _signals_interrupt():
         state = experiment.run()
     summary = experiment.summary

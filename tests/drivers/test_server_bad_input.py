@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -297,5 +298,76 @@ def test_a_client_that_reads_nothing_cannot_freeze_the_server(monkeypatch):
             assert server.stats["error_json"] == sent
             with RemoteDriver(server.endpoint, connect_timeout_s=5.0) as good:
                 assert good.send(BlankCommand(), timeout_s=5.0).accepted
+        finally:
+            ctx.close()
+
+
+def test_a_flood_from_one_client_does_not_stop_the_heartbeats_to_the_others(monkeypatch):
+    """A client sending faster than the server can answer keeps it reading; the others must stay connected."""
+    monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.ERROR)
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None) as server:
+        ctx = _Sockets()
+        good = RemoteDriver(server.endpoint, heartbeat_s=0.2)  # gone after 0.6 s without a heartbeat
+        stop = threading.Event()
+
+        def flood() -> None:  # at line rate: each message earns an error reply, which is never read
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.SNDHWM, 1_000_000)
+            sock.connect(server.endpoint)
+            while not stop.is_set():
+                for _ in range(500):
+                    try:
+                        sock.send(b"{not json", zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        try:
+            beats_before = good.stats["heartbeats_in"]
+            flooder.start()
+            time.sleep(2.5)
+            assert server.stats["error_json"] > 1000  # the flood arrived and was being read
+            assert good.connected and good.stats["disconnects"] == 0
+            assert good.stats["heartbeats_in"] - beats_before >= 5  # ~12 due in 2.5 s
+            assert good.send(BlankCommand(), timeout_s=5.0).accepted
+        finally:
+            stop.set()
+            flooder.join(5.0)
+            good.close()
+            ctx.close()
+
+
+def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames(monkeypatch):
+    """Frames for a client that reads nothing are held up to the per-client bound, then dropped and counted."""
+    monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.ERROR)
+    scans = 60
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=None, max_queued_per_client=8) as server:
+        ctx = _Sockets()
+        try:
+            sock = ctx.socket(zmq.DEALER)  # its own queue and the kernel's hold little of the backlog
+            for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 1), (zmq.RCVBUF, 65536), (zmq.RCVTIMEO, 3000)):
+                sock.setsockopt(opt, value)
+            sock.connect(server.endpoint)
+            sock.send_multipart([_msg(type="hello")])
+            assert _reply(sock)["type"] == "welcome"
+            sock.send_multipart(encode_command(UnblankCommand()))
+            scan = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=512, cols=512, dwell_us=1)  # 1 MiB frames
+            for _ in range(scans):  # nothing is read until all have been answered
+                sock.send_multipart(encode_command(scan.model_copy(update={"id": f"scan-{_}"})))
+            deadline = time.monotonic() + 30
+            while server.stats["frames"] < scans and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.stats["frames"] == scans
+            dropped = server.stats["dropped_client_not_reading"]
+            received: list[dict] = []
+            while sock.poll(1000):  # what was held for us, until the line is quiet
+                received.append(json.loads(sock.recv_multipart()[0]))
+            frames = [m for m in received if m["type"] == "frame"]
+            assert dropped > 0 and len(frames) < scans
+            assert len(frames) <= 8 + 8, f"{len(frames)} of {scans} frames were held for the client"
+            # The drops show as a gap: the next frame carries the delivery number after all of them.
+            sock.send_multipart(encode_command(scan.model_copy(update={"id": "scan-after"})))
+            after = [m for m in (json.loads(sock.recv_multipart()[0]) for _ in range(2)) if m["type"] == "frame"]
+            assert after[0]["delivery_seq"] == scans
         finally:
             ctx.close()
