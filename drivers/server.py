@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 _SEEN_IDS = 100_000
 SERVER_ID_PREFIX = "server-"  # the ids of the commands the server gives on its own (reserved to it)
 _DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartbeats, dead-man)
+# Between batches of a flood, the reader pauses this long: threading.Lock is not fair, and a thread that
+# lets it go and takes it again at once would keep a waiting thread out for as long as the flood lasts.
+_YIELD_S = 0.001
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
 
@@ -239,8 +242,8 @@ class InstrumentServer:
                 self._run(*job)
             elif stopped:
                 return
-            elif unread:  # the descriptor will not signal what is already waiting
-                continue
+            elif unread:  # the descriptor will not signal what is already waiting: read on, after a pause
+                self._stop.wait(_YIELD_S)  # in which a thread waiting for the lock (stop()) can take it
             elif any(item is self._wake_rx for item, _ in zmq.zmq_poll(items, 100)):
                 _drain(self._wake_rx)
 
@@ -329,7 +332,8 @@ class InstrumentServer:
                 self._drain_router()
                 busy = self._busy_since is not None and time.monotonic() - self._busy_since > _TAKE_OVER_S
                 unread = self._unread
-            if busy and unread:  # the worker is in the driver and more is waiting: read on
+            if busy and unread:  # the worker is in the driver and more is waiting: read on, after a pause
+                self._stop.wait(_YIELD_S)  # in which the worker, back with a frame, can take the lock
                 continue
             if busy:  # the worker is in the driver: read for it as messages come
                 watch.poll(timeout=int(1000 * _TICK_S))  # wakes on the next arrival

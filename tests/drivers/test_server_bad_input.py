@@ -341,7 +341,10 @@ def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames
     """Frames for a client that reads nothing are held up to the per-client bound, then dropped and counted."""
     monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.ERROR)
     scans = 60
-    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=None, max_queued_per_client=8) as server:
+    # (heartbeats every 30 s: the raw client sends none, and must neither be forgotten nor see one here)
+    with InstrumentServer(
+        InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=30.0, deadman_s=None, max_queued_per_client=8
+    ) as server:
         ctx = _Sockets()
         try:
             sock = ctx.socket(zmq.DEALER)  # its own queue and the kernel's hold little of the backlog
@@ -367,7 +370,9 @@ def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames
             assert len(frames) <= 8 + 8, f"{len(frames)} of {scans} frames were held for the client"
             # The drops show as a gap: the next frame carries the delivery number after all of them.
             sock.send_multipart(encode_command(scan.model_copy(update={"id": "scan-after"})))
-            after = [m for m in (json.loads(sock.recv_multipart()[0]) for _ in range(2)) if m["type"] == "frame"]
-            assert after[0]["delivery_seq"] == scans
+            after = json.loads(sock.recv_multipart()[0])
+            while after["type"] != "frame":  # (its ack first)
+                after = json.loads(sock.recv_multipart()[0])
+            assert after["delivery_seq"] == scans
         finally:
             ctx.close()
