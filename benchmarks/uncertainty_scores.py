@@ -1,0 +1,115 @@
+"""Which uncertainty map flags wrong or missed atoms?  AUROCs of three maps, two ways of scoring.
+
+Maps: mutual information (epistemic: the members disagree; what ``Atoms.uncertainty`` reports),
+predictive entropy over the classes (total), and the binary entropy of the foreground probability
+(is there a column here at all).  Scoring:
+
+* ``evaluation``: as ``models.training.evaluate`` scores the bundled model (a detected atom gets the
+  map's mean over its region, a missed column the map's largest value within 2 native pixels);
+* ``same_disc``: every detected atom and every missed column gets the map's mean over the same small
+  disc (radius 2 native pixels) at its position, so neither kind is favoured by the statistic.
+
+Prints JSON.  Quality figures, not speed: run on any machine.
+
+    python benchmarks/uncertainty_scores.py [--frames 24] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from report import emit
+from scipy import ndimage
+
+from models.segmenter import Segmentation, Segmenter
+from models.training import evaluate as ev
+
+_EPS = 1e-6
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+
+def _maps(seg: Segmentation) -> dict[str, np.ndarray]:
+    foreground = 1.0 - seg.mean_probs[0]
+    return {
+        "mutual_information": seg.mutual_info,
+        "predictive_entropy": seg.entropy,
+        "foreground_binary_entropy": _binary_entropy(foreground),
+    }
+
+
+def _native(seg: Segmentation, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    r = np.clip(np.rint((rows + 0.5) * seg.scale[0] - 0.5).astype(int), 0, shape[0] - 1)
+    c = np.clip(np.rint((cols + 0.5) * seg.scale[1] - 0.5).astype(int), 0, shape[1] - 1)
+    return r, c
+
+
+def _disc(radius_px: int = 2) -> np.ndarray:
+    yy, xx = np.mgrid[-radius_px : radius_px + 1, -radius_px : radius_px + 1]
+    disc = (yy**2 + xx**2 <= radius_px**2 + 0.5).astype(float)
+    return disc / disc.sum()
+
+
+def score_frames(segmenter: Segmenter, frames: int, shifted: bool, margin_px: int = 4) -> dict[str, float]:
+    """AUROC of each map under each scoring, over ``frames`` evaluation frames."""
+    scores: dict[str, list[np.ndarray]] = {}
+    wrong: list[np.ndarray] = []
+    disc = _disc()
+    for frame in ev.eval_frames(frames, shifted=shifted):
+        seg = segmenter.segment(frame.image, frame.pixel_size_nm)
+        atoms = segmenter.atoms(seg)
+        result = ev.match_frame(frame, seg, atoms, margin_px)
+        n_rows, n_cols = frame.image.shape
+        keep = (atoms.row > margin_px) & (atoms.row < n_rows - 1 - margin_px)
+        keep &= (atoms.col > margin_px) & (atoms.col < n_cols - 1 - margin_px)
+        columns = frame.truth.columns
+        inside = (columns.row > margin_px) & (columns.row < n_rows - 1 - margin_px)
+        inside &= (columns.col > margin_px) & (columns.col < n_cols - 1 - margin_px)
+        truth = columns.select(inside)
+        missed = result.truth_match < 0
+        shape = seg.mutual_info.shape
+        pred_rc = _native(seg, atoms.row[keep], atoms.col[keep], shape)
+        miss_rc = _native(seg, truth.row[missed], truth.col[missed], shape)
+        labels, n = ndimage.label(1.0 - seg.mean_probs[0] > 0.5)
+        region = labels[pred_rc]
+        for name, field in _maps(seg).items():
+            means = ndimage.mean(field, labels, np.arange(1, n + 1)) if n else np.zeros(0)
+            at_pred = np.where(region > 0, means[np.maximum(region - 1, 0)] if n else 0.0, field[pred_rc])
+            at_miss = ndimage.maximum_filter(field, size=5)[miss_rc]
+            scores.setdefault(f"{name}/evaluation", []).append(np.concatenate([at_pred, at_miss]))
+            smooth = ndimage.convolve(field.astype(np.float64), disc, mode="nearest")
+            scores.setdefault(f"{name}/same_disc", []).append(np.concatenate([smooth[pred_rc], smooth[miss_rc]]))
+        ok = result.pred_class == ev._lookup(result.truth_class, result.pred_match)
+        wrong.append(np.concatenate([~ok, np.ones(int(missed.sum()), dtype=bool)]))
+    positive = np.concatenate(wrong)
+    out = {"atoms_and_missed": float(len(positive)), "wrong_or_missed": float(positive.sum())}
+    out.update({key: round(ev.auroc(np.concatenate(v), positive), 3) for key, v in scores.items()})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24, help="frames per set (clean and shifted)")
+    parser.add_argument("--model", type=Path, default=None, help="manifest (default: the bundled model)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    segmenter = Segmenter(args.model, "cpu")
+    emit(
+        {
+            "benchmark": "uncertainty_scores",
+            "frames_per_set": args.frames,
+            "shifted": score_frames(segmenter, args.frames, shifted=True),
+            "clean": score_frames(segmenter, args.frames, shifted=False),
+            "target": "shifted set, per-atom uncertainty AUROC >= 0.8 (issue 3)",
+        },
+        args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
