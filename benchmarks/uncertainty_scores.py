@@ -43,12 +43,6 @@ def _maps(seg: Segmentation) -> dict[str, np.ndarray]:
     }
 
 
-def _native(seg: Segmentation, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    r = np.clip(np.rint((rows + 0.5) * seg.scale[0] - 0.5).astype(int), 0, shape[0] - 1)
-    c = np.clip(np.rint((cols + 0.5) * seg.scale[1] - 0.5).astype(int), 0, shape[1] - 1)
-    return r, c
-
-
 def _disc(radius_px: int = 2) -> np.ndarray:
     yy, xx = np.mgrid[-radius_px : radius_px + 1, -radius_px : radius_px + 1]
     disc = (yy**2 + xx**2 <= radius_px**2 + 0.5).astype(float)
@@ -64,17 +58,11 @@ def score_frames(segmenter: Segmenter, frames: int, shifted: bool, margin_px: in
         seg = segmenter.segment(frame.image, frame.pixel_size_nm)
         atoms = segmenter.atoms(seg)
         result = ev.match_frame(frame, seg, atoms, margin_px)
-        n_rows, n_cols = frame.image.shape
-        keep = (atoms.row > margin_px) & (atoms.row < n_rows - 1 - margin_px)
-        keep &= (atoms.col > margin_px) & (atoms.col < n_cols - 1 - margin_px)
-        columns = frame.truth.columns
-        inside = (columns.row > margin_px) & (columns.row < n_rows - 1 - margin_px)
-        inside &= (columns.col > margin_px) & (columns.col < n_cols - 1 - margin_px)
-        truth = columns.select(inside)
+        keep = ev.away_from_edge(atoms, frame.image.shape, margin_px)  # the atoms and columns match_frame kept
+        truth = frame.truth.columns.select(ev.away_from_edge(frame.truth.columns, frame.image.shape, margin_px))
         missed = result.truth_match < 0
-        shape = seg.mutual_info.shape
-        pred_rc = _native(seg, atoms.row[keep], atoms.col[keep], shape)
-        miss_rc = _native(seg, truth.row[missed], truth.col[missed], shape)
+        pred_rc = ev.native_pixel(seg, atoms.row[keep], atoms.col[keep])
+        miss_rc = ev.native_pixel(seg, truth.row[missed], truth.col[missed])
         labels, n = ndimage.label(1.0 - seg.mean_probs[0] > 0.5)
         region = labels[pred_rc]
         for name, field in _maps(seg).items():
@@ -84,8 +72,7 @@ def score_frames(segmenter: Segmenter, frames: int, shifted: bool, margin_px: in
             scores.setdefault(f"{name}/evaluation", []).append(np.concatenate([at_pred, at_miss]))
             smooth = ndimage.convolve(field.astype(np.float64), disc, mode="nearest")
             scores.setdefault(f"{name}/same_disc", []).append(np.concatenate([smooth[pred_rc], smooth[miss_rc]]))
-        ok = result.pred_class == ev._lookup(result.truth_class, result.pred_match)
-        wrong.append(np.concatenate([~ok, np.ones(int(missed.sum()), dtype=bool)]))
+        wrong.append(np.concatenate([ev.wrong_predictions(result), np.ones(int(missed.sum()), dtype=bool)]))
     positive = np.concatenate(wrong)
     out = {"atoms_and_missed": float(len(positive)), "wrong_or_missed": float(positive.sum())}
     out.update({key: round(ev.auroc(np.concatenate(v), positive), 3) for key, v in scores.items()})

@@ -352,7 +352,7 @@ class InstrumentServer:
 
         The socket's descriptor signals only new arrivals, so a reader that stops before the socket is
         empty says so in ``_unread``: a thread about to wait on the descriptor reads again instead, and
-        the idle worker is woken to.  Bounded batches let a client sending faster than messages are
+        the idle worker is woken too.  Bounded batches let a client sending faster than messages are
         handled hold no one up: between batches the lock is let go (the worker runs the commands read
         so far) and time is kept (the other clients' heartbeats, the dead-man).
         """

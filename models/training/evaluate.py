@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import maximum_filter
@@ -112,21 +113,14 @@ def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_p
     """Match located atoms of ``frame`` to its planted columns (both away from the frame edge)."""
     from simulators import get_lattice
 
-    cols = frame.truth.columns
-    n_rows, n_cols = frame.image.shape
-    inside = (cols.row > margin_px) & (cols.row < n_rows - 1 - margin_px)
-    inside &= (cols.col > margin_px) & (cols.col < n_cols - 1 - margin_px)
-    truth = cols.select(inside)
-    keep = (atoms.row > margin_px) & (atoms.row < n_rows - 1 - margin_px)
-    keep &= (atoms.col > margin_px) & (atoms.col < n_cols - 1 - margin_px)
+    truth = frame.truth.columns.select(away_from_edge(frame.truth.columns, frame.image.shape, margin_px))
+    keep = away_from_edge(atoms, frame.image.shape, margin_px)
     nn_px = get_lattice(frame.lattice).nn_spacing_nm / frame.pixel_size_nm
     truth_rc = np.column_stack([truth.row, truth.col])
     pred_rc = np.column_stack([atoms.row[keep], atoms.col[keep]])
     truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
     matched = truth_match >= 0
     dist = np.hypot(*(truth_rc[matched] - pred_rc[truth_match[matched]]).T) / nn_px
-    r_nat = np.clip(np.rint((truth.row + 0.5) * seg.scale[0] - 0.5).astype(int), 0, seg.mutual_info.shape[0] - 1)
-    c_nat = np.clip(np.rint((truth.col + 0.5) * seg.scale[1] - 0.5).astype(int), 0, seg.mutual_info.shape[1] - 1)
     # A missed column's uncertainty: the largest mutual information where its detection would have been.
     local_mi = maximum_filter(seg.mutual_info, size=5)
     return FrameResult(
@@ -135,13 +129,35 @@ def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_p
         truth.class_id.astype(int),
         truth.kind.astype(int),
         truth_match,
-        local_mi[r_nat, c_nat],
+        local_mi[native_pixel(seg, truth.row, truth.col)],
         atoms.class_id[keep],
         pred_match,
         atoms.uncertainty[keep],
         dist,
         seg.ood_score,
     )
+
+
+def away_from_edge(points: Any, shape: tuple[int, ...], margin_px: int) -> np.ndarray:
+    """Which of ``points`` lie more than ``margin_px`` inside an image of ``shape``.
+
+    ``points``: anything with ``row`` and ``col`` arrays in image pixels (located atoms, planted columns).
+    """
+    inside = (points.row > margin_px) & (points.row < shape[0] - 1 - margin_px)
+    return np.asarray(inside & (points.col > margin_px) & (points.col < shape[1] - 1 - margin_px))
+
+
+def native_pixel(seg: Segmentation, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The native-sampling pixel (row and column indices, clipped to the maps) nearest to input-image positions."""
+    shape = seg.mutual_info.shape
+    r = np.clip(np.rint((np.asarray(row) + 0.5) * seg.scale[0] - 0.5).astype(int), 0, shape[0] - 1)
+    c = np.clip(np.rint((np.asarray(col) + 0.5) * seg.scale[1] - 0.5).astype(int), 0, shape[1] - 1)
+    return r, c
+
+
+def wrong_predictions(result: FrameResult) -> np.ndarray:
+    """Which located atoms are false detections or carry the wrong class."""
+    return np.asarray(result.pred_class != _lookup(result.truth_class, result.pred_match))
 
 
 def _lookup(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -204,9 +220,8 @@ def uncertainty_auroc(results: list[FrameResult]) -> float:
     """AUROC of per-atom uncertainty for wrong (false, misclassified) or missed detections."""
     scores, wrong = [], []
     for r in results:
-        ok_pred = r.pred_class == _lookup(r.truth_class, r.pred_match)
         scores.append(r.pred_uncertainty)
-        wrong.append(~ok_pred)
+        wrong.append(wrong_predictions(r))
         missed = r.truth_match < 0
         scores.append(r.truth_mi[missed])
         wrong.append(np.ones(int(missed.sum()), dtype=bool))
