@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -23,6 +23,13 @@ _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 _ID = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 _COORD_NM = Annotated[float, Field(ge=-1e6, le=1e6)]
 _DTYPES = Literal["uint8", "uint16", "int16", "int32", "float32", "float64"]
+# Looked up, not parsed, on every frame: parsing a dtype name or asking a dtype for its name is slow.
+_NUMPY_DTYPES = {name: np.dtype(name) for name in get_args(_DTYPES)}
+
+
+def numpy_dtype(name: str) -> np.dtype[Any]:
+    """The numpy dtype of a frame dtype name (one of ``FrameHeader.dtype``'s values)."""
+    return _NUMPY_DTYPES[name]
 
 
 def new_command_id() -> str:
@@ -153,7 +160,7 @@ class FrameHeader(BaseModel):
     @property
     def nbytes(self) -> int:
         """Size of the image buffer this header describes."""
-        return int(np.dtype(self.dtype).itemsize * self.shape[0] * self.shape[1])
+        return _NUMPY_DTYPES[self.dtype].itemsize * self.shape[0] * self.shape[1]
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ class Frame:
         return cls(FrameHeader.model_validate(fields), image)
 
     def __post_init__(self) -> None:
-        if tuple(self.image.shape) != tuple(self.header.shape) or str(self.image.dtype) != self.header.dtype:
+        if self.image.shape != tuple(self.header.shape) or self.image.dtype != _NUMPY_DTYPES[self.header.dtype]:
             raise ProtocolError(
                 "shape_mismatch",
                 f"image {self.image.shape} {self.image.dtype} does not match header "

@@ -31,9 +31,13 @@ from drivers.base import (
     Frame,
     FrameHeader,
     ProtocolError,
+    numpy_dtype,
 )
 
 MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "error", "bye")
+#: Options a client may name in its hello's ``accepts`` list: ``ack_in_frame`` lets the server put a scan's
+#: ack into the frame message when the frame is ready as the ack goes out (one message instead of two).
+CLIENT_OPTIONS = ("ack_in_frame",)
 MIN_KEEPALIVE_S = 0.05  # a client never heartbeats more often than this, whatever a server asks
 
 
@@ -102,15 +106,33 @@ def keepalive_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
     return min(heartbeat_s, max(deadman_s / 4, MIN_KEEPALIVE_S))
 
 
+def client_options(hello: dict[str, Any]) -> frozenset[str]:
+    """The options of ``CLIENT_OPTIONS`` a ``hello`` asks for (names this side does not know are ignored).
+
+    Raises
+    ------
+    ProtocolError
+        ``invalid``: ``accepts`` is not a list of strings.
+    """
+    accepts = hello.get("accepts", [])
+    if not isinstance(accepts, list) or not all(isinstance(name, str) for name in accepts):
+        raise ProtocolError("invalid", "hello.accepts must be a list of option names")
+    return frozenset(accepts).intersection(CLIENT_OPTIONS)
+
+
 def encode_error(code: str, reason: str, command_id: str | None = None) -> list[bytes]:
     """An error reply naming what was wrong."""
     return [envelope("error", code=code, reason=reason[:2000], command_id=command_id)]
 
 
-def encode_frame(frame: Frame, delivery_seq: int) -> list[Any]:
-    """A frame: [envelope with header, image buffer]; the buffer is passed without a copy."""
+def encode_frame(frame: Frame, delivery_seq: int, ack: Ack | None = None) -> list[Any]:
+    """A frame: [envelope with header, image buffer]; the buffer is passed without a copy.
+
+    ``ack``: the ack of the scan this frame answers, carried in the same message (``ack_in_frame``).
+    """
     image = np.ascontiguousarray(frame.image)
-    head = envelope("frame", header=frame.header.model_dump(mode="json"), delivery_seq=delivery_seq)
+    extra = {} if ack is None else {"ack": ack.model_dump(mode="json")}
+    head = envelope("frame", header=frame.header.model_dump(mode="json"), delivery_seq=delivery_seq, **extra)
     return [head, image.data.cast("B")]
 
 
@@ -180,11 +202,12 @@ def decode_frame(obj: dict[str, Any], buffer: bytes | memoryview, max_bytes: int
     seq = obj.get("delivery_seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError("invalid", "frame delivery_seq must be a non-negative integer")
-    if header.nbytes > max_bytes:
-        raise ProtocolError("too_large", f"frame of {header.nbytes} bytes exceeds the limit of {max_bytes}")
-    size = len(memoryview(buffer).cast("B"))
-    if size != header.nbytes:
+    nbytes = header.nbytes
+    if nbytes > max_bytes:
+        raise ProtocolError("too_large", f"frame of {nbytes} bytes exceeds the limit of {max_bytes}")
+    size = memoryview(buffer).nbytes
+    if size != nbytes:
         raise ProtocolError(
-            "shape_mismatch", f"buffer holds {size} bytes, header {header.shape} {header.dtype} needs {header.nbytes}"
+            "shape_mismatch", f"buffer holds {size} bytes, header {header.shape} {header.dtype} needs {nbytes}"
         )
-    return Frame(header, np.frombuffer(buffer, dtype=header.dtype).reshape(header.shape)), seq
+    return Frame(header, np.frombuffer(buffer, dtype=numpy_dtype(header.dtype)).reshape(header.shape)), seq

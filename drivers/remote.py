@@ -45,6 +45,7 @@ from drivers.codec import (
     keepalive_s,
 )
 from drivers.security import CurveClientKeys, apply_client_keys
+from drivers.sockets import discard_waiting, readable
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,10 @@ class RemoteDriver:
         self._curve = curve
         self._ctx = zmq.Context()
         # (connection number when posted, or None: any connection; message parts)
-        self._outbox: queue.Queue[tuple[int | None, list[bytes]]] = queue.Queue()
+        self._outbox: queue.SimpleQueue[tuple[int | None, list[bytes]]] = queue.SimpleQueue()
         self._connection = 0  # bumped (under _lock) each time a connection is lost
         self._waiters: dict[str, concurrent.futures.Future[Ack]] = {}
-        self._frames: queue.Queue[Frame | ProtocolError] = queue.Queue()
+        self._frames: queue.SimpleQueue[Frame | ProtocolError] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -284,7 +285,7 @@ class RemoteDriver:
         poller.register(self._wake_rx, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         self._expected_seq = 0
-        hello = [envelope("hello", client="autoscope.RemoteDriver")]
+        hello = [envelope("hello", client="autoscope.RemoteDriver", accepts=["ack_in_frame"])]
         last_in, last_out = time.monotonic(), 0.0
         while not self._stop.is_set():
             now = time.monotonic()
@@ -307,11 +308,11 @@ class RemoteDriver:
                 wait_s = min(self.heartbeat_s / 4, _HELLO_RETRY_S)
             events = dict(poller.poll(timeout=int(1000 * wait_s)))
             if self._wake_rx in events:
-                while self._drain_wake():
-                    pass
+                discard_waiting(self._wake_rx)
                 self._flush_outbox(sock)
             if sock in events:
-                while self._receive(sock):
+                while readable(sock):
+                    self._receive(sock)
                     last_in = time.monotonic()
             if monitor in events:
                 monitor.recv_multipart()
@@ -321,13 +322,6 @@ class RemoteDriver:
                 if self._caps is not None:
                     return  # a reconnect attempt whose connection dropped before the welcome
         self._flush_outbox(sock)
-
-    def _drain_wake(self) -> bool:
-        try:
-            self._wake_rx.recv(zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
 
     def _try_send(self, sock: zmq.Socket[bytes], parts: list[bytes]) -> bool:
         try:
@@ -379,17 +373,14 @@ class RemoteDriver:
         for command_id in waiting:
             self._answer(command_id, Disconnected(f"instrument server lost ({why}) before the ack arrived"))
 
-    def _receive(self, sock: zmq.Socket[bytes]) -> bool:
-        try:
-            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return False
+    def _receive(self, sock: zmq.Socket[bytes]) -> None:
+        """Read and handle one message; the caller has seen ``sock`` readable."""
+        parts = sock.recv_multipart(copy=False)
         try:
             self._dispatch([p.buffer for p in parts])
         except ProtocolError as exc:
             self.stats[f"error_{exc.code}"] += 1
             logger.warning("dropped a message from %s: %s", self.endpoint, exc)
-        return True
 
     def _note_round_trip(self, echo_t: Any, held_s: Any) -> None:
         """A heartbeat's round trip from our own stamp it echoes, less the time the server held it."""
@@ -413,6 +404,10 @@ class RemoteDriver:
             "max": round(float(rtts.max()), 3),
         }
 
+    def _take_ack(self, ack: Ack) -> None:
+        if not self._answer(ack.command_id, ack):
+            self.stats["stale_acks"] += 1  # its caller timed out or gave up: ignored, counted
+
     def _dispatch(self, parts: list[memoryview]) -> None:
         obj = decode_envelope([bytes(parts[0]), *parts[1:]])  # type: ignore[list-item]
         kind = obj["type"]
@@ -425,10 +420,10 @@ class RemoteDriver:
             self._expected_seq = 0
             self._connected.set()
         elif kind == "ack":
-            ack = decode_ack(obj)
-            if not self._answer(ack.command_id, ack):
-                self.stats["stale_acks"] += 1  # its caller timed out or gave up: ignored, counted
+            self._take_ack(decode_ack(obj))
         elif kind == "frame":
+            if "ack" in obj:  # its scan's ack, sent with it (we accept ack_in_frame): as if it came just before,
+                self._take_ack(decode_ack(obj))  # so a frame dropped below still leaves its scan acknowledged
             frame, seq = decode_frame(obj, parts[1], self.max_frame_bytes)
             if seq > self._expected_seq:
                 self.stats["frames_lost"] += seq - self._expected_seq

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import COMMAND_ADAPTER, PROTOCOL_VERSION, Ack, Capabilities, FrameHeader
+from drivers.codec import CLIENT_OPTIONS
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -30,7 +31,10 @@ def schemas() -> dict[str, dict[str, Any]]:
         "frame_header.json": FrameHeader.model_json_schema(),
     }
     messages = {
-        "hello": _envelope("hello", {"client": {"type": "string"}}),
+        "hello": _envelope(
+            "hello",
+            {"client": {"type": "string"}, "accepts": {"type": "array", "items": {"enum": list(CLIENT_OPTIONS)}}},
+        ),
         "welcome": _envelope(
             "welcome",
             {
@@ -45,7 +49,11 @@ def schemas() -> dict[str, dict[str, Any]]:
         "ack": _envelope("ack", {"ack": {"$ref": "ack.json"}}, ("ack",)),
         "frame": _envelope(
             "frame",
-            {"header": {"$ref": "frame_header.json"}, "delivery_seq": {"type": "integer", "minimum": 0}},
+            {
+                "header": {"$ref": "frame_header.json"},
+                "delivery_seq": {"type": "integer", "minimum": 0},
+                "ack": {"$ref": "ack.json"},
+            },
             ("header", "delivery_seq"),
         ),
         "heartbeat": _envelope(

@@ -51,6 +51,7 @@ from drivers.base import (
     new_command_id,
 )
 from drivers.codec import (
+    client_options,
     decode_command,
     decode_envelope,
     encode_ack,
@@ -61,6 +62,7 @@ from drivers.codec import (
     finite_number,
 )
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
+from drivers.sockets import discard_waiting, readable
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class _Client:
     last_seen: float
     delivery_seq: int = 0
     welcomed: bool = False  # said hello on this connection (since it was last forgotten)
+    ack_in_frame: bool = False  # its hello accepts a scan's ack inside the frame message
     #: The client's last heartbeat time stamp and when it arrived (monotonic), echoed in our next beat.
     echo: tuple[float, float] | None = None
 
@@ -248,7 +251,7 @@ class InstrumentServer:
             elif unread:  # the descriptor will not signal what is already waiting: read on, after a pause
                 self._stop.wait(_YIELD_S)  # in which a thread waiting for the lock (stop()) can take it
             elif any(item is self._wake_rx for item, _ in zmq.zmq_poll(items, 100)):
-                _drain(self._wake_rx)
+                discard_waiting(self._wake_rx)
 
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
@@ -360,12 +363,10 @@ class InstrumentServer:
         so far) and time is kept (the other clients' heartbeats, the dead-man).
         """
         for _ in range(_DRAIN_BATCH):
-            try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
+            if not readable(self._router):
                 self._unread = False
                 return
-            self._take(parts)
+            self._take(self._router.recv_multipart())
         self._unread = True
         self._wake_worker()
 
@@ -403,7 +404,9 @@ class InstrumentServer:
             obj = decode_envelope(body)
             kind = obj["type"]
             if kind == "hello":
-                self._clients[identity].welcomed = True  # (registered on arrival, just before)
+                client = self._clients[identity]  # (registered on arrival, just before)
+                client.ack_in_frame = "ack_in_frame" in client_options(obj)
+                client.welcomed = True
                 caps = self.driver.capabilities()
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
             elif kind == "heartbeat":
@@ -429,7 +432,8 @@ class InstrumentServer:
 
     def _accept(self, identity: bytes, command: Command) -> None:
         self.stats["commands"] += 1
-        logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
+        if logger.isEnabledFor(logging.INFO):  # (the hex is worth skipping on every frame)
+            logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
         if command.id in self._seen:
             self.stats["duplicates"] += 1
             reason = "a command with this id was already received; it is not executed again"
@@ -506,6 +510,11 @@ class InstrumentServer:
                 pass
 
     def _answer(self, identity: bytes, command_id: str, items: tuple[Ack | Frame | ProtocolError, ...]) -> None:
+        client = self._clients.get(identity)
+        if len(items) == 2 and client is not None and client.ack_in_frame:
+            ack, frame = items  # a scan's ack and its frame, ready together: one message
+            self._send_frame(identity, frame, ack)  # type: ignore[arg-type]
+            return
         for item in items:
             if isinstance(item, Ack):
                 self._reply(identity, encode_ack(item))
@@ -514,11 +523,13 @@ class InstrumentServer:
             else:  # an accepted scan whose frame never came: say so, naming the scan
                 self._reply(identity, encode_error(item.code, str(item), command_id))
 
-    def _send_frame(self, identity: bytes, frame: Frame) -> None:
+    def _send_frame(self, identity: bytes, frame: Frame, ack: Ack | None = None) -> None:
         client = self._clients.get(identity)
         if client is not None:
-            self._reply(identity, encode_frame(frame, client.delivery_seq))
+            self._reply(identity, encode_frame(frame, client.delivery_seq, ack))
             client.delivery_seq += 1
+        elif ack is not None:  # no client to send the frame to: the ack still goes (as a reply would)
+            self._reply(identity, encode_ack(ack))
         self.stats["frames"] += 1
         if self._pub is not None:
             self._pub.send_multipart([b"frame", *encode_frame(frame, self._pub_seq)], copy=False)
@@ -563,15 +574,6 @@ def _held(lock: threading.Lock, timeout_s: float) -> Iterator[None]:
     finally:
         if locked:
             lock.release()
-
-
-def _drain(sock: zmq.Socket[bytes]) -> None:
-    """Read and discard everything waiting on ``sock``."""
-    while True:
-        try:
-            sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return
 
 
 def _command_id_of(body: list[bytes]) -> str | None:

@@ -329,3 +329,57 @@ def test_a_late_ack_and_an_ack_for_no_command_are_ignored_and_counted(fake):
         pending = remote.submit(current)
         fake.send(encode_ack(Ack(command_id=current.id, kind="unblank", accepted=True)))
         assert pending.result(3.0).command_id == current.id and remote.stats["stale_acks"] == 2
+
+
+def _next_reply(sock: zmq.Socket, timeout_ms: int = 3000) -> list[bytes] | None:
+    """The next message other than a heartbeat, or None if none comes within ``timeout_ms``."""
+    deadline = time.monotonic() + timeout_ms / 1e3
+    while (left_ms := int(1e3 * (deadline - time.monotonic()))) > 0:
+        if not sock.poll(left_ms):
+            return None
+        parts = sock.recv_multipart()
+        if decode_envelope(parts[:2])["type"] != "heartbeat":
+            return parts
+    return None
+
+
+@pytest.mark.parametrize("accepts", [["ack_in_frame"], []])
+def test_a_scan_ready_at_once_brings_its_ack_inside_the_frame_only_to_clients_that_accept_it(accepts):
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(server.endpoint)
+        sock.send(envelope("hello", client="test", accepts=accepts))
+        assert decode_envelope(_next_reply(sock))["type"] == "welcome"
+        for command in (UnblankCommand(), ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1)):
+            sock.send(envelope("command", command=command.model_dump(mode="json")))
+        assert decode_envelope(_next_reply(sock))["ack"]["kind"] == "unblank"
+        replies = [_next_reply(sock), _next_reply(sock, timeout_ms=500)]
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        server.stop()
+    first = decode_envelope(replies[0][:2])
+    if accepts:  # one message: the frame, carrying the scan's ack; nothing after it
+        assert first["type"] == "frame" and first["ack"]["accepted"] and first["ack"]["kind"] == "scan"
+        assert first["ack"]["command_id"] == first["header"]["command_id"] and replies[1] is None
+    else:  # the ack, then the frame without one
+        second = decode_envelope(replies[1][:2])
+        assert first["type"] == "ack" and first["ack"]["kind"] == "scan"
+        assert second["type"] == "frame" and "ack" not in second
+
+
+def test_an_ack_inside_a_frame_answers_its_scan_even_when_the_frame_is_dropped(fake):
+    scan = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 1.0, "rows": 16, "cols": 16, "dwell_us": 1.0}
+    with RemoteDriver(fake.endpoint, heartbeat_s=0.2, max_frame_bytes=4096) as remote:
+        dropped, delivered = ScanCommand(**scan), ScanCommand(**scan)
+        pending = [remote.submit(dropped), remote.submit(delivered)]
+        fake.send(encode_frame(_frame(64, 64), 0, ack=Ack.accept(dropped)))  # 16 KiB: over the 4 KiB limit
+        fake.send(encode_frame(_frame(), 1, ack=Ack.accept(delivered)))
+        frame = remote.next_frame(3.0)
+        acks = [p.result(3.0) for p in pending]
+        assert [a.command_id for a in acks] == [dropped.id, delivered.id] and all(a.accepted for a in acks)
+        assert frame.header.shape == (16, 16)
+        assert remote.stats["error_too_large"] == 1 and remote.stats["frames"] == 1

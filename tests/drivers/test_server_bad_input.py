@@ -90,6 +90,7 @@ CASES = [
     ([_msg(type="command", command=_scan_dict()).replace(b'"y_nm": 0.0', b'"y_nm": -Infinity')], "json"),
     ([_msg(type="command", command={**_scan_dict(), "id": "bad id with spaces"})], "invalid"),
     ([_msg(type="command")], "invalid"),
+    ([_msg(type="hello", accepts="ack_in_frame")], "invalid"),  # options come as a list
 ]
 
 
