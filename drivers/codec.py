@@ -67,14 +67,29 @@ def envelope(kind: str, **fields: Any) -> bytes:
     return _dumps({"v": PROTOCOL_VERSION, "type": kind, **fields})
 
 
+def _envelope_of(kind: str, model: Command | Ack) -> bytes:
+    """A one-part message of type ``kind`` whose field ``kind`` is ``model``, serialised by pydantic.
+
+    For models without free-form fields only: their numbers are validated finite, so nothing the JSON
+    encoder would refuse can be in them (and pydantic's serialiser is several times faster than
+    building a dict and encoding it).
+    """
+    return b'{"v":%d,"type":"%s","%s":%s}' % (
+        PROTOCOL_VERSION,
+        kind.encode(),
+        kind.encode(),
+        model.__pydantic_serializer__.to_json(model),
+    )
+
+
 def encode_command(command: Command) -> list[bytes]:
     """A command message."""
-    return [envelope("command", command=command.model_dump(mode="json"))]
+    return [_envelope_of("command", command)]
 
 
 def encode_ack(ack: Ack) -> list[bytes]:
     """An ack message."""
-    return [envelope("ack", ack=ack.model_dump(mode="json"))]
+    return [_envelope_of("ack", ack)]
 
 
 def encode_welcome(
@@ -131,8 +146,11 @@ def encode_frame(frame: Frame, delivery_seq: int, ack: Ack | None = None) -> lis
     ``ack``: the ack of the scan this frame answers, carried in the same message (``ack_in_frame``).
     """
     image = np.ascontiguousarray(frame.image)
-    extra = {} if ack is None else {"ack": ack.model_dump(mode="json")}
-    head = envelope("frame", header=frame.header.model_dump(mode="json"), delivery_seq=delivery_seq, **extra)
+    # pydantic's serialiser: several times faster than a dict through json; the header's own numbers are
+    # validated finite, and a non-finite number in its free-form metadata goes out as null.
+    header = frame.header.__pydantic_serializer__.to_json(frame.header)
+    extra = b"" if ack is None else b',"ack":' + ack.__pydantic_serializer__.to_json(ack)
+    head = b'{"v":%d,"type":"frame","header":%s,"delivery_seq":%d%s}' % (PROTOCOL_VERSION, header, delivery_seq, extra)
     return [head, image.data.cast("B")]
 
 

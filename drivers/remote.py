@@ -45,7 +45,7 @@ from drivers.codec import (
     keepalive_s,
 )
 from drivers.security import CurveClientKeys, apply_client_keys
-from drivers.sockets import discard_waiting, readable
+from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class RemoteDriver:
     def _wake(self) -> None:
         with self._lock:
             if not self._wake_tx.closed:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
+                self._wake_tx.send(b"", NOBLOCK)
 
     def _new_socket(self) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(zmq.DEALER)
@@ -325,7 +325,7 @@ class RemoteDriver:
 
     def _try_send(self, sock: zmq.Socket[bytes], parts: list[bytes]) -> bool:
         try:
-            sock.send_multipart(parts, zmq.NOBLOCK)
+            send_parts(sock, parts, NOBLOCK)
             return True
         except zmq.Again:  # IMMEDIATE: no live connection, so nothing is queued for later
             return False

@@ -62,7 +62,7 @@ from drivers.codec import (
     finite_number,
 )
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
-from drivers.sockets import discard_waiting, readable
+from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ class InstrumentServer:
         ``stats["dropped_client_not_reading"]``; a lost frame also shows as a gap in its delivery sequence.
         """
         try:
-            self._router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
+            send_parts(self._router, [identity, *parts], NOBLOCK, copy=False)
         except zmq.Again:
             self.stats["dropped_client_not_reading"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
@@ -505,7 +505,7 @@ class InstrumentServer:
     def _wake_worker(self) -> None:
         if threading.get_ident() != self._worker_ident and not self._wake_tx.closed:
             try:
-                self._wake_tx.send(b"", zmq.NOBLOCK)
+                self._wake_tx.send(b"", NOBLOCK)
             except zmq.Again:  # wake-ups are already waiting to be read
                 pass
 

@@ -113,6 +113,15 @@ def test_frames_round_trip_bit_for_bit(rows, cols, dtype):
     np.testing.assert_array_equal(frame.image, image)
 
 
+def test_a_non_finite_number_in_frame_metadata_goes_out_as_null_and_the_frame_still_goes():
+    """Free-form metadata (a vendor's, say) may hold NaN; JSON may not: the frame is sent, the value as null."""
+    frame = Frame.of(np.zeros((8, 8), np.float32), 0.1, metadata={"defocus_nm": float("nan"), "ok": 1.5})
+    head, buf = encode_frame(frame, 0, ack=Ack(command_id="x1", kind="scan", accepted=True))
+    obj = decode_envelope([head, bytes(buf)])
+    decoded, _ = decode_frame(obj, bytes(buf), 1 << 20)
+    assert decoded.header.metadata == {"defocus_nm": None, "ok": 1.5} and obj["ack"]["command_id"] == "x1"
+
+
 def test_ack_and_welcome_round_trip():
     ack = Ack(command_id="x1", kind="scan", accepted=False, code="refused", reason="out of range")
     assert decode_ack(decode_envelope(encode_ack(ack))) == ack
