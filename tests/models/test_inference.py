@@ -109,6 +109,23 @@ def test_localisation_recovers_planted_subpixel_positions_and_classes():
     assert np.all((atoms.confidence > 0.3) & (atoms.confidence <= 1.0))
 
 
+def test_columns_on_opposite_edges_of_consecutive_rows_stay_apart():
+    """A column cut by the right edge and one cut by the left edge a row lower: consecutive in memory, not neighbours."""
+    probs = np.zeros((4, 8, 10), np.float32)
+    probs[1, 2:4, 8:] = 0.9  # rows 2-3, the last two columns: ends at flat index 3 * 10 + 9
+    probs[3, 4:6, :3] = 0.8  # rows 4-5, the first three columns: starts at flat index 4 * 10 + 0
+    probs[0] = 1.0 - probs[1:].sum(axis=0)
+    mi = np.zeros((8, 10), np.float32)
+    mi[4:6, :3] = 0.3
+    atoms = localize(probs, mi)
+    order = np.argsort(atoms.row)
+    np.testing.assert_allclose(atoms.row[order], [2.5, 4.5])
+    np.testing.assert_allclose(atoms.col[order], [8.5, 1.0])
+    np.testing.assert_array_equal(atoms.class_id[order], [1, 3])
+    np.testing.assert_allclose(atoms.confidence[order], [0.9, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(atoms.uncertainty[order], [0.0, 0.3], rtol=1e-6)
+
+
 def test_empty_map_gives_no_atoms():
     probs = np.zeros((4, 32, 32), np.float32)
     probs[0] = 1.0
