@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -86,6 +86,20 @@ class _Client:
     ack_in_frame: bool = False  # its hello accepts a scan's ack inside the frame message
     #: The client's last heartbeat time stamp and when it arrived (monotonic), echoed in our next beat.
     echo: tuple[float, float] | None = None
+    #: Frames handed to ZeroMQ for this client and not yet written out: (tracker, bytes), oldest first.
+    unsent: deque[tuple[zmq.MessageTracker, int]] = field(default_factory=deque)
+    unsent_bytes: int = 0
+
+    def frame_bytes_held(self) -> int:
+        """Bytes of this client's frames still held by ZeroMQ (frames written out are let go first)."""
+        while self.unsent and self.unsent[0][0].done:
+            self.unsent_bytes -= self.unsent.popleft()[1]
+        return self.unsent_bytes
+
+    def hold(self, tracker: zmq.MessageTracker, nbytes: int) -> None:
+        """Count a frame of ``nbytes`` handed to ZeroMQ until ``tracker`` says it was written out."""
+        self.unsent.append((tracker, nbytes))
+        self.unsent_bytes += nbytes
 
 
 class InstrumentServer:
@@ -112,9 +126,14 @@ class InstrumentServer:
     max_queued_per_client
         Replies (acks, heartbeats, frames) held for one client before further ones are dropped and
         counted (the ROUTER's send high-water mark; libzmq's default).  It counts messages, not bytes:
-        a small value bounds a stalled client's frames, but also drops replies in a burst the server's
+        a small value would bound a stalled client's frames, but also drops replies in a burst the server's
         own I/O thread has not yet written out (15 of 10 000 error replies lost in a test, at 64, on a
-        loaded 2-core machine), so the default stays at 1 000 until frames get a bound of their own.
+        loaded 2-core machine), so it stays at libzmq's 1 000 and frames have a bound of their own.
+    max_frame_bytes_per_client
+        Bytes of frames held for one client (handed to ZeroMQ, not yet written to its connection) beyond
+        which its next frames are dropped and counted (``dropped_client_not_reading``), their delivery
+        numbers skipped so the client sees the gap.  A frame is always sent when none is held, however
+        large.  Default 256 MiB: 64 frames of 1024 x 1024 float32.
     """
 
     def __init__(
@@ -129,6 +148,7 @@ class InstrumentServer:
         insecure: bool = False,
         deadman_s: float | None = 2.0,
         max_queued_per_client: int = 1000,
+        max_frame_bytes_per_client: int = 256 * 2**20,
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -138,6 +158,7 @@ class InstrumentServer:
         self.driver = driver
         self.heartbeat_s = heartbeat_s
         self.frame_timeout_s = frame_timeout_s
+        self.max_frame_bytes_per_client = max_frame_bytes_per_client
         self.stats: Counter[str] = Counter()
         self._ctx = zmq.Context()
         self._auth = start_authenticator(self._ctx, curve) if curve else None
@@ -385,19 +406,21 @@ class InstrumentServer:
             self.stats["internal_errors"] += 1
             logger.exception("message from client %s could not be handled", identity.hex()[:8])
 
-    def _reply(self, identity: bytes, parts: list[Any]) -> None:
+    def _reply(self, identity: bytes, parts: list[Any], track: bool = False) -> zmq.MessageTracker | None:
         """Send to one client without ever waiting (the lock is held): a client that reads nothing loses replies.
 
         A full queue to the client (its high-water mark reached) drops the message and counts it in
         ``stats["dropped_client_not_reading"]``; a lost frame also shows as a gap in its delivery sequence.
+        ``track``: return the tracker of the last part (done once ZeroMQ has written it out), if sent.
         """
         try:
-            send_parts(self._router, [identity, *parts], NOBLOCK, copy=False)
+            return send_parts(self._router, [identity, *parts], NOBLOCK, copy=False, track=track)
         except zmq.Again:
             self.stats["dropped_client_not_reading"] += 1
         except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
             self.stats["undeliverable"] += 1
             self._forget(identity)
+        return None
 
     def _handle(self, identity: bytes, body: list[bytes]) -> None:
         try:
@@ -524,11 +547,20 @@ class InstrumentServer:
                 self._reply(identity, encode_error(item.code, str(item), command_id))
 
     def _send_frame(self, identity: bytes, frame: Frame, ack: Ack | None = None) -> None:
+        """Send a frame (and the ack it carries) to its client, unless it holds too many bytes of frames already."""
         client = self._clients.get(identity)
         if client is not None:
-            self._reply(identity, encode_frame(frame, client.delivery_seq, ack))
-            client.delivery_seq += 1
-        elif ack is not None:  # no client to send the frame to: the ack still goes (as a reply would)
+            seq = client.delivery_seq
+            client.delivery_seq += 1  # sent or dropped, it takes its number: a drop shows as a gap
+            held, nbytes = client.frame_bytes_held(), frame.image.nbytes
+            if held == 0 or held + nbytes <= self.max_frame_bytes_per_client:
+                tracker = self._reply(identity, encode_frame(frame, seq, ack), track=True)
+                if tracker is not None and not tracker.done:
+                    client.hold(tracker, nbytes)
+                ack = None  # (sent with the frame, or lost with it to a full queue, which is counted)
+            else:  # it has not taken the frames held for it: this one is dropped and counted
+                self.stats["dropped_client_not_reading"] += 1
+        if ack is not None:  # a frame dropped, or no client to number it for: the ack still goes
             self._reply(identity, encode_ack(ack))
         self.stats["frames"] += 1
         if self._pub is not None:

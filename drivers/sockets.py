@@ -29,11 +29,15 @@ def discard_waiting(sock: zmq.Socket[bytes]) -> None:
         sock.recv()
 
 
-def send_parts(sock: zmq.Socket[bytes], parts: list[Any], flags: int = 0, copy: bool = True) -> None:
-    """``sock.send_multipart(parts, flags, copy)`` with plain-int flags (raises ``zmq.Again`` as it does).
+def send_parts(
+    sock: zmq.Socket[bytes], parts: list[Any], flags: int = 0, copy: bool = True, track: bool = False
+) -> zmq.MessageTracker | None:
+    """``sock.send_multipart(parts, flags, copy, track)`` with plain-int flags (raises ``zmq.Again`` as it does).
 
     ZeroMQ delivers a multipart message whole or not at all: once the first part is queued the rest follow.
+    ``track`` (with ``copy=False``): the last part's tracker, done once ZeroMQ has let its buffer go.
     """
     for part in parts[:-1]:
         sock.send(part, flags | _SNDMORE, copy=copy)
-    sock.send(parts[-1], flags, copy=copy)
+    tracker = sock.send(parts[-1], flags, copy=copy, track=track)
+    return tracker if isinstance(tracker, zmq.MessageTracker) else None

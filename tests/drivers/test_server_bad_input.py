@@ -338,21 +338,27 @@ def test_a_flood_from_one_client_does_not_stop_the_heartbeats_to_the_others(monk
             ctx.close()
 
 
-def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames(monkeypatch):
-    """Frames for a client that reads nothing are held up to the per-client bound, then dropped and counted."""
+@pytest.mark.parametrize(
+    "bound",
+    [{"max_queued_per_client": 8}, {"max_frame_bytes_per_client": 8 * 2**20}],
+    ids=["messages", "frame_bytes"],
+)
+def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames(monkeypatch, bound):
+    """Frames for a client that reads nothing are held up to the per-client bound, then dropped and counted.
+
+    Either bound: 8 messages (the ROUTER's high-water mark), or 8 MiB of frames with libzmq's 1 000 messages.
+    """
     monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.ERROR)
     scans = 60
     # (heartbeats every 30 s: the raw client sends none, and must neither be forgotten nor see one here)
-    with InstrumentServer(
-        InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=30.0, deadman_s=None, max_queued_per_client=8
-    ) as server:
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=30.0, deadman_s=None, **bound) as server:
         ctx = _Sockets()
         try:
             sock = ctx.socket(zmq.DEALER)  # its own queue and the kernel's hold little of the backlog
             for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 1), (zmq.RCVBUF, 65536), (zmq.RCVTIMEO, 3000)):
                 sock.setsockopt(opt, value)
             sock.connect(server.endpoint)
-            sock.send_multipart([_msg(type="hello")])
+            sock.send_multipart([_msg(type="hello", accepts=["ack_in_frame"])])
             assert _reply(sock)["type"] == "welcome"
             sock.send_multipart(encode_command(UnblankCommand()))
             scan = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=512, cols=512, dwell_us=1)  # 1 MiB frames
@@ -369,6 +375,11 @@ def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames
             frames = [m for m in received if m["type"] == "frame"]
             assert dropped > 0 and len(frames) < scans
             assert len(frames) <= 8 + 8, f"{len(frames)} of {scans} frames were held for the client"
+            if "max_frame_bytes_per_client" in bound:  # (acks are small: only the message bound drops them)
+                acks = [m["ack"] for m in received if m["type"] == "ack"] + [m["ack"] for m in frames]
+                assert sorted(a["command_id"] for a in acks if a["kind"] == "scan") == sorted(
+                    f"scan-{i}" for i in range(scans)
+                ), "a scan whose frame was dropped must still get its ack"
             # The drops show as a gap: the next frame carries the delivery number after all of them.
             sock.send_multipart(encode_command(scan.model_copy(update={"id": "scan-after"})))
             after = json.loads(sock.recv_multipart()[0])

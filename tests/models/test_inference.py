@@ -110,7 +110,7 @@ def test_localisation_recovers_planted_subpixel_positions_and_classes():
 
 
 def test_columns_on_opposite_edges_of_consecutive_rows_stay_apart():
-    """A column cut by the right edge and one cut by the left edge a row lower: consecutive in memory, not neighbours."""
+    """A column cut by the right edge, one cut by the left edge a row lower: adjacent in memory, not neighbours."""
     probs = np.zeros((4, 8, 10), np.float32)
     probs[1, 2:4, 8:] = 0.9  # rows 2-3, the last two columns: ends at flat index 3 * 10 + 9
     probs[3, 4:6, :3] = 0.8  # rows 4-5, the first three columns: starts at flat index 4 * 10 + 0
