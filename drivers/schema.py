@@ -33,7 +33,15 @@ def schemas() -> dict[str, dict[str, Any]]:
     messages = {
         "hello": _envelope(
             "hello",
-            {"client": {"type": "string"}, "accepts": {"type": "array", "items": {"enum": list(CLIENT_OPTIONS)}}},
+            {
+                "client": {"type": "string"},
+                "accepts": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": f"options the client accepts; known: {', '.join(CLIENT_OPTIONS)} "
+                    "(an instrument ignores names it does not know)",
+                },
+            },
         ),
         "welcome": _envelope(
             "welcome",

@@ -133,7 +133,9 @@ class InstrumentServer:
         Bytes of frames held for one client (handed to ZeroMQ, not yet written to its connection) beyond
         which its next frames are dropped and counted (``dropped_client_not_reading``), their delivery
         numbers skipped so the client sees the gap.  A frame is always sent when none is held, however
-        large.  Default 256 MiB: 64 frames of 1024 x 1024 float32.
+        large.  Default 256 MiB: 64 frames of 1024 x 1024 float32.  Frames under 64 KiB are copied by
+        ZeroMQ and bounded by ``max_queued_per_client`` only.  A client forgotten and heard from again
+        starts from nothing held, even while its old frames are still queued (bounded by the message count).
     """
 
     def __init__(
@@ -534,11 +536,11 @@ class InstrumentServer:
 
     def _answer(self, identity: bytes, command_id: str, items: tuple[Ack | Frame | ProtocolError, ...]) -> None:
         client = self._clients.get(identity)
-        if len(items) == 2 and client is not None and client.ack_in_frame:
-            ack, frame = items  # a scan's ack and its frame, ready together: one message
-            self._send_frame(identity, frame, ack)  # type: ignore[arg-type]
-            return
-        for item in items:
+        match items:
+            case (Ack() as ack, Frame() as frame) if client is not None and client.ack_in_frame:
+                self._send_frame(identity, frame, ack)  # a scan's ack and its frame, ready together: one message
+                return
+        for item in items:  # (an ack and an acquisition error that came at once go as two messages)
             if isinstance(item, Ack):
                 self._reply(identity, encode_ack(item))
             elif isinstance(item, Frame):
@@ -547,25 +549,42 @@ class InstrumentServer:
                 self._reply(identity, encode_error(item.code, str(item), command_id))
 
     def _send_frame(self, identity: bytes, frame: Frame, ack: Ack | None = None) -> None:
-        """Send a frame (and the ack it carries) to its client, unless it holds too many bytes of frames already."""
+        """Send a frame (and the ack it carries) to its client, unless it holds too many bytes of frames already.
+
+        A frame that is not sent (the byte bound, or one that cannot be encoded) still takes its delivery
+        number, so the client sees the gap, and a carried ack then goes on its own.
+        """
         client = self._clients.get(identity)
         if client is not None:
             seq = client.delivery_seq
-            client.delivery_seq += 1  # sent or dropped, it takes its number: a drop shows as a gap
+            client.delivery_seq += 1
             held, nbytes = client.frame_bytes_held(), frame.image.nbytes
-            if held == 0 or held + nbytes <= self.max_frame_bytes_per_client:
-                tracker = self._reply(identity, encode_frame(frame, seq, ack), track=True)
+            if held and held + nbytes > self.max_frame_bytes_per_client:  # it has not taken what is held for it
+                self.stats["dropped_client_not_reading"] += 1
+            elif (parts := self._encoded(frame, seq, ack)) is not None:
+                tracker = self._reply(identity, parts, track=True)
                 if tracker is not None and not tracker.done:
                     client.hold(tracker, nbytes)
                 ack = None  # (sent with the frame, or lost with it to a full queue, which is counted)
-            else:  # it has not taken the frames held for it: this one is dropped and counted
-                self.stats["dropped_client_not_reading"] += 1
-        if ack is not None:  # a frame dropped, or no client to number it for: the ack still goes
+        if ack is not None:  # a frame not sent, or no client to number it for: the ack still goes
             self._reply(identity, encode_ack(ack))
         self.stats["frames"] += 1
         if self._pub is not None:
-            self._pub.send_multipart([b"frame", *encode_frame(frame, self._pub_seq)], copy=False)
+            if (parts := self._encoded(frame, self._pub_seq, None)) is not None:
+                self._pub.send_multipart([b"frame", *parts], copy=False)
             self._pub_seq += 1
+
+    def _encoded(self, frame: Frame, seq: int, ack: Ack | None) -> list[Any] | None:
+        """The frame's message, or None (counted per message, logged) if its free-form metadata cannot go in JSON.
+
+        (A numpy integer or a lone surrogate in a metadata string, say: the header's own fields are validated.)
+        """
+        try:
+            return encode_frame(frame, seq, ack)
+        except (ValueError, TypeError, UnicodeError) as exc:  # (pydantic's serialisation error is a ValueError)
+            self.stats["frames_unencodable"] += 1
+            logger.error("frame %d could not be encoded, not sent: %s", frame.header.sequence, exc)
+            return None
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

@@ -222,10 +222,21 @@ class _NoFrameDriver(InMemoryDriver):
         raise DriverTimeout("the detector did not deliver")
 
 
-def test_accepted_scan_without_a_frame_is_reported_to_next_frame():
+class _FailingDetector(InMemoryDriver):
+    """Fails an accepted scan at once: the server has the ack and the error together (as a frame would be)."""
+
+    def next_frame(self, timeout_s):
+        from drivers.base import Disconnected
+
+        raise Disconnected("detector offline")
+
+
+@pytest.mark.parametrize("driver", [_NoFrameDriver, _FailingDetector], ids=["no_frame_in_time", "fails_at_once"])
+def test_accepted_scan_without_a_frame_is_reported_to_next_frame(driver):
+    """RemoteDriver accepts ack_in_frame: an error that comes with the ack must not be taken for a frame."""
     from drivers.base import ProtocolError
 
-    server = InstrumentServer(_NoFrameDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, frame_timeout_s=0.1).start()
+    server = InstrumentServer(driver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, frame_timeout_s=0.1).start()
     try:
         with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
             ack = remote.send(ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=16, cols=16, dwell_us=1))
@@ -235,6 +246,34 @@ def test_accepted_scan_without_a_frame_is_reported_to_next_frame():
         assert server.stats["frames_missing"] == 1
     finally:
         server.stop()
+
+
+class _UnencodableFirstFrame(InMemoryDriver):
+    """Its first frame's free-form metadata holds a numpy integer, which JSON cannot carry."""
+
+    def _acquire(self, command):
+        frame = super()._acquire(command)
+        if frame.header.sequence > 0:
+            return frame
+        import numpy as np
+
+        header = frame.header.model_copy(update={"metadata": {"counts": np.int64(3)}})
+        return type(frame)(header, frame.image)
+
+
+def test_a_frame_that_cannot_be_encoded_is_counted_and_its_ack_still_goes(monkeypatch):
+    monkeypatch.setattr(logging.getLogger("drivers.server"), "level", logging.CRITICAL)
+    scan = {"x_nm": 0, "y_nm": 0, "fov_nm": 4, "rows": 16, "cols": 16, "dwell_us": 1}
+    with (
+        InstrumentServer(_UnencodableFirstFrame(), "tcp://127.0.0.1:0", heartbeat_s=0.2) as server,
+        RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote,
+    ):
+        remote.send(UnblankCommand())
+        assert remote.send(ScanCommand(**scan)).accepted  # its ack came on its own
+        assert remote.send(ScanCommand(**scan)).accepted
+        frame = remote.next_frame(3.0)
+        assert frame.header.sequence == 1 and remote.stats["frames_lost"] == 1  # the first shows as a gap
+        assert server.stats["frames_unencodable"] == 1 and server.stats["internal_errors"] == 0
 
 
 class _LongScan(InMemoryDriver):
