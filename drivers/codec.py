@@ -148,7 +148,10 @@ def encode_frame(frame: Frame, delivery_seq: int, ack: Ack | None = None) -> lis
     image = np.ascontiguousarray(frame.image)
     # pydantic's serialiser: several times faster than a dict through json; the header's own numbers are
     # validated finite, and a non-finite number in its free-form metadata goes out as null.
-    header = frame.header.__pydantic_serializer__.to_json(frame.header)
+    try:
+        header = frame.header.__pydantic_serializer__.to_json(frame.header)
+    except ValueError:  # e.g. a lone surrogate in metadata (a file name decoded with surrogateescape), which
+        header = _dumps(frame.header.model_dump(mode="json"))  # the json module escapes, as JSON allows
     extra = b"" if ack is None else b',"ack":' + ack.__pydantic_serializer__.to_json(ack)
     head = b'{"v":%d,"type":"frame","header":%s,"delivery_seq":%d%s}' % (PROTOCOL_VERSION, header, delivery_seq, extra)
     return [head, image.data.cast("B")]

@@ -122,6 +122,14 @@ def test_a_non_finite_number_in_frame_metadata_goes_out_as_null_and_the_frame_st
     assert decoded.header.metadata == {"defocus_nm": None, "ok": 1.5} and obj["ack"]["command_id"] == "x1"
 
 
+def test_a_lone_surrogate_in_frame_metadata_is_escaped_not_fatal():
+    name = b"scan-\x80.dm4".decode("utf-8", "surrogateescape")  # an undecodable file name, kept as it was
+    frame = Frame.of(np.zeros((8, 8), np.float32), 0.1, metadata={"file": name})
+    head, buf = encode_frame(frame, 0)
+    decoded, _ = decode_frame(decode_envelope([head, bytes(buf)]), bytes(buf), 1 << 20)
+    assert decoded.header.metadata == {"file": name}
+
+
 def test_ack_and_welcome_round_trip():
     ack = Ack(command_id="x1", kind="scan", accepted=False, code="refused", reason="out of range")
     assert decode_ack(decode_envelope(encode_ack(ack))) == ack
