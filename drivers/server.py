@@ -136,6 +136,10 @@ class InstrumentServer:
         large.  Default 256 MiB: 64 frames of 1024 x 1024 float32.  Frames under 64 KiB are copied by
         ZeroMQ and bounded by ``max_queued_per_client`` only.  A client forgotten and heard from again
         starts from nothing held, even while its old frames are still queued (bounded by the message count).
+    max_queued_per_observer
+        Frames held for each observer on the PUB socket (its send high-water mark, per subscriber) before
+        further ones are dropped for that observer alone, which sees the gap in the stream's sequence.
+        libzmq's default of 1 000 would let one stalled dashboard hold 4 GB of 1024 x 1024 frames.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class InstrumentServer:
         deadman_s: float | None = 2.0,
         max_queued_per_client: int = 1000,
         max_frame_bytes_per_client: int = 256 * 2**20,
+        max_queued_per_observer: int = 16,
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -174,6 +179,7 @@ class InstrumentServer:
         self.pub_endpoint: str | None = None
         if pub_endpoint:
             self._pub = self._socket(zmq.PUB, curve)
+            self._pub.setsockopt(zmq.SNDHWM, max_queued_per_observer)  # (before bind, as for the ROUTER)
             self._pub.bind(pub_endpoint)
             self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         # Everything below, the ROUTER and the PUB socket are used under this lock, never held while waiting.

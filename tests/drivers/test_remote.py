@@ -221,6 +221,40 @@ def test_observers_receive_every_frame_on_the_pub_socket():
         server.stop()
 
 
+def test_an_observer_that_stops_reading_costs_the_server_a_bounded_number_of_frames():
+    """The PUB socket holds at most ``max_queued_per_observer`` frames for a stalled observer, then drops its share."""
+    server = InstrumentServer(
+        InMemoryDriver(), "tcp://127.0.0.1:0", pub_endpoint="tcp://127.0.0.1:0", max_queued_per_observer=4
+    ).start()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)  # its own queue and the kernel's hold little of the backlog
+    for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 1), (zmq.RCVBUF, 65536), (zmq.SUBSCRIBE, b"frame")):
+        sub.setsockopt(opt, value)
+    sub.connect(server.pub_endpoint)
+    time.sleep(0.3)  # let the subscription propagate
+    scans = 40
+    try:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            remote.send(UnblankCommand())
+            scan = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=512, cols=512, dwell_us=1)  # 1 MiB frames
+            for _ in range(scans):  # the observer reads none of them meanwhile
+                remote.send(scan.model_copy(update={"id": f"scan-{_}"}))
+                remote.next_frame(5.0)
+            held = []
+            while sub.poll(1000):  # what was held for the observer, until the line is quiet
+                held.append(decode_envelope(sub.recv_multipart()[1:])["delivery_seq"])
+            remote.send(scan.model_copy(update={"id": "scan-after"}))
+            remote.next_frame(5.0)
+            assert sub.poll(3000)
+            after = decode_envelope(sub.recv_multipart()[1:])["delivery_seq"]
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+        server.stop()
+    assert 0 < len(held) <= 4 + 8, f"{len(held)} of {scans} frames were held for the observer"
+    assert held == sorted(held) and after == scans  # the drops show as a gap in the stream's sequence
+
+
 def test_curve_admits_only_allowed_client_keys():
     server_pub, server_sec = new_keypair()
     good_pub, good_sec = new_keypair()
