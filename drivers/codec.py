@@ -37,7 +37,8 @@ from drivers.base import (
 MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "error", "bye")
 #: Options a client may name in its hello's ``accepts`` list: ``ack_in_frame`` lets the server put a scan's
 #: ack into the frame message when the frame is ready as the ack goes out (one message instead of two).
-CLIENT_OPTIONS = ("ack_in_frame",)
+ACK_IN_FRAME = "ack_in_frame"
+CLIENT_OPTIONS = (ACK_IN_FRAME,)
 MIN_KEEPALIVE_S = 0.05  # a client never heartbeats more often than this, whatever a server asks
 
 

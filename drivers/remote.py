@@ -35,6 +35,7 @@ from drivers.base import (
     ProtocolError,
 )
 from drivers.codec import (
+    ACK_IN_FRAME,
     decode_ack,
     decode_capabilities,
     decode_envelope,
@@ -285,7 +286,7 @@ class RemoteDriver:
         poller.register(self._wake_rx, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         self._expected_seq = 0
-        hello = [envelope("hello", client="autoscope.RemoteDriver", accepts=["ack_in_frame"])]
+        hello = [envelope("hello", client="autoscope.RemoteDriver", accepts=[ACK_IN_FRAME])]
         last_in, last_out = time.monotonic(), 0.0
         while not self._stop.is_set():
             now = time.monotonic()

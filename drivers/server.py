@@ -51,6 +51,7 @@ from drivers.base import (
     new_command_id,
 )
 from drivers.codec import (
+    ACK_IN_FRAME,
     client_options,
     decode_command,
     decode_envelope,
@@ -436,7 +437,7 @@ class InstrumentServer:
             kind = obj["type"]
             if kind == "hello":
                 client = self._clients[identity]  # (registered on arrival, just before)
-                client.ack_in_frame = "ack_in_frame" in client_options(obj)
+                client.ack_in_frame = ACK_IN_FRAME in client_options(obj)
                 client.welcomed = True
                 caps = self.driver.capabilities()
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
@@ -583,7 +584,7 @@ class InstrumentServer:
     def _encoded(self, frame: Frame, seq: int, ack: Ack | None) -> list[Any] | None:
         """The frame's message, or None (counted per message, logged) if its free-form metadata cannot go in JSON.
 
-        (A numpy integer or a lone surrogate in a metadata string, say: the header's own fields are validated.)
+        (A numpy integer in the metadata, say: the header's own fields are validated.)
         """
         try:
             return encode_frame(frame, seq, ack)
