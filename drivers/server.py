@@ -75,6 +75,10 @@ _DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartb
 _YIELD_S = 0.001
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
+# Bad messages logged per client per window; beyond that they are counted, and summed up in one line when
+# the client's next bad message opens a new window (a flood must not cost a log record per message).
+_BAD_LOGGED_PER_WINDOW = 5
+_BAD_LOG_WINDOW_S = 10.0
 
 Job = tuple[bytes | None, Command] | None  # (client, command); client None: the server's own; None: stop
 
@@ -90,6 +94,8 @@ class _Client:
     #: Frames handed to ZeroMQ for this client and not yet written out: (tracker, bytes), oldest first.
     unsent: deque[tuple[zmq.MessageTracker, int]] = field(default_factory=deque)
     unsent_bytes: int = 0
+    #: The current window of bad-message warnings: when it opened, and the bad messages seen in it.
+    bad_window: tuple[float, int] = (-float("inf"), 0)
 
     def frame_bytes_held(self) -> int:
         """Bytes of this client's frames still held by ZeroMQ (frames written out are let go first)."""
@@ -459,8 +465,33 @@ class InstrumentServer:
                 raise ProtocolError("type", f"a client may not send {kind!r} messages")
         except ProtocolError as exc:
             self.stats[f"error_{exc.code}"] += 1
-            logger.warning("bad message from client %s: %s", identity.hex()[:8], exc)
+            self._warn_bad(identity, exc)
             self._reply(identity, encode_error(exc.code, str(exc), _command_id_of(body)))
+
+    def _warn_bad(self, identity: bytes, exc: ProtocolError) -> None:
+        """Log a bad message: the first few per client in each window, then one line of how many more."""
+        client = self._clients.get(identity)
+        if client is None:  # (forgotten meanwhile: nothing to count against)
+            return
+        now = time.monotonic()
+        opened, seen = client.bad_window
+        if now - opened >= _BAD_LOG_WINDOW_S:
+            if seen > _BAD_LOGGED_PER_WINDOW:
+                logger.warning(
+                    "%d more bad messages from client %s were not logged (counted in stats['error_*'])",
+                    seen - _BAD_LOGGED_PER_WINDOW,
+                    identity.hex()[:8],
+                )
+            opened, seen = now, 0
+        client.bad_window = (opened, seen + 1)
+        if seen < _BAD_LOGGED_PER_WINDOW:
+            logger.warning("bad message from client %s: %s", identity.hex()[:8], exc)
+        if seen + 1 == _BAD_LOGGED_PER_WINDOW:
+            logger.warning(
+                "client %s: further bad messages in the next %.0f s are counted, not logged",
+                identity.hex()[:8],
+                _BAD_LOG_WINDOW_S,
+            )
 
     def _accept(self, identity: bytes, command: Command) -> None:
         self.stats["commands"] += 1
