@@ -20,7 +20,7 @@ ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
 
 def main() -> None:
     from models.segmenter import DEFAULT_MODEL, Segmenter
-    from models.training.evaluate import evaluate, evaluate_reference
+    from models.training.evaluate import detection_metrics, eval_frames, evaluate, evaluate_frame, evaluate_reference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -34,11 +34,16 @@ def main() -> None:
         "model": segmenter.manifest.name,
         "simulator": evaluate(segmenter, frames=args.frames),
     }
+    refined = [evaluate_frame(segmenter, f, refine=True) for f in eval_frames(args.frames, shifted=False)]
+    result["simulator_refined"] = {
+        k: v for k, v in detection_metrics(refined).items() if k.startswith("columns_")
+    }  # the same frames, positions by Gaussian refinement (autoscope segment --refine)
     if args.abtem.exists():
         result["abtem"] = {
-            f"{p.stem}{suffix}": evaluate_reference(segmenter, str(p), noisy)
+            f"{p.stem}{suffix}{'_refined' if refine else ''}": evaluate_reference(segmenter, str(p), noisy, refine)
             for p in sorted(args.abtem.glob("*.npz"))
             for suffix, noisy in (("_noisy", True), ("_clean", False))
+            for refine in (False, True)
         }
     emit(result, args.out)
 

@@ -141,7 +141,9 @@ def read_image(path: str | Path) -> LoadedImage:
             import imageio.v3 as iio
 
             img = np.asarray(iio.imread(path))
-            return LoadedImage(img.mean(axis=-1) if img.ndim == 3 else img, None, str(path))
+            if img.ndim == 3:  # grey + alpha, RGB or RGBA: the colour channels' mean, never the alpha
+                img = img[..., :1].mean(axis=-1) if img.shape[-1] == 2 else img[..., :3].mean(axis=-1)
+            return LoadedImage(img, None, str(path))
         if ext == ".mrc":
             return _read_mrc(path)
         if ext in (".h5", ".hdf5", ".hspy"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,14 @@ import numpy as np
 from models.localize import Atoms, localize
 from models.manifest import ModelManifest, load_manifest
 from models.preprocess import normalize, resample, resampled_shape, validate_image
+from models.refine import fitting_radius_px, refine_gaussian
 from models.session import OnnxModel
 from models.tiling import run_tiled
 
 #: The bundled default model.
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "stem_ensemble.json"
+#: The class of sites without a column (no peak to fit when refining positions).
+VACANCY_CLASS = "vacancy"
 
 #: The ensemble outputs a segmentation is made of: name -> channels (``None``: one per class).
 _OUTPUTS: dict[str, int | None] = {"mean_probs": None, "entropy": 1, "mutual_info": 1, "variance": None}
@@ -71,7 +74,7 @@ class Segmentation:
     ----------
     mean_probs : (C, h, w) float32.  entropy, mutual_info : (h, w) float32.  variance : (C, h, w) float32.
     scale : (row, col) factors from input pixels to native pixels.
-    pixel_size_nm : the input image's pixel size.
+    pixel_size_nm : the input image's pixel size.  input_shape : the input image's (rows, cols).
     ood_score : frame-mean mutual information in standard deviations above the calibration mean.
     timings_ms : time per stage.
     """
@@ -84,6 +87,7 @@ class Segmentation:
     pixel_size_nm: float
     ood_score: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    input_shape: tuple[int, int] | None = None
 
     def to_input_pixels(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map native-sampling coordinates back to the input image's pixels."""
@@ -143,6 +147,7 @@ class Segmenter:
             float(pixel_size_nm),
             self._ood(mi),
             {"preprocess": 1e3 * (t1 - t0), "ensemble": 1e3 * (t2 - t1)},
+            (int(arr.shape[0]), int(arr.shape[1])),
         )
 
     def _ood(self, mutual_info: np.ndarray) -> float:
@@ -160,3 +165,27 @@ class Segmenter:
         found = localize(seg.mean_probs, seg.mutual_info, class_bias=None if bias is None else np.asarray(bias))
         row, col = seg.to_input_pixels(found.row, found.col)
         return Atoms(row, col, found.class_id, found.confidence, found.uncertainty)
+
+    def refine(self, seg: Segmentation, image: np.ndarray, atoms: Atoms) -> Atoms:
+        """``atoms`` with positions refined by a local 2-D Gaussian fit on the input ``image``.
+
+        See :func:`models.refine.refine_gaussian` (bright columns, as in HAADF).  Vacancies are sites
+        without a column and keep their centre of mass, as does every column whose fit fails.
+
+        Raises
+        ------
+        models.preprocess.ImageError
+            ``image`` is not a finite 2-D numeric image.
+        ValueError
+            ``image`` is not the shape of the image ``seg`` was made from.
+        """
+        arr = validate_image(image, seg.pixel_size_nm)
+        if seg.input_shape is not None and arr.shape != seg.input_shape:
+            raise ValueError(f"the image has shape {arr.shape}, but the segmented one was {seg.input_shape}")
+        names = [c.name for c in self.manifest.classes]
+        columns = np.array([names[int(c)] != VACANCY_CLASS for c in atoms.class_id], dtype=bool)
+        radius = fitting_radius_px(atoms.row, atoms.col)  # from every site: vacancies are part of the lattice
+        fit = refine_gaussian(arr, atoms.row[columns], atoms.col[columns], radius_px=radius)
+        row, col = atoms.row.copy(), atoms.col.copy()
+        row[columns], col[columns] = fit.row, fit.col
+        return replace(atoms, row=row, col=col)

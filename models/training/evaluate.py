@@ -103,10 +103,13 @@ def _match(truth_rc: np.ndarray, pred_rc: np.ndarray, radius: float) -> tuple[np
     return truth_match, pred_match
 
 
-def evaluate_frame(segmenter: Segmenter, frame: SimulatedFrame, margin_px: int = 4) -> FrameResult:
-    """Segment one simulated frame and match its columns to the planted ones."""
+def evaluate_frame(
+    segmenter: Segmenter, frame: SimulatedFrame, margin_px: int = 4, refine: bool = False
+) -> FrameResult:
+    """Segment one simulated frame and match its columns to the planted ones (``refine``: Gaussian refinement)."""
     seg = segmenter.segment(frame.image, frame.pixel_size_nm)
-    return match_frame(frame, seg, segmenter.atoms(seg), margin_px)
+    atoms = segmenter.atoms(seg)
+    return match_frame(frame, seg, segmenter.refine(seg, frame.image, atoms) if refine else atoms, margin_px)
 
 
 def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_px: int = 4) -> FrameResult:
@@ -251,8 +254,11 @@ def _reference_class(label: str) -> int:
     return int(ColumnClass.ATOM)
 
 
-def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True) -> dict[str, float]:
+def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True, refine: bool = False) -> dict[str, float]:
     """Figures on an independently simulated frame with exact columns (the abTEM .npz files in shared/).
+
+    ``refine``: positions by Gaussian refinement on the image.  ``rmse_over_nn``: localisation error of
+    the matched columns over the nearest-neighbour spacing.
 
     Keys used: ``image`` / ``image_noisy``, ``pixel_size_A``, ``col_rc_px``, ``col_label``, ``label_names``.
     """
@@ -264,6 +270,8 @@ def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True) -> d
         truth_class = np.array([_reference_class(names[int(k)]) for k in z["col_label"]])
     seg = segmenter.segment(image, px)
     atoms = segmenter.atoms(seg)
+    if refine:
+        atoms = segmenter.refine(seg, image, atoms)
     # Nearest-neighbour spacing from the planted columns themselves.
     nn_px = float(np.median(cKDTree(truth_rc).query(truth_rc, k=2)[0][:, 1]))
     margin = 0.5 * nn_px  # columns cut by the frame edge are neither required nor counted
@@ -281,6 +289,9 @@ def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True) -> d
     )
     truth_match, _ = _match(truth_rc, pred_rc[keep], nn_px / 2)
     out = _prf(int((truth_match >= 0).sum()), len(truth_rc), len(atoms))
+    matched = truth_match >= 0
+    dist = np.hypot(*(truth_rc[matched] - pred_rc[keep][truth_match[matched]]).T)
+    out["rmse_over_nn"] = float(np.sqrt(np.mean(dist**2)) / nn_px) if matched.any() else float("nan")
     found = _lookup(atoms.class_id, truth_match)
     out["defects_found"] = float(((truth_class != ColumnClass.ATOM) & (found == truth_class)).sum())
     out["defects_planted"] = float((truth_class != ColumnClass.ATOM).sum())

@@ -34,7 +34,7 @@ def test_segment_writes_one_record_per_image(tiny_model, frame_npz, tmp_path, ca
             str(frame_npz),
             str(plain),
             "--pixel-size-nm",
-            "0.025",
+            "0.05",
             "--model",
             str(tiny_model.manifest),
             "--providers",
@@ -48,8 +48,8 @@ def test_segment_writes_one_record_per_image(tiny_model, frame_npz, tmp_path, ca
     assert status == 0
     records = json.loads(out.read_text())
     assert [r["image"] for r in records] == [str(frame_npz), str(plain)]
-    assert records[0]["pixel_size_nm"] == pytest.approx(0.025)  # from the file's metadata
-    assert records[1]["pixel_size_nm"] == 0.025  # from --pixel-size-nm
+    assert records[0]["pixel_size_nm"] == pytest.approx(0.025)  # from the file's metadata (3 nm / 120 px)
+    assert records[1]["pixel_size_nm"] == 0.05  # from --pixel-size-nm, where the file records none
     for r in records:
         assert r["model"]["name"] == "tiny" and len(r["model"]["sha256"]) == 64
         assert r["providers"] == ["CPUExecutionProvider"]
@@ -59,6 +59,22 @@ def test_segment_writes_one_record_per_image(tiny_model, frame_npz, tmp_path, ca
             assert set(atom) == {"row", "col", "class", "defect", "confidence", "uncertainty"}
             assert 0 <= atom["row"] < 120 and 0 <= atom["col"] < 120
     assert (tmp_path / "overlay-frame.png").exists() and (tmp_path / "overlay-plain.png").exists()
+
+
+def test_refine_moves_columns_onto_the_gaussian_fit_and_times_it(frame_npz, tmp_path, capsys):
+    """With the bundled model: --refine changes positions (not the atoms found) and reports its time."""
+    outs = {}
+    for flag in ([], ["--refine"]):
+        out = tmp_path / f"out{len(flag)}.json"
+        assert main(["segment", str(frame_npz), "--providers", "cpu", "--out", str(out), *flag]) == 0
+        outs[bool(flag)] = json.loads(out.read_text())[0]
+    plain, refined = outs[False], outs[True]
+    assert "refine" in refined["summary"]["timings_ms"] and "refine" not in plain["summary"]["timings_ms"]
+    assert [a["class"] for a in refined["atoms"]] == [a["class"] for a in plain["atoms"]]
+    pairs = zip(plain["atoms"], refined["atoms"], strict=True)
+    moved = [np.hypot(a["row"] - b["row"], a["col"] - b["col"]) for a, b in pairs]
+    assert max(moved) > 0.01  # some columns were refitted...
+    assert max(moved) < 3.0  # ...and none ran off (a fit may move a centre by less than half the radius)
 
 
 def test_missing_pixel_size_fails_before_any_work(tiny_model, frame_npz, tmp_path, capsys):

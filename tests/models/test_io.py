@@ -93,3 +93,14 @@ def test_real_files_keep_their_calibration(name, shape, pixel_nm):
 def test_tilt_stack_is_not_taken_for_an_image():
     with pytest.raises(ImageReadError, match="stack of shape"):
         read_image(SHARED / "real/etspy/HAADF.dm3")
+
+
+def test_png_alpha_is_not_averaged_into_the_image(tmp_path):
+    import imageio.v3 as iio
+
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    np.testing.assert_allclose(read_image(tmp_path / "rgba.png").image, grey)
+    iio.imwrite(tmp_path / "la.png", np.stack([grey, np.full_like(grey, 128)], axis=-1))
+    np.testing.assert_allclose(read_image(tmp_path / "la.png").image, grey)
