@@ -280,21 +280,20 @@ def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True, refi
     def inner(rc: np.ndarray) -> np.ndarray:
         return (rc[:, 0] > margin) & (rc[:, 0] < h - 1 - margin) & (rc[:, 1] > margin) & (rc[:, 1] < w - 1 - margin)
 
-    keep_truth = inner(truth_rc)
-    truth_rc, truth_class = truth_rc[keep_truth], truth_class[keep_truth]
     pred_rc = np.column_stack([atoms.row, atoms.col])
-    keep = inner(pred_rc)
-    atoms = type(atoms)(
-        atoms.row[keep], atoms.col[keep], atoms.class_id[keep], atoms.confidence[keep], atoms.uncertainty[keep]
-    )
-    truth_match, _ = _match(truth_rc, pred_rc[keep], nn_px / 2)
-    out = _prf(int((truth_match >= 0).sum()), len(truth_rc), len(atoms))
-    matched = truth_match >= 0
-    dist = np.hypot(*(truth_rc[matched] - pred_rc[keep][truth_match[matched]]).T)
-    out["rmse_over_nn"] = float(np.sqrt(np.mean(dist**2)) / nn_px) if matched.any() else float("nan")
+    # Match everything, then count inside the margin: a column near it is counted (or not) once, by
+    # where its planted position lies, however the prediction's position falls about the margin.
+    truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
+    inner_truth = inner(truth_rc)
+    counted = np.where(pred_match >= 0, inner_truth[np.maximum(pred_match, 0)], inner(pred_rc))
+    hits = inner_truth & (truth_match >= 0)
+    out = _prf(int(hits.sum()), int(inner_truth.sum()), int(counted.sum()))
+    dist = np.hypot(*(truth_rc[hits] - pred_rc[truth_match[hits]]).T)
+    out["rmse_over_nn"] = float(np.sqrt(np.mean(dist**2)) / nn_px) if hits.any() else float("nan")
     found = _lookup(atoms.class_id, truth_match)
-    out["defects_found"] = float(((truth_class != ColumnClass.ATOM) & (found == truth_class)).sum())
-    out["defects_planted"] = float((truth_class != ColumnClass.ATOM).sum())
-    out["defects_predicted"] = float((atoms.class_id != ColumnClass.ATOM).sum())
+    planted = (truth_class != ColumnClass.ATOM) & inner_truth
+    out["defects_found"] = float((planted & (found == truth_class)).sum())
+    out["defects_planted"] = float(planted.sum())
+    out["defects_predicted"] = float(((atoms.class_id != ColumnClass.ATOM) & counted).sum())
     out["ood_score"] = seg.ood_score
     return out
