@@ -106,9 +106,14 @@ def refine_gaussian(
     sigma = estimate_sigma_px(image, row, col, radius) if sigma_px is None else float(sigma_px)
     if not 0 < sigma <= radius:
         raise ValueError(f"the column width must lie in (0, radius {radius:.3g}] pixels, not {sigma:.3g}")
-    params, ok, error = _fit(image, row, col, radius, sigma, iterations, free_sigma=False)
+    rr, cc, values, weight = _windows(image, row, col, radius)
+    start = _initial(values, weight, row, col, sigma)
+    params, fitted, jac = _levenberg_marquardt(start, rr, cc, values, weight, iterations, free_sigma=False)
+    error = _position_error(fitted, jac, values, weight)
     with np.errstate(invalid="ignore"):
-        ok &= error <= (_MAX_ERROR_OF_RADIUS * radius if max_error_px is None else max_error_px)
+        ok = _plausible(params, row, col, radius) & (
+            error <= (_MAX_ERROR_OF_RADIUS * radius if max_error_px is None else max_error_px)
+        )
     return Refinement(np.where(ok, params[:, 2], row), np.where(ok, params[:, 3], col), error, sigma, ok, radius)
 
 
@@ -119,35 +124,29 @@ def estimate_sigma_px(image: np.ndarray, row: np.ndarray, col: np.ndarray, radiu
     (``sigma^2 = fitted^2 - 1``).  Where no fit holds, a third of the radius.
     """
     smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), _SMOOTH_PX)
-    params, ok, _ = _fit(smooth, row, col, radius_px, radius_px / 2, iterations=12, free_sigma=True)
-    ok &= (params[:, 4] > _SMOOTH_PX) & (params[:, 4] <= radius_px)
+    rr, cc, values, weight = _windows(smooth, row, col, radius_px)
+    start = _initial(values, weight, row, col, radius_px / 2)
+    params, _, _ = _levenberg_marquardt(start, rr, cc, values, weight, iterations=12, free_sigma=True)
+    ok = _plausible(params, row, col, radius_px) & (params[:, 4] > _SMOOTH_PX) & (params[:, 4] <= radius_px)
     if not ok.any():
         return radius_px / 3
     return float(np.sqrt(np.median(params[ok, 4]) ** 2 - _SMOOTH_PX**2))
 
 
-def _fit(
-    image: np.ndarray, row: np.ndarray, col: np.ndarray, radius: float, sigma: float, iterations: int, free_sigma: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, 5) fitted parameters, which fits hold, and the standard error of each fitted position (pixels)."""
-    rr, cc, values, weight = _windows(image, row, col, radius)
-    params = _initial(values, weight, row, col, sigma)
-    params = _levenberg_marquardt(params, rr, cc, values, weight, iterations, free_sigma)
-    return params, _plausible(params, row, col, radius), _position_error(params, rr, cc, values, weight, free_sigma)
+def _position_error(fitted: np.ndarray, jac: np.ndarray, values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Standard error of a fixed-width fit's centre, sqrt(var_row + var_col), from its covariance (NaN if singular).
 
-
-def _position_error(
-    params: np.ndarray, rr: np.ndarray, cc: np.ndarray, values: np.ndarray, weight: np.ndarray, free_sigma: bool
-) -> np.ndarray:
-    """Standard error of the fitted centre, sqrt(var_row + var_col), from the fit's covariance (NaN if singular)."""
-    free = _N_PARAMS if free_sigma else _N_PARAMS - 1
-    fitted, jac = _model(params, rr, cc, free_sigma)
+    ``fitted`` and ``jac``: the model and its Jacobian at the fitted parameters (the width's column,
+    the last, is left out: it was not fitted).
+    """
+    free = _N_PARAMS - 1
     jac = jac[..., :free]
     dof = np.maximum(weight.sum(axis=1) - free, 1.0)
     noise_var = np.sum(weight * (values - fitted) ** 2, axis=1) / dof
     normal = (jac.transpose(0, 2, 1) * weight[:, None, :]) @ jac
     cov = np.full_like(normal, np.nan)
-    invertible = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
+    with np.errstate(all="ignore"):  # (the determinant of a singular system may underflow)
+        invertible = np.isfinite(normal).all(axis=(1, 2)) & (np.abs(np.linalg.det(normal)) > 1e-300)
     cov[invertible] = np.linalg.pinv(normal[invertible])
     with np.errstate(invalid="ignore"):
         return np.sqrt(noise_var * (cov[:, 2, 2] + cov[:, 3, 3]))
@@ -204,8 +203,11 @@ def _levenberg_marquardt(
     weight: np.ndarray,
     iterations: int,
     free_sigma: bool,
-) -> np.ndarray:
-    """Weighted least squares for all atoms at once, a damping factor per atom."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares for all atoms at once, a damping factor per atom.
+
+    Returns the fitted (n, 5) parameters, and the model and its Jacobian at them.
+    """
     damping = np.full(len(params), 1e-2)
     fitted, jac = _model(params, rr, cc, free_sigma)
     cost = np.sum(weight * (fitted - values) ** 2, axis=1)
@@ -226,7 +228,7 @@ def _levenberg_marquardt(
         jac = np.where(better[:, None, None], trial_jac, jac)
         cost = np.where(better, trial_cost, cost)
         damping = np.where(better, damping / 3, damping * 3)
-    return params
+    return params, fitted, jac
 
 
 def _solve(matrices: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -182,8 +182,8 @@ class Segmenter:
         arr = validate_image(image, seg.pixel_size_nm)
         if seg.input_shape is not None and arr.shape != seg.input_shape:
             raise ValueError(f"the image has shape {arr.shape}, but the segmented one was {seg.input_shape}")
-        names = [c.name for c in self.manifest.classes]
-        columns = np.array([names[int(c)] != VACANCY_CLASS for c in atoms.class_id], dtype=bool)
+        vacancy = [i for i, c in enumerate(self.manifest.classes) if c.name == VACANCY_CLASS]
+        columns = ~np.isin(atoms.class_id, vacancy)
         radius = fitting_radius_px(atoms.row, atoms.col)  # from every site: vacancies are part of the lattice
         fit = refine_gaussian(arr, atoms.row[columns], atoms.col[columns], radius_px=radius)
         row, col = atoms.row.copy(), atoms.col.copy()

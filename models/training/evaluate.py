@@ -141,13 +141,15 @@ def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_p
     )
 
 
-def away_from_edge(points: Any, shape: tuple[int, ...], margin_px: int) -> np.ndarray:
+def away_from_edge(points: Any, shape: tuple[int, ...], margin_px: float) -> np.ndarray:
     """Which of ``points`` lie more than ``margin_px`` inside an image of ``shape``.
 
-    ``points``: anything with ``row`` and ``col`` arrays in image pixels (located atoms, planted columns).
+    ``points``: anything with ``row`` and ``col`` arrays in image pixels (located atoms, planted columns),
+    or an (n, 2) array of (row, col).
     """
-    inside = (points.row > margin_px) & (points.row < shape[0] - 1 - margin_px)
-    return np.asarray(inside & (points.col > margin_px) & (points.col < shape[1] - 1 - margin_px))
+    row, col = (points[:, 0], points[:, 1]) if isinstance(points, np.ndarray) else (points.row, points.col)
+    inside = (row > margin_px) & (row < shape[0] - 1 - margin_px)
+    return np.asarray(inside & (col > margin_px) & (col < shape[1] - 1 - margin_px))
 
 
 def native_pixel(seg: Segmentation, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -275,17 +277,13 @@ def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True, refi
     # Nearest-neighbour spacing from the planted columns themselves.
     nn_px = float(np.median(cKDTree(truth_rc).query(truth_rc, k=2)[0][:, 1]))
     margin = 0.5 * nn_px  # columns cut by the frame edge are neither required nor counted
-    h, w = image.shape
-
-    def inner(rc: np.ndarray) -> np.ndarray:
-        return (rc[:, 0] > margin) & (rc[:, 0] < h - 1 - margin) & (rc[:, 1] > margin) & (rc[:, 1] < w - 1 - margin)
-
     pred_rc = np.column_stack([atoms.row, atoms.col])
     # Match everything, then count inside the margin: a column near it is counted (or not) once, by
     # where its planted position lies, however the prediction's position falls about the margin.
     truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
-    inner_truth = inner(truth_rc)
-    counted = np.where(pred_match >= 0, inner_truth[np.maximum(pred_match, 0)], inner(pred_rc))
+    inner_truth = away_from_edge(truth_rc, image.shape, margin)
+    inner_pred = away_from_edge(pred_rc, image.shape, margin)
+    counted = np.where(pred_match >= 0, inner_truth[np.maximum(pred_match, 0)], inner_pred)
     hits = inner_truth & (truth_match >= 0)
     out = _prf(int(hits.sum()), int(inner_truth.sum()), int(counted.sum()))
     dist = np.hypot(*(truth_rc[hits] - pred_rc[truth_match[hits]]).T)
