@@ -3,8 +3,10 @@
 Training weights the rare defect classes up, so the network's probabilities lean
 towards them: taken at face value, vacancies are found at high recall but low
 precision.  For each defect class we choose a factor on its summed probability
-(the localiser's argmax rule) that maximises that class's F1 on validation frames
-from a seed stream used neither in training nor in evaluation.
+(the localiser's argmax rule) on validation frames from a seed stream used
+neither in training nor in evaluation.  The factor is fitted for the operating
+point the model is judged at: the highest recall whose precision is at least
+``min_precision`` (where no factor reaches that precision, the highest F1).
 """
 
 from __future__ import annotations
@@ -17,29 +19,49 @@ from simulators import CLASS_NAMES
 
 #: Seed stream of validation frames (not training, not evaluation).
 VALIDATION_SEED = 3_000_017
+#: Precision each defect class's decision rule must keep on the validation frames.
+MIN_PRECISION = 0.9
 _GRID = np.geomspace(0.05, 2.0, 24)
 
 
-def fit_decision_bias(segmenter: Segmenter, frames: int = 24, pixels: int = 256) -> list[float]:
-    """Per non-background class factors maximising each defect class's F1 on validation frames."""
+def fit_decision_bias(
+    segmenter: Segmenter, frames: int = 24, pixels: int = 256, min_precision: float = MIN_PRECISION
+) -> list[float]:
+    """Per non-background class factors: each defect class's highest recall at precision >= ``min_precision``.
+
+    The atom class keeps factor 1.  Where no factor on the grid reaches ``min_precision`` for a
+    class, that class gets the factor with the highest F1.
+    """
     data = [
         (f, segmenter.segment(f.image, f.pixel_size_nm))
         for f in eval_frames(frames, shifted=False, pixels=pixels, seed=VALIDATION_SEED)
     ]
     n = len(segmenter.manifest.classes) - 1
     bias = np.ones(n)
-
-    def f1(b: np.ndarray, name: str) -> float:
-        results = [match_frame(f, seg, segmenter.atoms(seg, b.tolist())) for f, seg in data]
-        value = detection_metrics(results).get(f"{name}_f1", 0.0)
-        return value if np.isfinite(value) else 0.0
-
     for k in range(1, n):  # class index k+1; the atom class (k = 0) keeps factor 1
         name = CLASS_NAMES[k + 1]
         scores = []
         for g in _GRID:
             trial = bias.copy()
             trial[k] = g
-            scores.append(f1(trial, name))
-        bias[k] = float(_GRID[int(np.argmax(scores))])
+            figures = detection_metrics([match_frame(f, seg, segmenter.atoms(seg, trial.tolist())) for f, seg in data])
+            scores.append(tuple(_finite(figures.get(f"{name}_{m}")) for m in ("precision", "recall", "f1")))
+        bias[k] = float(_GRID[choose_operating_point(np.array(scores), min_precision)])
     return bias.tolist()
+
+
+def choose_operating_point(scores: np.ndarray, min_precision: float) -> int:
+    """Index of the row of (precision, recall, F1) ``scores`` with the highest recall at ``min_precision``.
+
+    Ties in recall go to the higher F1; with no row at that precision, the row with the highest F1.
+    """
+    precision, recall, f1 = scores.T
+    ok = precision >= min_precision
+    if not ok.any():
+        return int(np.argmax(f1))
+    candidates = np.flatnonzero(ok)
+    return int(candidates[np.lexsort((f1[candidates], recall[candidates]))[-1]])
+
+
+def _finite(value: float | None) -> float:
+    return float(value) if value is not None and np.isfinite(value) else 0.0

@@ -151,3 +151,17 @@ def test_decision_bias_fit_returns_one_factor_per_class(tiny_model):
     bias = fit_decision_bias(Segmenter(tiny_model.manifest, "cpu"), frames=2, pixels=96)
     assert len(bias) == 3 and bias[0] == 1.0
     assert all(_GRID[0] <= b <= _GRID[-1] for b in bias[1:])
+
+
+def test_decision_rule_is_fitted_for_recall_at_the_required_precision():
+    from models.training.calibrate import choose_operating_point
+
+    # Rows: a rising factor trades precision for recall.  (precision, recall, F1)
+    scores = np.array(
+        [[0.99, 0.50, 0.66], [0.95, 0.70, 0.81], [0.91, 0.80, 0.85], [0.85, 0.90, 0.87], [0.60, 0.95, 0.74]]
+    )
+    assert choose_operating_point(scores, 0.9) == 2  # the best F1 (row 3) is below the precision
+    assert choose_operating_point(scores, 0.8) == 3
+    assert choose_operating_point(scores, 0.999) == 3  # none reaches it: the best F1
+    tied = np.array([[0.95, 0.8, 0.80], [0.92, 0.8, 0.86], [0.5, 0.9, 0.64]])
+    assert choose_operating_point(tied, 0.9) == 1
