@@ -12,6 +12,10 @@ then the end-to-end latency of a 512 x 512 frame at 0.02 nm/px (resampling, ense
 localisation), localisation alone, and the peak memory of a process doing only that.
 
     python benchmarks/segment.py [--model models/weights/stem_ensemble.json] [--threads 2] [--runs 40]
+        [--providers cpu|cuda|tensorrt]
+
+With a GPU provider the eager members run on the GPU as well (outputs copied back to numpy,
+as a predictor returning arrays would), so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def _frame() -> tuple[np.ndarray, float]:
     return frame.image, frame.pixel_size_nm
 
 
-def _members(model: Path) -> list:  # type: ignore[type-arg]
+def _members(model: Path, device: str = "cpu") -> list:  # type: ignore[type-arg]
     import torch
 
     from models.training.unet import UNet
@@ -74,11 +78,11 @@ def _members(model: Path) -> list:  # type: ignore[type-arg]
     for state in bundle["members"]:
         net = UNet(n_classes=bundle["n_classes"], width=bundle["width"], depth=bundle["depth"])
         net.load_state_dict(state)
-        members.append(net.eval())
+        members.append(net.eval().to(device))
     return members
 
 
-def compare(model: Path, threads: int, runs: int) -> dict[str, object]:
+def compare(model: Path, threads: int, runs: int, providers: str = "cpu") -> dict[str, object]:
     import torch
 
     from models.preprocess import normalize, resample, resampled_shape
@@ -86,7 +90,8 @@ def compare(model: Path, threads: int, runs: int) -> dict[str, object]:
     from models.uncertainty import ensemble_uncertainty
 
     torch.set_num_threads(threads)
-    segmenter = Segmenter(model, "cpu", threads=threads)
+    segmenter = Segmenter(model, providers, threads=threads)
+    device = "cpu" if providers == "cpu" else "cuda"
     image, px = _frame()
     shape = resampled_shape(image.shape, px, segmenter.manifest.native_pixel_size_nm)
     native = normalize(resample(image, shape))
@@ -94,11 +99,12 @@ def compare(model: Path, threads: int, runs: int) -> dict[str, object]:
     h, w = (-(-shape[0] // m) * m, -(-shape[1] // m) * m)
     x = np.zeros((1, 1, h, w), np.float32)
     x[0, 0, : shape[0], : shape[1]] = native
-    members = _members(model)
+    members = _members(model, device)
 
     def eager() -> None:
         with torch.no_grad():
-            probs = [torch.softmax(net(torch.from_numpy(x)), dim=1)[0].numpy() for net in members]
+            image = torch.from_numpy(x).to(device)
+            probs = [torch.softmax(net(image), dim=1)[0].cpu().numpy() for net in members]
         ensemble_uncertainty(np.stack(probs))
 
     onnx = _stats(_timed(lambda: segmenter.model.run(x), runs))
@@ -121,12 +127,13 @@ def compare(model: Path, threads: int, runs: int) -> dict[str, object]:
     }
 
 
-def peak_memory(model: Path, threads: int) -> float:
+def peak_memory(model: Path, threads: int, providers: str = "cpu") -> float:
     """Peak RSS (MB) of a fresh process that segments one 512 x 512 frame (no torch loaded)."""
     code = (
         f"import resource, sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}];"
         "from benchmarks.segment import _frame; from models.segmenter import Segmenter;"
-        f"s = Segmenter({str(model)!r}, 'cpu', threads={threads}); img, px = _frame(); s.atoms(s.segment(img, px));"
+        f"s = Segmenter({str(model)!r}, {providers!r}, threads={threads});"
+        "img, px = _frame(); s.atoms(s.segment(img, px));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     result: dict[str, object] = {
@@ -148,12 +156,13 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "threads": args.threads,
+            "providers_requested": args.providers,
             "python": platform.python_version(),
         },
         "targets": {"speedup_onnx_vs_eager": ">= 3", "frame_p50_ms": "< 260", "localize_ms": "< 10"},
     }
-    result.update(compare(args.model, args.threads, args.runs))
-    result["peak_rss_mb_segment_process"] = peak_memory(args.model, args.threads)
+    result.update(compare(args.model, args.threads, args.runs, args.providers))
+    result["peak_rss_mb_segment_process"] = peak_memory(args.model, args.threads, args.providers)
     result["benchmark_process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit(result, args.out)
 
