@@ -9,7 +9,9 @@ Prints JSON.  In one run, on the same native-sampling input:
   works), with the reference numpy uncertainty;
 
 then the end-to-end latency of a 512 x 512 frame at 0.02 nm/px (resampling, ensemble,
-localisation), localisation alone, and the peak memory of a process doing only that.
+localisation), localisation alone, and the peak memory of a process doing only that.  The
+allocator is tuned as in ``autoscope run`` and ``autoscope segment``
+(:func:`simulators.allocator.tune_allocator`).
 
     python benchmarks/segment.py [--model models/weights/stem_ensemble.json] [--threads 2] [--runs 40]
         [--providers cpu|cuda|tensorrt]
@@ -149,6 +151,9 @@ def main() -> None:
     parser.add_argument("--providers", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from simulators.allocator import tune_allocator
+
+    tune_allocator()  # as autoscope run and autoscope segment do
     result: dict[str, object] = {
         "benchmark": "segment",
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),

@@ -1,8 +1,9 @@
-"""Which uncertainty map flags wrong or missed atoms?  AUROCs of three maps, two ways of scoring.
+"""Which uncertainty map flags wrong or missed atoms?  AUROCs of four maps, two ways of scoring.
 
 Maps: mutual information (epistemic: the members disagree; what ``Atoms.uncertainty`` reports),
-predictive entropy over the classes (total), and the binary entropy of the foreground probability
-(is there a column here at all).  Scoring:
+predictive entropy over the classes (total), the binary entropy of the foreground probability
+(is there a column here at all), and the members' standard deviation of that probability (epistemic,
+on the foreground decision alone).  Scoring:
 
 * ``evaluation``: as ``models.training.evaluate`` scores the bundled model (a detected atom gets the
   map's mean over its region, a missed column the map's largest value within 2 native pixels);
@@ -40,6 +41,7 @@ def _maps(seg: Segmentation) -> dict[str, np.ndarray]:
         "mutual_information": seg.mutual_info,
         "predictive_entropy": seg.entropy,
         "foreground_binary_entropy": _binary_entropy(foreground),
+        "foreground_member_std": np.sqrt(seg.variance[0]),
     }
 
 

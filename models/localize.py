@@ -101,7 +101,8 @@ def _pixel_values(
     n_classes, _, width = mean_probs.shape
     values = np.empty((3 + n_classes, inside.size), np.float64)
     weight = np.subtract(np.take(fg.ravel(), inside), threshold, out=values[0])
-    rows, cols = np.divmod(inside, width)
+    rows = inside // width
+    cols = inside - rows * width
     np.multiply(weight, rows, out=values[1])
     np.multiply(weight, cols, out=values[2])
     values[3] = 1.0
@@ -113,10 +114,11 @@ def _pixel_values(
 def _region_sums(values: np.ndarray, label: np.ndarray, n: int) -> np.ndarray:
     """(k, n) sums of each row of the (k, m) ``values`` over the pixels of each region 1..n.
 
-    Products with a one-hot region-by-pixel matrix (built without sorting: each pixel's column holds
-    exactly one entry); with one class's pass saved by the sum rule, ``localize`` takes about 15 %
-    less time than with one ``bincount`` per quantity.
+    One product of a one-hot region-by-pixel matrix (built without sorting: each pixel's column holds
+    exactly one entry) with all k rows at once.  The product reads a row-major (m, k) operand fastest,
+    so ``values`` is transposed into one first: on a 512 x 512 map, copy and product together take a
+    third of the time of k matrix-vector products (which were themselves faster than k ``bincount``).
     """
     m = label.size
     one_hot = sparse.csc_matrix((np.ones(m, values.dtype), label, np.arange(m + 1)), shape=(n + 1, m))
-    return np.stack([one_hot @ row for row in values])[:, 1:]
+    return np.asarray(one_hot @ np.ascontiguousarray(values.T))[1:].T

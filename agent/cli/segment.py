@@ -75,7 +75,9 @@ def _run(args: argparse.Namespace) -> int:
     from models.io import read_image
     from models.overlay import save_overlay
     from models.segmenter import Segmenter
+    from simulators.allocator import tune_allocator
 
+    tune_allocator()  # as autoscope run does: localisation's per-pixel temporaries then cost no page faults
     providers = args.providers.split(",") if "," in args.providers else args.providers
     loaded = [read_image(p) for p in args.images]  # read everything first: fail before any work
     for item in loaded:
