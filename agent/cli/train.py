@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--bias-frames",
         type=int,
-        default=24,
+        default=96,
         help="validation frames for fitting the class decision rule (0: plain argmax)",
     )
     e.add_argument(
