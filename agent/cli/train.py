@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--bias-frames",
         type=int,
-        default=96,
+        default=96,  # models.training.calibrate.VALIDATION_FRAMES (importing it here would load the models at start-up)
         help="validation frames for fitting the class decision rule (0: plain argmax)",
     )
     e.add_argument(

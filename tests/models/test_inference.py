@@ -165,3 +165,11 @@ def test_decision_rule_is_fitted_for_recall_at_the_required_precision():
     assert choose_operating_point(scores, 0.999) == 3  # none reaches it: the best F1
     tied = np.array([[0.95, 0.8, 0.80], [0.92, 0.8, 0.86], [0.5, 0.9, 0.64]])
     assert choose_operating_point(tied, 0.9) == 1
+
+
+def test_export_fits_the_decision_rule_on_calibrates_number_of_frames_by_default():
+    from agent.cli import build_parser
+    from models.training.calibrate import VALIDATION_FRAMES
+
+    args = build_parser().parse_args(["export", "run", "--out", "m.onnx"])
+    assert args.bias_frames == VALIDATION_FRAMES
