@@ -22,6 +22,8 @@ class AtomTable:
     defect : bool, a defect class detected with confidence (see :class:`~agent.perception.Perception`).
     confidence : float32, mean probability of the class over the column.
     uncertainty : float32, mean mutual information over the column (nats).
+    presence_entropy : float32, mean binary entropy of the foreground probability over the column
+        (nats; see :class:`models.localize.Atoms`).
     """
 
     row: np.ndarray
@@ -32,6 +34,7 @@ class AtomTable:
     defect: np.ndarray
     confidence: np.ndarray
     uncertainty: np.ndarray
+    presence_entropy: np.ndarray
 
     def __len__(self) -> int:
         return len(self.row)
@@ -40,7 +43,8 @@ class AtomTable:
     def empty(cls) -> AtomTable:
         """No atoms (a survey frame, or a frame of vacuum)."""
         f, i = np.empty(0), np.empty(0, dtype=np.int64)
-        return cls(f, f, f, f, i, np.empty(0, dtype=bool), f.astype(np.float32), f.astype(np.float32))
+        f32 = f.astype(np.float32)
+        return cls(f, f, f, f, i, np.empty(0, dtype=bool), f32, f32, f32)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class Observation:
                 "class_id": self.atoms.class_id.tolist(),
                 "defect": self.atoms.defect.tolist(),
                 "uncertainty": np.round(self.atoms.uncertainty.astype(float), 4).tolist(),
+                "presence_entropy": np.round(self.atoms.presence_entropy.astype(float), 4).tolist(),
             },
         }
 

@@ -91,7 +91,17 @@ class Perception:
         x, y = pixels_to_stage(found.row, found.col, frame, rotation_deg)
         defect_class = self._is_defect[found.class_id] if len(found) else np.zeros(0, dtype=bool)
         defect = defect_class & (found.uncertainty <= self.max_defect_uncertainty)
-        atoms = AtomTable(found.row, found.col, x, y, found.class_id, defect, found.confidence, found.uncertainty)
+        atoms = AtomTable(
+            found.row,
+            found.col,
+            x,
+            y,
+            found.class_id,
+            defect,
+            found.confidence,
+            found.uncertainty,
+            found.presence_entropy,
+        )
         new = self.catalog.add(x[defect], y[defect], found.class_id[defect], step)
         t2 = time.perf_counter()
         counts = {

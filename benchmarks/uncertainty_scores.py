@@ -2,8 +2,8 @@
 
 Maps: mutual information (epistemic: the members disagree; what ``Atoms.uncertainty`` reports),
 predictive entropy over the classes (total), the binary entropy of the foreground probability
-(is there a column here at all), and the members' standard deviation of that probability (epistemic,
-on the foreground decision alone).  Scoring:
+(is there a column here at all; what ``Atoms.presence_entropy`` reports), and the members'
+standard deviation of that probability (epistemic, on the foreground decision alone).  Scoring:
 
 * ``evaluation``: as ``models.training.evaluate`` scores the bundled model (a detected atom gets the
   map's mean over its region, a missed column the map's largest value within 2 native pixels);
@@ -26,13 +26,7 @@ from scipy import ndimage
 
 from models.segmenter import Segmentation, Segmenter
 from models.training import evaluate as ev
-
-_EPS = 1e-6
-
-
-def _binary_entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+from models.uncertainty import binary_entropy
 
 
 def _maps(seg: Segmentation) -> dict[str, np.ndarray]:
@@ -40,7 +34,7 @@ def _maps(seg: Segmentation) -> dict[str, np.ndarray]:
     return {
         "mutual_information": seg.mutual_info,
         "predictive_entropy": seg.entropy,
-        "foreground_binary_entropy": _binary_entropy(foreground),
+        "foreground_binary_entropy": binary_entropy(foreground),
         "foreground_member_std": np.sqrt(seg.variance[0]),
     }
 

@@ -4,8 +4,11 @@ The foreground probability ``f = 1 - p_background`` is thresholded at ``t``; eac
 connected region is one column.  Its position is the centre of mass of ``f - t``
 over the region (sub-pixel; the weight vanishes at the region's edge, so the pixel
 grid does not pull it), its class the non-background class with the largest summed
-probability, its confidence that class's mean probability over the region, and
-its uncertainty the mean mutual information over the region.
+probability, its confidence that class's mean probability over the region, its
+uncertainty the mean mutual information over the region (epistemic: the members
+disagree), and its presence entropy the mean binary entropy of ``f`` over the region
+(total uncertainty of "is there a column here", aleatoric included: the measure that
+flags faint, dose-limited columns, on which the members agree).
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, sparse
+
+from models.uncertainty import binary_entropy
+
+#: Row of the first class probability among the per-pixel terms (see :func:`_pixel_values`).
+_CLASS_ROW = 6
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class Atoms:
     class_id : int64, index into the model's classes (never background).
     confidence : float32, mean probability of the assigned class over the column's region.
     uncertainty : float32, mean mutual information over the region (nats).
+    presence_entropy : float32, mean over the region of the binary entropy
+        ``-f ln f - (1 - f) ln(1 - f)`` of the foreground probability ``f`` (nats, at most ln 2).
     """
 
     row: np.ndarray
@@ -33,6 +43,7 @@ class Atoms:
     class_id: np.ndarray
     confidence: np.ndarray
     uncertainty: np.ndarray
+    presence_entropy: np.ndarray
 
     def __len__(self) -> int:
         return len(self.row)
@@ -67,12 +78,13 @@ def localize(
     core, n = ndimage.label(mask, output=np.int32)
     if n == 0:
         e = np.empty(0)
-        return Atoms(e, e, e.astype(np.int64), e.astype(np.float32), e.astype(np.float32))
+        f32 = e.astype(np.float32)
+        return Atoms(e, e, e.astype(np.int64), f32, f32, f32)
     inside = np.flatnonzero(mask)  # only labelled pixels enter the per-region sums
     sums = _region_sums(_pixel_values(mean_probs, mutual_info, fg, inside, threshold), np.take(core.ravel(), inside), n)
-    mass, row_moment, col_moment, area, mi_sum = sums[:5]
+    mass, row_moment, col_moment, area, mi_sum, presence_sum = sums[:_CLASS_ROW]
     # The classes' probabilities sum to the foreground, so the last class's sum needs no pass of its own.
-    class_sums = np.vstack([sums[5:], mass + threshold * area - sums[5:].sum(axis=0)])
+    class_sums = np.vstack([sums[_CLASS_ROW:], mass + threshold * area - sums[_CLASS_ROW:].sum(axis=0)])
     # Weights fall to zero at the threshold, so where the region's edge cuts the
     # pixel grid does not pull the centre (a plain centre of mass of the region would).
     row, col = row_moment / mass, col_moment / mass
@@ -87,27 +99,30 @@ def localize(
         (best + 1)[keep].astype(np.int64),
         confidence[keep].astype(np.float32),
         uncertainty[keep].astype(np.float32),
+        (presence_sum / area)[keep].astype(np.float32),
     )
 
 
 def _pixel_values(
     mean_probs: np.ndarray, mutual_info: np.ndarray, fg: np.ndarray, inside: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """(3 + C, m) float64 per-pixel terms of the region sums, for the m flat indices ``inside``.
+    """(4 + C, m) float64 per-pixel terms of the region sums, for the m flat indices ``inside``.
 
-    Rows: weight ``f - t``, weight x row, weight x column, 1 (area), mutual information, then the
-    probability of each non-background class but the last.
+    Rows: weight ``f - t``, weight x row, weight x column, 1 (area), mutual information, binary
+    entropy of ``f``, then the probability of each non-background class but the last.
     """
     n_classes, _, width = mean_probs.shape
-    values = np.empty((3 + n_classes, inside.size), np.float64)
-    weight = np.subtract(np.take(fg.ravel(), inside), threshold, out=values[0])
+    values = np.empty((_CLASS_ROW + n_classes - 2, inside.size), np.float64)
+    f = np.take(fg.ravel(), inside)
+    weight = np.subtract(f, threshold, out=values[0])
     rows = inside // width
     cols = inside - rows * width
     np.multiply(weight, rows, out=values[1])
     np.multiply(weight, cols, out=values[2])
     values[3] = 1.0
     values[4] = np.take(mutual_info.ravel(), inside)
-    values[5:] = np.take(mean_probs.reshape(n_classes, -1)[1:-1], inside, axis=1)
+    values[5] = binary_entropy(f)
+    values[_CLASS_ROW:] = np.take(mean_probs.reshape(n_classes, -1)[1:-1], inside, axis=1)
     return values
 
 

@@ -164,7 +164,7 @@ class Segmenter:
         bias = class_bias if class_bias is not None else self.manifest.decision_bias
         found = localize(seg.mean_probs, seg.mutual_info, class_bias=None if bias is None else np.asarray(bias))
         row, col = seg.to_input_pixels(found.row, found.col)
-        return Atoms(row, col, found.class_id, found.confidence, found.uncertainty)
+        return replace(found, row=row, col=col)
 
     def refine(self, seg: Segmentation, image: np.ndarray, atoms: Atoms) -> Atoms:
         """``atoms`` with positions refined by a local 2-D Gaussian fit on the input ``image``.

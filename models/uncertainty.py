@@ -7,6 +7,8 @@ For ``M`` members with probabilities ``p_m`` (classes c) at one pixel:
 * expected entropy (aleatoric): ``E[H] = (1/M) sum_m H[p_m]``
 * mutual information (epistemic, the members' disagreement): ``MI = H[p] - E[H] >= 0``
 * member variance per class: ``Var_c = (1/M) sum_m (p_m,c - p_c)^2``
+* presence entropy (total uncertainty of "is there a column", ``f = 1 - p_background``):
+  ``B[f] = -f log f - (1 - f) log(1 - f)``, at most log 2
 
 Logarithms are natural (nats); ``log`` is taken of ``p + EPS`` so that zero
 probabilities contribute zero.  The ONNX graph computes the same quantities
@@ -43,6 +45,12 @@ class EnsembleUncertainty:
 def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
     """Entropy ``-sum p log(p + EPS)`` along ``axis`` (nats)."""
     return -np.sum(probs * np.log(probs + EPS), axis=axis)
+
+
+def binary_entropy(f: np.ndarray) -> np.ndarray:
+    """Binary entropy ``-f log(f + EPS) - (1 - f) log(1 - f + EPS)`` of probabilities ``f`` (nats, elementwise)."""
+    g = 1.0 - f
+    return -(f * np.log(f + EPS) + g * np.log(g + EPS))
 
 
 def ensemble_uncertainty(member_probs: np.ndarray) -> EnsembleUncertainty:

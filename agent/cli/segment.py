@@ -46,9 +46,16 @@ def result_record(
             "defect": classes[int(k)].defect,
             "confidence": float(conf),
             "uncertainty": float(u),
+            "presence_entropy": float(b),
         }
-        for r, c, k, conf, u in zip(
-            atoms.row, atoms.col, atoms.class_id, atoms.confidence, atoms.uncertainty, strict=True
+        for r, c, k, conf, u, b in zip(
+            atoms.row,
+            atoms.col,
+            atoms.class_id,
+            atoms.confidence,
+            atoms.uncertainty,
+            atoms.presence_entropy,
+            strict=True,
         )
     ]
     timings = {**seg.timings_ms, **timings_ms}

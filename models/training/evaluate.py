@@ -6,9 +6,13 @@ nearest-neighbour spacing (greedy by distance).  Reported:
 
 * column detection precision, recall, F1 and localisation RMSE / NN spacing;
 * per defect class (vacancy, dopant) and per physical defect kind: recall and precision;
-* on a shifted set (lower dose, wider probe, more contamination): AUROC of per-atom
-  uncertainty for wrong-or-missed detections, and AUROC of the frame OOD score
-  separating shifted from in-distribution frames.
+* on a shifted set (lower dose, wider probe, more contamination): AUROC of the per-atom
+  uncertainties (mutual information, presence entropy) for wrong-or-missed detections, and
+  AUROC of the frame OOD score separating shifted from in-distribution frames.
+
+A detected atom is scored by its own per-atom value (the mean over its region); a missed
+column by the map's largest value within 2 native pixels of where it was planted (where
+its detection would have been).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from scipy.stats import rankdata
 
 from models.localize import Atoms
 from models.segmenter import Segmentation, Segmenter
+from models.uncertainty import binary_entropy
 from simulators import ColumnClass, DefectKind, ImagingParams, ScanRequest, SimulatedFrame, Specimen, SpecimenConfig
 from simulators import render_frame as render
 
@@ -41,9 +46,11 @@ class FrameResult:
     truth_kind: np.ndarray  # (n_truth,) DefectKind
     truth_match: np.ndarray  # (n_truth,) index of the matched prediction or -1
     truth_mi: np.ndarray  # (n_truth,) largest mutual information within 2 native pixels of the planted column
+    truth_presence: np.ndarray  # (n_truth,) the same for the presence entropy
     pred_class: np.ndarray  # (n_pred,)
     pred_match: np.ndarray  # (n_pred,) index of the matched truth or -1
     pred_uncertainty: np.ndarray  # (n_pred,)
+    pred_presence: np.ndarray  # (n_pred,)
     distance_nn: np.ndarray  # (n_matched,) match distances / NN spacing
     ood_score: float
 
@@ -124,18 +131,21 @@ def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_p
     truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
     matched = truth_match >= 0
     dist = np.hypot(*(truth_rc[matched] - pred_rc[truth_match[matched]]).T) / nn_px
-    # A missed column's uncertainty: the largest mutual information where its detection would have been.
-    local_mi = maximum_filter(seg.mutual_info, size=5)
+    # A missed column's uncertainty: the largest value where its detection would have been.
+    at_truth = native_pixel(seg, truth.row, truth.col)
+    presence = binary_entropy(1.0 - seg.mean_probs[0])
     return FrameResult(
         frame.lattice,
         frame.pixel_size_nm,
         truth.class_id.astype(int),
         truth.kind.astype(int),
         truth_match,
-        local_mi[native_pixel(seg, truth.row, truth.col)],
+        maximum_filter(seg.mutual_info, size=5)[at_truth],
+        maximum_filter(presence, size=5)[at_truth],
         atoms.class_id[keep],
         pred_match,
         atoms.uncertainty[keep],
+        atoms.presence_entropy[keep],
         dist,
         seg.ood_score,
     )
@@ -221,14 +231,19 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
     return out
 
 
-def uncertainty_auroc(results: list[FrameResult]) -> float:
-    """AUROC of per-atom uncertainty for wrong (false, misclassified) or missed detections."""
+def uncertainty_auroc(results: list[FrameResult], measure: str = "mutual_info") -> float:
+    """AUROC of a per-atom uncertainty for wrong (false, misclassified) or missed detections.
+
+    ``measure``: ``mutual_info`` (``Atoms.uncertainty``) or ``presence`` (``Atoms.presence_entropy``).
+    """
+    if measure not in ("mutual_info", "presence"):
+        raise ValueError(f"unknown measure {measure!r}: mutual_info or presence")
     scores, wrong = [], []
     for r in results:
-        scores.append(r.pred_uncertainty)
+        scores.append(r.pred_uncertainty if measure == "mutual_info" else r.pred_presence)
         wrong.append(wrong_predictions(r))
         missed = r.truth_match < 0
-        scores.append(r.truth_mi[missed])
+        scores.append((r.truth_mi if measure == "mutual_info" else r.truth_presence)[missed])
         wrong.append(np.ones(int(missed.sum()), dtype=bool))
     return auroc(np.concatenate(scores), np.concatenate(wrong))
 
@@ -242,6 +257,8 @@ def evaluate(segmenter: Segmenter, frames: int = 52, pixels: int = 256) -> dict[
     out["shifted_columns_f1"] = detection_metrics(shifted)["columns_f1"]
     out["shifted_uncertainty_auroc"] = uncertainty_auroc(shifted)
     out["clean_uncertainty_auroc"] = uncertainty_auroc(clean)
+    out["shifted_presence_entropy_auroc"] = uncertainty_auroc(shifted, "presence")
+    out["clean_presence_entropy_auroc"] = uncertainty_auroc(clean, "presence")
     ood = np.array([r.ood_score for r in clean + shifted])
     out["ood_auroc_shifted_vs_clean"] = auroc(ood, np.arange(len(ood)) >= len(clean))
     return out

@@ -37,6 +37,10 @@ def test_a_run_records_everything_in_order_and_blanks_the_beam(segmenter, tmp_pa
     assert (state.status, state.steps_done, len(state.fields)) == ("completed", 3, 3)
     kinds = [r["type"] for r in records(tmp_path)]
     assert kinds.count("observation") == 3 and kinds.count("decision") == 3 and kinds[-1] == "stop"
+    for obs in (r for r in records(tmp_path) if r["type"] == "observation"):
+        atoms = obs["atoms"]
+        assert len(atoms["presence_entropy"]) == len(atoms["uncertainty"]) == obs["n_atoms"]
+        assert all(0 <= b <= np.log(2) for b in atoms["presence_entropy"])
     scans = [r for r in records(tmp_path) if r["type"] == "command" and r["command"]["kind"] == "scan"]
     frames = read_session(tmp_path / "session").frames
     assert [f.header.command_id for f in frames] == [c["command"]["id"] for c in scans]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.segmenter import DEFAULT_MODEL, Segmenter
-from models.training.evaluate import detection_metrics, eval_frames, evaluate_frame
+from models.training.evaluate import detection_metrics, eval_frames, evaluate_frame, uncertainty_auroc
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,14 @@ def test_uncertainty_is_higher_on_shifted_frames(segmenter):
     clean = [evaluate_frame(segmenter, f) for f in eval_frames(6, shifted=False, pixels=160, seed=78)]
     shifted = [evaluate_frame(segmenter, f) for f in eval_frames(6, shifted=True, pixels=160, seed=78)]
     assert np.mean([r.ood_score for r in shifted]) > np.mean([r.ood_score for r in clean])
+
+
+def test_presence_entropy_flags_wrong_and_missed_columns_on_shifted_frames(segmenter):
+    """Low dose and a wide probe make faint columns all members call background alike: the mutual
+    information cannot flag them, the presence entropy (aleatoric included) must."""
+    shifted = [evaluate_frame(segmenter, f) for f in eval_frames(6, shifted=True, pixels=160, seed=79)]
+    presence = uncertainty_auroc(shifted, "presence")
+    assert presence >= 0.75
+    assert presence > uncertainty_auroc(shifted, "mutual_info") + 0.1
+    with pytest.raises(ValueError, match="unknown measure"):
+        uncertainty_auroc(shifted, "entropy")

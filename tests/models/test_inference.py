@@ -124,6 +124,23 @@ def test_columns_on_opposite_edges_of_consecutive_rows_stay_apart():
     np.testing.assert_array_equal(atoms.class_id[order], [1, 3])
     np.testing.assert_allclose(atoms.confidence[order], [0.9, 0.8], rtol=1e-6)
     np.testing.assert_allclose(atoms.uncertainty[order], [0.0, 0.3], rtol=1e-6)
+    binary_entropy = [-(f * np.log(f) + (1 - f) * np.log(1 - f)) for f in (0.9, 0.8)]
+    np.testing.assert_allclose(atoms.presence_entropy[order], binary_entropy, rtol=1e-5)
+
+
+def test_presence_entropy_ranks_faint_columns_above_clear_ones():
+    """A column the ensemble is sure of scores low, a barely-present one near log 2, whatever the members' MI."""
+    probs = np.zeros((4, 32, 32), np.float32)
+    probs[1, 4:7, 4:7] = 0.99  # clear atom column
+    probs[2, 4:7, 20:23] = 0.97  # clear vacancy
+    probs[1, 20:23, 10:13] = 0.55  # faint: barely above the threshold of 0.5
+    probs[0] = 1.0 - probs[1:].sum(axis=0)
+    atoms = localize(probs, np.zeros((32, 32), np.float32))
+    assert len(atoms) == 3
+    faint = atoms.row > 15
+    assert np.all(atoms.presence_entropy[faint] > 0.68) and np.all(atoms.presence_entropy[~faint] < 0.15)
+    assert np.all(atoms.presence_entropy <= np.log(2))
+    np.testing.assert_array_equal(atoms.uncertainty, 0.0)
 
 
 def test_empty_map_gives_no_atoms():
