@@ -1,8 +1,9 @@
 """Is defect recall lost in the class decision rule?  A learnt second-stage decision against the fitted factors.
 
 For every detected column: the region's mean probability of each non-background class, its area,
-mutual information and presence entropy, and the vacancy and dopant log-ratios to the atom class
-relative to the frame's median (a frame-adaptive cue).  A multinomial logistic regression (L2,
+mutual information and presence entropy, the vacancy and dopant log-ratios to the atom class
+relative to the frame's median, and the frame's median presence entropy and region area (frame-adaptive
+cues: ten features).  A multinomial logistic regression (L2,
 standardised features) learns the matched truth class (false detections count as atoms: calling
 them atoms costs no defect precision) on the validation frames the bundled factors were fitted on,
 then one factor per defect class on its probabilities is chosen for the highest recall at precision
@@ -39,16 +40,18 @@ def _frame_features(segmenter: Segmenter, frame: SimulatedFrame) -> tuple[np.nda
     area = ndimage.sum_labels(np.ones(labels.shape), labels, index)
     big = area >= 2  # (its min_area_px)
     probs = np.stack([ndimage.mean(seg.mean_probs[k], labels, index) for k in (1, 2, 3)], 1)[big]
-    mi = ndimage.mean(seg.mutual_info, labels, index)[big]
+    if len(probs) != len(atoms):
+        raise RuntimeError("these regions are not the localiser's: its labelling has changed")
     kept = ev.away_from_edge(atoms, frame.image.shape, 4)
     result = ev.match_frame(frame, seg, atoms)
     log_p = np.log(probs[kept] + 1e-6)
     vac, dop = log_p[:, 1] - log_p[:, 0], log_p[:, 2] - log_p[:, 0]
     presence = atoms.presence_entropy[kept]
     x = np.column_stack(
-        [log_p, np.log(area[big][kept]), mi[kept], presence, vac - np.median(vac), dop - np.median(dop)]
+        [log_p, np.log(area[big][kept]), atoms.uncertainty[kept], presence, vac - np.median(vac), dop - np.median(dop)]
     )
     x = np.column_stack([x, np.full((len(x), 2), [np.median(presence), np.median(area[big][kept])])])
+    assert x.shape[1] == FEATURES
     truth = np.where(result.pred_match >= 0, result.truth_class[np.maximum(result.pred_match, 0)], 1) - 1
     return x, truth, result.pred_class - 1
 

@@ -11,8 +11,9 @@ For ``M`` members with probabilities ``p_m`` (classes c) at one pixel:
   ``B[f] = -f log f - (1 - f) log(1 - f)``, at most log 2
 
 Logarithms are natural (nats); ``log`` is taken of ``p + EPS`` so that zero
-probabilities contribute zero.  The ONNX graph computes the same quantities
-(``models/training/ensemble.py``); tests compare the two.
+probabilities contribute zero.  The ONNX graph computes the same quantities but the
+presence entropy (``models/training/ensemble.py``); tests compare the two.  The
+presence entropy is computed here only, from the graph's mean probabilities.
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def binary_entropy(f: np.ndarray) -> np.ndarray:
-    """Binary entropy ``-f log(f + EPS) - (1 - f) log(1 - f + EPS)`` of probabilities ``f`` (nats, elementwise)."""
+    """Binary entropy ``-f log(f + EPS) - (1 - f) log(1 - f + EPS)`` of probabilities ``f`` (nats, elementwise).
+
+    ``f`` is clipped to [0, 1] first: a mean probability a rounding step outside it (a reduced-precision
+    provider, say) must not turn into NaN.
+    """
+    f = np.clip(f, 0.0, 1.0)
     g = 1.0 - f
     return -(f * np.log(f + EPS) + g * np.log(g + EPS))
 

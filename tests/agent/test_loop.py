@@ -37,7 +37,9 @@ def test_a_run_records_everything_in_order_and_blanks_the_beam(segmenter, tmp_pa
     assert (state.status, state.steps_done, len(state.fields)) == ("completed", 3, 3)
     kinds = [r["type"] for r in records(tmp_path)]
     assert kinds.count("observation") == 3 and kinds.count("decision") == 3 and kinds[-1] == "stop"
-    for obs in (r for r in records(tmp_path) if r["type"] == "observation"):
+    observations = [r for r in records(tmp_path) if r["type"] == "observation"]
+    assert sum(obs["n_atoms"] for obs in observations) > 0
+    for obs in observations:
         atoms = obs["atoms"]
         assert len(atoms["presence_entropy"]) == len(atoms["uncertainty"]) == obs["n_atoms"]
         assert all(0 <= b <= np.log(2) for b in atoms["presence_entropy"])

@@ -139,7 +139,7 @@ def test_presence_entropy_ranks_faint_columns_above_clear_ones():
     assert len(atoms) == 3
     faint = atoms.row > 15
     assert np.all(atoms.presence_entropy[faint] > 0.68) and np.all(atoms.presence_entropy[~faint] < 0.15)
-    assert np.all(atoms.presence_entropy <= np.log(2))
+    assert np.all(atoms.presence_entropy <= np.log(2) + 1e-6)
     np.testing.assert_array_equal(atoms.uncertainty, 0.0)
 
 
@@ -190,3 +190,14 @@ def test_export_fits_the_decision_rule_on_calibrates_number_of_frames_by_default
 
     args = build_parser().parse_args(["export", "run", "--out", "m.onnx"])
     assert args.bias_frames == VALIDATION_FRAMES
+
+
+def test_binary_entropy_limits_and_rounding_outside_the_unit_interval():
+    from models.uncertainty import binary_entropy
+
+    f = np.array([0.0, 1.0, 0.5, 0.1, -1e-7, 1.0 + 1e-6], np.float32)
+    b = binary_entropy(f)
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b[[0, 1, 4, 5]], 0.0, atol=1e-6)
+    np.testing.assert_allclose(b[2], np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(b[3], -(0.1 * np.log(0.1) + 0.9 * np.log(0.9)), rtol=1e-5)
