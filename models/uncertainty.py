@@ -55,8 +55,7 @@ def binary_entropy(f: np.ndarray) -> np.ndarray:
     provider, say) must not turn into NaN.
     """
     f = np.clip(f, 0.0, 1.0)
-    g = 1.0 - f
-    return -(f * np.log(f + EPS) + g * np.log(g + EPS))
+    return entropy(np.stack([f, 1.0 - f]))
 
 
 def ensemble_uncertainty(member_probs: np.ndarray) -> EnsembleUncertainty:
