@@ -70,6 +70,14 @@ def _shifted(imaging: ImagingParams, rng: np.random.Generator) -> ImagingParams:
 
 def eval_frames(count: int, shifted: bool, pixels: int = 256, seed: int = EVAL_SEED) -> Iterator[SimulatedFrame]:
     """Evaluation frames: all lattices in turn, sampling 0.008-0.03 nm/px, varied dose."""
+    for _, frame in eval_specimen_frames(count, shifted, pixels, seed):
+        yield frame
+
+
+def eval_specimen_frames(
+    count: int, shifted: bool, pixels: int = 256, seed: int = EVAL_SEED
+) -> Iterator[tuple[Specimen, SimulatedFrame]]:
+    """The frames of :func:`eval_frames`, each with the specimen it was rendered from."""
     rng = np.random.default_rng([seed, int(shifted)])
     lattices = ("MoS2", "WS2", "graphene", "SrTiO3")
     for i in range(count):
@@ -98,7 +106,8 @@ def eval_frames(count: int, shifted: bool, pixels: int = 256, seed: int = EVAL_S
             probe_fwhm_nm=rng.uniform(0.07, 0.12),
             track_dose=False,
         )
-        yield render(Specimen(config), scan, _shifted(imaging, rng) if shifted else imaging, rng)
+        specimen = Specimen(config)
+        yield specimen, render(specimen, scan, _shifted(imaging, rng) if shifted else imaging, rng)
 
 
 def _match(truth_rc: np.ndarray, pred_rc: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:

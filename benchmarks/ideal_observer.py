@@ -1,0 +1,93 @@
+"""How much defect recall the evaluation frames hold: the ideal observer beside the model.
+
+For the 52 evaluation frames of ``benchmarks/quality.py`` (the same seeds, the same columns away
+from the frame edge), the ideal observer of :mod:`models.training.ideal` knows everything the
+simulator knows except each site's state, and ranks every planted column by its posterior
+probability of being a vacancy (a dopant).  Its best pooled recall at precision >= 0.9 is the
+most any detector of that class can reach on these frames.  Printed beside it: the model's
+precision and recall per class and its recall per defect kind, from the same frames.
+
+    python benchmarks/ideal_observer.py [--model models/weights/stem_ensemble.json] [--frames 52]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from report import emit
+
+from models.training.evaluate import detection_metrics, eval_specimen_frames, evaluate_frame
+from models.training.ideal import SitePosteriors, recall_at_precision, site_posteriors
+from simulators import ColumnClass, DefectKind
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "models" / "weights" / "stem_ensemble.json"
+PRECISION = 0.9
+
+
+def _bound(sites: list[tuple[str, float, SitePosteriors]], cls: ColumnClass) -> dict[str, object]:
+    """The ideal observer's recall at the required precision, pooled, and where it is lost."""
+    name = cls.name.lower()
+    truth = np.concatenate([s.truth_class for _, _, s in sites]) == cls
+    kind = np.concatenate([s.truth_kind for _, _, s in sites])
+    score = np.concatenate([getattr(s, name) for _, _, s in sites])
+    lattice = np.concatenate([[lat] * len(s.truth_class) for lat, _, s in sites])
+    dose = np.concatenate([[d] * len(s.truth_class) for _, d, s in sites])
+    recall, threshold = recall_at_precision(score, truth, PRECISION)
+    called = score >= threshold
+    out: dict[str, object] = {
+        "n_planted": int(truth.sum()),
+        f"recall_at_precision_{PRECISION}": recall,
+        "precision_there": float((called & truth).sum() / max(called.sum(), 1)),
+        "recall_of_bayes_decision": float((truth & (score > 0.5)).sum() / max(truth.sum(), 1)),
+    }
+    out["recall_by_kind"] = {
+        k.label: float(called[kind == k].mean()) for k in DefectKind if k.column_class == cls and (kind == k).any()
+    }
+    by_lattice = {}
+    for lat in np.unique(lattice):
+        sel = (lattice == lat) & truth
+        if sel.any():
+            low = sel & (dose < np.median(np.unique(dose[lattice == lat])))
+            by_lattice[str(lat)] = {
+                "n": int(sel.sum()),
+                "recall": float(called[sel].mean()),
+                "recall_below_median_dose": float(called[low].mean()) if low.any() else float("nan"),
+                "recall_above_median_dose": float(called[sel & ~low].mean()) if (sel & ~low).any() else float("nan"),
+            }
+    out["by_lattice"] = by_lattice
+    return out
+
+
+def _model_figures(model: Path, frames: int) -> dict[str, float]:
+    from models.segmenter import Segmenter
+    from models.training.evaluate import eval_frames
+
+    segmenter = Segmenter(model, "cpu")
+    figures = detection_metrics([evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=False)])
+    keep = ("vacancy_precision", "vacancy_recall", "dopant_precision", "dopant_recall")
+    return {k: v for k, v in figures.items() if k in keep or (k.startswith("kind_") and k.endswith("_recall"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--frames", type=int, default=52)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    sites = [(f.lattice, f.dose_e_per_a2, site_posteriors(s, f)) for s, f in eval_specimen_frames(args.frames, False)]
+    result: dict[str, object] = {
+        "benchmark": "ideal_observer",
+        "frames": args.frames,
+        "required_precision": PRECISION,
+        "ideal_observer": {c.name.lower(): _bound(sites, c) for c in (ColumnClass.VACANCY, ColumnClass.DOPANT)},
+        "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
+        "model_figures": _model_figures(args.model, args.frames),
+    }
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
