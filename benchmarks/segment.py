@@ -78,7 +78,7 @@ def _members(model: Path, device: str = "cpu") -> list:  # type: ignore[type-arg
     bundle = torch.load(model.with_suffix(".members.pt"), weights_only=False)
     members = []
     for state in bundle["members"]:
-        net = UNet(n_classes=bundle["n_classes"], width=bundle["width"], depth=bundle["depth"])
+        net = UNet(bundle["n_classes"], bundle["width"], bundle["depth"], widths=bundle.get("widths", ()))
         net.load_state_dict(state)
         members.append(net.eval().to(device))
     return members

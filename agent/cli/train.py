@@ -22,6 +22,12 @@ def register(sub: Any) -> None:
     t.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     t.add_argument("--width", type=int, default=8, help="U-Net channels at full resolution (default 8)")
     t.add_argument("--depth", type=int, default=3, help="U-Net down-sampling stages (default 3)")
+    t.add_argument(
+        "--widths",
+        type=_channel_list,
+        default=(),
+        help="channels per U-Net level, full resolution first, e.g. 8,16,48,96 (overrides --width and --depth)",
+    )
     t.add_argument("--seed", type=int, default=0, help="member seeds are derived from it (default 0)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset (default 0)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -54,6 +60,17 @@ def register(sub: Any) -> None:
     e.set_defaults(handler=_run_export)
 
 
+def _channel_list(text: str) -> tuple[int, ...]:
+    """``8,16,48,96`` -> (8, 16, 48, 96): at least two positive channel counts."""
+    try:
+        widths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--widths takes comma-separated integers, got {text!r}") from None
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"--widths needs at least two positive channel counts, got {text!r}")
+    return widths
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from models.manifest import invoked_command
     from models.training.train import TrainConfig, train_ensemble
@@ -66,8 +83,9 @@ def _run_train(args: argparse.Namespace) -> int:
         members=args.members,
         steps=args.steps,
         batch=args.batch,
-        width=args.width,
-        depth=args.depth,
+        width=args.widths[0] if args.widths else args.width,
+        depth=len(args.widths) - 1 if args.widths else args.depth,
+        widths=args.widths,
         samples=args.samples,
         seed=args.seed,
         data_seed=args.data_seed,

@@ -109,7 +109,7 @@ def export_run(
     in the manifest's ``validation``.
     """
     members, config = load_members(run_dir)
-    depth = int(config["depth"])
+    depth = members[0].depth
     multiple = 2**depth
     ensemble = EnsembleWithUncertainty(members).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +121,7 @@ def export_run(
             "n_classes": len(config["class_weights"]),
             "width": int(config["width"]),
             "depth": depth,
+            "widths": [int(w) for w in config.get("widths") or ()],
         },
         out.with_suffix(".members.pt"),
     )

@@ -34,6 +34,8 @@ class TrainConfig:
     batch: int = 16
     width: int = 12
     depth: int = 3
+    # Channels per U-Net level (full resolution first); empty: width * 2**level for depth + 1 levels.
+    widths: tuple[int, ...] = ()
     learning_rate: float = 2e-3
     samples: int = 3000
     data_seed: int = 0
@@ -46,6 +48,16 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return asdict(self)
+
+
+def unet_from_config(config: dict[str, Any]) -> UNet:
+    """A fresh member for a run's JSON configuration (runs written before ``widths`` existed included)."""
+    return UNet(
+        n_classes=len(config["class_weights"]),
+        width=int(config["width"]),
+        depth=int(config["depth"]),
+        widths=tuple(int(w) for w in config.get("widths") or ()),
+    )
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -93,7 +105,7 @@ def train_member(
 
     path = run_dir / f"member_{member}.pt"
     torch.manual_seed(config.seed * 1000 + member)
-    model = UNet(n_classes=len(config.class_weights), width=config.width, depth=config.depth)
+    model = unet_from_config(config.to_json())
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.learning_rate, total_steps=config.steps)
     rng = np.random.default_rng([config.seed, member])  # the member's own data order
@@ -163,7 +175,7 @@ def load_members(run_dir: Path) -> tuple[list[UNet], dict[str, Any]]:
         state = torch.load(run_dir / f"member_{m}.pt", weights_only=False)
         if int(state["step"]) < int(config["steps"]):
             raise ValueError(f"member {m} of {run_dir} is unfinished ({state['step']}/{config['steps']} steps)")
-        net = UNet(n_classes=len(config["class_weights"]), width=int(config["width"]), depth=int(config["depth"]))
+        net = unet_from_config(config)
         net.load_state_dict(state["model"])
         members.append(net.eval())
     return members, config

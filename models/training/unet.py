@@ -7,6 +7,8 @@ accuracy/speed trade-off can be measured (see the closing notes of issue 3).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -22,8 +24,17 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def level_widths(width: int, depth: int, widths: Sequence[int] = ()) -> list[int]:
+    """Channels at each resolution level: ``widths`` when given, else ``width * 2**level`` for ``depth + 1`` levels."""
+    if not widths:
+        return [width * 2**i for i in range(depth + 1)]
+    if len(widths) < 2 or min(widths) < 1:
+        raise ValueError(f"widths must list at least two positive channel counts, got {list(widths)}")
+    return [int(w) for w in widths]
+
+
 class UNet(nn.Module):
-    """U-Net: ``depth`` down-sampling stages, channel widths ``width * 2**level``.
+    """U-Net: ``depth`` down-sampling stages, channel widths ``width * 2**level`` (or ``widths``).
 
     Parameters
     ----------
@@ -35,15 +46,22 @@ class UNet(nn.Module):
         Number of 2x down-sampling stages; inputs must have H and W divisible by ``2**depth``.
     in_channels
         Input channels (1 for images; 2 for a masked sinogram and its mask).
+    widths
+        Channels per level, full resolution first (overrides ``width`` and ``depth``): the
+        low-resolution levels cost a sixteenth and a sixty-fourth of the full-resolution one per
+        channel pair, so widening them buys capacity cheaply.
 
     Notes
     -----
     Input (B, 1, H, W) float32, normalised intensity; output (B, n_classes, H, W) logits.
     """
 
-    def __init__(self, n_classes: int = 4, width: int = 12, depth: int = 3, in_channels: int = 1) -> None:
+    def __init__(
+        self, n_classes: int = 4, width: int = 12, depth: int = 3, in_channels: int = 1, widths: Sequence[int] = ()
+    ) -> None:
         super().__init__()
-        widths = [width * 2**i for i in range(depth + 1)]
+        widths = level_widths(width, depth, widths)
+        depth = len(widths) - 1
         self.depth = depth
         self.down = nn.ModuleList(
             [_block(in_channels, widths[0])] + [_block(widths[i], widths[i + 1]) for i in range(depth)]

@@ -88,3 +88,16 @@ def test_every_defect_is_found_at_a_high_dose_and_few_at_a_very_low_one():
     truth = np.concatenate([s.truth_class for s in dark]) == ColumnClass.VACANCY
     assert truth.sum() > 5
     assert recall_at_precision(score, truth)[0] < 0.5
+
+
+def test_the_evaluation_frames_come_with_the_specimens_they_were_rendered_from():
+    from models.training.evaluate import eval_frames, eval_specimen_frames
+
+    pairs = list(eval_specimen_frames(4, shifted=False, pixels=96))
+    for (specimen, frame), again in zip(pairs, eval_frames(4, shifted=False, pixels=96), strict=True):
+        np.testing.assert_array_equal(frame.image, again.image)
+        assert specimen.config.seed == frame.specimen_seed
+        # Every planted column's state is one its site allows, so the observer can weigh it.
+        sites = site_posteriors(specimen, frame)
+        assert len(sites.truth_class) > 0
+        assert np.all(sites.peak_counts > 0)

@@ -70,3 +70,50 @@ def test_a_different_configuration_is_refused(tmp_path):
     train_ensemble(tmp_path, config)
     with pytest.raises(ValueError, match="another configuration"):
         train_ensemble(tmp_path, TrainConfig(**{**config.__dict__, "width": 8}))
+
+
+def test_channel_widths_per_level_are_trained_and_reloaded(tmp_path):
+    config = TrainConfig(
+        members=1, steps=2, batch=2, width=4, depth=2, widths=(4, 8, 24), samples=4, sample=SampleSpec(patch_px=32)
+    )
+    train_ensemble(tmp_path, config)
+    members, saved = load_members(tmp_path)
+    net = members[0]
+    assert saved["widths"] == [4, 8, 24]
+    assert net.depth == 2 and net.multiple == 4
+    assert [b[0].out_channels for b in net.down] == [4, 8, 24]
+    # Reloaded weights are the trained ones: the checkpoint's tensors load with no shape mismatch.
+    out = net(torch.zeros(1, 1, 32, 32))
+    assert out.shape == (1, 4, 32, 32)
+
+
+def test_runs_from_before_channel_widths_still_load(tmp_path):
+    config = TrainConfig(members=1, steps=2, batch=2, width=4, depth=2, samples=4, sample=SampleSpec(patch_px=32))
+    train_ensemble(tmp_path, config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["widths"]  # a run written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    members, _ = load_members(tmp_path)
+    assert [b[0].out_channels for b in members[0].down] == [4, 8, 16]
+
+
+@pytest.mark.parametrize("widths", [(8,), (8, 0, 16)])
+def test_bad_channel_widths_are_refused(widths):
+    from models.training.unet import UNet
+
+    with pytest.raises(ValueError, match="widths"):
+        UNet(widths=widths)
+
+
+def test_train_command_takes_channel_widths(tmp_path, capsys):
+    from agent.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--members", "1", "--steps", "2", "--samples", "4", "--batch", "2", "--threads", "1"]
+    assert main([*args, "--widths", "4,8,16", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["width"], saved["depth"], saved["widths"]) == (4, 2, [4, 8, 16])
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--widths", "8,x", "--out", str(tmp_path / "other")])
+    assert exit_info.value.code == 2
+    assert "comma-separated integers" in capsys.readouterr().err
