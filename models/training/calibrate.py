@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.segmenter import Segmenter
+from models.segmenter import Segmentation, Segmenter
 from models.training.evaluate import detection_metrics, eval_frames, match_frame
-from simulators import CLASS_NAMES
+from simulators import CLASS_NAMES, SimulatedFrame
 
 #: Seed stream of validation frames (not training, not evaluation).
 VALIDATION_SEED = 3_000_017
@@ -24,7 +24,8 @@ VALIDATION_SEED = 3_000_017
 VALIDATION_FRAMES = 96
 #: Precision each defect class's decision rule must keep on the validation frames.
 MIN_PRECISION = 0.9
-_GRID = np.geomspace(0.05, 2.0, 24)
+#: Factors tried for each defect class.
+GRID = np.geomspace(0.05, 2.0, 24)
 
 
 def fit_decision_bias(
@@ -42,15 +43,26 @@ def fit_decision_bias(
     n = len(segmenter.manifest.classes) - 1
     bias = np.ones(n)
     for k in range(1, n):  # class index k+1; the atom class (k = 0) keeps factor 1
-        name = CLASS_NAMES[k + 1]
-        scores = []
-        for g in _GRID:
-            trial = bias.copy()
-            trial[k] = g
-            figures = detection_metrics([match_frame(f, seg, segmenter.atoms(seg, trial.tolist())) for f, seg in data])
-            scores.append(tuple(_finite(figures.get(f"{name}_{m}")) for m in ("precision", "recall", "f1")))
-        bias[k] = float(_GRID[choose_operating_point(np.array(scores), min_precision)])
+        scores = sweep_factor(segmenter, data, bias, k)
+        bias[k] = float(GRID[choose_operating_point(scores, min_precision)])
     return bias.tolist()
+
+
+def sweep_factor(
+    segmenter: Segmenter, data: list[tuple[SimulatedFrame, Segmentation]], bias: np.ndarray, k: int
+) -> np.ndarray:
+    """(len(GRID), 3) precision, recall and F1 of class ``k + 1`` with its factor set to each of GRID.
+
+    ``data``: frames with their segmentations; ``bias``: the other classes' factors.
+    """
+    name = CLASS_NAMES[k + 1]
+    scores = []
+    for g in GRID:
+        trial = bias.copy()
+        trial[k] = g
+        figures = detection_metrics([match_frame(f, seg, segmenter.atoms(seg, trial.tolist())) for f, seg in data])
+        scores.append(tuple(_finite(figures.get(f"{name}_{m}")) for m in ("precision", "recall", "f1")))
+    return np.array(scores)
 
 
 def choose_operating_point(scores: np.ndarray, min_precision: float) -> int:

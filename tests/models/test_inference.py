@@ -163,11 +163,11 @@ def test_class_bias_changes_the_decision_only():
 
 
 def test_decision_bias_fit_returns_one_factor_per_class(tiny_model):
-    from models.training.calibrate import _GRID, fit_decision_bias
+    from models.training.calibrate import GRID, fit_decision_bias
 
     bias = fit_decision_bias(Segmenter(tiny_model.manifest, "cpu"), frames=2, pixels=96)
     assert len(bias) == 3 and bias[0] == 1.0
-    assert all(_GRID[0] <= b <= _GRID[-1] for b in bias[1:])
+    assert all(GRID[0] <= b <= GRID[-1] for b in bias[1:])
 
 
 def test_decision_rule_is_fitted_for_recall_at_the_required_precision():
