@@ -1,0 +1,75 @@
+"""``autoscope train`` -> ``autoscope export`` -> ``autoscope segment --model`` as a user runs them (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from agent.cli import EXIT_USAGE, main
+from models.manifest import sha256_file
+
+TRAIN = ["train", "--members", "2", "--steps", "3", "--samples", "6", "--batch", "2"]
+TRAIN += ["--width", "4", "--depth", "2", "--threads", "1"]
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
+    """``main`` with ``sys.argv`` as the console script would set it (the manifest records the commands)."""
+    monkeypatch.setattr(sys, "argv", ["autoscope", *args])
+    return main(args)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny run trained and exported through the CLI, with decision rule, calibration and figures."""
+    root = tmp_path_factory.mktemp("cli-run")
+    run_dir, onnx = root / "run", root / "out" / "tiny_cli.onnx"
+    export = ["export", str(run_dir), "--out", str(onnx), "--calibration-frames", "2"]
+    export += ["--bias-frames", "2", "--evaluation-frames", "2"]
+    with pytest.MonkeyPatch.context() as mp:
+        assert _run(mp, [*TRAIN, "--out", str(run_dir)]) == 0
+        assert _run(mp, export) == 0
+    return run_dir, onnx, " ".join(["autoscope", *TRAIN, "--out", str(run_dir)]), " ".join(["autoscope", *export])
+
+
+def test_the_manifest_records_both_commands_the_hash_and_the_fitted_rule(exported):
+    run_dir, onnx, train_cmd, export_cmd = exported
+    assert sorted(p.name for p in run_dir.glob("member_*.pt")) == ["member_0.pt", "member_1.pt"]
+    manifest = json.loads(onnx.with_suffix(".json").read_text())
+    assert manifest["name"] == "tiny_cli" and manifest["members"] == 2
+    assert manifest["training"]["command"] == f"{train_cmd} && {export_cmd}"
+    assert manifest["training"]["config"]["steps"] == 3 and manifest["training"]["member_seeds"] == [0, 1]
+    assert manifest["onnx_sha256"] == sha256_file(onnx)
+    assert len(manifest["decision_bias"]) == len(manifest["classes"]) - 1
+    assert all(f > 0 for f in manifest["decision_bias"])
+    assert manifest["calibration"] is not None
+    assert 0.0 <= manifest["validation"]["columns_f1"] <= 1.0
+    assert onnx.with_suffix(".members.pt").exists()
+
+
+def test_segment_uses_the_exported_model(exported, tmp_path, monkeypatch):
+    _, onnx, _, _ = exported
+    np.save(tmp_path / "frame.npy", np.random.default_rng(0).poisson(3.0, (96, 96)).astype(np.uint16))
+    out = tmp_path / "out.json"
+    args = ["segment", str(tmp_path / "frame.npy"), "--pixel-size-nm", "0.02", "--model", str(onnx)]
+    assert _run(monkeypatch, [*args, "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["model"] == {"name": "tiny_cli", "sha256": sha256_file(onnx)}
+
+
+def test_train_refuses_to_overwrite_a_run_without_resume(exported, monkeypatch, capsys):
+    run_dir = exported[0]
+    before = (run_dir / "member_0.pt").read_bytes()
+    assert _run(monkeypatch, [*TRAIN, "--out", str(run_dir)]) == EXIT_USAGE
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+    assert (run_dir / "member_0.pt").read_bytes() == before
+
+
+def test_export_refuses_a_folder_that_is_no_run_and_a_wrong_suffix(exported, tmp_path, monkeypatch, capsys):
+    assert _run(monkeypatch, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx")]) == EXIT_USAGE
+    assert "is not a training run (no config.json)" in capsys.readouterr().err
+    assert _run(monkeypatch, ["export", str(exported[0]), "--out", str(tmp_path / "m.pt")]) == EXIT_USAGE
+    assert "--out must end in .onnx" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()
