@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import numpy as np
@@ -31,7 +32,8 @@ def exported(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         assert _run(mp, [*TRAIN, "--out", str(run_dir)]) == 0
         assert _run(mp, export) == 0
-    return run_dir, onnx, " ".join(["autoscope", *TRAIN, "--out", str(run_dir)]), " ".join(["autoscope", *export])
+    # Quoted as models.manifest.invoked_command quotes them (shlex), so a path with spaces compares equal too.
+    return run_dir, onnx, shlex.join(["autoscope", *TRAIN, "--out", str(run_dir)]), shlex.join(["autoscope", *export])
 
 
 def test_the_manifest_records_both_commands_the_hash_and_the_fitted_rule(exported):
