@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
     t.add_argument("--steps", type=int, default=1500, help="optimisation steps per member (default 1500)")
     t.add_argument("--samples", type=int, default=3000, help="simulated training frames (default 3000)")
     t.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    t.add_argument("--width", type=int, default=8, help="U-Net channels at full resolution (default 8)")
-    t.add_argument("--depth", type=int, default=3, help="U-Net down-sampling stages (default 3)")
+    t.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 8)")
+    t.add_argument("--depth", type=int, default=None, help="U-Net down-sampling stages (default 3)")
     t.add_argument(
         "--widths",
         type=_channel_list,
@@ -30,6 +30,21 @@ def register(sub: Any) -> None:
     )
     t.add_argument("--seed", type=int, default=0, help="member seeds are derived from it (default 0)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset (default 0)")
+    t.add_argument(
+        "--learning-rate", type=_positive_float, default=2e-3, help="peak of the one-cycle schedule (default 2e-3)"
+    )
+    t.add_argument(
+        "--lattice-weights",
+        type=_lattice_weights,
+        default=(),
+        help="relative frequency of lattices in the data, e.g. graphene=3,SrTiO3=3 (unnamed ones: 1)",
+    )
+    t.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a finished run whose members start this one (fine-tuning; its architecture is kept)",
+    )
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.set_defaults(handler=_run_train)
@@ -71,27 +86,88 @@ def _channel_list(text: str) -> tuple[int, ...]:
     return widths
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _lattice_weights(text: str) -> tuple[float, ...]:
+    """``graphene=3,SrTiO3=3`` -> one weight per lattice in sorted order (unnamed lattices weigh 1)."""
+    from simulators import LATTICES
+
+    names = sorted(LATTICES)
+    weights = dict.fromkeys(names, 1.0)
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in weights:
+            raise argparse.ArgumentTypeError(f"--lattice-weights: unknown lattice {name.strip()!r}; known: {names}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--lattice-weights: {item!r} is not NAME=WEIGHT") from None
+    if min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"--lattice-weights: weights must be >= 0 with a positive sum, got {text!r}")
+    return tuple(weights[n] for n in names)
+
+
+def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
+    """(width, depth, widths) from the options, or from the parent run when fine-tuning."""
+    if args.init_from is None:
+        if args.widths:
+            return args.widths[0], len(args.widths) - 1, args.widths
+        return args.width or 8, args.depth or 3, ()
+    import json
+
+    config_path = args.init_from / "config.json"
+    if not config_path.exists():
+        raise ValueError(f"--init-from {args.init_from}: not a training run (no config.json)")
+    if args.widths or args.width or args.depth:
+        raise ValueError("--init-from keeps the parent's architecture: leave out --width, --depth and --widths")
+    parent = json.loads(config_path.read_text())
+    return int(parent["width"]), int(parent["depth"]), tuple(int(w) for w in parent.get("widths") or ())
+
+
+def _recorded_command(args: argparse.Namespace) -> str:
+    """The command being run, after the parent run's recorded command(s) when fine-tuning."""
     from models.manifest import invoked_command
-    from models.training.train import TrainConfig, train_ensemble
+
+    own = invoked_command()
+    parent = args.init_from / "command.txt" if args.init_from is not None else None
+    if parent is not None and parent.exists():
+        return f"{parent.read_text().strip()} && {own}"
+    return own
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from models.training.train import TrainConfig, check_parent, train_ensemble
     from simulators.allocator import tune_allocator
 
     tune_allocator()
     if (args.out / "config.json").exists() and not args.resume:
         raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
+    from models.training.data import SampleSpec
+
+    width, depth, widths = _architecture(args)
     config = TrainConfig(
         members=args.members,
         steps=args.steps,
         batch=args.batch,
-        width=args.widths[0] if args.widths else args.width,
-        depth=len(args.widths) - 1 if args.widths else args.depth,
-        widths=args.widths,
+        width=width,
+        depth=depth,
+        widths=widths,
+        learning_rate=args.learning_rate,
         samples=args.samples,
         seed=args.seed,
         data_seed=args.data_seed,
+        sample=SampleSpec(lattice_weights=args.lattice_weights),
+        init_from=str(args.init_from or ""),
     )
+    if config.init_from:
+        check_parent(config)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(invoked_command() + "\n")
+    (args.out / "command.txt").write_text(_recorded_command(args) + "\n")
     paths = train_ensemble(args.out, config, progress=True, threads=args.threads)
     print("\n".join(str(p) for p in paths))
     return 0

@@ -9,7 +9,7 @@ class mask repainted at the native sampling from the planted columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,31 @@ class SampleSpec:
     read_noise: tuple[float, float] = (0.0, 2.0)
     defect_rate: tuple[float, float] = (0.01, 0.12)
     lattices: tuple[str, ...] = tuple(sorted(LATTICES))
+    # Relative frequency of each entry of ``lattices``; empty: all equally often.
+    lattice_weights: tuple[float, ...] = ()
     mask_radius_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.lattices) - set(LATTICES))
+        if unknown or not self.lattices:
+            raise ValueError(f"lattices must be a non-empty subset of {sorted(LATTICES)}, got {list(self.lattices)}")
+        w = self.lattice_weights
+        if w and (len(w) != len(self.lattices) or min(w) < 0 or sum(w) <= 0 or not np.all(np.isfinite(w))):
+            raise ValueError(
+                f"lattice_weights needs one finite weight >= 0 per lattice {list(self.lattices)}"
+                f" with a positive sum, got {list(w)}"
+            )
+
+    def unweighted(self) -> SampleSpec:
+        """The same ranges with every lattice equally often: the mix a model is calibrated and judged on."""
+        return replace(self, lattice_weights=())
+
+    def draw_lattice(self, rng: np.random.Generator) -> str:
+        """One lattice name, by ``lattice_weights`` (uniform when empty: the draw older runs made)."""
+        if not self.lattice_weights:
+            return str(rng.choice(self.lattices))
+        p = np.asarray(self.lattice_weights, dtype=float)
+        return str(rng.choice(self.lattices, p=p / p.sum()))
 
 
 def sample_spec_from_json(data: dict[str, Any]) -> SampleSpec:
@@ -60,7 +84,7 @@ def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
 def _specimen(rng: np.random.Generator, spec: SampleSpec) -> Specimen:
     config = SpecimenConfig(
         seed=int(rng.integers(2**31)),
-        lattice=str(rng.choice(spec.lattices)),
+        lattice=spec.draw_lattice(rng),
         width_nm=64.0,
         height_nm=64.0,
         base_defect_rate=rng.uniform(*spec.defect_rate),

@@ -126,7 +126,8 @@ def export_run(
         out.with_suffix(".members.pt"),
     )
     spec = sample_spec_from_json(config["sample"])
-    calibration = calibrate(out, spec, calibration_frames) if calibration_frames else None
+    # A run may over-sample some lattices (--lattice-weights); the OOD calibration uses them equally often.
+    calibration = calibrate(out, spec.unweighted(), calibration_frames) if calibration_frames else None
     defects = {ColumnClass.VACANCY, ColumnClass.DOPANT}
     manifest = ModelManifest(
         name=name or out.stem,

@@ -44,6 +44,8 @@ class TrainConfig:
     class_weights: tuple[float, ...] = (0.25, 1.0, 8.0, 5.0)
     checkpoint_every: int = 100
     sample: SampleSpec = field(default_factory=SampleSpec)
+    # A finished run whose members start this one's (fine-tuning); empty: fresh initialisation.
+    init_from: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -60,6 +62,45 @@ def unet_from_config(config: dict[str, Any]) -> UNet:
     )
 
 
+ARCHITECTURE_KEYS = ("width", "depth", "widths", "class_weights")
+
+
+def check_parent(config: TrainConfig) -> dict[str, Any]:
+    """The configuration of ``config.init_from``, after checking it can start this run.
+
+    Raises
+    ------
+    ValueError
+        When the parent is no run, has fewer members, another architecture, or unfinished members.
+    """
+    parent = Path(config.init_from)
+    if not (parent / "config.json").exists():
+        raise ValueError(f"--init-from {parent}: not a training run (no config.json)")
+    theirs = json.loads((parent / "config.json").read_text())
+    ours = json.loads(json.dumps(config.to_json()))
+    differ = [k for k in ARCHITECTURE_KEYS if (theirs.get(k) or None) != (ours.get(k) or None)]
+    if differ:
+        raise ValueError(f"--init-from {parent}: architecture differs in {differ}; a fine-tune keeps the parent's")
+    if int(theirs["members"]) < config.members:
+        raise ValueError(f"--init-from {parent}: has {theirs['members']} members, this run wants {config.members}")
+    for m in range(config.members):
+        path = parent / f"member_{m}.pt"
+        if not path.exists() or int(torch.load(path, weights_only=False)["step"]) < int(theirs["steps"]):
+            raise ValueError(f"--init-from {parent}: member {m} is missing or unfinished")
+    return theirs
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a run's or a sample spec's JSON) without options left at a default that older runs lack."""
+    out = json.loads(json.dumps(config))
+    if not out.get("init_from"):
+        out.pop("init_from", None)
+    sample = out.get("sample", out)
+    if not sample.get("lattice_weights"):
+        sample.pop("lattice_weights", None)
+    return out
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -69,7 +110,7 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def load_or_make_data(run_dir: Path, config: TrainConfig, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """The run's dataset: read ``data.npz`` if it matches the config, else simulate and save it."""
     path = run_dir / "data.npz"
-    key = json.dumps({"samples": config.samples, "seed": config.data_seed, "spec": asdict(config.sample)})
+    key = json.dumps({"samples": config.samples, "seed": config.data_seed, "spec": _comparable(asdict(config.sample))})
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key:
@@ -117,6 +158,8 @@ def train_member(
         sched.load_state_dict(state["sched"])
         rng.bit_generator.state = state["rng"]
         step = int(state["step"])
+    elif config.init_from:
+        model.load_state_dict(torch.load(Path(config.init_from) / f"member_{member}.pt", weights_only=False)["model"])
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32))
     batches = _batches(len(images), config.batch, rng)
     model.train()
@@ -160,8 +203,10 @@ def train_ensemble(
         torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != json.loads(json.dumps(config.to_json())):
+    if config_path.exists() and _comparable(json.loads(config_path.read_text())) != _comparable(config.to_json()):
         raise ValueError(f"{config_path} holds another configuration: use a new --out or the same options")
+    if config.init_from:
+        check_parent(config)
     config_path.write_text(json.dumps(config.to_json(), indent=2))
     images, targets = load_or_make_data(run_dir, config, progress)
     return [train_member(run_dir, m, config, images, targets, progress) for m in range(config.members)]

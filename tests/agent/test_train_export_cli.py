@@ -75,3 +75,44 @@ def test_export_refuses_a_folder_that_is_no_run_and_a_wrong_suffix(exported, tmp
     assert _run(monkeypatch, ["export", str(exported[0]), "--out", str(tmp_path / "m.pt")]) == EXIT_USAGE
     assert "--out must end in .onnx" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_a_fine_tune_keeps_the_parent_architecture_and_records_both_train_commands(exported, tmp_path, monkeypatch):
+    run_dir, _, train_cmd, _ = exported
+    child, onnx = tmp_path / "child", tmp_path / "child.onnx"
+    tune = ["train", "--init-from", str(run_dir), "--members", "2", "--steps", "2", "--samples", "4", "--batch", "2"]
+    tune += [
+        "--learning-rate",
+        "1e-4",
+        "--lattice-weights",
+        "graphene=3,SrTiO3=2",
+        "--threads",
+        "1",
+        "--out",
+        str(child),
+    ]
+    assert _run(monkeypatch, tune) == 0
+    saved = json.loads((child / "config.json").read_text())
+    assert (saved["width"], saved["depth"], saved["init_from"]) == (4, 2, str(run_dir))  # inherited, not the defaults
+    assert saved["learning_rate"] == 1e-4
+    assert saved["sample"]["lattice_weights"] == [1.0, 2.0, 1.0, 3.0]  # MoS2, SrTiO3, WS2, graphene
+    export = ["export", str(child), "--out", str(onnx), "--calibration-frames", "2", "--bias-frames", "0"]
+    assert _run(monkeypatch, [*export, "--evaluation-frames", "0"]) == 0
+    command = json.loads(onnx.with_suffix(".json").read_text())["training"]["command"]
+    assert command == " && ".join(
+        [train_cmd, shlex.join(["autoscope", *tune]), shlex.join(["autoscope", *export, "--evaluation-frames", "0"])]
+    )
+
+
+def test_a_fine_tune_refuses_architecture_options_and_bad_lattice_weights(exported, tmp_path, monkeypatch, capsys):
+    run_dir = exported[0]
+    tune = ["train", "--init-from", str(run_dir), "--members", "2", "--steps", "2", "--out", str(tmp_path / "c")]
+    assert _run(monkeypatch, [*tune, "--width", "8"]) == EXIT_USAGE
+    assert "keeps the parent's architecture" in capsys.readouterr().err
+    assert _run(monkeypatch, [*tune[:2], str(tmp_path), *tune[3:]]) == EXIT_USAGE
+    assert "not a training run" in capsys.readouterr().err
+    for weights, message in [("graphite=2", "unknown lattice 'graphite'"), ("graphene", "is not NAME=WEIGHT")]:
+        with pytest.raises(SystemExit) as exit_info:
+            _run(monkeypatch, [*tune, "--lattice-weights", weights])
+        assert exit_info.value.code == EXIT_USAGE and message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -117,3 +117,95 @@ def test_train_command_takes_channel_widths(tmp_path, capsys):
         main([*args, "--widths", "8,x", "--out", str(tmp_path / "other")])
     assert exit_info.value.code == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_lattice_weights_set_how_often_each_lattice_is_drawn():
+    spec = SampleSpec(lattice_weights=(0.0, 0.0, 3.0, 1.0))  # sorted: MoS2, SrTiO3, WS2, graphene
+    rng = np.random.default_rng(0)
+    draws = [spec.draw_lattice(rng) for _ in range(800)]
+    assert set(draws) == {"WS2", "graphene"}
+    assert 0.70 < draws.count("WS2") / len(draws) < 0.80
+    # Without weights the draw is the one runs made before the option existed (same data for the same seed).
+    plain, old = np.random.default_rng(5), np.random.default_rng(5)
+    spec = SampleSpec()
+    assert [spec.draw_lattice(plain) for _ in range(50)] == [str(old.choice(spec.lattices)) for _ in range(50)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lattice_weights": (1.0, 1.0)},
+        {"lattice_weights": (1.0, -1.0, 1.0, 1.0)},
+        {"lattice_weights": (0.0, 0.0, 0.0, 0.0)},
+        {"lattice_weights": (1.0, float("nan"), 1.0, 1.0)},
+        {"lattices": ("graphite",)},
+        {"lattices": ()},
+    ],
+)
+def test_bad_lattice_choices_are_refused(kwargs):
+    with pytest.raises(ValueError, match="lattice"):
+        SampleSpec(**kwargs)
+
+
+def test_the_unweighted_spec_keeps_every_range():
+    spec = SampleSpec(lattice_weights=(1.0, 3.0, 1.0, 3.0), pixel_nm=(0.01, 0.02))
+    plain = spec.unweighted()
+    assert plain.lattice_weights == () and plain.pixel_nm == (0.01, 0.02) and plain.lattices == spec.lattices
+
+
+TINY = {"members": 2, "steps": 2, "batch": 2, "width": 4, "depth": 2, "samples": 4, "sample": SampleSpec(patch_px=32)}
+
+
+def _weights(run_dir, member):
+    return torch.load(run_dir / f"member_{member}.pt", weights_only=False)["model"]
+
+
+def test_a_fine_tune_starts_from_the_parent_members(tmp_path):
+    parent, child, fresh = tmp_path / "parent", tmp_path / "child", tmp_path / "fresh"
+    train_ensemble(parent, TrainConfig(**TINY))
+    # A vanishing learning rate leaves the starting weights in place (batch-norm statistics still move).
+    tune = {**TINY, "steps": 1, "learning_rate": 1e-12, "data_seed": 1}
+    train_ensemble(child, TrainConfig(**tune, init_from=str(parent)))
+    train_ensemble(fresh, TrainConfig(**tune, seed=7))
+    for m in range(2):
+        learnt = {k: v for k, v in _weights(parent, m).items() if k.endswith(("weight", "bias"))}
+        assert len(learnt) > 10
+        for name, value in learnt.items():
+            assert torch.allclose(_weights(child, m)[name], value, atol=1e-9), (m, name)
+    conv = next(k for k in _weights(parent, 0) if k.endswith("weight"))
+    assert not torch.allclose(_weights(fresh, 0)[conv], _weights(parent, 0)[conv])
+    assert not torch.allclose(_weights(parent, 0)[conv], _weights(parent, 1)[conv])  # each member its own parent
+    assert json.loads((child / "config.json").read_text())["init_from"] == str(parent)
+
+
+def test_a_fine_tune_refuses_a_parent_that_does_not_fit(tmp_path):
+    parent = tmp_path / "parent"
+    train_ensemble(parent, TrainConfig(**TINY))
+    cases = {
+        "not a training run": {"init_from": str(tmp_path / "nothing")},
+        "architecture differs in \\['width'\\]": {"init_from": str(parent), "width": 8},
+        "has 2 members, this run wants 3": {"init_from": str(parent), "members": 3},
+    }
+    for i, (message, change) in enumerate(cases.items()):
+        with pytest.raises(ValueError, match=message):
+            train_ensemble(tmp_path / f"child{i}", TrainConfig(**{**TINY, **change}))
+    state = torch.load(parent / "member_1.pt", weights_only=False)
+    torch.save({**state, "step": 1}, parent / "member_1.pt")
+    with pytest.raises(ValueError, match="member 1 is missing or unfinished"):
+        train_ensemble(tmp_path / "child", TrainConfig(**TINY, init_from=str(parent)))
+    assert not (tmp_path / "child" / "data.npz").exists()  # refused before simulating anything
+
+
+def test_runs_from_before_lattice_weights_and_fine_tuning_still_resume(tmp_path):
+    config = TrainConfig(**TINY)
+    train_ensemble(tmp_path, config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["init_from"], saved["sample"]["lattice_weights"]  # as runs written before the options existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    data = (tmp_path / "data.npz").stat().st_mtime_ns
+    train_ensemble(tmp_path, config)  # accepted as the same run; its dataset is reused, not simulated again
+    assert (tmp_path / "data.npz").stat().st_mtime_ns == data
+    with pytest.raises(ValueError, match="another configuration"):
+        train_ensemble(
+            tmp_path, TrainConfig(**{**TINY, "sample": SampleSpec(patch_px=32, lattice_weights=(1, 1, 1, 2))})
+        )
