@@ -9,7 +9,7 @@ precision and recall per class and its recall per defect kind, from the same fra
 fitted decision rule and at the rule's factor that is best for these frames (the model's
 counterpart of the ideal observer's best threshold).
 
-    python benchmarks/ideal_observer.py [--model models/weights/stem_ensemble.json] [--frames 52]
+    python benchmarks/ideal_observer.py [--model models/weights/stem_ensemble.json] [--frames 52] [--seed S]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from report import emit
 
-from models.training.evaluate import detection_metrics, eval_specimen_frames
+from models.training.evaluate import EVAL_SEED, detection_metrics, eval_specimen_frames
 from models.training.ideal import SitePosteriors, recall_at_precision, site_posteriors
 from simulators import ColumnClass, DefectKind
 
@@ -63,7 +63,7 @@ def _bound(sites: list[tuple[str, float, SitePosteriors]], cls: ColumnClass) -> 
     return out
 
 
-def _model_figures(model: Path, frames: int) -> dict[str, float]:
+def _model_figures(model: Path, frames: int, seed: int) -> dict[str, float]:
     """The model's figures at its fitted decision rule, and at the factor best for these very frames.
 
     The second is the model's counterpart of the ideal observer's figure (which also takes the best
@@ -77,7 +77,7 @@ def _model_figures(model: Path, frames: int) -> dict[str, float]:
     from models.training.evaluate import eval_frames, match_frame
 
     segmenter = Segmenter(model, "cpu")
-    data = [(f, segmenter.segment(f.image, f.pixel_size_nm)) for f in eval_frames(frames, shifted=False)]
+    data = [(f, segmenter.segment(f.image, f.pixel_size_nm)) for f in eval_frames(frames, shifted=False, seed=seed)]
     figures = detection_metrics([match_frame(f, seg, segmenter.atoms(seg)) for f, seg in data])
     keep = ("vacancy_precision", "vacancy_recall", "dopant_precision", "dopant_recall")
     out = {k: v for k, v in figures.items() if k in keep or (k.startswith("kind_") and k.endswith("_recall"))}
@@ -96,16 +96,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--frames", type=int, default=52)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the frame stream")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    sites = [(f.lattice, f.dose_e_per_a2, site_posteriors(s, f)) for s, f in eval_specimen_frames(args.frames, False)]
+    frames = eval_specimen_frames(args.frames, False, seed=args.seed)
+    sites = [(f.lattice, f.dose_e_per_a2, site_posteriors(s, f)) for s, f in frames]
     result: dict[str, object] = {
         "benchmark": "ideal_observer",
         "frames": args.frames,
+        "seed": args.seed,
         "required_precision": PRECISION,
         "ideal_observer": {c.name.lower(): _bound(sites, c) for c in (ColumnClass.VACANCY, ColumnClass.DOPANT)},
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
-        "model_figures": _model_figures(args.model, args.frames),
+        "model_figures": _model_figures(args.model, args.frames, args.seed),
     }
     emit(result, args.out)
 

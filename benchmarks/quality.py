@@ -4,7 +4,9 @@ Prints JSON.  The simulator figures are the same as ``autoscope export --evaluat
 stores in the manifest; the abTEM frames (shared/data/sim/abtem, an independent multislice
 simulator) are the check that the model does not just fit our own image formation.
 
-    python benchmarks/quality.py [--model models/weights/stem_ensemble.json] [--frames 52]
+    python benchmarks/quality.py [--model models/weights/stem_ensemble.json] [--frames 52] [--seed S]
+
+The main simulator figures come with 95 % intervals from resampling frames (``*_ci95_low/high``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
 
 def main() -> None:
     from models.segmenter import DEFAULT_MODEL, Segmenter
-    from models.training.evaluate import detection_metrics, eval_frames, evaluate, evaluate_frame, evaluate_reference
+    from models.training.evaluate import (
+        EVAL_SEED,
+        detection_metrics,
+        eval_frames,
+        evaluate,
+        evaluate_frame,
+        evaluate_reference,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--frames", type=int, default=52)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the frame stream")
     parser.add_argument("--abtem", type=Path, default=ABTEM)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -32,9 +42,10 @@ def main() -> None:
     result: dict[str, object] = {
         "benchmark": "quality",
         "model": segmenter.manifest.name,
-        "simulator": evaluate(segmenter, frames=args.frames),
+        "seed": args.seed,
+        "simulator": evaluate(segmenter, frames=args.frames, seed=args.seed),
     }
-    refined = [evaluate_frame(segmenter, f, refine=True) for f in eval_frames(args.frames, shifted=False)]
+    refined = [evaluate_frame(segmenter, f, refine=True) for f in eval_frames(args.frames, False, seed=args.seed)]
     result["simulator_refined"] = {
         k: v for k, v in detection_metrics(refined).items() if k.startswith("columns_")
     }  # the same frames, positions by Gaussian refinement (autoscope segment --refine)

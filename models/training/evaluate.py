@@ -197,10 +197,10 @@ def native_pixel(seg: Segmentation, row: np.ndarray, col: np.ndarray) -> tuple[n
 
 def wrong_predictions(result: FrameResult) -> np.ndarray:
     """Which located atoms are false detections or carry the wrong class."""
-    return np.asarray(result.pred_class != _lookup(result.truth_class, result.pred_match))
+    return np.asarray(result.pred_class != lookup(result.truth_class, result.pred_match))
 
 
-def _lookup(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+def lookup(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[index]`` where ``index >= 0``, else -1 (for unmatched entries)."""
     out = np.full(len(index), -1, dtype=np.int64)
     ok = index >= 0
@@ -235,7 +235,7 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
     dist = np.concatenate([r.distance_nn for r in results])
     out["columns_rmse_over_nn"] = float(np.sqrt(np.mean(dist**2))) if len(dist) else float("nan")
     for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
-        hits = sum(int(((r.truth_class == cls) & (_lookup(r.pred_class, r.truth_match) == cls)).sum()) for r in results)
+        hits = sum(int(((r.truth_class == cls) & (lookup(r.pred_class, r.truth_match) == cls)).sum()) for r in results)
         truth_n = sum(int((r.truth_class == cls).sum()) for r in results)
         pred_n = sum(int((r.pred_class == cls).sum()) for r in results)
         for k, v in _prf(hits, truth_n, pred_n).items():
@@ -248,7 +248,7 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
         if truth_n:
             kind_class = int(kind.column_class)
             hits = sum(
-                int((s & (_lookup(r.pred_class, r.truth_match) == kind_class)).sum())
+                int((s & (lookup(r.pred_class, r.truth_match) == kind_class)).sum())
                 for s, r in zip(sel, results, strict=True)
             )
             out[f"kind_{kind.label}_recall"] = hits / truth_n
@@ -274,11 +274,33 @@ def uncertainty_auroc(results: list[FrameResult], measure: str = "mutual_info") 
     return auroc(np.concatenate(scores), np.concatenate(wrong))
 
 
-def evaluate(segmenter: Segmenter, frames: int = 52, pixels: int = 256) -> dict[str, float]:
-    """All quality figures on ``frames`` in-distribution and as many shifted frames."""
-    clean = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=False, pixels=pixels)]
-    shifted = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=True, pixels=pixels)]
+#: Figures that :func:`evaluate` also gives a 95 % bootstrap interval (``<name>_ci95_low`` / ``_high``).
+INTERVAL_KEYS = (
+    "columns_f1",
+    "columns_rmse_over_nn",
+    "vacancy_precision",
+    "vacancy_recall",
+    "dopant_precision",
+    "dopant_recall",
+)
+
+
+def evaluate(segmenter: Segmenter, frames: int = 52, pixels: int = 256, seed: int = EVAL_SEED) -> dict[str, float]:
+    """All quality figures on ``frames`` in-distribution and as many shifted frames.
+
+    The main detection figures come with 95 % intervals from resampling the frames
+    (:mod:`models.training.bootstrap`): defects cluster by frame, so a few dozen frames
+    pin them down to a few points only.
+    """
+    from models.training.bootstrap import bootstrap_intervals
+
+    clean = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=False, pixels=pixels, seed=seed)]
+    shifted = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=True, pixels=pixels, seed=seed)]
     out = detection_metrics(clean)
+    intervals = bootstrap_intervals(clean)
+    for key in INTERVAL_KEYS:
+        if key in intervals:
+            out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[key]
     out["frames"] = float(frames)
     out["shifted_columns_f1"] = detection_metrics(shifted)["columns_f1"]
     out["shifted_uncertainty_auroc"] = uncertainty_auroc(shifted)
@@ -331,7 +353,7 @@ def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True, refi
     out = _prf(int(hits.sum()), int(inner_truth.sum()), int(counted.sum()))
     dist = np.hypot(*(truth_rc[hits] - pred_rc[truth_match[hits]]).T)
     out["rmse_over_nn"] = float(np.sqrt(np.mean(dist**2)) / nn_px) if hits.any() else float("nan")
-    found = _lookup(atoms.class_id, truth_match)
+    found = lookup(atoms.class_id, truth_match)
     planted = (truth_class != ColumnClass.ATOM) & inner_truth
     out["defects_found"] = float((planted & (found == truth_class)).sum())
     out["defects_planted"] = float(planted.sum())

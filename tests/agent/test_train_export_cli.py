@@ -47,7 +47,8 @@ def test_the_manifest_records_both_commands_the_hash_and_the_fitted_rule(exporte
     assert len(manifest["decision_bias"]) == len(manifest["classes"]) - 1
     assert all(f > 0 for f in manifest["decision_bias"])
     assert manifest["calibration"] is not None
-    assert 0.0 <= manifest["validation"]["columns_f1"] <= 1.0
+    figures = manifest["validation"]
+    assert 0.0 <= figures["columns_f1_ci95_low"] <= figures["columns_f1"] <= figures["columns_f1_ci95_high"] <= 1.0
     assert onnx.with_suffix(".members.pt").exists()
 
 

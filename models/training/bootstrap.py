@@ -1,0 +1,128 @@
+"""How sure a quality figure is: bootstrap intervals over evaluation frames.
+
+Defects cluster by frame (a low-dose graphene frame holds many of the hard carbon
+vacancies), so the frame, not the column, is the unit that is resampled.  Every
+figure of :func:`models.training.evaluate.detection_metrics` that is a ratio of
+per-frame counts is recomputed from the counts of each resample, which makes a
+thousand resamples of a few hundred frames cost milliseconds.  Two models
+evaluated on the same frames are compared *paired*: one resample of frames
+serves both, so the interval of the difference excludes the frame-to-frame
+spread that both share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.training.evaluate import FrameResult, lookup
+from simulators import ColumnClass, DefectKind
+
+#: Figures with an interval: name -> (numerator count, denominator count); F1 and RMSE are derived.
+_RATIOS = {
+    "columns_precision": ("columns_match", "columns_pred"),
+    "columns_recall": ("columns_match", "columns_truth"),
+    "vacancy_precision": ("vacancy_hit", "vacancy_pred"),
+    "vacancy_recall": ("vacancy_hit", "vacancy_truth"),
+    "dopant_precision": ("dopant_hit", "dopant_pred"),
+    "dopant_recall": ("dopant_hit", "dopant_truth"),
+}
+
+
+def frame_counts(results: Sequence[FrameResult]) -> dict[str, np.ndarray]:
+    """Per-frame counts behind the detection figures: name -> (n_frames,) float64."""
+    counts: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        counts.setdefault(name, []).append(float(value))
+
+    for r in results:
+        predicted_at_truth = lookup(r.pred_class, r.truth_match)
+        add("columns_truth", len(r.truth_class))
+        add("columns_pred", len(r.pred_class))
+        add("columns_match", (r.truth_match >= 0).sum())
+        add("distance_sq", (r.distance_nn**2).sum())
+        for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
+            name = cls.name.lower()
+            add(f"{name}_truth", (r.truth_class == cls).sum())
+            add(f"{name}_pred", (r.pred_class == cls).sum())
+            add(f"{name}_hit", ((r.truth_class == cls) & (predicted_at_truth == cls)).sum())
+        for kind in DefectKind:
+            if kind is not DefectKind.NONE:
+                planted = r.truth_kind == kind
+                add(f"kind_{kind.label}_truth", planted.sum())
+                add(f"kind_{kind.label}_hit", (planted & (predicted_at_truth == kind.column_class)).sum())
+    return {k: np.asarray(v) for k, v in counts.items()}
+
+
+def figures_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Detection figures from summed counts (arrays of any shape: one entry per resample)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {name: sums[num] / sums[den] for name, (num, den) in _RATIOS.items()}
+        for prefix in ("columns", "vacancy", "dopant"):
+            p, r = out[f"{prefix}_precision"], out[f"{prefix}_recall"]
+            out[f"{prefix}_f1"] = 2 * p * r / (p + r)
+        out["columns_rmse_over_nn"] = np.sqrt(sums["distance_sq"] / sums["columns_match"])
+        for name in sums:
+            if name.startswith("kind_") and name.endswith("_truth"):
+                stem = name[: -len("_truth")]
+                out[f"{stem}_recall"] = sums[f"{stem}_hit"] / sums[name]
+    return out
+
+
+def bootstrap_intervals(
+    results: Sequence[FrameResult],
+    baseline: Sequence[FrameResult] | None = None,
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of each detection figure, resampling frames with replacement.
+
+    Parameters
+    ----------
+    results
+        One model's matched frames.
+    baseline
+        Another model's results on the same frames, in the same order: the intervals are then
+        of ``figure(results) - figure(baseline)``, with one resample of frames shared by both.
+    resamples, level, seed
+        Bootstrap resamples, central coverage of the interval, seed of the resampling.
+
+    Returns
+    -------
+    dict
+        figure name -> (low, high); figures undefined in every resample (no such defect) are left out.
+
+    Raises
+    ------
+    ValueError
+        With no frames, a baseline of another length, or ``level`` outside (0, 1).
+    """
+    if not results:
+        raise ValueError("bootstrap_intervals needs at least one evaluated frame")
+    if baseline is not None and len(baseline) != len(results):
+        raise ValueError(f"the baseline has {len(baseline)} frames, the results {len(results)}: pair the same frames")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    n = len(results)
+    rng = np.random.default_rng(seed)
+    # (resamples, n) multiplicity of each frame in each resample.
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
+
+    def resampled(frames: Sequence[FrameResult]) -> dict[str, np.ndarray]:
+        return figures_from_sums({k: weights @ v for k, v in frame_counts(frames).items()})
+
+    figures = resampled(results)
+    if baseline is not None:
+        base = resampled(baseline)
+        figures = {k: v - base[k] for k, v in figures.items()}
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for name, values in figures.items():
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            low, high = np.percentile(finite, [tail, 100 - tail])
+            out[name] = (float(low), float(high))
+    return out
