@@ -28,8 +28,8 @@ def main() -> None:
         eval_frames,
         evaluate,
         evaluate_frame,
-        evaluate_reference,
     )
+    from models.training.reference import evaluate_reference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)

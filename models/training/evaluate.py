@@ -110,7 +110,8 @@ def eval_specimen_frames(
         yield specimen, render(specimen, scan, _shifted(imaging, rng) if shifted else imaging, rng)
 
 
-def _match(truth_rc: np.ndarray, pred_rc: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def match_points(truth_rc: np.ndarray, pred_rc: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matches within ``radius``, closest first: (truth -> prediction, prediction -> truth), -1 if none."""
     truth_match = np.full(len(truth_rc), -1)
     pred_match = np.full(len(pred_rc), -1)
     if len(truth_rc) == 0 or len(pred_rc) == 0:
@@ -141,7 +142,7 @@ def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_p
     nn_px = get_lattice(frame.lattice).nn_spacing_nm / frame.pixel_size_nm
     truth_rc = np.column_stack([truth.row, truth.col])
     pred_rc = np.column_stack([atoms.row[keep], atoms.col[keep]])
-    truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
+    truth_match, pred_match = match_points(truth_rc, pred_rc, nn_px / 2)
     matched = truth_match >= 0
     dist = np.hypot(*(truth_rc[matched] - pred_rc[truth_match[matched]]).T) / nn_px
     # A missed column's uncertainty: the largest value where its detection would have been.
@@ -208,7 +209,8 @@ def lookup(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prf(n_match: int, n_truth: int, n_pred: int) -> dict[str, float]:
+def prf(n_match: int, n_truth: int, n_pred: int) -> dict[str, float]:
+    """Precision, recall, F1 and the truth count from match counts (NaN where undefined)."""
     recall = n_match / n_truth if n_truth else float("nan")
     precision = n_match / n_pred if n_pred else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if n_truth and n_pred and precision + recall else 0.0
@@ -230,7 +232,7 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
     n_truth = sum(len(r.truth_class) for r in results)
     n_pred = sum(len(r.pred_class) for r in results)
     n_match = sum(int((r.truth_match >= 0).sum()) for r in results)
-    for k, v in _prf(n_match, n_truth, n_pred).items():
+    for k, v in prf(n_match, n_truth, n_pred).items():
         out[f"columns_{k}"] = v
     dist = np.concatenate([r.distance_nn for r in results])
     out["columns_rmse_over_nn"] = float(np.sqrt(np.mean(dist**2))) if len(dist) else float("nan")
@@ -238,7 +240,7 @@ def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
         hits = sum(int(((r.truth_class == cls) & (lookup(r.pred_class, r.truth_match) == cls)).sum()) for r in results)
         truth_n = sum(int((r.truth_class == cls).sum()) for r in results)
         pred_n = sum(int((r.pred_class == cls).sum()) for r in results)
-        for k, v in _prf(hits, truth_n, pred_n).items():
+        for k, v in prf(hits, truth_n, pred_n).items():
             out[f"{cls.name.lower()}_{k}"] = v
     for kind in DefectKind:
         if kind is DefectKind.NONE:
@@ -309,54 +311,4 @@ def evaluate(segmenter: Segmenter, frames: int = 52, pixels: int = 256, seed: in
     out["clean_presence_entropy_auroc"] = uncertainty_auroc(clean, "presence")
     ood = np.array([r.ood_score for r in clean + shifted])
     out["ood_auroc_shifted_vs_clean"] = auroc(ood, np.arange(len(ood)) >= len(clean))
-    return out
-
-
-def _reference_class(label: str) -> int:
-    low = label.lower()
-    if "vacancy" in low:
-        return int(ColumnClass.VACANCY)
-    if "dopant" in low:
-        return int(ColumnClass.DOPANT)
-    return int(ColumnClass.ATOM)
-
-
-def evaluate_reference(segmenter: Segmenter, path: str, noisy: bool = True, refine: bool = False) -> dict[str, float]:
-    """Figures on an independently simulated frame with exact columns (the abTEM .npz files in shared/).
-
-    ``refine``: positions by Gaussian refinement on the image.  ``rmse_over_nn``: localisation error of
-    the matched columns over the nearest-neighbour spacing.
-
-    Keys used: ``image`` / ``image_noisy``, ``pixel_size_A``, ``col_rc_px``, ``col_label``, ``label_names``.
-    """
-    with np.load(path, allow_pickle=False) as z:
-        image = z["image_noisy"] if noisy else z["image"]
-        px = float(z["pixel_size_A"]) / 10.0
-        truth_rc = z["col_rc_px"].astype(float)
-        names = [str(n) for n in z["label_names"]]
-        truth_class = np.array([_reference_class(names[int(k)]) for k in z["col_label"]])
-    seg = segmenter.segment(image, px)
-    atoms = segmenter.atoms(seg)
-    if refine:
-        atoms = segmenter.refine(seg, image, atoms)
-    # Nearest-neighbour spacing from the planted columns themselves.
-    nn_px = float(np.median(cKDTree(truth_rc).query(truth_rc, k=2)[0][:, 1]))
-    margin = 0.5 * nn_px  # columns cut by the frame edge are neither required nor counted
-    pred_rc = np.column_stack([atoms.row, atoms.col])
-    # Match everything, then count inside the margin: a column near it is counted (or not) once, by
-    # where its planted position lies, however the prediction's position falls about the margin.
-    truth_match, pred_match = _match(truth_rc, pred_rc, nn_px / 2)
-    inner_truth = away_from_edge(truth_rc, image.shape, margin)
-    inner_pred = away_from_edge(pred_rc, image.shape, margin)
-    counted = np.where(pred_match >= 0, inner_truth[np.maximum(pred_match, 0)], inner_pred)
-    hits = inner_truth & (truth_match >= 0)
-    out = _prf(int(hits.sum()), int(inner_truth.sum()), int(counted.sum()))
-    dist = np.hypot(*(truth_rc[hits] - pred_rc[truth_match[hits]]).T)
-    out["rmse_over_nn"] = float(np.sqrt(np.mean(dist**2)) / nn_px) if hits.any() else float("nan")
-    found = lookup(atoms.class_id, truth_match)
-    planted = (truth_class != ColumnClass.ATOM) & inner_truth
-    out["defects_found"] = float((planted & (found == truth_class)).sum())
-    out["defects_planted"] = float(planted.sum())
-    out["defects_predicted"] = float(((atoms.class_id != ColumnClass.ATOM) & counted).sum())
-    out["ood_score"] = seg.ood_score
     return out
