@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     doses = [float(d) for d in args.doses.split(",")]
+    if not all(np.isfinite(d) and d > 0 for d in doses):
+        raise SystemExit(f"--doses must be positive numbers, got {args.doses!r}")
     refs = {p.stem: load_reference(p) for p in sorted(args.abtem.glob("*.npz"))}
     if not refs:
         raise SystemExit(f"no abTEM .npz files in {args.abtem}")
@@ -59,9 +61,9 @@ def main() -> None:
         segmenter = Segmenter(path, "cpu")
         table: dict[str, dict[str, float]] = {}
         for name, ref in refs.items():
-            for dose in doses:
+            for i, dose in enumerate(doses):  # draw (seed, i): the same noise for every model
                 rows = [
-                    score_reference(segmenter, ref, draw_at_dose(ref, dose, np.random.default_rng([seed, int(dose)])))
+                    score_reference(segmenter, ref, draw_at_dose(ref, dose, np.random.default_rng([seed, i])))
                     for seed in range(args.draws)
                 ]
                 table[f"{name}@{dose:g}"] = _summed(rows)

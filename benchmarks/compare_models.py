@@ -2,13 +2,16 @@
 
 The first model is the baseline.  For each model: its detection figures on the pooled frames and a
 95 % interval from resampling frames; for every other model, the interval of its difference from the
-baseline with one resample of frames shared by both (:mod:`models.training.bootstrap`).  A candidate
-replaces the bundled model only where the interval of the difference it is meant to improve lies above
-zero and no other figure's interval lies clearly below.
+baseline with one resample of frames shared by both (:mod:`models.training.bootstrap`).  Each figure
+says which way is better (``better``: ``higher``, or ``lower`` for the localisation error).  A candidate
+replaces the bundled model only where the interval of the difference it is meant to improve lies on the
+better side of zero, no other figure's interval lies wholly on the worse side, and it does no worse on
+the abTEM frames (``benchmarks/abtem_doses.py``).
 
-The default frames (``--seed 7100001``, 416 frames of 256 x 256, all four lattices in turn, the
-sampling, dose and probe ranges of ``benchmarks/quality.py``) are not the 52 frames whose figures the
-manifests record, so a model is not chosen on the frames that then report its quality.
+The default frames (416 frames of 256 x 256 from seed stream 7200001, all four lattices in turn, the
+sampling, dose and probe ranges of ``benchmarks/quality.py``) are neither the 52 frames whose figures
+the manifests record nor the 416 frames (seed 7100001) on which the README reports quality, so a model
+is not chosen on the frames that then report its quality.
 
     python benchmarks/compare_models.py models/weights/stem_ensemble.json runs/cand/cand.onnx [--frames 416]
 """
@@ -39,7 +42,13 @@ KEYS = (
 
 def _rounded(figures: dict[str, float], intervals: dict[str, tuple[float, float]]) -> dict[str, object]:
     return {
-        k: {"value": round(figures[k], 4), "ci95": [round(v, 4) for v in intervals[k]]} for k in KEYS if k in intervals
+        k: {
+            "value": round(figures[k], 6),
+            "ci95": [round(v, 6) for v in intervals[k]],
+            "better": "lower" if k == "columns_rmse_over_nn" else "higher",
+        }
+        for k in KEYS
+        if k in intervals
     }
 
 
@@ -53,9 +62,7 @@ def main() -> None:
         "models", type=Path, nargs="+", help="manifests (.json) or models (.onnx); the first is the baseline"
     )
     parser.add_argument("--frames", type=int, default=416)
-    parser.add_argument(
-        "--seed", type=int, default=7_100_001, help="seed of the frame stream (default: not the manifests' 52)"
-    )
+    parser.add_argument("--seed", type=int, default=7_200_001, help="seed of the frame stream (default: 7200001)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -69,9 +76,10 @@ def main() -> None:
         models[-1]["seconds"] = round(time.perf_counter() - start, 1)
     for entry, res in zip(models, results, strict=True):
         entry["figures"] = _rounded(detection_metrics(res), bootstrap_intervals(res, resamples=args.resamples))
+    base = detection_metrics(results[0])
     for entry, res in zip(models[1:], results[1:], strict=True):
         paired = bootstrap_intervals(res, baseline=results[0], resamples=args.resamples)
-        point = {k: v - detection_metrics(results[0])[k] for k, v in detection_metrics(res).items() if k in paired}
+        point = {k: v - base[k] for k, v in detection_metrics(res).items() if k in paired}
         entry["minus_baseline"] = _rounded(point, paired)
     emit({"benchmark": "compare_models", "frames": args.frames, "seed": args.seed, "models": models}, args.out)
 

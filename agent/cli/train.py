@@ -109,24 +109,30 @@ def _lattice_weights(text: str) -> tuple[float, ...]:
             raise argparse.ArgumentTypeError(f"--lattice-weights: {item!r} is not NAME=WEIGHT") from None
     if min(weights.values()) < 0 or sum(weights.values()) <= 0:
         raise argparse.ArgumentTypeError(f"--lattice-weights: weights must be >= 0 with a positive sum, got {text!r}")
+    if len(set(weights.values())) == 1:
+        return ()  # all equal: the default mix, and the same run as leaving the option out
     return tuple(weights[n] for n in names)
 
 
 def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
-    """(width, depth, widths) from the options, or from the parent run when fine-tuning."""
+    """(width, depth, widths) from the options, or from the parent run when fine-tuning.
+
+    A fine-tune that is resumed takes them from its own configuration, so it no longer needs the parent.
+    """
     if args.init_from is None:
         if args.widths:
             return args.widths[0], len(args.widths) - 1, args.widths
-        return args.width or 8, args.depth or 3, ()
+        return (8 if args.width is None else args.width), (3 if args.depth is None else args.depth), ()
     import json
 
-    config_path = args.init_from / "config.json"
+    if args.widths or args.width is not None or args.depth is not None:
+        raise ValueError("--init-from keeps the parent's architecture: leave out --width, --depth and --widths")
+    own = args.out / "config.json"
+    config_path = own if args.resume and own.exists() else args.init_from / "config.json"
     if not config_path.exists():
         raise ValueError(f"--init-from {args.init_from}: not a training run (no config.json)")
-    if args.widths or args.width or args.depth:
-        raise ValueError("--init-from keeps the parent's architecture: leave out --width, --depth and --widths")
-    parent = json.loads(config_path.read_text())
-    return int(parent["width"]), int(parent["depth"]), tuple(int(w) for w in parent.get("widths") or ())
+    config = json.loads(config_path.read_text())
+    return int(config["width"]), int(config["depth"]), tuple(int(w) for w in config.get("widths") or ())
 
 
 def _recorded_command(args: argparse.Namespace) -> str:
@@ -134,14 +140,16 @@ def _recorded_command(args: argparse.Namespace) -> str:
     from models.manifest import invoked_command
 
     own = invoked_command()
-    parent = args.init_from / "command.txt" if args.init_from is not None else None
-    if parent is not None and parent.exists():
+    if args.init_from is None:
+        return own
+    parent = args.init_from / "command.txt"
+    if parent.exists():
         return f"{parent.read_text().strip()} && {own}"
-    return own
+    return f"(the train command of {args.init_from} was not recorded) && {own}"
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from models.training.train import TrainConfig, check_parent, train_ensemble
+    from models.training.train import TrainConfig, check_parent, needs_parent, train_ensemble
     from simulators.allocator import tune_allocator
 
     tune_allocator()
@@ -164,8 +172,8 @@ def _run_train(args: argparse.Namespace) -> int:
         sample=SampleSpec(lattice_weights=args.lattice_weights),
         init_from=str(args.init_from or ""),
     )
-    if config.init_from:
-        check_parent(config)
+    if needs_parent(args.out, config):
+        check_parent(config)  # before the run directory is made: a refused parent leaves nothing behind
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "command.txt").write_text(_recorded_command(args) + "\n")
     paths = train_ensemble(args.out, config, progress=True, threads=args.threads)

@@ -90,6 +90,24 @@ def check_parent(config: TrainConfig) -> dict[str, Any]:
     return theirs
 
 
+def needs_parent(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether a member of ``run_dir`` still has to start from ``config.init_from`` (no checkpoint of its own yet)."""
+    return bool(config.init_from) and any(not (run_dir / f"member_{m}.pt").exists() for m in range(config.members))
+
+
+def _differing_keys(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Keys (``sample.<key>`` inside the sample spec) whose values differ between two run configurations."""
+    keys = sorted(set(stored) | set(wanted))
+    out = []
+    for k in keys:
+        a, b = stored.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{sub}" for sub in _differing_keys(a, b)]
+        elif a != b:
+            out.append(k)
+    return out
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (a run's or a sample spec's JSON) without options left at a default that older runs lack."""
     out = json.loads(json.dumps(config))
@@ -203,9 +221,14 @@ def train_ensemble(
         torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
-    if config_path.exists() and _comparable(json.loads(config_path.read_text())) != _comparable(config.to_json()):
-        raise ValueError(f"{config_path} holds another configuration: use a new --out or the same options")
-    if config.init_from:
+    if config_path.exists():
+        differ = _differing_keys(_comparable(json.loads(config_path.read_text())), _comparable(config.to_json()))
+        if differ:
+            raise ValueError(
+                f"{config_path} holds another configuration (differs in {', '.join(differ)}):"
+                " use a new --out or the same options"
+            )
+    if needs_parent(run_dir, config):  # members that already have a checkpoint never read the parent again
         check_parent(config)
     config_path.write_text(json.dumps(config.to_json(), indent=2))
     images, targets = load_or_make_data(run_dir, config, progress)

@@ -117,3 +117,11 @@ def test_a_fine_tune_refuses_architecture_options_and_bad_lattice_weights(export
             _run(monkeypatch, [*tune, "--lattice-weights", weights])
         assert exit_info.value.code == EXIT_USAGE and message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_equal_lattice_weights_are_the_default_mix(exported, tmp_path, monkeypatch):
+    run_dir = exported[0]
+    out = tmp_path / "even"
+    tune = ["train", "--init-from", str(run_dir), "--members", "1", "--steps", "1", "--samples", "2", "--batch", "2"]
+    assert _run(monkeypatch, [*tune, "--lattice-weights", "graphene=1", "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["sample"]["lattice_weights"] == []

@@ -41,7 +41,7 @@ def test_intervals_hold_the_estimate_and_narrow_with_more_frames(results):
 
 def test_a_paired_difference_is_zero_for_the_same_results_and_sees_a_change(results):
     assert all(v == (0.0, 0.0) for v in bootstrap_intervals(results, baseline=results).values())
-    # Half of the found vacancies now called plain columns: recall drops in every resample.
+    # Every other predicted vacancy now called a plain column: recall drops in every resample.
     worse = []
     for r in results:
         pred = r.pred_class.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_a_fine_tune_starts_from_the_parent_members(tmp_path):
     # A vanishing learning rate leaves the starting weights in place (batch-norm statistics still move).
     tune = {**TINY, "steps": 1, "learning_rate": 1e-12, "data_seed": 1}
     train_ensemble(child, TrainConfig(**tune, init_from=str(parent)))
-    train_ensemble(fresh, TrainConfig(**tune, seed=7))
+    train_ensemble(fresh, TrainConfig(**tune))  # the parent's own seeds, no parent: its untrained weights
     for m in range(2):
         learnt = {k: v for k, v in _weights(parent, m).items() if k.endswith(("weight", "bias"))}
         assert len(learnt) > 10
@@ -205,7 +206,37 @@ def test_runs_from_before_lattice_weights_and_fine_tuning_still_resume(tmp_path)
     data = (tmp_path / "data.npz").stat().st_mtime_ns
     train_ensemble(tmp_path, config)  # accepted as the same run; its dataset is reused, not simulated again
     assert (tmp_path / "data.npz").stat().st_mtime_ns == data
-    with pytest.raises(ValueError, match="another configuration"):
-        train_ensemble(
-            tmp_path, TrainConfig(**{**TINY, "sample": SampleSpec(patch_px=32, lattice_weights=(1, 1, 1, 2))})
-        )
+    # The dataset key is the one written before the options existed: the spec without lattice_weights.
+    old_spec = dataclasses.asdict(config.sample)
+    del old_spec["lattice_weights"]
+    old_key = json.dumps({"samples": config.samples, "seed": config.data_seed, "spec": old_spec})
+    with np.load(tmp_path / "data.npz") as z:
+        assert str(z["key"]) == old_key
+    weighted = TrainConfig(**{**TINY, "sample": SampleSpec(patch_px=32, lattice_weights=(1, 1, 1, 2))})
+    with pytest.raises(ValueError, match=r"another configuration \(differs in sample.lattice_weights\)"):
+        train_ensemble(tmp_path, weighted)
+
+
+def test_an_interrupted_fine_tune_resumes_from_its_own_checkpoints_without_the_parent(tmp_path, monkeypatch):
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    one = {**TINY, "members": 1}
+    train_ensemble(parent, TrainConfig(**one))
+    tune = TrainConfig(**{**one, "steps": 4, "checkpoint_every": 2}, init_from=str(parent))
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(child, tune)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    saved = _weights(child, 0)
+    for path in parent.iterdir():  # the parent is gone: the child's checkpoint is all the resume needs
+        path.unlink()
+    train_ensemble(child, tune)
+    assert torch.load(child / "member_0.pt", weights_only=False)["step"] == 4
+    assert any(not torch.equal(saved[k], v) for k, v in _weights(child, 0).items())
