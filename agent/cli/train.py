@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
     t.add_argument("--steps", type=int, default=1500, help="optimisation steps per member (default 1500)")
     t.add_argument("--samples", type=int, default=3000, help="simulated training frames (default 3000)")
     t.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    t.add_argument("--width", type=int, default=None, help="U-Net channels at full resolution (default 8)")
-    t.add_argument("--depth", type=int, default=None, help="U-Net down-sampling stages (default 3)")
+    t.add_argument("--width", type=_positive_int, default=None, help="U-Net channels at full resolution (default 8)")
+    t.add_argument("--depth", type=_positive_int, default=None, help="U-Net down-sampling stages (default 3)")
     t.add_argument(
         "--widths",
         type=_channel_list,
@@ -84,6 +84,16 @@ def _channel_list(text: str) -> tuple[int, ...]:
     if len(widths) < 2 or min(widths) < 1:
         raise argparse.ArgumentTypeError(f"--widths needs at least two positive channel counts, got {text!r}")
     return widths
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -240,3 +240,15 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_checkpoints_without_the_p
     train_ensemble(child, tune)
     assert torch.load(child / "member_0.pt", weights_only=False)["step"] == 4
     assert any(not torch.equal(saved[k], v) for k, v in _weights(child, 0).items())
+
+
+@pytest.mark.parametrize("option", [["--width", "0"], ["--depth", "-1"], ["--learning-rate", "0"]])
+def test_train_refuses_sizes_and_rates_that_are_not_positive(tmp_path, capsys, option):
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--members", "1", "--steps", "1", *option, "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}: expected a" in err
+    assert not (tmp_path / "run").exists()
