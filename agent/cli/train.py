@@ -105,6 +105,7 @@ def _positive_float(text: str) -> float:
 
 def _lattice_weights(text: str) -> tuple[float, ...]:
     """``graphene=3,SrTiO3=3`` -> one weight per lattice in sorted order (unnamed lattices weigh 1)."""
+    from models.training.data import SampleSpec
     from simulators import LATTICES
 
     names = sorted(LATTICES)
@@ -117,11 +118,14 @@ def _lattice_weights(text: str) -> tuple[float, ...]:
             weights[name.strip()] = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--lattice-weights: {item!r} is not NAME=WEIGHT") from None
-    if min(weights.values()) < 0 or sum(weights.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"--lattice-weights: weights must be >= 0 with a positive sum, got {text!r}")
-    if len(set(weights.values())) == 1:
+    values = tuple(weights[n] for n in names)
+    try:
+        SampleSpec(lattices=tuple(names), lattice_weights=values)  # the spec's own check of the weights
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(set(values)) == 1:
         return ()  # all equal: the default mix, and the same run as leaving the option out
-    return tuple(weights[n] for n in names)
+    return values
 
 
 def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
