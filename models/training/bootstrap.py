@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.training.evaluate import FrameResult, lookup
-from simulators import ColumnClass, DefectKind
+from models.training.evaluate import FrameResult, frame_counts
 
 #: Figures with an interval: name -> (numerator count, denominator count); F1 and RMSE are derived.
 _RATIOS = {
@@ -28,32 +27,6 @@ _RATIOS = {
     "dopant_precision": ("dopant_hit", "dopant_pred"),
     "dopant_recall": ("dopant_hit", "dopant_truth"),
 }
-
-
-def frame_counts(results: Sequence[FrameResult]) -> dict[str, np.ndarray]:
-    """Per-frame counts behind the detection figures: name -> (n_frames,) float64."""
-    counts: dict[str, list[float]] = {}
-
-    def add(name: str, value: float) -> None:
-        counts.setdefault(name, []).append(float(value))
-
-    for r in results:
-        predicted_at_truth = lookup(r.pred_class, r.truth_match)
-        add("columns_truth", len(r.truth_class))
-        add("columns_pred", len(r.pred_class))
-        add("columns_match", (r.truth_match >= 0).sum())
-        add("distance_sq", (r.distance_nn**2).sum())
-        for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
-            name = cls.name.lower()
-            add(f"{name}_truth", (r.truth_class == cls).sum())
-            add(f"{name}_pred", (r.pred_class == cls).sum())
-            add(f"{name}_hit", ((r.truth_class == cls) & (predicted_at_truth == cls)).sum())
-        for kind in DefectKind:
-            if kind is not DefectKind.NONE:
-                planted = r.truth_kind == kind
-                add(f"kind_{kind.label}_truth", planted.sum())
-                add(f"kind_{kind.label}_hit", (planted & (predicted_at_truth == kind.column_class)).sum())
-    return {k: np.asarray(v) for k, v in counts.items()}
 
 
 def figures_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ its detection would have been).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,34 +226,53 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+_DEFECT_CLASSES = (ColumnClass.VACANCY, ColumnClass.DOPANT)
+_KINDS = tuple(k for k in DefectKind if k is not DefectKind.NONE)
+
+
+def frame_counts(results: Sequence[FrameResult]) -> dict[str, np.ndarray]:
+    """Per-frame counts behind the detection figures: name -> (n_frames,) float64.
+
+    ``columns_truth/pred/match``, ``distance_sq`` (summed squared match distance over the NN spacing),
+    ``<class>_truth/pred/hit`` for vacancy and dopant, ``kind_<label>_truth/hit`` for every defect kind.
+    """
+    names = ["columns_truth", "columns_pred", "columns_match", "distance_sq"]
+    names += [f"{c.name.lower()}_{n}" for c in _DEFECT_CLASSES for n in ("truth", "pred", "hit")]
+    names += [f"kind_{k.label}_{n}" for k in _KINDS for n in ("truth", "hit")]
+    counts = np.zeros((len(results), len(names)))
+    for row, r in zip(counts, results, strict=True):
+        predicted_at_truth = lookup(r.pred_class, r.truth_match)
+        values = [len(r.truth_class), len(r.pred_class), (r.truth_match >= 0).sum(), (r.distance_nn**2).sum()]
+        for cls in _DEFECT_CLASSES:
+            planted = r.truth_class == cls
+            values += [planted.sum(), (r.pred_class == cls).sum(), (planted & (predicted_at_truth == cls)).sum()]
+        for kind in _KINDS:
+            planted = r.truth_kind == kind
+            values += [planted.sum(), (planted & (predicted_at_truth == kind.column_class)).sum()]
+        row[:] = values
+    return {name: counts[:, i] for i, name in enumerate(names)}
+
+
 def detection_metrics(results: list[FrameResult]) -> dict[str, float]:
-    """Column F1 and RMSE, defect recall/precision per class and per kind."""
+    """Column F1 and RMSE, defect recall/precision per class and per kind (from :func:`frame_counts`)."""
+    sums = {k: float(v.sum()) for k, v in frame_counts(results).items()}
+
+    def count(name: str) -> int:
+        return int(sums[name])
+
     out: dict[str, float] = {}
-    n_truth = sum(len(r.truth_class) for r in results)
-    n_pred = sum(len(r.pred_class) for r in results)
-    n_match = sum(int((r.truth_match >= 0).sum()) for r in results)
-    for k, v in prf(n_match, n_truth, n_pred).items():
+    for k, v in prf(count("columns_match"), count("columns_truth"), count("columns_pred")).items():
         out[f"columns_{k}"] = v
-    dist = np.concatenate([r.distance_nn for r in results])
-    out["columns_rmse_over_nn"] = float(np.sqrt(np.mean(dist**2))) if len(dist) else float("nan")
-    for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
-        hits = sum(int(((r.truth_class == cls) & (lookup(r.pred_class, r.truth_match) == cls)).sum()) for r in results)
-        truth_n = sum(int((r.truth_class == cls).sum()) for r in results)
-        pred_n = sum(int((r.pred_class == cls).sum()) for r in results)
-        for k, v in prf(hits, truth_n, pred_n).items():
-            out[f"{cls.name.lower()}_{k}"] = v
-    for kind in DefectKind:
-        if kind is DefectKind.NONE:
-            continue
-        sel = [(r.truth_kind == kind) for r in results]
-        truth_n = sum(int(s.sum()) for s in sel)
+    matched = count("columns_match")
+    out["columns_rmse_over_nn"] = float(np.sqrt(sums["distance_sq"] / matched)) if matched else float("nan")
+    for cls in _DEFECT_CLASSES:
+        name = cls.name.lower()
+        for k, v in prf(count(f"{name}_hit"), count(f"{name}_truth"), count(f"{name}_pred")).items():
+            out[f"{name}_{k}"] = v
+    for kind in _KINDS:
+        truth_n = count(f"kind_{kind.label}_truth")
         if truth_n:
-            kind_class = int(kind.column_class)
-            hits = sum(
-                int((s & (lookup(r.pred_class, r.truth_match) == kind_class)).sum())
-                for s, r in zip(sel, results, strict=True)
-            )
-            out[f"kind_{kind.label}_recall"] = hits / truth_n
+            out[f"kind_{kind.label}_recall"] = count(f"kind_{kind.label}_hit") / truth_n
             out[f"kind_{kind.label}_n"] = float(truth_n)
     return out
 
