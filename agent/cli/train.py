@@ -163,7 +163,7 @@ def _recorded_command(args: argparse.Namespace) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from models.training.train import TrainConfig, check_parent, needs_parent, train_ensemble
+    from models.training.train import TrainConfig, train_ensemble
     from simulators.allocator import tune_allocator
 
     tune_allocator()
@@ -186,11 +186,8 @@ def _run_train(args: argparse.Namespace) -> int:
         sample=SampleSpec(lattice_weights=args.lattice_weights),
         init_from=str(args.init_from or ""),
     )
-    if needs_parent(args.out, config):
-        check_parent(config)  # before the run directory is made: a refused parent leaves nothing behind
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "command.txt").write_text(_recorded_command(args) + "\n")
-    paths = train_ensemble(args.out, config, progress=True, threads=args.threads)
+    command = _recorded_command(args)
+    paths = train_ensemble(args.out, config, progress=True, threads=args.threads, command=command)
     print("\n".join(str(p) for p in paths))
     return 0
 

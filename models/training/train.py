@@ -211,15 +211,21 @@ def train_member(
 
 
 def train_ensemble(
-    run_dir: Path, config: TrainConfig, progress: bool = False, threads: int | None = None
+    run_dir: Path,
+    config: TrainConfig,
+    progress: bool = False,
+    threads: int | None = None,
+    command: str | None = None,
 ) -> list[Path]:
     """Train every member of the ensemble in ``run_dir`` (resuming any that exist).
 
-    ``threads`` sets torch's CPU threads (all cores when None).
+    ``threads`` sets torch's CPU threads (all cores when None).  ``command``, when given, is written
+    to ``run_dir/command.txt`` (what export records as the training command).  A run directory that
+    holds another configuration, or a parent run (``config.init_from``) that cannot start this one, is
+    refused before anything is written: a refused run leaves no directory and changes no file.
     """
     if threads:
         torch.set_num_threads(threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.json"
     if config_path.exists():
         differ = _differing_keys(_comparable(json.loads(config_path.read_text())), _comparable(config.to_json()))
@@ -230,7 +236,10 @@ def train_ensemble(
             )
     if needs_parent(run_dir, config):  # members that already have a checkpoint never read the parent again
         check_parent(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config.to_json(), indent=2))
+    if command is not None:
+        (run_dir / "command.txt").write_text(command + "\n")
     images, targets = load_or_make_data(run_dir, config, progress)
     return [train_member(run_dir, m, config, images, targets, progress) for m in range(config.members)]
 

@@ -68,6 +68,11 @@ def test_train_refuses_to_overwrite_a_run_without_resume(exported, monkeypatch, 
     assert _run(monkeypatch, [*TRAIN, "--out", str(run_dir)]) == EXIT_USAGE
     assert "already holds a run: pass --resume" in capsys.readouterr().err
     assert (run_dir / "member_0.pt").read_bytes() == before
+    command = (run_dir / "command.txt").read_text()
+    changed = [*TRAIN, "--out", str(run_dir), "--resume", "--samples", "8"]
+    assert _run(monkeypatch, changed) == EXIT_USAGE
+    assert "another configuration (differs in samples)" in capsys.readouterr().err
+    assert (run_dir / "command.txt").read_text() == command  # the refused command is not recorded as the run's
 
 
 def test_export_refuses_a_folder_that_is_no_run_and_a_wrong_suffix(exported, tmp_path, monkeypatch, capsys):

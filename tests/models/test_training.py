@@ -190,6 +190,7 @@ def test_a_fine_tune_refuses_a_parent_that_does_not_fit(tmp_path):
     for i, (message, change) in enumerate(cases.items()):
         with pytest.raises(ValueError, match=message):
             train_ensemble(tmp_path / f"child{i}", TrainConfig(**{**TINY, **change}))
+        assert not (tmp_path / f"child{i}").exists()  # refused before the run directory is made
     state = torch.load(parent / "member_1.pt", weights_only=False)
     torch.save({**state, "step": 1}, parent / "member_1.pt")
     with pytest.raises(ValueError, match="member 1 is missing or unfinished"):
