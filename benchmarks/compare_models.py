@@ -38,7 +38,7 @@ KEYS = (
 )
 
 
-def _rounded(figures: dict[str, float], intervals: dict[str, tuple[float, float]]) -> dict[str, object]:
+def rounded_figures(figures: dict[str, float], intervals: dict[str, tuple[float, float]]) -> dict[str, object]:
     return {
         k: {
             "value": round(figures[k], 6),
@@ -73,12 +73,12 @@ def main() -> None:
         models.append({"model": str(path), "name": segmenter.manifest.name, "sha256": segmenter.manifest.onnx_sha256})
         models[-1]["seconds"] = round(time.perf_counter() - start, 1)
     for entry, res in zip(models, results, strict=True):
-        entry["figures"] = _rounded(detection_metrics(res), bootstrap_intervals(res, resamples=args.resamples))
+        entry["figures"] = rounded_figures(detection_metrics(res), bootstrap_intervals(res, resamples=args.resamples))
     base = detection_metrics(results[0])
     for entry, res in zip(models[1:], results[1:], strict=True):
         paired = bootstrap_intervals(res, baseline=results[0], resamples=args.resamples)
         point = {k: v - base[k] for k, v in detection_metrics(res).items() if k in paired}
-        entry["minus_baseline"] = _rounded(point, paired)
+        entry["minus_baseline"] = rounded_figures(point, paired)
     emit({"benchmark": "compare_models", "frames": args.frames, "seed": args.seed, "models": models}, args.out)
 
 

@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_NM_PER_UNIT = {"nm": 1.0, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3, "micron": 1e3}
+_NM_PER_UNIT = {
+    **dict.fromkeys(("nm", "nanometer", "nanometre", "nanometers", "nanometres"), 1.0),
+    **dict.fromkeys(("å", "a", "angstrom", "ångström", "angstroms"), 0.1),
+    "pm": 1e-3,
+    **dict.fromkeys(("µm", "μm", "um", "micron", "micrometer", "micrometre", "microns"), 1e3),
+    "mm": 1e6,
+    **dict.fromkeys(("m", "meter", "metre", "meters", "metres"), 1e9),
+}
+#: Keys of an .npz that hold metadata, never the image.
+_NPZ_META_KEYS = frozenset({"pixel_size_nm", "pixel_size_A", "meta"})
 
 
 class ImageReadError(ValueError):
@@ -32,8 +43,11 @@ class LoadedImage:
     source: str
 
 
-def _to_nm(scale: float, units: Any) -> float | None:
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+def _to_nm(scale: Any, units: Any) -> float | None:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):  # numpy scalars are Real too
+        return None
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
         return None
     u = str(units or "").strip().lower()
     if u in _NM_PER_UNIT:
@@ -43,30 +57,50 @@ def _to_nm(scale: float, units: Any) -> float | None:
 
 
 def _from_rsciio(records: list[dict[str, Any]], path: Path) -> LoadedImage:
+    """The first 2-D numeric record (a file may also hold spectra or stacks), with its pixel size."""
+    shapes = []
     for rec in records:
         data = np.asarray(rec["data"])
         if data.ndim == 2 and np.issubdtype(data.dtype, np.number):
             axes = rec.get("axes", [])
             sizes = [_to_nm(a.get("scale", 1.0), a.get("units")) for a in axes[-2:]]
             return LoadedImage(data, sizes[-1] if sizes else None, str(path))
-        if data.ndim == 3:
-            raise ImageReadError(f"{path} holds a stack of shape {data.shape}, not a 2-D image")
-    raise ImageReadError(f"{path} holds no 2-D image")
+        shapes.append(data.shape)
+    stacks = [shape for shape in shapes if len(shape) == 3]
+    if stacks:
+        raise ImageReadError(f"{path} holds a stack of shape {stacks[0]}, not a 2-D image")
+    raise ImageReadError(f"{path} holds no 2-D image (shapes {shapes})")
+
+
+def _npz_image_key(path: Path, z: Any) -> str:
+    """``image`` when present, else the one 2-D array that is not metadata."""
+    if "image" in z.files:
+        return "image"
+    candidates = [k for k in z.files if k not in _NPZ_META_KEYS and z[k].ndim == 2]
+    if len(candidates) != 1:
+        which = "no 2-D array" if not candidates else f"several 2-D arrays ({', '.join(candidates)})"
+        raise ImageReadError(f"{path} holds {which} and none named 'image' (arrays: {', '.join(z.files)})")
+    return candidates[0]
+
+
+def _npz_pixel_size(path: Path, z: Any) -> float | None:
+    try:
+        if "pixel_size_nm" in z.files:
+            return float(z["pixel_size_nm"])
+        if "pixel_size_A" in z.files:
+            return float(z["pixel_size_A"]) / 10.0
+        if "meta" in z.files:
+            meta = json.loads(str(z["meta"]))
+            size = meta.get("pixel_size_nm") if isinstance(meta, dict) else None
+            return None if size is None else float(size)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(f"{path}: the recorded pixel size is not a number ({exc})") from exc
+    return None
 
 
 def _read_npz(path: Path) -> LoadedImage:
     with np.load(path, allow_pickle=False) as z:
-        key = "image" if "image" in z.files else z.files[0]
-        image = z[key]
-        size = None
-        if "pixel_size_nm" in z.files:
-            size = float(z["pixel_size_nm"])
-        elif "pixel_size_A" in z.files:
-            size = float(z["pixel_size_A"]) / 10.0
-        elif "meta" in z.files:
-            meta = json.loads(str(z["meta"]))
-            size = meta.get("pixel_size_nm") if isinstance(meta, dict) else None
-    return LoadedImage(image, size, str(path))
+        return LoadedImage(z[_npz_image_key(path, z)], _npz_pixel_size(path, z), str(path))
 
 
 def _read_tiff(path: Path) -> LoadedImage:
@@ -87,20 +121,28 @@ def _read_tiff(path: Path) -> LoadedImage:
 def _read_mrc(path: Path) -> LoadedImage:
     import mrcfile
 
-    with mrcfile.open(path, permissive=True) as mrc:
-        data = np.asarray(mrc.data)
-        voxel_a = float(mrc.voxel_size.x)
+    with warnings.catch_warnings(record=True) as caught:  # permissive: odd headers pass, with a warning
+        warnings.simplefilter("always")
+        with mrcfile.open(path, permissive=True) as mrc:
+            if mrc.data is None:  # what permissive mode leaves of a short data block
+                detail = "; ".join(str(w.message) for w in caught) or "no data block"
+                raise ImageReadError(f"{path} is truncated or corrupt: {detail}")
+            data = np.asarray(mrc.data)
+            voxel_a = float(mrc.voxel_size.x)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     return LoadedImage(data, voxel_a / 10.0 if voxel_a > 0 else None, str(path))
 
 
 def _read_hdf5(path: Path) -> LoadedImage:
+    layout_error = None  # what the HyperSpy layout reader found wrong, when the file has that layout
     try:
         from rsciio.hspy import file_reader
 
         return _from_rsciio(file_reader(str(path)), path)
-    except (ImageReadError, KeyError, OSError, ValueError, TypeError, AttributeError):
+    except ImageReadError as exc:
+        layout_error = exc
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
         pass
     import h5py
 
@@ -114,7 +156,7 @@ def _read_hdf5(path: Path) -> LoadedImage:
     with h5py.File(path, "r") as f:
         f.visititems(visit)
         if not found:
-            raise ImageReadError(f"{path} holds no 2-D numeric dataset of at least 16 x 16")
+            raise layout_error or ImageReadError(f"{path} holds no 2-D numeric dataset of at least 16 x 16")
         return LoadedImage(f[max(found)[1]][()], None, str(path))
 
 

@@ -12,6 +12,15 @@ from skimage.transform import resize
 
 #: Smallest accepted image side, pixels.
 MIN_SIDE_PX = 16
+#: Smallest side after resampling to the model's pixel size (at 0.03 nm, about two atomic spacings).
+MIN_NATIVE_SIDE_PX = 8
+#: Largest model input after resampling, pixels: 8192 x 8192 (each class's map is then 256 MB).
+MAX_NATIVE_PIXELS = 8192 * 8192
+#: float32 keeps 24 bits: data whose magnitude exceeds their span by more than 2**12 would keep
+#: fewer than 12 bits of contrast, so they are shifted to start at zero (in float64) first.
+_MAX_OFFSET_OVER_SPAN = 2.0**12
+#: Spans beyond this are scaled to 1 before the cast (float32 overflows at 3.4e38).
+_MAX_SPAN = 1e30
 
 
 class ImageError(ValueError):
@@ -41,7 +50,47 @@ def validate_image(image: np.ndarray, pixel_size_nm: float | None) -> np.ndarray
         raise ImageError("pixel size is missing: give pixel_size_nm (or --pixel-size-nm)")
     if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
         raise ImageError(f"pixel_size_nm must be > 0 and finite (got {pixel_size_nm!r})")
-    return arr.astype(np.float32, copy=False)
+    return as_float32(arr)
+
+
+def as_float32(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32, keeping the contrast of wide integer and float64 data.
+
+    A uint32 frame offset by 2**31 with tens of counts of contrast, or float64 values beyond
+    float32's range, would lose everything in a plain cast.  Such data are shifted to start at zero
+    (and scaled to span 1 where the span itself is too large) in float64 first.  Inference is
+    unchanged by this: resampling is linear and normalisation is by percentiles.  Other data are
+    cast as they are.
+    """
+    if image.dtype.itemsize <= 2 or image.dtype == np.float32:
+        return image.astype(np.float32, copy=False)
+    lo, hi = float(image.min()), float(image.max())
+    span = hi - lo
+    if max(abs(lo), abs(hi)) <= max(_MAX_OFFSET_OVER_SPAN * span, 2.0**24) and span <= _MAX_SPAN:
+        return image.astype(np.float32)
+    wide = image.astype(np.float64) - lo
+    if span > _MAX_SPAN:
+        wide /= span
+    return wide.astype(np.float32)
+
+
+def check_native_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:
+    """The shape of an image of ``shape`` resampled to ``native_nm``, if the model can take it.
+
+    Raises
+    ------
+    ImageError
+        When the resampled image would be smaller than ``MIN_NATIVE_SIDE_PX`` on a side (a pixel size far
+        below the model's) or larger than ``MAX_NATIVE_PIXELS`` (far above it).
+    """
+    native = resampled_shape(shape, pixel_size_nm, native_nm)
+    if min(native) < MIN_NATIVE_SIDE_PX or native[0] * native[1] > MAX_NATIVE_PIXELS:
+        raise ImageError(
+            f"at {pixel_size_nm:g} nm per pixel the {shape[0]} x {shape[1]} image becomes {native[0]} x"
+            f" {native[1]} at the model's {native_nm:g} nm per pixel: outside {MIN_NATIVE_SIDE_PX} px a side to"
+            f" {MAX_NATIVE_PIXELS} px in all (is the pixel size in nm?)"
+        )
+    return native
 
 
 def resampled_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:

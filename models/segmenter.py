@@ -17,7 +17,7 @@ import numpy as np
 
 from models.localize import Atoms, localize
 from models.manifest import ModelManifest, load_manifest
-from models.preprocess import normalize, resample, resampled_shape, validate_image
+from models.preprocess import check_native_shape, normalize, resample, validate_image
 from models.refine import fitting_radius_px, refine_gaussian
 from models.session import OnnxModel
 from models.tiling import run_tiled
@@ -123,7 +123,8 @@ class Segmenter:
         Raises
         ------
         models.preprocess.ImageError
-            For a non-2-D, too small, non-numeric or non-finite image, or a missing pixel size.
+            For a non-2-D, too small, non-numeric or non-finite image, a missing pixel size, or one
+            that would make the resampled image too small or too large (:func:`check_native_shape`).
         ModelOutputError
             The ensemble's outputs are unusable (see :func:`check_outputs`).
         """
@@ -131,7 +132,7 @@ class Segmenter:
         t0 = time.perf_counter()
         arr = validate_image(image, pixel_size_nm)
         assert pixel_size_nm is not None  # checked above
-        shape = resampled_shape(arr.shape, pixel_size_nm, m.native_pixel_size_nm)
+        shape = check_native_shape(arr.shape, pixel_size_nm, m.native_pixel_size_nm)
         native = normalize(resample(arr, shape), m.normalisation.low_pct, m.normalisation.high_pct)
         t1 = time.perf_counter()
         out = run_tiled(native, self.model.run, m.tile_size_px, m.tile_overlap_px, m.input_multiple)

@@ -2,16 +2,25 @@
 
 Writes a JSON array with one object per image (in input order) and, optionally,
 a PNG per image showing the image, the atoms coloured by class with defects
-marked, and the uncertainty map.
+marked, and the uncertainty map.  Every image is read and checked before any is
+segmented: a file that cannot be read, or an image that cannot be segmented as
+given, is reported with every other such file and nothing is written (exit 2).
+An image whose ensemble output is unusable gets ``{"image", "pixel_size_nm",
+"error"}`` in place of its result, the others are kept, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+#: Exit status when the model failed on some images (agent.cli.EXIT_FAILURE; this module may not import
+#: agent.cli, which reaches torch through the other commands).
+_EXIT_SOME_FAILED = 1
 
 
 def register(sub: Any) -> None:
@@ -23,7 +32,11 @@ def register(sub: Any) -> None:
     p.add_argument("--providers", default="auto", help="auto, cpu, cuda or tensorrt (comma-separated list allowed)")
     p.add_argument("--out", type=Path, required=True, help="output JSON")
     p.add_argument(
-        "--png", type=Path, default=None, help="overlay PNG; with several images, IMAGE-stem is appended to the name"
+        "--png",
+        type=Path,
+        default=None,
+        help="overlay PNG; with several images, -IMAGE-stem is appended to the name (-N-IMAGE-stem, N from 1,"
+        " where two images share a stem)",
     )
     p.add_argument(
         "--refine",
@@ -74,27 +87,70 @@ def result_record(
     }
 
 
-def _png_path(png: Path, image: Path, many: bool) -> Path:
-    return png.with_name(f"{png.stem}-{image.stem}{png.suffix}") if many else png
+def _png_paths(png: Path, images: list[Path]) -> list[Path]:
+    """One overlay path per image, no two alike.
+
+    ``png`` itself for one image, else the image's stem appended (and its index where two images
+    share a stem).
+    """
+    if len(images) == 1:
+        return [png]
+    stems = [image.stem for image in images]
+    unique = len(set(stems)) == len(stems)
+    return [
+        png.with_name(f"{png.stem}-{stem}{png.suffix}" if unique else f"{png.stem}-{i}-{stem}{png.suffix}")
+        for i, stem in enumerate(stems, start=1)
+    ]
+
+
+def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, float]]:
+    """Every image read and checked, with its pixel size, before any is segmented.
+
+    Raises
+    ------
+    ValueError
+        Naming every file that cannot be segmented and why; nothing has been written.
+    """
+    from models.io import read_image
+    from models.preprocess import check_native_shape, validate_image
+
+    loaded, problems = [], []
+    for path in args.images:
+        try:
+            item = read_image(path)
+            size = item.pixel_size_nm if item.pixel_size_nm is not None else args.pixel_size_nm
+            if size is None:
+                raise ValueError("records no pixel size: pass --pixel-size-nm")
+            check_native_shape(validate_image(item.image, size).shape, size, native_nm)
+            loaded.append((item, float(size)))
+        except ValueError as exc:  # ImageReadError and ImageError are ValueErrors
+            problems.append(f"{path}: {exc}")
+    if problems:
+        raise ValueError(
+            f"{len(problems)} of {len(args.images)} images cannot be segmented (nothing was written):\n  "
+            + "\n  ".join(problems)
+        )
+    return loaded
 
 
 def _run(args: argparse.Namespace) -> int:
-    from models.io import read_image
     from models.overlay import save_overlay
-    from models.segmenter import Segmenter
+    from models.segmenter import ModelOutputError, Segmenter
     from simulators.allocator import tune_allocator
 
     tune_allocator()  # as autoscope run does: localisation's per-pixel temporaries then cost no page faults
-    providers = args.providers.split(",") if "," in args.providers else args.providers
-    loaded = [read_image(p) for p in args.images]  # read everything first: fail before any work
-    for item in loaded:
-        if item.pixel_size_nm is None and args.pixel_size_nm is None:
-            raise ValueError(f"{item.source} records no pixel size: pass --pixel-size-nm")
+    names = [p.strip().lower() for p in args.providers.split(",")]  # "cpu, CUDA" as "cpu,cuda"
+    providers = names if len(names) > 1 else names[0]
     segmenter = Segmenter(args.model, providers)
-    results = []
-    for path, item in zip(args.images, loaded, strict=True):
-        size = item.pixel_size_nm if item.pixel_size_nm is not None else args.pixel_size_nm
-        seg = segmenter.segment(item.image, size)
+    loaded = _load_all(args, segmenter.manifest.native_pixel_size_nm)  # fail before any work
+    pngs = _png_paths(args.png, args.images) if args.png is not None else [None] * len(loaded)
+    results: list[dict[str, Any]] = []
+    for path, (item, size), png in zip(args.images, loaded, pngs, strict=True):
+        try:
+            seg = segmenter.segment(item.image, size)
+        except ModelOutputError as exc:  # this image's result is unusable; the others' are kept
+            results.append({"image": str(path), "pixel_size_nm": size, "error": str(exc)})
+            continue
         t0 = time.perf_counter()
         atoms = segmenter.atoms(seg)
         timings = {"localize": 1e3 * (time.perf_counter() - t0)}
@@ -102,12 +158,15 @@ def _run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             atoms = segmenter.refine(seg, item.image, atoms)
             timings["refine"] = 1e3 * (time.perf_counter() - t0)
-        results.append(result_record(path, float(size), segmenter, seg, atoms, timings))
-        if args.png is not None:
-            save_overlay(item.image, seg, atoms, segmenter.manifest, _png_path(args.png, path, len(loaded) > 1))
+        results.append(result_record(path, size, segmenter, seg, atoms, timings))
+        if png is not None:
+            save_overlay(item.image, seg, atoms, segmenter.manifest, png)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for r in results:
+        if "error" in r:
+            print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
+            continue
         s = r["summary"]
         print(f"{r['image']}: {s['n_atoms']} atoms, {s['n_defects']} defects, OOD {s['ood_score']}")
-    return 0
+    return _EXIT_SOME_FAILED if any("error" in r for r in results) else 0

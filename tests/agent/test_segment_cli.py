@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from agent.cli import EXIT_USAGE, main
+from agent.cli import EXIT_FAILURE, EXIT_USAGE, main
 from simulators import ImagingParams, ScanRequest, Specimen, SpecimenConfig, render_frame
 
 
@@ -108,3 +108,59 @@ def test_corrupt_model_and_bad_image_exit_with_messages(tiny_model, frame_npz, t
         ]
     )
     assert status == EXIT_USAGE and "NaN or Inf" in capsys.readouterr().err
+
+
+def _segment(tiny_model, *args: str) -> int:
+    return main(["segment", *args, "--model", str(tiny_model.manifest), "--providers", "CPU"])
+
+
+def test_every_unusable_image_is_named_before_any_work(tiny_model, frame_npz, tmp_path, capsys):
+    np.save(tmp_path / "stack.npy", np.zeros((3, 64, 64)))
+    np.save(tmp_path / "tiny_px.npy", np.ones((64, 64)))  # 64 px at 0.0001 nm: under a native pixel
+    out, png = tmp_path / "out.json", tmp_path / "ov.png"
+    images = [str(frame_npz), str(tmp_path / "stack.npy"), str(tmp_path / "missing.npy")]
+    assert _segment(tiny_model, *images, "--pixel-size-nm", "0.03", "--out", str(out), "--png", str(png)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "2 of 3 images cannot be segmented (nothing was written)" in err
+    assert "stack.npy: image must be 2-D" in err and "missing.npy: no such file" in err
+    assert not out.exists() and not list(tmp_path.glob("ov*.png"))  # the good frame was not segmented either
+    assert _segment(tiny_model, str(tmp_path / "tiny_px.npy"), "--pixel-size-nm", "0.0001", "--out", str(out)) == 2
+    assert "becomes 1 x 1 at the model's 0.03 nm per pixel" in capsys.readouterr().err
+
+
+def test_overlays_of_images_that_share_a_name_do_not_overwrite_each_other(tiny_model, frame_npz, tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    frame = np.load(tmp_path / "plain.npy")
+    np.save(tmp_path / "a" / "img.npy", frame)
+    np.save(tmp_path / "b" / "img.npy", frame)
+    images = [str(tmp_path / "a" / "img.npy"), str(tmp_path / "b" / "img.npy")]
+    png = tmp_path / "ov.png"
+    assert (
+        _segment(tiny_model, *images, "--pixel-size-nm", "0.03", "--out", str(tmp_path / "o.json"), "--png", str(png))
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.glob("ov*.png")) == ["ov-1-img.png", "ov-2-img.png"]
+
+
+def test_an_image_the_model_fails_on_keeps_the_others_results(tiny_model, frame_npz, tmp_path, monkeypatch, capsys):
+    import models.segmenter as segmenter_module
+
+    real_check = segmenter_module.check_outputs
+
+    calls = []
+
+    def fails_on_the_second(out, shape, n_classes):  # the ensemble's output for one frame is unusable
+        calls.append(shape)
+        if len(calls) == 2:
+            raise segmenter_module.ModelOutputError("non_finite", "'mean_probs' holds NaN or Inf")
+        real_check(out, shape, n_classes)
+
+    monkeypatch.setattr(segmenter_module, "check_outputs", fails_on_the_second)
+    out = tmp_path / "o.json"
+    images = [str(frame_npz), str(tmp_path / "plain.npy"), str(frame_npz)]
+    assert _segment(tiny_model, *images, "--pixel-size-nm", "0.025", "--out", str(out)) == EXIT_FAILURE
+    records = json.loads(out.read_text())
+    assert [r["image"] for r in records] == images
+    assert records[1] == {"image": images[1], "pixel_size_nm": 0.025, "error": "'mean_probs' holds NaN or Inf"}
+    assert records[0]["atoms"] == records[2]["atoms"] and "summary" in records[2]
+    assert "plain.npy: error: 'mean_probs' holds NaN or Inf" in capsys.readouterr().err

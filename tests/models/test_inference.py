@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.localize import localize
-from models.preprocess import ImageError, normalize, resample, validate_image
+from models.preprocess import ImageError, check_native_shape, normalize, resample, validate_image
 from models.segmenter import Segmenter
 from models.tiling import run_tiled
 
@@ -201,3 +201,23 @@ def test_binary_entropy_limits_and_rounding_outside_the_unit_interval():
     np.testing.assert_allclose(b[[0, 1, 4, 5]], 0.0, atol=1e-6)
     np.testing.assert_allclose(b[2], np.log(2), rtol=1e-6)
     np.testing.assert_allclose(b[3], -(0.1 * np.log(0.1) + 0.9 * np.log(0.9)), rtol=1e-5)
+
+
+def test_wide_dtypes_keep_their_contrast(tiny_model):
+    """A uint32 frame offset by 2**31, or float64 near float32's limit, segments like the plain frame."""
+    segmenter = Segmenter(tiny_model.manifest, "cpu")
+    counts = np.random.default_rng(1).poisson(20.0, (80, 72))
+    plain = segmenter.segment(counts.astype(np.uint16), 0.03).mean_probs
+    for wide in (counts.astype(np.uint32) + np.uint32(2**31), counts.astype(np.float64) * 1e37):
+        np.testing.assert_allclose(segmenter.segment(wide, 0.03).mean_probs, plain, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "fits"), [((64, 64), 0.03, True), ((64, 64), 0.003, False), ((2048, 2048), 5.0, False)]
+)
+def test_pixel_sizes_far_from_the_model_s_are_refused_before_resampling(shape, size, fits):
+    if fits:
+        assert check_native_shape(shape, size, 0.03) == shape
+    else:
+        with pytest.raises(ImageError, match="is the pixel size in nm"):
+            check_native_shape(shape, size, 0.03)

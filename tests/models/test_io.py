@@ -104,3 +104,76 @@ def test_png_alpha_is_not_averaged_into_the_image(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "rgba.png").image, grey)
     iio.imwrite(tmp_path / "la.png", np.stack([grey, np.full_like(grey, 128)], axis=-1))
     np.testing.assert_allclose(read_image(tmp_path / "la.png").image, grey)
+
+
+def test_npz_without_an_image_key_takes_its_one_image_or_names_the_choice(tmp_path, image):
+    np.savez(tmp_path / "one.npz", pixel_size_nm=0.02, haadf=image)  # the metadata comes first
+    np.savez(tmp_path / "two.npz", haadf=image, bf=image)
+    np.savez(tmp_path / "meta.npz", image=image, meta='{"pixel_size_nm": "0.02"}')
+    np.savez(tmp_path / "badmeta.npz", image=image, meta='{"pixel_size_nm": "fine"}')
+    one = read_image(tmp_path / "one.npz")
+    np.testing.assert_array_equal(one.image, image)
+    assert one.pixel_size_nm == pytest.approx(0.02)
+    with pytest.raises(ImageReadError, match=r"several 2-D arrays \(haadf, bf\) and none named 'image'"):
+        read_image(tmp_path / "two.npz")
+    assert read_image(tmp_path / "meta.npz").pixel_size_nm == pytest.approx(0.02)
+    with pytest.raises(ImageReadError, match="recorded pixel size is not a number"):
+        read_image(tmp_path / "badmeta.npz")
+
+
+def test_truncated_mrc_is_refused(tmp_path, image):
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "a.mrc") as mrc:
+        mrc.set_data(image.astype(np.float32))
+    whole = (tmp_path / "a.mrc").read_bytes()
+    (tmp_path / "cut.mrc").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        read_image(tmp_path / "cut.mrc")
+
+
+def _hspy_signal(data: np.ndarray, scale: object, units: str) -> dict:
+    names = "zyx"[-data.ndim :]
+    axes = [
+        {"name": n, "size": s, "scale": scale, "offset": 0.0, "units": units, "navigate": i < data.ndim - 2}
+        for i, (n, s) in enumerate(zip(names, data.shape, strict=True))
+    ]
+    return {
+        "data": data,
+        "axes": axes,
+        "metadata": {"General": {"title": "t"}, "Signal": {"signal_type": ""}},
+        "original_metadata": {},
+        "tmp_parameters": {},
+        "learning_results": {},
+        "models": {},
+        "attributes": {"_lazy": False},
+        "package_info": {"name": "hyperspy", "version": "2.0"},
+    }
+
+
+@pytest.mark.parametrize(("scale", "units"), [(0.02, "nm"), (np.float32(0.02), "nm"), (2e-11, "m"), (0.2, "Å")])
+def test_hyperspy_calibration_in_any_length_unit_and_number_type(tmp_path, image, scale, units):
+    from rsciio.hspy import file_writer
+
+    file_writer(str(tmp_path / "a.hspy"), _hspy_signal(image.astype(np.float32), scale, units))
+    assert read_image(tmp_path / "a.hspy").pixel_size_nm == pytest.approx(0.02, rel=1e-5)
+
+
+def test_a_stack_in_hyperspy_layout_is_called_a_stack(tmp_path, image):
+    from rsciio.hspy import file_writer
+
+    file_writer(str(tmp_path / "s.hspy"), _hspy_signal(np.stack([image] * 3).astype(np.float32), 0.02, "nm"))
+    with pytest.raises(ImageReadError, match="stack of shape"):
+        read_image(tmp_path / "s.hspy")
+
+
+def test_a_file_with_a_stack_before_its_image_gives_the_image():
+    """An EMD may hold a spectrum image or a stack before the HAADF image: the search goes on past it."""
+    from models.io import _from_rsciio
+
+    axes = [{"scale": 0.01, "units": "nm"}] * 2
+    records = [{"data": np.zeros((5, 32, 32)), "axes": []}, {"data": np.ones((32, 40)), "axes": axes}]
+    loaded = _from_rsciio(records, Path("x.emd"))
+    assert loaded.image.shape == (32, 40) and loaded.pixel_size_nm == pytest.approx(0.01)
+    with pytest.raises(ImageReadError, match=r"stack of shape \(5, 32, 32\)"):
+        _from_rsciio(records[:1], Path("x.emd"))
