@@ -61,6 +61,8 @@ def _from_rsciio(records: list[dict[str, Any]], path: Path) -> LoadedImage:
     shapes = []
     for rec in records:
         data = np.asarray(rec["data"])
+        while data.ndim > 2 and data.shape[0] == 1:  # a stack of one: its image (as for MRC)
+            data = data[0]
         if data.ndim == 2 and np.issubdtype(data.dtype, np.number):
             axes = rec.get("axes", [])
             sizes = [_to_nm(a.get("scale", 1.0), a.get("units")) for a in axes[-2:]]
@@ -103,6 +105,11 @@ def _read_npz(path: Path) -> LoadedImage:
         return LoadedImage(z[_npz_image_key(path, z)], _npz_pixel_size(path, z), str(path))
 
 
+def _colour_mean(image: np.ndarray) -> np.ndarray:
+    """Grey + alpha, RGB or RGBA (channels last): the colour channels' mean, never the alpha."""
+    return image[..., :1].mean(axis=-1) if image.shape[-1] == 2 else image[..., :3].mean(axis=-1)
+
+
 def _read_tiff(path: Path) -> LoadedImage:
     import tifffile
 
@@ -110,6 +117,8 @@ def _read_tiff(path: Path) -> LoadedImage:
         image = tif.asarray()
         size = None
         page = tif.pages[0]
+        if getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB and image.ndim == 3:
+            image = _colour_mean(image)  # a colour rendering of a grey image, as PNGs often are
         ij = tif.imagej_metadata or {}
         res = getattr(page, "tags", {}).get("XResolution")
         if res is not None and ij.get("unit"):
@@ -183,9 +192,7 @@ def read_image(path: str | Path) -> LoadedImage:
             import imageio.v3 as iio
 
             img = np.asarray(iio.imread(path))
-            if img.ndim == 3:  # grey + alpha, RGB or RGBA: the colour channels' mean, never the alpha
-                img = img[..., :1].mean(axis=-1) if img.shape[-1] == 2 else img[..., :3].mean(axis=-1)
-            return LoadedImage(img, None, str(path))
+            return LoadedImage(_colour_mean(img) if img.ndim == 3 else img, None, str(path))
         if ext == ".mrc":
             return _read_mrc(path)
         if ext in (".h5", ".hdf5", ".hspy"):

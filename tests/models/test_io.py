@@ -177,3 +177,19 @@ def test_a_file_with_a_stack_before_its_image_gives_the_image():
     assert loaded.image.shape == (32, 40) and loaded.pixel_size_nm == pytest.approx(0.01)
     with pytest.raises(ImageReadError, match=r"stack of shape \(5, 32, 32\)"):
         _from_rsciio(records[:1], Path("x.emd"))
+
+
+def test_colour_tiff_is_read_as_grey_like_a_colour_png(tmp_path):
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey] * 3), photometric="minisblack")
+    np.testing.assert_allclose(read_image(tmp_path / "rgb.tif").image, grey)
+    assert read_image(tmp_path / "stack.tif").image.shape == (3, 6, 8)  # a stack stays a stack (refused later)
+
+
+def test_a_stack_of_one_frame_is_its_frame():
+    from models.io import _from_rsciio
+
+    axes = [{"scale": 1.0, "units": ""}, {"scale": 0.01, "units": "nm"}, {"scale": 0.01, "units": "nm"}]
+    loaded = _from_rsciio([{"data": np.ones((1, 32, 40)), "axes": axes}], Path("x.emd"))
+    assert loaded.image.shape == (32, 40) and loaded.pixel_size_nm == pytest.approx(0.01)
