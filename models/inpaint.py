@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.manifest import ModelError, sha256_file
 from models.session import OnnxModel
@@ -31,7 +31,7 @@ class InpaintManifest(BaseModel):
     schema_version: Literal[1] = 1
     name: str
     kind: Literal["sinogram_inpainting"]
-    onnx_file: str
+    onnx_file: str = Field(pattern=r"^[^/\\]+\.onnx$", description="A file name beside the manifest, no path.")
     onnx_sha256: str
     angles_deg: list[float]
     detector_multiple: int

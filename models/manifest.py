@@ -64,7 +64,7 @@ class ModelManifest(BaseModel):
     model_config = _STRICT
     schema_version: Literal[1] = 1
     name: str
-    onnx_file: str
+    onnx_file: str = Field(pattern=r"^[^/\\]+\.onnx$", description="A file name beside the manifest, no path.")
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     classes: list[ClassInfo]
     native_pixel_size_nm: float = Field(gt=0.0)
@@ -116,7 +116,7 @@ def load_manifest(path: Path) -> tuple[ModelManifest, Path]:
         raise ModelError(f"model manifest not found: {path}")
     try:
         manifest = ModelManifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
         raise ModelError(f"malformed model manifest {path}: {exc}") from None
     onnx_path = path.parent / manifest.onnx_file
     if not onnx_path.is_file():

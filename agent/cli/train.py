@@ -8,6 +8,7 @@ its manifest.  Both import torch (lazily, inside the handlers).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add ``train`` and ``export`` to ``sub``."""
     t = sub.add_parser("train", help="train the segmentation ensemble on simulated frames")
-    t.add_argument("--members", type=int, default=5, help="ensemble members (default 5)")
+    t.add_argument("--members", type=_positive_int, default=5, help="ensemble members (default 5)")
     t.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, dataset, config)")
-    t.add_argument("--steps", type=int, default=1500, help="optimisation steps per member (default 1500)")
-    t.add_argument("--samples", type=int, default=3000, help="simulated training frames (default 3000)")
-    t.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    t.add_argument("--steps", type=_positive_int, default=1500, help="optimisation steps per member (default 1500)")
+    t.add_argument("--samples", type=_positive_int, default=3000, help="simulated training frames (default 3000)")
+    t.add_argument("--batch", type=_positive_int, default=16, help="batch size (default 16)")
     t.add_argument("--width", type=_positive_int, default=None, help="U-Net channels at full resolution (default 8)")
     t.add_argument("--depth", type=_positive_int, default=None, help="U-Net down-sampling stages (default 3)")
     t.add_argument(
@@ -97,9 +98,12 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
 
 
@@ -137,7 +141,7 @@ def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
         if args.widths:
             return args.widths[0], len(args.widths) - 1, args.widths
         return (8 if args.width is None else args.width), (3 if args.depth is None else args.depth), ()
-    import json
+    from models.training.train import read_run_config
 
     if args.widths or args.width is not None or args.depth is not None:
         raise ValueError("--init-from keeps the parent's architecture: leave out --width, --depth and --widths")
@@ -145,7 +149,7 @@ def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
     config_path = own if args.resume and own.exists() else args.init_from / "config.json"
     if not config_path.exists():
         raise ValueError(f"--init-from {args.init_from}: not a training run (no config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_run_config(config_path)
     return int(config["width"]), int(config["depth"]), tuple(int(w) for w in config.get("widths") or ())
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +32,7 @@ from models.manifest import (
 from models.training.data import SampleSpec, make_dataset, sample_spec_from_json
 from models.training.ensemble import OUTPUT_NAMES, EnsembleWithUncertainty
 from models.training.train import load_members
+from models.training.unet import UNet
 from simulators import CLASS_NAMES, ColumnClass
 
 logger = logging.getLogger(__name__)
@@ -107,12 +112,46 @@ def export_run(
     exported model is then evaluated on that many
     unseen simulated frames (and as many shifted ones), and the figures are stored
     in the manifest's ``validation``.
+
+    Everything is written to a staging folder beside ``out`` and moved into place at the end,
+    the manifest last: an export that fails or is interrupted leaves a previous model at ``out``
+    as it was, never a model beside a manifest of another.
+
+    Raises
+    ------
+    ValueError
+        An unfinished or unreadable run, or an ``out`` whose manifest would overwrite the run's
+        own ``config.json``.
     """
+    if manifest_path_for(out).resolve() == (run_dir / "config.json").resolve():
+        raise ValueError(f"--out {out} would write its manifest over the run's config.json: choose another name")
     members, config = load_members(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-", dir=out.parent))
+    try:
+        staged = staging / out.name
+        manifest = _export_staged(run_dir, staged, members, config, name or out.stem, tile_size_px, calibration_frames)
+        manifest = _fit_and_evaluate(staged, manifest, bias_frames, evaluation_frames)
+        for path in (staged, staged.with_suffix(".members.pt"), manifest_path_for(staged)):  # manifest last
+            os.replace(path, out.parent / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _export_staged(
+    run_dir: Path,
+    out: Path,
+    members: list[UNet],
+    config: dict[str, Any],
+    name: str,
+    tile_size_px: int,
+    calibration_frames: int,
+) -> ModelManifest:
+    """The ONNX graph, the members' weights and a first manifest (with the OOD calibration) at ``out``."""
     depth = members[0].depth
     multiple = 2**depth
     ensemble = EnsembleWithUncertainty(members).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(ensemble, out, multiple)
     # The members' weights alone (no optimiser state), for re-export and the eager-torch benchmark.
     torch.save(
@@ -130,7 +169,7 @@ def export_run(
     calibration = calibrate(out, spec.unweighted(), calibration_frames) if calibration_frames else None
     defects = {ColumnClass.VACANCY, ColumnClass.DOPANT}
     manifest = ModelManifest(
-        name=name or out.stem,
+        name=name,
         onnx_file=out.name,
         onnx_sha256=sha256_file(out),
         classes=[ClassInfo(name=n, defect=ColumnClass(i) in defects) for i, n in enumerate(CLASS_NAMES)],
@@ -149,15 +188,20 @@ def export_run(
         calibration=calibration,
     )
     manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
+    return manifest
+
+
+def _fit_and_evaluate(out: Path, manifest: ModelManifest, bias_frames: int, evaluation_frames: int) -> ModelManifest:
+    """The manifest at ``out`` with the fitted decision rule and the validation figures (when asked for)."""
+    from models.segmenter import Segmenter
+
     if bias_frames > 0:
-        from models.segmenter import Segmenter
         from models.training.calibrate import fit_decision_bias
 
         bias = fit_decision_bias(Segmenter(manifest_path_for(out), "cpu"), frames=bias_frames)
         manifest = manifest.model_copy(update={"decision_bias": bias})
         manifest_path_for(out).write_text(json.dumps(manifest.model_dump(), indent=2))
     if evaluation_frames > 0:
-        from models.segmenter import Segmenter
         from models.training.evaluate import evaluate
 
         figures = evaluate(Segmenter(manifest_path_for(out), "cpu"), frames=evaluation_frames)

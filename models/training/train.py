@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,15 @@ class TrainConfig:
     # A finished run whose members start this one's (fine-tuning); empty: fresh initialisation.
     init_from: str = ""
 
+    def __post_init__(self) -> None:
+        for name in ("members", "steps", "batch", "samples", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.samples < self.batch:  # no whole batch could be drawn: training would never take a step
+            raise ValueError(f"samples ({self.samples}) must be at least the batch size ({self.batch})")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be positive and finite (got {self.learning_rate})")
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return asdict(self)
@@ -76,7 +88,7 @@ def check_parent(config: TrainConfig) -> dict[str, Any]:
     parent = Path(config.init_from)
     if not (parent / "config.json").exists():
         raise ValueError(f"--init-from {parent}: not a training run (no config.json)")
-    theirs = json.loads((parent / "config.json").read_text())
+    theirs = read_run_config(parent / "config.json")
     ours = json.loads(json.dumps(config.to_json()))
     differ = [k for k in ARCHITECTURE_KEYS if (theirs.get(k) or None) != (ours.get(k) or None)]
     if differ:
@@ -85,7 +97,7 @@ def check_parent(config: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"--init-from {parent}: has {theirs['members']} members, this run wants {config.members}")
     for m in range(config.members):
         path = parent / f"member_{m}.pt"
-        if not path.exists() or int(torch.load(path, weights_only=False)["step"]) < int(theirs["steps"]):
+        if not path.exists() or int(load_checkpoint(path)["step"]) < int(theirs["steps"]):
             raise ValueError(f"--init-from {parent}: member {m} is missing or unfinished")
     return theirs
 
@@ -119,6 +131,56 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Keys every run's config.json holds (runs of every version).
+_RUN_KEYS = ("members", "steps", "batch", "width", "depth", "class_weights", "seed", "data_seed", "samples", "sample")
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.json``, or a clear error naming the file.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not JSON, or lacks a key every run has.
+    """
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path.parent} is not a training run (no config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read as a run configuration ({exc})") from exc
+    missing = [k for k in _RUN_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"{path} is not a run configuration (missing {', '.join(missing)})")
+    return config
+
+
+#: What a member checkpoint holds.
+_CHECKPOINT_KEYS = ("model", "optim", "sched", "rng", "step")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A member checkpoint, or a clear error naming the file.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, truncated, corrupt or not a member checkpoint.
+    """
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: that member has no checkpoint (the run is unfinished)")
+    try:
+        state = torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise ValueError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); delete it to train that member again"
+        ) from exc
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a member checkpoint (missing {', '.join(missing)})")
+    return state
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -130,10 +192,13 @@ def load_or_make_data(run_dir: Path, config: TrainConfig, progress: bool) -> tup
     path = run_dir / "data.npz"
     key = json.dumps({"samples": config.samples, "seed": config.data_seed, "spec": _comparable(asdict(config.sample))})
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) == key:
-                return z["images"], z["targets"]
-        logger.warning("%s was made with another configuration; simulating again", path)
+        try:
+            with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:  # (fh: closed even when np.load fails)
+                if str(z["key"]) == key:
+                    return z["images"], z["targets"]
+            logger.warning("%s was made with another configuration; simulating again", path)
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a cache: made again
+            logger.warning("%s cannot be read (%s: %s); simulating again", path, type(exc).__name__, exc)
     images, targets = make_dataset(config.samples, config.data_seed, config.sample, progress=progress)
     tmp = run_dir / "data.tmp.npz"
     np.savez(tmp, images=images, targets=targets, key=np.array(key))
@@ -149,11 +214,34 @@ def _augment(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tupl
     return x, y
 
 
-def _batches(n: int, batch: int, rng: np.random.Generator) -> Any:
-    while True:
-        order = rng.permutation(n)
-        for i in range(0, n - batch + 1, batch):
-            yield order[i : i + batch]
+class _BatchOrder:
+    """Batches of sample indices, epoch after epoch in a fresh random order, with a resumable position.
+
+    The current epoch's order and position go into each checkpoint, so a resumed member draws the
+    same batches as an uninterrupted one (a fresh permutation on resume would drop the rest of the epoch).
+    """
+
+    def __init__(self, n: int, batch: int, rng: np.random.Generator) -> None:
+        self.n, self.batch, self.rng = n, batch, rng
+        self.order = np.empty(0, dtype=np.int64)
+        self.position = 0
+
+    def next(self) -> np.ndarray:
+        """The next batch (a new epoch's order once the current one has no whole batch left)."""
+        if self.position + self.batch > len(self.order):
+            self.order, self.position = self.rng.permutation(self.n), 0
+        idx = self.order[self.position : self.position + self.batch]
+        self.position += self.batch
+        return idx
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the order."""
+        return {"order": self.order.copy(), "position": self.position}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Continue from :meth:`state` (checkpoints written before it existed: a fresh epoch)."""
+        if state is not None and len(state["order"]) == self.n:
+            self.order, self.position = np.asarray(state["order"], dtype=np.int64), int(state["position"])
 
 
 def train_member(
@@ -168,22 +256,23 @@ def train_member(
     optim = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=config.learning_rate, total_steps=config.steps)
     rng = np.random.default_rng([config.seed, member])  # the member's own data order
+    batches = _BatchOrder(len(images), config.batch, rng)
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = load_checkpoint(path)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         rng.bit_generator.state = state["rng"]
+        batches.restore(state.get("batches"))
         step = int(state["step"])
     elif config.init_from:
-        model.load_state_dict(torch.load(Path(config.init_from) / f"member_{member}.pt", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(Path(config.init_from) / f"member_{member}.pt")["model"])
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(config.class_weights, dtype=torch.float32))
-    batches = _batches(len(images), config.batch, rng)
     model.train()
     bar = tqdm(total=config.steps, initial=step, desc=f"member {member}", disable=not progress, unit="step")
     while step < config.steps:
-        idx = next(batches)
+        idx = batches.next()
         x = torch.from_numpy(images[idx]).unsqueeze(1)
         y = torch.from_numpy(targets[idx].astype(np.int64))
         x, y = _augment(x, y, rng)
@@ -201,6 +290,7 @@ def train_member(
                 "optim": optim.state_dict(),
                 "sched": sched.state_dict(),
                 "rng": rng.bit_generator.state,
+                "batches": batches.state(),
                 "step": step,
                 "config": config.to_json(),
                 "member": member,
@@ -220,7 +310,8 @@ def train_ensemble(
     """Train every member of the ensemble in ``run_dir`` (resuming any that exist).
 
     ``threads`` sets torch's CPU threads (all cores when None).  ``command``, when given, is written
-    to ``run_dir/command.txt`` (what export records as the training command).  A run directory that
+    to ``run_dir/command.txt`` (what export records as the training command) unless the run already
+    has one: a resumed run keeps the command that started it.  A run directory that
     holds another configuration, or a parent run (``config.init_from``) that cannot start this one, is
     refused before anything is written: a refused run leaves no directory and changes no file.
     """
@@ -228,7 +319,7 @@ def train_ensemble(
         torch.set_num_threads(threads)
     config_path = run_dir / "config.json"
     if config_path.exists():
-        differ = _differing_keys(_comparable(json.loads(config_path.read_text())), _comparable(config.to_json()))
+        differ = _differing_keys(_comparable(read_run_config(config_path)), _comparable(config.to_json()))
         if differ:
             raise ValueError(
                 f"{config_path} holds another configuration (differs in {', '.join(differ)}):"
@@ -238,7 +329,7 @@ def train_ensemble(
         check_parent(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config.to_json(), indent=2))
-    if command is not None:
+    if command is not None and not (run_dir / "command.txt").exists():  # a resume keeps the run's own command
         (run_dir / "command.txt").write_text(command + "\n")
     images, targets = load_or_make_data(run_dir, config, progress)
     return [train_member(run_dir, m, config, images, targets, progress) for m in range(config.members)]
@@ -246,10 +337,10 @@ def train_ensemble(
 
 def load_members(run_dir: Path) -> tuple[list[UNet], dict[str, Any]]:
     """The trained members of ``run_dir`` in eval mode, and the run's configuration."""
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_run_config(run_dir / "config.json")
     members = []
     for m in range(int(config["members"])):
-        state = torch.load(run_dir / f"member_{m}.pt", weights_only=False)
+        state = load_checkpoint(run_dir / f"member_{m}.pt")
         if int(state["step"]) < int(config["steps"]):
             raise ValueError(f"member {m} of {run_dir} is unfinished ({state['step']}/{config['steps']} steps)")
         net = unet_from_config(config)

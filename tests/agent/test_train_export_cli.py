@@ -73,6 +73,8 @@ def test_train_refuses_to_overwrite_a_run_without_resume(exported, monkeypatch, 
     assert _run(monkeypatch, changed) == EXIT_USAGE
     assert "another configuration (differs in samples)" in capsys.readouterr().err
     assert (run_dir / "command.txt").read_text() == command  # the refused command is not recorded as the run's
+    assert _run(monkeypatch, [*TRAIN, "--out", str(run_dir), "--resume"]) == 0  # a finished run: nothing to do
+    assert (run_dir / "command.txt").read_text() == command  # a resume keeps the command that started the run
 
 
 def test_export_refuses_a_folder_that_is_no_run_and_a_wrong_suffix(exported, tmp_path, monkeypatch, capsys):

@@ -63,3 +63,29 @@ def test_manifest_records_the_run(tiny_model):
     assert [c["defect"] for c in manifest["classes"]] == [False, False, True, True]
     assert manifest["calibration"]["frames"] == 4 and manifest["calibration"]["frame_mutual_info_std"] > 0
     assert len(manifest["onnx_sha256"]) == 64
+
+
+def test_a_failed_export_leaves_the_previous_model_as_it_was(tiny_model, tmp_path, monkeypatch):
+    import models.training.calibrate as calibrate_module
+    from models.manifest import load_manifest
+    from models.training.export import export_run
+
+    out = tmp_path / "m.onnx"
+    export_run(tiny_model.run_dir, out, tile_size_px=64, calibration_frames=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped while the decision rule is being fitted
+
+    monkeypatch.setattr(calibrate_module, "fit_decision_bias", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tiny_model.run_dir, out, tile_size_px=64, calibration_frames=2, bias_frames=2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
+    load_manifest(out)
+
+
+def test_export_will_not_write_its_manifest_over_the_run_configuration(tiny_model):
+    from models.training.export import export_run
+
+    with pytest.raises(ValueError, match=r"over the run's config\.json"):
+        export_run(tiny_model.run_dir, tiny_model.run_dir / "config.onnx")

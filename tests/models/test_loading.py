@@ -94,3 +94,18 @@ def test_explicit_gpu_request_without_gpu_fails_loudly(tiny_model):
 
 def test_explicit_cpu_runs_on_cpu_only(tiny_model):
     assert OnnxModel(tiny_model.onnx, "cpu").active_providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("name", ["../tiny.onnx", "sub/tiny.onnx", "/tmp/tiny.onnx", "tiny.json"])
+def test_a_manifest_names_only_a_model_file_beside_it(model_copy, name):
+    _, manifest = model_copy
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "onnx_file": name}))
+    with pytest.raises(ModelError, match="malformed model manifest"):
+        load_manifest(manifest)
+
+
+def test_a_binary_manifest_is_malformed_not_a_crash(model_copy):
+    _, manifest = model_copy
+    manifest.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelError, match="malformed model manifest"):
+        load_manifest(manifest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,6 +12,20 @@ import torch
 
 from models.training.data import SampleSpec, make_sample
 from models.training.train import TrainConfig, load_members, train_ensemble
+
+
+def _killed_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], None]:
+    """Make the n-th optimiser step raise KeyboardInterrupt (a killed run); returns what undoes it."""
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    return lambda: monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
 
 
 def test_targets_sit_on_bright_columns():
@@ -45,22 +60,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     config = TrainConfig(
         members=1, steps=6, batch=2, width=4, depth=2, samples=8, checkpoint_every=2, sample=SampleSpec(patch_px=32)
     )
-    calls = {"n": 0}
-    real_step = torch.optim.AdamW.step
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # killed during the fourth step
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    revive = _killed_at_step(monkeypatch, 4)  # killed during the fourth step
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(tmp_path, config)
     assert torch.load(tmp_path / "member_0.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="unfinished"):
         load_members(tmp_path)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    revive()
     train_ensemble(tmp_path, config)  # resumes at step 2, no scheduler overrun
     assert torch.load(tmp_path / "member_0.pt", weights_only=False)["step"] == 6
     assert len(load_members(tmp_path)[0]) == 1
@@ -223,18 +229,10 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_checkpoints_without_the_p
     one = {**TINY, "members": 1}
     train_ensemble(parent, TrainConfig(**one))
     tune = TrainConfig(**{**one, "steps": 4, "checkpoint_every": 2}, init_from=str(parent))
-    real_step, calls = torch.optim.AdamW.step, {"n": 0}
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    revive = _killed_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train_ensemble(child, tune)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    revive()
     saved = _weights(child, 0)
     for path in parent.iterdir():  # the parent is gone: the child's checkpoint is all the resume needs
         path.unlink()
@@ -243,7 +241,18 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_checkpoints_without_the_p
     assert any(not torch.equal(saved[k], v) for k, v in _weights(child, 0).items())
 
 
-@pytest.mark.parametrize("option", [["--width", "0"], ["--depth", "-1"], ["--learning-rate", "0"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--width", "0"],
+        ["--depth", "-1"],
+        ["--learning-rate", "0"],
+        ["--learning-rate", "inf"],
+        ["--members", "0"],
+        ["--samples", "0"],
+        ["--batch", "0"],
+    ],
+)
 def test_train_refuses_sizes_and_rates_that_are_not_positive(tmp_path, capsys, option):
     from agent.cli import main
 
@@ -252,4 +261,60 @@ def test_train_refuses_sizes_and_rates_that_are_not_positive(tmp_path, capsys, o
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option[0]}: expected a" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"samples": 3, "batch": 4}, r"samples \(3\) must be at least the batch size \(4\)"),  # used to hang
+        ({"members": 0}, "members must be at least 1"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"learning_rate": float("inf")}, "learning_rate must be positive and finite"),
+    ],
+)
+def test_configurations_that_cannot_train_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{**TINY, **change})
+
+
+def test_a_resumed_member_draws_the_batches_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    """Killed mid-epoch (8 samples in batches of 2, checkpoint at step 3), it ends with the same weights."""
+    config = TrainConfig(**{**TINY, "members": 1, "steps": 6, "samples": 8, "checkpoint_every": 3})
+    train_ensemble(tmp_path / "whole", config, threads=1)
+    revive = _killed_at_step(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(tmp_path / "cut", config, threads=1)
+    revive()
+    train_ensemble(tmp_path / "cut", config, threads=1)
+    whole, cut = _weights(tmp_path / "whole", 0), _weights(tmp_path / "cut", 0)
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_damaged_run_files_get_clear_errors_or_are_made_again(tmp_path, caplog):
+    config = TrainConfig(**{**TINY, "members": 1})
+    train_ensemble(tmp_path, config, threads=1)
+    data = tmp_path / "data.npz"
+    data.write_bytes(data.read_bytes()[:3000])  # the dataset is a cache: simulated again from its seed
+    train_ensemble(tmp_path, config, threads=1)
+    assert "cannot be read" in caplog.text
+    with np.load(data) as z:
+        assert len(z["images"]) == TINY["samples"]
+    member = tmp_path / "member_0.pt"
+    member.write_bytes(member.read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"member_0\.pt is truncated or corrupt .* delete it to train that member"):
+        load_members(tmp_path)
+    member.unlink()
+    with pytest.raises(ValueError, match=r"member_0\.pt is missing: that member has no checkpoint"):
+        load_members(tmp_path)
+    (tmp_path / "config.json").write_text('{"members": 1, "steps"')
+    with pytest.raises(ValueError, match=r"config\.json cannot be read as a run configuration"):
+        train_ensemble(tmp_path, config)
+
+
+def test_train_refuses_fewer_samples_than_a_batch_before_writing(tmp_path, capsys):
+    from agent.cli import main
+
+    assert main(["train", "--members", "1", "--samples", "3", "--batch", "4", "--out", str(tmp_path / "run")]) == 2
+    assert "samples (3) must be at least the batch size (4)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
