@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,8 @@ def _run_train(args: argparse.Namespace) -> int:
     tune_allocator()
     if (args.out / "config.json").exists() and not args.resume:
         raise ValueError(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
+    if args.resume and not (args.out / "config.json").exists():
+        print(f"autoscope train: --resume: no run in {args.out} yet, starting a new one", file=sys.stderr)
     from models.training.data import SampleSpec
 
     width, depth, widths = _architecture(args)

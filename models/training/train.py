@@ -260,6 +260,9 @@ def train_member(
     step = 0
     if path.exists():
         state = load_checkpoint(path)
+        differ = _differing_keys(_comparable(state.get("config") or {}), _comparable(config.to_json()))
+        if state.get("config") is not None and differ:  # e.g. config.json deleted, then other options given
+            raise ValueError(f"{path} was trained with another configuration (differs in {', '.join(differ)})")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])

@@ -318,3 +318,12 @@ def test_train_refuses_fewer_samples_than_a_batch_before_writing(tmp_path, capsy
     assert main(["train", "--members", "1", "--samples", "3", "--batch", "4", "--out", str(tmp_path / "run")]) == 2
     assert "samples (3) must be at least the batch size (4)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    """Without config.json (deleted, or a run copied in part), the checkpoints' own record still guards them."""
+    config = TrainConfig(**{**TINY, "members": 1})
+    train_ensemble(tmp_path, config, threads=1)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"member_0\.pt was trained with another configuration \(differs in steps\)"):
+        train_ensemble(tmp_path, TrainConfig(**{**TINY, "members": 1, "steps": 4}), threads=1)
