@@ -95,11 +95,15 @@ def recorded_region(driver: ReplayDriver, config: RunConfig) -> Region | None:
 def data_region(driver: ReplayDriver, config: RunConfig) -> Region:
     """For what-if replay: the bounding box of recorded fields where a field of the configured size fits."""
     half = config.field.fov_nm / 2
-    boxes = [(f.header.x_nm, f.header.y_nm, f.header.fov_nm / 2) for f in driver.frames]
-    x0 = min(x - h for x, _, h in boxes) + half
-    x1 = max(x + h for x, _, h in boxes) - half
-    y0 = min(y - h for _, y, h in boxes) + half
-    y1 = max(y + h for _, y, h in boxes) - half
+    # (x, y, half width, half height): fov_nm is a frame's width; its height is rows x pixel size
+    boxes = [
+        (f.header.x_nm, f.header.y_nm, f.header.fov_nm / 2, f.header.pixel_size_nm * f.header.shape[0] / 2)
+        for f in driver.frames
+    ]
+    x0 = min(x - w for x, _, w, _ in boxes) + half
+    x1 = max(x + w for x, _, w, _ in boxes) - half
+    y0 = min(y - h for _, y, _, h in boxes) + half
+    y1 = max(y + h for _, y, _, h in boxes) - half
     if x0 > x1 or y0 > y1:
         raise ValueError(f"no recorded frame is large enough for a {config.field.fov_nm:g} nm field")
     return Region(x0, x1, y0, y1)

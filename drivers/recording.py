@@ -60,11 +60,18 @@ class SessionWriter:
 
     def __init__(self, directory: str | Path, fsync: bool = False) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / LOG_NAME
-        if self.path.exists():
-            raise RecordingError(f"{self.path} already exists: a session directory is written once")
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only file system
+            why = exc.strerror or exc
+            raise RecordingError(f"cannot create the session directory {self.directory}: {why}") from None
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            raise RecordingError(f"{self.path} already exists: a session directory is written once") from None
+        except OSError as exc:  # no permission, a read-only or full file system
+            raise RecordingError(f"cannot create a session log at {self.path}: {exc.strerror or exc}") from None
         self._fsync = fsync
         self.records = 0
         self.bytes_written = 0
@@ -197,6 +204,11 @@ def read_session(directory: str | Path) -> ReadResult:
     if not data.startswith(MAGIC):
         if MAGIC.startswith(data):  # cut inside the magic: an empty session
             return ReadResult(file_bytes=len(data), problem="file ends inside the header")
+        if len(data) >= len(MAGIC) and data.startswith(MAGIC[:-1]):
+            raise RecordingError(
+                f"{path} is a session log of format version {data[len(MAGIC) - 1]};"
+                f" this autoscope reads version {MAGIC[-1]}"
+            )
         raise RecordingError(f"{path} is not an autoscope session log")
     result = ReadResult(valid_bytes=len(MAGIC), file_bytes=len(data))
     for end, kind, body in iter_records(data):

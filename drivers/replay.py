@@ -2,8 +2,11 @@
 
 Two modes:
 
-* ``strict``: every scan is answered by the next recorded frame, in recorded order, whatever it asks
-  for (the agent's decisions are compared with the recorded ones elsewhere: :mod:`agent.replay`).
+* ``strict``: the n-th scan is answered by the frame recorded for the n-th recorded scan command,
+  whatever it asks for; a scan whose frame never came in the recorded session gets none now either
+  (the agent meets the same timeout), so later frames stay with their own scans.  A log without
+  command records (an imported session) serves its frames in recorded order.  The agent's decisions
+  are compared with the recorded ones elsewhere: :mod:`agent.replay`.
 * ``instrument``: a scan is answered from the recorded image data: the finest recorded frame that
   covers the requested field is resampled onto the requested pixel grid; a field no frame covers is
   refused with a reason starting "no data:".
@@ -66,9 +69,19 @@ class ReplayDriver:
         self._queue = FrameQueue()
         self._lock = threading.Lock()
         self._next = 0
+        # Strict mode: the recorded scans' command ids in order, and the frame each one got.
+        self._scan_ids = [
+            r["command"].get("id")
+            for r in result.records
+            if r.get("type") == "command" and isinstance(r.get("command"), dict) and r["command"].get("kind") == "scan"
+        ]
+        self._frame_of: dict[str, int] = {}
+        for i, f in enumerate(result.frames):
+            if f.header.command_id is not None:
+                self._frame_of.setdefault(f.header.command_id, i)
         self._t0: float | None = None
         self._smoothed: dict[tuple[int, float], np.ndarray] = {}
-        self.stats = {"served": 0, "refused_no_data": 0, "refused_exhausted": 0}
+        self.stats = {"served": 0, "refused_no_data": 0, "refused_exhausted": 0, "not_recorded": 0}
         self.problem, self.valid_bytes, self.file_bytes = result.problem, result.valid_bytes, result.file_bytes
         self._cap = self._capabilities()
 
@@ -87,6 +100,9 @@ class ReplayDriver:
                 self.state.apply(command)
                 return Ack.accept(command)
             frame = self._strict(command) if self.mode == "strict" else self._instrument(command)
+            if frame is None:  # its frame never came in the recorded session: none comes now either
+                self.stats["not_recorded"] += 1
+                return Ack.accept(command)
             self.stats["served"] += 1
             self._queue.put(frame)
         return Ack.accept(command)
@@ -115,16 +131,31 @@ class ReplayDriver:
         }
 
     # -- strict -------------------------------------------------------------------------------------
-    def _strict(self, command: ScanCommand) -> Frame:
+    def _strict(self, command: ScanCommand) -> Frame | None:
+        if not self._scan_ids:  # no command records (an imported session): the frames in recorded order
+            return self._strict_next(command)
+        if self._next >= len(self._scan_ids):
+            raise self._exhausted(command, f"it holds {len(self._scan_ids)} scans and all were replayed")
+        index = self._frame_of.get(self._scan_ids[self._next])
+        self._next += 1
+        if index is None:
+            return None
+        source = self.frames[index]
+        self._pace(source.header.acquisition_end_unix_s, 0.0)
+        return self._served(source, command, source.image, source.header.model_dump())
+
+    def _strict_next(self, command: ScanCommand) -> Frame:
         if self._next >= len(self.frames):
-            self.stats["refused_exhausted"] += 1
-            lost = f" (the log was cut: {self.problem})" if self.problem else ""
-            reason = f"recording exhausted: it holds {len(self.frames)} frames and all were served{lost}"
-            raise CommandRefused(Ack.refusal(command, "unsupported", reason))
+            raise self._exhausted(command, f"it holds {len(self.frames)} frames and all were served")
         source = self.frames[self._next]
         self._next += 1
         self._pace(source.header.acquisition_end_unix_s, 0.0)
         return self._served(source, command, source.image, source.header.model_dump())
+
+    def _exhausted(self, command: ScanCommand, what: str) -> CommandRefused:
+        self.stats["refused_exhausted"] += 1
+        lost = f" (the log was cut: {self.problem})" if self.problem else ""
+        return CommandRefused(Ack.refusal(command, "unsupported", f"recording exhausted: {what}{lost}"))
 
     # -- instrument -----------------------------------------------------------------------------------
     def _instrument(self, command: ScanCommand) -> Frame:
@@ -188,7 +219,8 @@ class ReplayDriver:
                                                command.x_nm, command.y_nm, px, (command.rows, command.cols),
                                                command.rotation_deg),
                                     h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(source))  # fmt: skip
-            return _linear_weights(rows_at, image.shape[0]) @ image @ _linear_weights(cols_at, image.shape[1]).T
+            return _separable_resample(image, _linear_weights(rows_at, image.shape[0]),
+                                       _linear_weights(cols_at, image.shape[1]))  # fmt: skip
         r, c = np.meshgrid(np.arange(command.rows, dtype=np.float64), np.arange(command.cols, dtype=np.float64),
                            indexing="ij")  # fmt: skip
         x, y = _to_stage(r, c, command.x_nm, command.y_nm, px, (command.rows, command.cols), command.rotation_deg)
@@ -250,6 +282,17 @@ def _aligned_crop(source: Frame, command: ScanCommand, px: float) -> np.ndarray 
     if top_i < 0 or left_i < 0 or top_i + command.rows > h.shape[0] or left_i + command.cols > h.shape[1]:
         return None
     return np.array(source.image[top_i : top_i + command.rows, left_i : left_i + command.cols], dtype=np.float32)
+
+
+def _separable_resample(image: np.ndarray, row_weights: np.ndarray, col_weights: np.ndarray) -> np.ndarray:
+    """``row_weights @ image @ col_weights.T`` over only the rows and columns that carry weight.
+
+    Pixels outside the requested field never enter the product, so a NaN or Inf among them (0 x NaN
+    is NaN) cannot spread over the whole served field.
+    """
+    rows = np.flatnonzero(row_weights.any(axis=0))
+    cols = np.flatnonzero(col_weights.any(axis=0))
+    return row_weights[:, rows] @ image[np.ix_(rows, cols)] @ col_weights[:, cols].T
 
 
 def _linear_weights(at: np.ndarray, size: int) -> np.ndarray:

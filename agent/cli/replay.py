@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_DIVERGED = 3
+#: Exit status of a strict replay whose run failed (agent.cli.EXIT_FAILURE).
+EXIT_REPLAY_FAILED = 1
 
 
 def register(sub: Any) -> None:
@@ -62,6 +64,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.directory} is a tomography session: replay it with "
                          f"autoscope tomo run --instrument {args.directory} --policy ... --tilts ...")  # fmt: skip
     frames = len(session.frames)
+    if not frames:
+        damage = f" (the log is damaged: {session.problem})" if session.problem else ""
+        raise ValueError(f"{args.directory} holds no recorded frames to replay{damage}")
     overrides = {
         "policy": args.policy,
         "steps": args.steps or frames,
@@ -70,7 +75,8 @@ def _replay(args: argparse.Namespace) -> int:
     }
     if not (start or {}).get("config") and session.frames:  # imported: fields like the recorded frames
         first = session.frames[0].header
-        overrides.update({"field.fov_nm": first.fov_nm, "field.pixels": max(16, min(4096, first.shape[1]))})
+        side = min(first.shape)  # square fields that fit inside the (possibly oblong) recorded frames
+        overrides.update({"field.fov_nm": first.pixel_size_nm * side, "field.pixels": max(16, min(4096, side))})
         overrides["policy"] = args.policy or "raster"
     config = recorded_config(start, overrides)
     if args.config is not None:
@@ -85,6 +91,8 @@ def _replay(args: argparse.Namespace) -> int:
     if r["problem"]:
         print(f"  the recording is damaged: {r['problem']} ({r['valid_bytes']} of {r['file_bytes']} bytes valid)",
               file=sys.stderr)  # fmt: skip
+    if not r["ended_cleanly"]:
+        print("  the recorded session did not end cleanly (no stop record): it was killed or cut", file=sys.stderr)
     if mode == "instrument":
         print(f"  {r['refused_no_data']} requested fields had no recorded data "
               f"(served fraction {r['served_fraction']})", file=sys.stderr)  # fmt: skip
@@ -95,4 +103,6 @@ def _replay(args: argparse.Namespace) -> int:
     for d in divergences[:20]:
         print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
     print(f"  {len(divergences)} of {report['recorded_decisions']} decisions diverged", file=sys.stderr)
+    if report["status"] == "failed":  # nothing to compare is no pass
+        return EXIT_REPLAY_FAILED
     return 0 if not divergences or args.allow_divergence else EXIT_DIVERGED

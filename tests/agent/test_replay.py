@@ -249,3 +249,68 @@ def test_instrument_mode_interpolates_like_the_reference_and_honours_rotation(re
     # the same field scanned at 90 degrees: the recorded image turned (the general path)
     driver.send(_scan_like(h, rotation_deg=90.0))
     assert np.allclose(driver.next_frame(1.0).image, np.rot90(source.image, 1), atol=1e-4)
+
+
+def test_strict_replay_keeps_frames_with_their_scans_when_one_was_lost(tmp_path, capsys):
+    """The recorded run lost step 1's frame: the replay must not hand step 2's image to step 1's scan."""
+    from agent.config import load_config
+    from agent.experiment import Experiment, open_instrument
+    from drivers.base import DriverTimeout
+
+    overrides = {"policy": "raster", "steps": 4, "seed": 1, "field.fov_nm": 2.56, "field.pixels": 128}
+    config = load_config(None, {**overrides, "frame_timeout_s": 1.0, "record": str(tmp_path / "s")})
+
+    class LosesTheSecondFrame:
+        def __init__(self, inner):
+            self.inner, self.frames = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def next_frame(self, timeout_s):
+            frame = self.inner.next_frame(timeout_s)
+            self.frames += 1
+            if self.frames == 2:
+                raise DriverTimeout("lost on the way")
+            return frame
+
+    with Experiment(config, driver=LosesTheSecondFrame(open_instrument(config))) as experiment:
+        assert experiment.run().errors["frame_lost"] == 1
+    out = tmp_path / "replay.json"
+    assert main(["replay", str(tmp_path / "s"), "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["divergences"] == [] and report["replay"]["not_recorded"] == 1 and report["replay"]["served"] == 4
+
+
+def test_a_recording_without_frames_is_no_pass(recorded, tmp_path, capsys):
+    log = (recorded / "session.log").read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "session.log").write_bytes(log[: _record_offsets(log)[0]])  # the start record only
+    assert main(["replay", str(tmp_path / "cut"), "--quiet"]) == 2
+    assert "holds no recorded frames to replay" in capsys.readouterr().err
+
+
+def test_a_bad_pixel_outside_the_requested_field_does_not_spread_into_it():
+    from drivers.replay import _linear_weights, _separable_resample
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    rows, cols = _linear_weights(np.linspace(20, 40, 16), 64), _linear_weights(np.linspace(10, 30, 16), 64)
+    clean = rows @ image @ cols.T
+    image[0, 0] = np.nan  # far from the field
+    np.testing.assert_allclose(_separable_resample(image, rows, cols), clean, rtol=1e-6)
+
+
+def test_what_if_replay_of_oblong_imported_frames_serves_fields(tmp_path):
+    """Frames twice as wide as tall: square fields as tall as a frame fit, and are served."""
+    rng = np.random.default_rng(2)
+    names = []
+    for i in range(3):
+        np.save(tmp_path / f"w{i}.npy", rng.random((64, 128), dtype=np.float32))
+        names.append(str(tmp_path / f"w{i}.npy"))
+    rows = "".join(f"w{i}.npy,{2.56 * i},0,0.02\n" for i in range(3))
+    (tmp_path / "pos.csv").write_text("image,x_nm,y_nm,pixel_size_nm\n" + rows)
+    out = tmp_path / "oblong"
+    assert main(["sessions", "import", *names, "--positions", str(tmp_path / "pos.csv"), "--out", str(out)]) == 0
+    report = tmp_path / "r.json"
+    assert main(["replay", str(out), "--policy", "raster", "--steps", "3", "--quiet", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["replay"]["served"] > 0

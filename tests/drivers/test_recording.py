@@ -90,8 +90,8 @@ def test_ten_thousand_single_byte_flips_are_all_detected_and_never_raise(tmp_pat
         damaged = bytearray(data)
         damaged[position] ^= flip
         path.write_bytes(bytes(damaged))
-        if position < len(MAGIC):
-            with pytest.raises(RecordingError, match="not an autoscope session log"):
+        if position < len(MAGIC):  # (a flip of the version byte reads as another format version)
+            with pytest.raises(RecordingError, match=r"not an autoscope session log|of format version"):
                 read_session(path)
             continue
         result = read_session(path)  # no exception: the damage is reported, not raised
@@ -154,3 +154,17 @@ def test_sessions_inspect_summarises_and_reports_damage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stop: none (session cut short)" in out and "damaged" in out
     assert main(["sessions", "inspect", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_log_of_another_format_version_says_so(tmp_path):
+    SessionWriter(tmp_path / "s").close()
+    log = tmp_path / "s" / LOG_NAME
+    log.write_bytes(MAGIC[:-1] + bytes([MAGIC[-1] + 1]) + log.read_bytes()[len(MAGIC) :])
+    with pytest.raises(RecordingError, match=f"format version {MAGIC[-1] + 1}; this autoscope reads version"):
+        read_session(tmp_path / "s")
+
+
+def test_a_session_that_cannot_be_created_is_a_recording_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RecordingError, match=r"cannot create the session directory .*afile/s"):
+        SessionWriter(tmp_path / "afile" / "s")
