@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.guard import Decision
 from drivers.base import Ack, Command, Frame
-from drivers.recording import LOG_NAME, RecordingError, SessionWriter, read_session
+from drivers.recording import LOG_NAME, RecordingError, SessionWriter, is_being_recorded, read_session
 
 UNCLOSED_MARK = "UNCLOSED.json"
 
@@ -27,7 +27,7 @@ def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     Raises
     ------
     RecordingError
-        The latest session of the chain is closed.
+        The latest session of the chain is closed, or still being recorded by a running agent.
     """
     directory = Path(directory)
     chain = [directory]
@@ -36,6 +36,8 @@ def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     if len(chain) == 1 and not (directory / LOG_NAME).exists():
         return directory, None
     latest = chain[-1]
+    if is_being_recorded(latest):  # not killed: another agent is writing it now
+        raise RecordingError(f"{latest} is being recorded by a running agent: choose another directory")
     old = read_session(latest)
     if any(r.get("type") == "stop" for r in old.records):
         raise RecordingError(f"{latest} already holds a finished session: a session directory is written once")

@@ -16,6 +16,7 @@ replay (an instrument) reads what the agent writes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import struct
@@ -72,6 +73,7 @@ class SessionWriter:
             raise RecordingError(f"{self.path} already exists: a session directory is written once") from None
         except OSError as exc:  # no permission, a read-only or full file system
             raise RecordingError(f"cannot create a session log at {self.path}: {exc.strerror or exc}") from None
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while recording: see is_being_recorded
         self._fsync = fsync
         self.records = 0
         self.bytes_written = 0
@@ -186,6 +188,26 @@ def iter_records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
             return
         yield end, payload[0], payload[1:]
         pos = end
+
+
+def is_being_recorded(directory: str | Path) -> bool:
+    """Whether a running :class:`SessionWriter` (in any process) holds ``directory``'s session log.
+
+    A writer holds an exclusive lock on its log until it is closed; the lock goes with the process, so
+    a killed agent's log is free at once.
+    """
+    path = Path(directory) / LOG_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing releases a lock taken here)
+    return False
 
 
 def read_session(directory: str | Path) -> ReadResult:

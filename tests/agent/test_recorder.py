@@ -31,3 +31,14 @@ def test_each_new_session_follows_the_latest_unclosed_one_and_a_finished_chain_i
     recorder.close()
     with pytest.raises(RecordingError, match=r"run\.3 already holds a finished session"):
         claim_session_dir(base)
+
+
+def test_a_session_still_being_recorded_is_neither_marked_unclosed_nor_followed(tmp_path):
+    base = tmp_path / "run"
+    live = SessionRecorder(base)  # a running agent: its log has no stop record yet
+    live.write("start", note="still running")
+    with pytest.raises(RecordingError, match="is being recorded by a running agent"):
+        claim_session_dir(base)
+    assert not (base / UNCLOSED_MARK).exists()
+    live.close()  # closed without a stop record: now it is a killed session's log, and is followed
+    assert claim_session_dir(base)[0] == tmp_path / "run.2"
