@@ -75,7 +75,7 @@ class RunConfig(BaseModel):
     instrument: str = Field("sim", description="'sim' or a tcp://HOST:PORT instrument server.")
     policy: Literal["raster", "random", "uncertainty", "defects", "bayes", "dkl"] = "bayes"
     steps: int = Field(20, ge=1, le=1_000_000)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # (torch seeds are 64-bit)
     record: Path | None = None
     json_summary: Path | None = Field(None, alias="json")
     model: Path | None = None
@@ -137,8 +137,11 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
             continue
         *parents, leaf = key.split(".")
         node = data
-        for p in parents:
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"'{where}' must be a table to set '{key}' (it is {node!r})")
         node[leaf] = value
     try:
         return RunConfig.model_validate(data)

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from agent.config import ConfigError, RunConfig
-from agent.guard import Guard, intersect, limits_beyond_instrument
+from agent.guard import Guard, half_extent_nm, intersect, limits_beyond_instrument
 from agent.live import LiveView
 from agent.loop import Loop, LoopConfig, RunState
 from agent.perception import Perception
@@ -46,14 +46,15 @@ def field_region(cap: Capabilities, config: RunConfig) -> Region:
     """Where field centres may lie.
 
     The stage range (narrowed by the guard's stage limits and the configured region), less half a field
-    so every field stays within it.
+    (of the configured rotation: a rotated field reaches further) so every field stays within it.
 
     Raises
     ------
     ValueError
         When nothing is left.
     """
-    margin = 0.5 * config.field.fov_nm + 1e-3
+    pixels = config.field.pixels
+    margin = max(half_extent_nm(config.field.fov_nm, pixels, pixels, config.field.rotation_deg)) + 1e-3
 
     def side(stage: Range | None, wanted: Range | None, axis: str) -> tuple[float, float]:
         if stage is None:

@@ -10,15 +10,23 @@ already scanned.  It never clamps: a decision is taken as it is or not at all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.field_index import FieldIndex, FieldRecord
 from drivers.base import Capabilities, Command, Range, ScanCommand, SetTiltCommand, deadline_in
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def half_extent_nm(fov_nm: float, rows: float, cols: float, rotation_deg: float) -> tuple[float, float]:
+    """Half the x and y extent of a field ``fov_nm`` wide and ``fov_nm * rows / cols`` tall, rotated."""
+    half_w, half_h = 0.5 * fov_nm, 0.5 * fov_nm * rows / cols
+    c, s = abs(math.cos(math.radians(rotation_deg))), abs(math.sin(math.radians(rotation_deg)))
+    return half_w * c + half_h * s, half_w * s + half_h * c
 
 
 def _half_diagonal_nm(fov_nm: float, rows: float, cols: float) -> float:
@@ -162,6 +170,18 @@ class Guard:
                 return f"{name}={value:g} is outside the allowed [{allowed.low:g}, {allowed.high:g}]"
         return None
 
+    def _field_off_stage(self, d: Decision) -> str | None:
+        """Whether any part of the (rotated) field, not only its centre, leaves the allowed stage range."""
+        half_x, half_y = half_extent_nm(d.fov_nm, d.rows, d.cols, d.rotation_deg)
+        for name, centre, half in (("x_nm", d.x_nm, half_x), ("y_nm", d.y_nm, half_y)):
+            allowed = self.limits[name]
+            if allowed is not None and not allowed.low - 1e-6 <= centre - half <= centre + half <= allowed.high + 1e-6:
+                return (
+                    f"the field spans {name[0]} {centre - half:g} to {centre + half:g} nm, beyond the allowed"
+                    f" [{allowed.low:g}, {allowed.high:g}]"
+                )
+        return None
+
     def _accumulated_dose(self, x: float, y: float, half: float) -> float:
         """An upper bound of the dose already received anywhere in a square of half-width ``half`` at (x, y).
 
@@ -176,6 +196,9 @@ class Guard:
             return problem
         if not (math.isfinite(d.rotation_deg) and -360.0 <= d.rotation_deg <= 360.0):
             return f"rotation_deg={d.rotation_deg!r} is outside [-360, 360]"
+        problem = self._field_off_stage(d)
+        if problem:
+            return problem
         if self.position is not None:
             step = math.hypot(d.x_nm - self.position[0], d.y_nm - self.position[1])
             if step > self.config.max_step_nm:
@@ -201,19 +224,24 @@ class Guard:
         deadline = deadline_in(self.config.command_timeout_s)
         if d.kind == "set_tilt":
             problem = self._out_of_limits(d, ("tilt_deg",))
-            return Refusal(d, problem) if problem else SetTiltCommand(tilt_deg=d.tilt_deg, deadline_unix_s=deadline)
+            if problem:
+                return Refusal(d, problem)
+            return _built(d, lambda: SetTiltCommand(tilt_deg=d.tilt_deg, deadline_unix_s=deadline))
         problem = self._scan_problem(d)
         if problem:
             return Refusal(d, problem)
-        return ScanCommand(
-            x_nm=d.x_nm,
-            y_nm=d.y_nm,
-            fov_nm=d.fov_nm,
-            rows=int(d.rows),
-            cols=int(d.cols),
-            dwell_us=d.dwell_us,
-            rotation_deg=d.rotation_deg,
-            deadline_unix_s=deadline,
+        return _built(
+            d,
+            lambda: ScanCommand(
+                x_nm=d.x_nm,
+                y_nm=d.y_nm,
+                fov_nm=d.fov_nm,
+                rows=int(d.rows),
+                cols=int(d.cols),
+                dwell_us=d.dwell_us,
+                rotation_deg=d.rotation_deg,
+                deadline_unix_s=deadline,
+            ),
         )
 
     @property
@@ -239,3 +267,18 @@ class Guard:
             dose = self.frame_dose_e_per_a2(d)
             self._fields.add(FieldRecord(command.x_nm, command.y_nm, half, command.fov_nm, dose))
             self._doses.append(dose)
+
+
+def _built(d: Decision, build: Callable[[], Command]) -> Command | Refusal:
+    """The command ``build`` makes, or a refusal where the wire schema's own bounds reject it.
+
+    The limits checked above come from the instrument and the configuration; an instrument may report
+    a range wider than the protocol carries (a stage beyond 1 m, more than 16384 pixels, a tilt beyond
+    90 degrees), and such a decision is refused like any other, never raised.
+    """
+    try:
+        return build()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return Refusal(d, f"{where}: {first.get('msg', 'invalid')} (outside what the protocol carries)")

@@ -29,6 +29,8 @@ _COMPARE: dict[type[ast.cmpop], Callable[[float, float], bool]] = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
+#: How many arguments each function takes: (fewest, most).
+_ARITY = {"min": (1, 99), "max": (1, 99), "abs": (1, 1), "log1p": (1, 1), "sqrt": (1, 1)}
 _FUNCTIONS: dict[str, Callable[..., float]] = {
     "min": min,
     "max": max,
@@ -91,6 +93,10 @@ class Reward:
             and node.func.id in _FUNCTIONS
             and not node.keywords
         ):
+            low, high = _ARITY[node.func.id]
+            if not low <= len(node.args) <= high:
+                want = f"{low}" if low == high else f"at least {low}"
+                raise RewardError(f"{node.func.id}() takes {want} argument(s), got {len(node.args)}")
             for arg in node.args:
                 self._check(arg, names)
             return
@@ -100,7 +106,7 @@ class Reward:
         """The reward of ``observation`` (a finite float; 0 where the arithmetic breaks down)."""
         try:
             value = float(self._eval(self._tree, observation.variables()))
-        except (OverflowError, ValueError, ZeroDivisionError):
+        except (OverflowError, ValueError, ZeroDivisionError, TypeError):  # TypeError: a complex power
             return 0.0
         return value if math.isfinite(value) else 0.0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ ACQUISITIONS = ("ucb", "ei", "thompson")
 def new_defects(observation: Observation) -> float:
     """The default reward: distinct defects first seen in the field."""
     return float(observation.new_defects)
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,12 @@ class GPPolicy(CandidatePolicy):
         super().ingest(observation)
         h = observation.header
         if observation.atoms_resolved and abs(h.fov_nm - self.context.field.fov_nm) < 1e-6:
+            reward = float(self.reward(observation))
+            if not math.isfinite(reward):  # the surrogate cannot learn from it; the field stays closed
+                logger.warning("reward %r at (%g, %g) nm is not finite: not for the surrogate", reward, h.x_nm, h.y_nm)
+                return
             self._seen_index.append(self._index_of(h.x_nm, h.y_nm))
-            self._rewards.append(self.reward(observation))
+            self._rewards.append(reward)
 
     def suggest(self, n: int = 1) -> list[Decision]:
         """Up to ``n`` fields: at random for the initial design, then by acquisition."""
@@ -111,8 +120,13 @@ class GPPolicy(CandidatePolicy):
             return [self.decide(int(i), phase="initial design") for i in picks]
         t0 = time.perf_counter()
         score, parts = self._scores()
-        score = np.where(self.open, score, -np.inf)
-        best = np.argsort(-score)[: min(n, int(self.open.sum()))]
+        usable = self.open & np.isfinite(score)  # a closed field is never chosen, nor one scored NaN
+        if not usable.any():  # the surrogate failed everywhere: an open field at random, said so
+            choices = np.flatnonzero(self.open)
+            picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
+            return [self.decide(int(i), phase="random: the surrogate's scores are not finite") for i in picks]
+        score = np.where(usable, score, -np.inf)
+        best = np.argsort(-score)[: min(n, int(usable.sum()))]
         self.last_decision_s = time.perf_counter() - t0
         return [
             self.decide(
@@ -129,7 +143,7 @@ class GPPolicy(CandidatePolicy):
         ]
 
     def _scores(self) -> tuple[np.ndarray, dict[str, Any]]:
-        from agent.policies.gp import expected_improvement
+        from agent.policies.gp import expected_improvement, standardisation
 
         c, fov = self.config, self.context.field.fov_nm
         if self._surrogate is None:
@@ -148,7 +162,7 @@ class GPPolicy(CandidatePolicy):
             if len(open_idx) > c.thompson_points:
                 open_idx = np.sort(self._rng.choice(open_idx, c.thompson_points, replace=False))
             acq[open_idx] = self._surrogate.sample(inputs[open_idx], int(self._rng.integers(2**31)))
-        spread = float(rewards.std()) if len(rewards) > 1 and rewards.std() > 0 else 1.0
+        spread = standardisation(rewards)[1]
         here = self.position or self.context.region.center_nm
         distance = np.hypot(self.xy[:, 0] - here[0], self.xy[:, 1] - here[1])
         seen_xy = self.xy[self._seen_index]

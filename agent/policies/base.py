@@ -61,17 +61,31 @@ class Region:
         return self.x_max_nm - self.x_min_nm, self.y_max_nm - self.y_min_nm
 
 
+#: Most candidate fields a policy keeps (their GP inputs and scores are arrays of this length).
+MAX_CANDIDATES = 4_000_000
+
+
 def candidate_grid(region: Region, spacing_nm: float) -> np.ndarray:
     """Field centres on a square grid of pitch ``spacing_nm`` covering ``region``, row by row.
 
     Returns
     -------
     ndarray, shape (n, 2), float64: (x_nm, y_nm) of each candidate; the rows of the grid run along x.
+
+    Raises
+    ------
+    ValueError
+        A spacing that is not positive and finite, or a grid of more than ``MAX_CANDIDATES`` fields.
     """
     if not (math.isfinite(spacing_nm) and spacing_nm > 0):
         raise ValueError(f"spacing_nm must be a positive finite number (got {spacing_nm!r})")
     width, height = region.size_nm
     nx, ny = max(1, int(width // spacing_nm) + 1), max(1, int(height // spacing_nm) + 1)
+    if nx * ny > MAX_CANDIDATES:
+        raise ValueError(
+            f"a {width:g} x {height:g} nm region at a spacing of {spacing_nm:g} nm is {nx * ny:.3g} candidate fields,"
+            f" more than {MAX_CANDIDATES:,}: narrow the region (region_x_nm, region_y_nm) or widen spacing_nm"
+        )
     # centre the grid in the region so both margins are equal
     xs = region.x_min_nm + 0.5 * (width - (nx - 1) * spacing_nm) + spacing_nm * np.arange(nx)
     ys = region.y_min_nm + 0.5 * (height - (ny - 1) * spacing_nm) + spacing_nm * np.arange(ny)

@@ -6,6 +6,7 @@ the loop run without torch.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,25 @@ def _quiet_numerics() -> Iterator[None]:
 #: Exact Cholesky solves up to this many points (gpytorch's default switches to iterative solvers at 800,
 #: which is far slower for the few thousand points a session holds).
 _CHOLESKY_UP_TO = 5000
+
+
+def standardisation(y: np.ndarray) -> tuple[float, float]:
+    """Mean and spread (standard deviation) of the rewards ``y``, without overflow.
+
+    Rewards spread over ~1e154 or more overflow ``y.std()`` (the squares pass 1e308); then the spread
+    is computed on the rewards scaled to [-1, 1].  The spread is 1 where the rewards are (nearly) all
+    equal.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    mean = float(np.mean(y))
+    if len(y) < 2:
+        return mean, 1.0
+    with np.errstate(over="ignore"):
+        spread = float(np.std(y))
+    if not math.isfinite(spread):
+        scale = float(np.max(np.abs(y - mean)))
+        spread = scale * float(np.std((y - mean) / scale))
+    return mean, spread if spread > 1e-9 else 1.0
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -108,8 +128,7 @@ class GPSurrogate:
     def update(self, x: np.ndarray, y: np.ndarray) -> bool:
         """Condition on all observations ``x`` (m, d_in), ``y`` (m,); refit when due. Returns True if refitted."""
         x, y = x[-self.max_points :], y[-self.max_points :]
-        self._y_mean = float(y.mean())
-        self._y_std = float(y.std()) if len(y) > 1 and y.std() > 1e-9 else 1.0
+        self._y_mean, self._y_std = standardisation(y)
         tx = torch.as_tensor(x, dtype=torch.float32)
         ty = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32)
         if self.model is None:

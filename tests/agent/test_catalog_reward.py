@@ -66,6 +66,7 @@ def test_reward_expressions_compute_from_the_observation():
     assert Reward("max(new_defects, 10) / 4", NAMES)(obs) == 2.5
     assert Reward("n_dopant / (n_atoms)", NAMES)(obs) == 0.0  # division by zero gives 0, not an exception
     assert Reward("sqrt(-n_vacancy)", NAMES)(obs) == 0.0
+    assert Reward("(ood_score - 3) ** 0.5", NAMES)(obs) == 0.0  # a complex power gives 0, not a crash
 
 
 @pytest.mark.parametrize(
@@ -78,6 +79,8 @@ def test_reward_expressions_compute_from_the_observation():
         ("lambda: 1", "not allowed"),
         ("n_atoms +", "not valid"),
         ("'text'", "not allowed"),
+        ("min()", r"min\(\) takes at least 1 argument\(s\), got 0"),
+        ("sqrt(n_atoms, 2)", r"sqrt\(\) takes 1 argument\(s\), got 2"),
     ],
 )
 def test_reward_refuses_anything_but_arithmetic(expression, message):

@@ -36,3 +36,15 @@ def test_bad_configuration_names_the_key(tmp_path, toml, message):
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_config(path, {})
+
+
+def test_a_scalar_where_a_table_is_needed_is_a_config_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('policies = "bayes"\n')
+    with pytest.raises(ConfigError, match=r"'policies' must be a table to set 'policies\.acquisition'"):
+        load_config(path, {"policies.acquisition": "ei"})
+
+
+def test_a_seed_beyond_64_bits_is_refused_at_start():
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(None, {"seed": 2**64})

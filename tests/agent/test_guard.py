@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.guard import Decision, Guard, GuardConfig, Refusal
+from agent.guard import Decision, Guard, GuardConfig, Refusal, half_extent_nm
 from drivers.base import Range, ScanCommand, SetTiltCommand
 from drivers.memory import DEFAULT_CAPABILITIES
 
@@ -59,6 +59,12 @@ def test_no_sequence_of_decisions_yields_an_unsafe_command(sequence):
         for name in ("x_nm", "y_nm", "fov_nm", "dwell_us", "rows", "cols"):
             assert _inside(getattr(out, name), guard.limits[name]), name
         assert out.x_nm >= -200 and out.x_nm <= 300 and out.fov_nm <= 50  # the configuration's own limits
+        half_x, half_y = half_extent_nm(out.fov_nm, out.rows, out.cols, out.rotation_deg)
+        for centre, half, allowed in (
+            (out.x_nm, half_x, guard.limits["x_nm"]),
+            (out.y_nm, half_y, guard.limits["y_nm"]),
+        ):
+            assert allowed.low - 1e-6 <= centre - half and centre + half <= allowed.high + 1e-6  # the whole field
         assert (out.x_nm, out.y_nm, out.fov_nm, out.rows) == (
             decision.x_nm,
             decision.y_nm,
@@ -101,6 +107,7 @@ def _scan(**kw) -> Decision:
         (_scan(dwell_us=0.5), "dwell_us=0.5 is outside"),
         (Decision("set_tilt", tilt_deg=65.0), "tilt_deg=65 is outside the allowed [-60, 60]"),
         (Decision("teleport"), "decision kind 'teleport' is not accepted"),
+        (_scan(x_nm=296.0), "the field spans x 291 to 301 nm, beyond the allowed [-200, 300]"),  # centre inside
     ],
 )
 def test_each_refusal_names_its_reason(decision, reason):
@@ -147,11 +154,37 @@ def test_the_dose_of_a_tall_non_square_field_counts_over_its_whole_height():
 def test_refresh_takes_a_restarted_instruments_limits_and_keeps_what_was_scanned():
     guard = Guard(DEFAULT_CAPABILITIES, GuardConfig())
     guard.commit(guard.check(_scan()))
-    narrower = DEFAULT_CAPABILITIES.model_copy(update={"stage_x_nm": Range(low=-1.0, high=1.0)})
+    narrower = DEFAULT_CAPABILITIES.model_copy(update={"stage_x_nm": Range(low=-20.0, high=20.0)})
     assert guard.refresh(narrower) == []  # nothing configured: the instrument's word stands
-    assert "x_nm=2 is outside the allowed [-1, 1]" in guard.check(_scan(x_nm=2.0)).reason
+    assert "x_nm=30 is outside the allowed [-20, 20]" in guard.check(_scan(x_nm=30.0)).reason
     assert "repeat of the field" in guard.check(_scan(x_nm=0.2)).reason  # the earlier field is remembered
     configured = Guard(DEFAULT_CAPABILITIES, CONFIG)  # x within [-200, 300]
     beyond = configured.refresh(narrower)
-    assert beyond == ["guard.stage_x_nm [-200, 300] is wider than the instrument's [-1, 1]"]
+    assert beyond == ["guard.stage_x_nm [-200, 300] is wider than the instrument's [-20, 20]"]
     assert configured.limits["x_nm"] == Range(low=-200, high=300)  # unchanged: the caller holds instead
+
+
+def test_a_rotated_field_reaches_further_than_an_upright_one():
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG)
+    assert isinstance(guard.check(_scan(x_nm=294.0)), ScanCommand)  # 289..299: inside
+    out = guard.check(_scan(x_nm=294.0, rotation_deg=45.0))  # corners at 294 +- 7.07
+    assert isinstance(out, Refusal) and "the field spans x 286.929 to 301.071 nm" in out.reason
+
+
+def test_limits_wider_than_the_protocol_give_refusals_not_exceptions():
+    """An instrument may report ranges beyond what the wire schema carries; the guard refuses, never raises."""
+    wide = DEFAULT_CAPABILITIES.model_copy(
+        update={
+            "stage_x_nm": Range(low=-2e6, high=2e6),
+            "stage_y_nm": Range(low=-2e6, high=2e6),
+            "fov_nm": Range(low=0.5, high=2e5),
+            "pixels": Range(low=16, high=32768),
+            "tilt_deg": Range(low=-180, high=180),
+        }
+    )
+    guard = Guard(wide, GuardConfig(max_step_nm=1e7, dose_budget_e_per_a2=1e30))
+    for decision in (_scan(x_nm=1.5e6), _scan(fov_nm=1.5e5), _scan(rows=20000, cols=20000, dwell_us=0.1)):
+        out = guard.check(decision)
+        assert isinstance(out, Refusal) and "outside what the protocol carries" in out.reason
+    tilt = guard.check(Decision("set_tilt", tilt_deg=120.0))
+    assert isinstance(tilt, Refusal) and "tilt_deg" in tilt.reason

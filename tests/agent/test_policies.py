@@ -213,3 +213,24 @@ def test_a_released_survey_is_proposed_again(obs_at):
     policy.release(survey)
     (again,) = policy.suggest(1)
     assert again.rationale["phase"] == "survey"
+
+
+def test_bayes_with_rewards_spread_over_1e200_never_proposes_a_visited_field(obs_at):
+    """y.std() overflowed to inf, every score was NaN, and NaN sorted before the closed fields' -inf."""
+    policy = make_policy(
+        "bayes",
+        context(),
+        reward=lambda o: float(o.new_defects) * 1e200,
+        acquisition=AcquisitionConfig(initial_fields=2),
+    )
+    seen = set()
+    for step in range(8):
+        (d,) = policy.suggest(1)
+        assert (d.x_nm, d.y_nm) not in seen, f"step {step} proposed a visited field"
+        seen.add((d.x_nm, d.y_nm))
+        policy.ingest(obs_at(d.x_nm, d.y_nm, FIELD.fov_nm, new_defects=int(step == 1)))
+
+
+def test_a_candidate_grid_too_large_to_hold_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"candidate fields, more than 4,000,000: narrow the region"):
+        candidate_grid(REGION, 1e-4)
