@@ -62,13 +62,22 @@ class DKLPolicy(GPPolicy):
         return self._patches is not None
 
     def survey_decision(self) -> Decision:
-        """One square scan over the whole region (plus a field's margin)."""
+        """One scan over the whole region plus a field's margin: square pixels, ``survey_pixels`` on its longer side.
+
+        A region wider than tall gets a survey wider than tall (a square one would reach past the region,
+        and past the stage, along the short side).
+        """
         region, field = self.context.region, self.context.field
-        fov = max(*region.size_nm) + field.fov_nm
+        width, height = region.size_nm[0] + field.fov_nm, region.size_nm[1] + field.fov_nm
+        n = self.survey_pixels
+        if width >= height:  # floor: the survey never reaches past the region's margin
+            cols, rows = n, max(16, math.floor(n * height / width))
+        else:
+            rows, cols = n, max(16, math.floor(n * width / height))
         x, y = region.center_nm
         return Decision(
-            "scan", x, y, fov, self.survey_pixels, self.survey_pixels, self.survey_dwell_us, 0.0,
-            rationale={"phase": "survey", "pixel_size_nm": fov / self.survey_pixels},
+            "scan", x, y, width, rows, cols, self.survey_dwell_us, 0.0,
+            rationale={"phase": "survey", "pixel_size_nm": width / cols},
         )  # fmt: skip
 
     def suggest(self, n: int = 1) -> list[Decision]:

@@ -234,3 +234,11 @@ def test_bayes_with_rewards_spread_over_1e200_never_proposes_a_visited_field(obs
 def test_a_candidate_grid_too_large_to_hold_is_refused_by_name():
     with pytest.raises(ValueError, match=r"candidate fields, more than 4,000,000: narrow the region"):
         candidate_grid(REGION, 1e-4)
+
+
+def test_the_dkl_survey_of_a_wide_region_is_wide_and_stays_over_the_region():
+    wide = PolicyContext(Region(-800.0, 800.0, 900.0, 990.0), FIELD, 0)
+    (survey,) = make_policy("dkl", wide).suggest(1)
+    height = survey.fov_nm * survey.rows / survey.cols
+    assert survey.fov_nm == pytest.approx(1600.0 + FIELD.fov_nm) and survey.cols > survey.rows >= 16
+    assert survey.y_nm - height / 2 >= 900.0 - FIELD.fov_nm / 2 and survey.y_nm + height / 2 <= 990.0 + FIELD.fov_nm / 2
