@@ -309,7 +309,10 @@ def _linear_weights(at: np.ndarray, size: int) -> np.ndarray:
 
 
 def _rotation(frame: Frame) -> float:
-    value = frame.header.metadata.get("rotation_deg", 0.0)
+    metadata = frame.header.metadata
+    value = metadata.get("rotation_deg")
+    if value is None and isinstance(metadata.get("nion"), dict):  # a Nion frame keeps it with its scan metadata
+        value = metadata["nion"].get("rotation_deg")
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 

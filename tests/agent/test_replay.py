@@ -314,3 +314,13 @@ def test_what_if_replay_of_oblong_imported_frames_serves_fields(tmp_path):
     report = tmp_path / "r.json"
     assert main(["replay", str(out), "--policy", "raster", "--steps", "3", "--quiet", "--json", str(report)]) == 0
     assert json.loads(report.read_text())["replay"]["served"] > 0
+
+
+def test_a_nion_frame_s_scan_rotation_is_read_from_its_nion_metadata():
+    from drivers.base import Frame
+    from drivers.replay import _rotation
+
+    image = np.zeros((16, 16), np.float32)
+    assert _rotation(Frame.of(image, 0.02, metadata={"nion": {"rotation_deg": 30.0}})) == 30.0
+    assert _rotation(Frame.of(image, 0.02, metadata={"rotation_deg": 12.0, "nion": {"rotation_deg": 30.0}})) == 12.0
+    assert _rotation(Frame.of(image, 0.02, metadata={"nion": {"rotation_deg": None}})) == 0.0
