@@ -115,14 +115,14 @@ class GPPolicy(CandidatePolicy):
         if not self.open.any():
             return []
         if len(self._rewards) < self.config.initial_fields:
-            choices = np.flatnonzero(self.open)
+            choices = np.flatnonzero(self.choosable())
             picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
             return [self.decide(int(i), phase="initial design") for i in picks]
         t0 = time.perf_counter()
         score, parts = self._scores()
-        usable = self.open & np.isfinite(score)  # a closed field is never chosen, nor one scored NaN
+        usable = self.choosable() & np.isfinite(score)  # a closed field is never chosen, nor one scored NaN
         if not usable.any():  # the surrogate failed everywhere: an open field at random, said so
-            choices = np.flatnonzero(self.open)
+            choices = np.flatnonzero(self.choosable())
             picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
             return [self.decide(int(i), phase="random: the surrogate's scores are not finite") for i in picks]
         score = np.where(usable, score, -np.inf)

@@ -101,6 +101,7 @@ class PolicyContext:
     field: FieldTemplate
     seed: int = 0
     spacing_nm: float | None = None  # candidate pitch; the field of view when None (fields just touch)
+    max_step_nm: float | None = None  # the guard's longest stage move: farther fields are not chosen yet
 
     def candidates(self) -> np.ndarray:
         """The candidate field centres, shape (n, 2)."""
@@ -145,6 +146,22 @@ class CandidatePolicy:
         self.open = np.ones(len(self.xy), dtype=bool)  # neither visited nor refused nor suggested
         self._only_suggested: set[int] = set()  # closed by a suggestion alone: released, they open again
         self.position: tuple[float, float] | None = None
+        self._planned: tuple[float, float] | None = None  # the latest suggestion: where the stage goes next
+
+    def choosable(self) -> np.ndarray:
+        """Open fields within one stage move (``max_step_nm``) of where the stage is going.
+
+        That is the latest suggestion (a policy that commits ahead plans from it), else the last field seen.
+
+        A field farther away stays open for later (the guard would refuse it now, which used to close it
+        for good).  All open fields where there is no step limit, no position yet, or none is near.
+        """
+        limit, here = self.context.max_step_nm, self._planned or self.position
+        if limit is None or here is None:
+            return self.open
+        near = np.hypot(self.xy[:, 0] - here[0], self.xy[:, 1] - here[1]) <= limit
+        mask = self.open & near
+        return mask if mask.any() else self.open
 
     def _index_of(self, x_nm: float, y_nm: float) -> int:
         return int(np.argmin(np.hypot(self.xy[:, 0] - x_nm, self.xy[:, 1] - y_nm)))
@@ -171,10 +188,12 @@ class CandidatePolicy:
     def reject(self, decision: Decision, reason: str) -> None:
         """Never propose this field again."""
         self._close(decision.x_nm, decision.y_nm)
+        self._planned = None  # the stage did not go there
 
     def release(self, decision: Decision) -> None:
         """Open the suggested field again, unless it was visited or refused since."""
         self._reopen(decision)
+        self._planned = None  # no one took it: the stage stays
 
     def _reopen(self, decision: Decision) -> int | None:
         """:meth:`release`, returning the index of the candidate it opened again (None: none)."""
@@ -190,4 +209,5 @@ class CandidatePolicy:
         if self.open[index]:
             self._only_suggested.add(index)
         self.open[index] = False
+        self._planned = (float(self.xy[index, 0]), float(self.xy[index, 1]))
         return self.context.field.at(self.xy[index, 0], self.xy[index, 1], **rationale)

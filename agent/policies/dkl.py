@@ -112,6 +112,7 @@ class DKLPolicy(GPPolicy):
                 observation.image, h.x_nm, h.y_nm, h.pixel_size_nm, rotation, self.xy,
                 self.patch_pixels, self.patch_fields * self.context.field.fov_nm,
             )  # fmt: skip
+            self.position = (h.x_nm, h.y_nm)  # the stage is over the survey's centre now
             return
         super().ingest(observation)
 

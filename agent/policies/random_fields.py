@@ -22,7 +22,7 @@ class RandomPolicy(CandidatePolicy):
         """Up to ``n`` random open fields."""
         out = []
         for _ in range(n):
-            choices = np.flatnonzero(self.open)
+            choices = np.flatnonzero(self.choosable())
             if not len(choices):
                 break
             out.append(self.decide(int(self._rng.choice(choices)), open_fields=len(choices)))

@@ -79,8 +79,9 @@ class ScoredPolicy(CandidatePolicy):
         if not self.open.any():
             return []
         score, estimate = self.scores()
-        score = np.where(self.open, score, -np.inf)
-        best = np.argsort(-score)[: min(n, int(self.open.sum()))]
+        usable = self.choosable()
+        score = np.where(usable, score, -np.inf)
+        best = np.argsort(-score)[: min(n, int(usable.sum()))]
         return [
             self.decide(
                 int(i), score=float(score[i]), predicted_value=float(estimate[i]), observed_fields=len(self._values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -242,3 +243,20 @@ def test_the_dkl_survey_of_a_wide_region_is_wide_and_stays_over_the_region():
     height = survey.fov_nm * survey.rows / survey.cols
     assert survey.fov_nm == pytest.approx(1600.0 + FIELD.fov_nm) and survey.cols > survey.rows >= 16
     assert survey.y_nm - height / 2 >= 900.0 - FIELD.fov_nm / 2 and survey.y_nm + height / 2 <= 990.0 + FIELD.fov_nm / 2
+
+
+@pytest.mark.parametrize("name", ["random", "bayes", "uncertainty"])
+def test_policies_choose_within_one_stage_move_and_leave_farther_fields_open(name, obs_at):
+    """A 10 um region with max_step_nm 1000: the guard would refuse (and used to close) most random picks."""
+    big = PolicyContext(Region(-4990.0, 4990.0, -4990.0, 4990.0), FIELD, 0, spacing_nm=100.0, max_step_nm=1000.0)
+    options = {"acquisition": AcquisitionConfig(initial_fields=3)} if name == "bayes" else {}
+    policy = make_policy(name, big, **options)
+    previous = None
+    for _ in range(8):
+        decisions = policy.suggest(3 if policy.commits_ahead else 1)  # committing ahead plans from each pick
+        for d in decisions:
+            if previous is not None:
+                assert math.hypot(d.x_nm - previous[0], d.y_nm - previous[1]) <= 1000.0
+            previous = (d.x_nm, d.y_nm)
+            policy.ingest(obs_at(d.x_nm, d.y_nm, FIELD.fov_nm, new_defects=0))
+    assert policy.open.sum() == len(policy.xy) - 8 * len(decisions)  # only visited fields are closed
