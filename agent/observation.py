@@ -66,8 +66,8 @@ class Observation:
     ood_score : frame epistemic uncertainty in calibration standard deviations (NaN if uncalibrated).
     atoms_resolved : False for frames too coarsely sampled to segment (surveys).
     timings_ms : perception time per stage.
-    image : the frame's image, kept only for frames that are not segmented (surveys), which policies
-        such as ``dkl`` read; None otherwise, so observations stay small.
+    image : the frame's image (a reference, not a copy), which policies such as ``dkl`` read from a survey;
+        a survey fine enough to be segmented is still a survey (the loop keeps only the latest observation).
     """
 
     step: int

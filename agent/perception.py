@@ -131,6 +131,7 @@ class Perception:
             seg.ood_score,
             True,
             timings,
+            frame.image,
         )
 
     def _inside(self, found: Atoms, frame: Frame) -> Atoms:

@@ -187,3 +187,17 @@ def test_a_second_signal_does_not_break_off_the_safe_shutdown(capsys):
         os.kill(os.getpid(), signal.SIGINT)  # while the loop shuts down: must not raise
         time.sleep(0.05)
     assert "already stopping" in capsys.readouterr().err
+
+
+def test_dkl_on_a_region_small_enough_that_its_survey_is_segmented_still_learns_from_it(tmp_path):
+    """A 20 nm region's 512 px survey is sampled finer than perception's limit: it is segmented, and is still the
+    survey (dkl used to wait for an image it never got and stop as "exhausted" after one frame, exit 0)."""
+    config = tmp_path / "dkl_small.toml"
+    config.write_text(
+        "region_x_nm = { low = -10.0, high = 10.0 }\nregion_y_nm = { low = -10.0, high = 10.0 }\n"
+        "[field]\nfov_nm = 2.56\npixels = 64\n[policies]\nsurvey_pixels = 512\ninitial_fields = 2\n"
+    )
+    summary = tmp_path / "s.json"
+    argv = ["run", "--policy", "dkl", "--steps", "4", "--config", str(config), "--quiet", "--json", str(summary)]
+    assert main(argv) == 0
+    assert json.loads(summary.read_text())["steps"] == 4
