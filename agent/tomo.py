@@ -58,15 +58,23 @@ def acquire_series(
     driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
     series = TiltSeries()
     side = int(cap.pixels.low)
+    refused: set[float] = set()
     for step in range(n_tilts):
         t0 = time.perf_counter()
         density = [_density(p, series.metadata) for p in series.projections]
         angle, why = chooser.next_angle(series.angles_deg, density)
         decision = Decision("set_tilt", tilt_deg=angle, rationale=why)
+        if angle in refused:  # the chooser is stuck on an angle the guard refuses: asking again changes nothing
+            reason = f"the chooser proposed {angle:g} deg again after it was refused; no further tilts"
+            series.refusals.append(reason)
+            recorder.decision(decision, step)
+            recorder.write("refusal", step=step, source="loop", reason=reason)
+            break
         checked = guard.check(decision)
         timings.add("decide", 1e3 * (time.perf_counter() - t0))
         recorder.decision(decision, step)
         if isinstance(checked, Refusal):
+            refused.add(angle)
             series.refusals.append(checked.reason)
             recorder.write("refusal", step=step, source="guard", reason=checked.reason)
             continue

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.manifest import ModelError, sha256_file
 from models.session import OnnxModel
 from models.sinogram import GRID_DEG, N_ANGLES, grid_index, pack, unpack
-from models.tomo import check_series, reconstruct
+from models.tomo import TomoError, check_series, reconstruct
 
 DEFAULT_INPAINT = Path(__file__).parent / "weights" / "sinogram_inpaint.json"
 
@@ -34,8 +34,8 @@ class InpaintManifest(BaseModel):
     onnx_file: str = Field(pattern=r"^[^/\\]+\.onnx$", description="A file name beside the manifest, no path.")
     onnx_sha256: str
     angles_deg: list[float]
-    detector_multiple: int
-    members: int
+    detector_multiple: int = Field(ge=1)
+    members: int = Field(ge=1)
     outputs: list[str]
 
 
@@ -79,10 +79,23 @@ class SinogramInpainter:
         if not np.allclose(self.manifest.angles_deg, GRID_DEG):
             raise ModelError(f"{path}: the model's angle grid differs from this version's")
         self.model = OnnxModel(onnx, providers, threads)
+        inputs = [i.name for i in self.model.session.get_inputs()]
+        missing = sorted(set(self.manifest.outputs) - set(self.model.output_names))
+        if inputs != ["sinogram"] or missing:  # checked now, not after a whole acquisition
+            raise ModelError(f"{onnx} is not the inpainting graph {path} names (inputs {inputs}, missing {missing})")
 
     def complete(self, series: np.ndarray, angles_deg: np.ndarray) -> Completed:
-        """Fill the unmeasured grid angles of ``series`` ``(n, rows, cols)`` (tilt axis along rows)."""
+        """Fill the unmeasured grid angles of ``series`` ``(n, rows, cols)`` (tilt axis along rows).
+
+        Raises
+        ------
+        TomoError
+            An invalid series (:func:`check_series`), or angles outside [-90, 90] degrees, which the grid
+            does not hold (they were piled onto its last row).
+        """
         series, angles = check_series(series, angles_deg)
+        if np.abs(angles).max() > 90.0 + 1e-6:
+            raise TomoError(f"inpainting takes tilts within [-90, 90] deg; got {angles.min():g} to {angles.max():g}")
         n, rows, cols = series.shape
         index = grid_index(angles)
         grid = np.zeros((rows, N_ANGLES, cols), dtype=np.float64)

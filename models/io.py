@@ -101,7 +101,7 @@ def _npz_pixel_size(path: Path, z: Any) -> float | None:
 
 
 def _read_npz(path: Path) -> LoadedImage:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh closes even if np.load fails
         return LoadedImage(z[_npz_image_key(path, z)], _npz_pixel_size(path, z), str(path))
 
 

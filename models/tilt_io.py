@@ -9,6 +9,7 @@ files hold one angle in degrees per line.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,25 @@ def read_tilt_series(path: str | Path, angles_file: str | Path | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise TomoError(f"no such file: {path}")
+    try:
+        series, angles, px = _read_series(path)
+    except TomoError:
+        raise
+    except Exception as exc:  # readers raise many types on truncated or corrupt files: name the file and the cause
+        raise TomoError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if angles_file is not None:
+        angles = read_angles(Path(angles_file))
+    if angles is None:
+        raise TomoError(f"{path} records no tilt angles: give them with --angles FILE (one per line)")
+    angles = np.asarray(angles, dtype=np.float64)
+    if series.ndim != 3 or angles.ndim != 1 or len(angles) != series.shape[0]:
+        n = series.shape[0] if series.ndim == 3 else f"? (a {series.ndim}-D array)"
+        raise TomoError(f"{path}: {n} projections but {angles.size} angles")
+    return TiltSeriesFile(series, angles, px)
+
+
+def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """The projections, the angles the file (or its sidecar) records, and the pixel size (nm)."""
     ext = path.suffix.lower()
     px: float | None = None
     angles: np.ndarray | None = None
@@ -103,16 +123,21 @@ def read_tilt_series(path: str | Path, angles_file: str | Path | None = None) ->
     elif ext in (".mrc", ".st", ".ali", ".mrcs"):
         import mrcfile
 
-        with mrcfile.open(path, permissive=True) as m:
-            series = np.asarray(m.data, dtype=np.float32)
-            vx = float(m.voxel_size.x)
+        with warnings.catch_warnings(record=True) as caught:  # permissive: odd headers pass, with a warning
+            warnings.simplefilter("always")
+            with mrcfile.open(path, permissive=True) as m:
+                if m.data is None:  # what permissive mode leaves of a short data block
+                    detail = "; ".join(str(w.message) for w in caught) or "no data block"
+                    raise TomoError(f"{path} is truncated or corrupt: {detail}")
+                series = np.asarray(m.data, dtype=np.float32)
+                vx = float(m.voxel_size.x)
         px = vx / 10.0 if vx > 0 else None  # MRC voxel sizes are in angstrom
         angles = _sidecar(path)
     elif ext == ".npy":
         series = np.load(path, allow_pickle=False).astype(np.float32)
         angles = _sidecar(path)
     elif ext == ".npz":
-        with np.load(path, allow_pickle=False) as z:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh closes even if np.load fails
             if "series" not in z.files:
                 raise TomoError(f"{path} has no array named 'series' (found {', '.join(z.files)})")
             series = z["series"].astype(np.float32)
@@ -121,13 +146,7 @@ def read_tilt_series(path: str | Path, angles_file: str | Path | None = None) ->
         series, angles = _hdf5(path)
     else:
         raise TomoError(f"unknown tilt-series format {ext!r} ({path})")
-    if angles_file is not None:
-        angles = read_angles(Path(angles_file))
-    if angles is None:
-        raise TomoError(f"{path} records no tilt angles: give them with --angles FILE (one per line)")
-    if series.ndim != 3 or len(angles) != series.shape[0]:
-        raise TomoError(f"{path}: {series.shape[0] if series.ndim == 3 else '?'} projections but {len(angles)} angles")
-    return TiltSeriesFile(series, np.asarray(angles, dtype=np.float64), px)
+    return series, angles, px
 
 
 def write_volume(volume: np.ndarray, out: Path, voxel_nm: float | None) -> list[Path]:

@@ -28,7 +28,8 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
     Raises
     ------
     TomoError
-        Not 3-D, angles not matching the first axis, non-finite values, repeated angles, fewer than 2 tilts.
+        Not 3-D, angles not matching the first axis, non-finite values, repeated angles, fewer than 2 tilts,
+        angles outside [-180, 360] degrees, or five or more angles all within +-pi (radians, surely).
     """
     series = np.asarray(series)
     angles = np.asarray(angles_deg, dtype=np.float64)
@@ -42,6 +43,11 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
         raise TomoError("the tilt series or its angles contain NaN or Inf")
     if len(np.unique(np.round(angles, 6))) != len(angles):
         raise TomoError("repeated tilt angles")
+    if angles.min() < -180.0 or angles.max() > 360.0:
+        raise TomoError(f"tilt angles span {angles.min():g} to {angles.max():g} deg, outside [-180, 360]")
+    if len(angles) >= 5 and np.abs(angles).max() <= math.pi + 1e-9:
+        widest = np.abs(angles).max()
+        raise TomoError(f"{len(angles)} tilts within +-{widest:.3g} deg: are they in radians? autoscope reads degrees")
     return series.astype(np.float32), angles
 
 

@@ -55,6 +55,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from models.tilt_io import read_tilt_series, save_central_slices, write_volume
     from models.tomo import reconstruct
 
+    _refuse_overwriting_inputs(args)
     loaded = read_tilt_series(args.series, args.angles)
     series, angles = loaded.series, loaded.angles_deg
     if args.range_deg:
@@ -73,6 +74,17 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """``--out`` writes STEM.npy, STEM.mrc and STEM.png: none may be the series or its angles."""
+    inputs = {Path(args.series).resolve()}
+    inputs |= {Path(args.series).with_suffix(ext).resolve() for ext in (".rawtlt", ".tlt")}
+    if args.angles is not None:
+        inputs.add(Path(args.angles).resolve())
+    clash = [str(p) for ext in (".npy", ".mrc", ".png") if (p := args.out.with_suffix(ext)).resolve() in inputs]
+    if clash:
+        raise ValueError(f"--out {args.out} would overwrite the input {', '.join(clash)}: choose another --out")
+
+
 def _inpainter(args: argparse.Namespace) -> Any:
     """The inpainting ensemble, or None when there is none (then no adaptive policy, no inpaint-wbp)."""
     from models.inpaint import DEFAULT_INPAINT, SinogramInpainter
@@ -84,13 +96,19 @@ def _inpainter(args: argparse.Namespace) -> Any:
     return SinogramInpainter(args.inpaint_model, providers="cpu")
 
 
-def _chooser(args: argparse.Namespace, inpainter: Any) -> Any:
+def _chooser(args: argparse.Namespace, inpainter: Any, holder: Any = None) -> Any:
+    """The tilt chooser; the adaptive one chooses within the holder's range (``holder``: its tilt Range)."""
     from agent.tomo import PlannedTilts
 
     if args.policy == "adaptive":
         from agent.policies.tilt_adaptive import AdaptiveTilt
 
         low, high = args.range_deg
+        if holder is not None:  # it would otherwise keep proposing an angle the guard refuses
+            low, high = max(low, holder.low), min(high, holder.high)
+            if not low < high:
+                raise ValueError(f"--range-deg {args.range_deg[0]:g} {args.range_deg[1]:g} lies outside the holder's"
+                                 f" [{holder.low:g}, {holder.high:g}] deg")  # fmt: skip
         return AdaptiveTilt(low, high, inpainter=inpainter)
     return PlannedTilts(args.policy, args.tilts, tuple(args.range_deg))
 
@@ -121,11 +139,15 @@ def _run(args: argparse.Namespace) -> int:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
         capabilities = driver.capabilities().model_dump(mode="json")
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities)
-        series = acquire_series(driver, _chooser(args, inpainter), args.tilts, recorder, timings)
+        chooser = _chooser(args, inpainter, driver.capabilities().tilt_deg)
+        series = acquire_series(driver, chooser, args.tilts, recorder, timings)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:
         recorder.close()
         driver.close()
+    if len(series.projections) < 2:
+        why = "; ".join(sorted(set(series.refusals))) or "none was asked for"
+        raise ValueError(f"{len(series.projections)} projection(s) acquired, at least 2 are needed (refused: {why})")
     volumes = reconstruct_all(series, inpainter)
     decision = timings.summary().get("decide", {})
     summary: dict[str, Any] = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from skimage.transform import radon
 from torch import nn
 from tqdm import tqdm
@@ -46,7 +46,14 @@ class InpaintConfig(BaseModel):
     phantoms: int = Field(48, ge=2, description="Training phantoms (seeds 0..phantoms-1).")
     dose_e_per_px: float = Field(2000.0, gt=0.0)
     seed: int = 0
-    learning_rate: float = 2e-3
+    learning_rate: float = Field(2e-3, gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _detector_fits_the_network(self) -> InpaintConfig:
+        """The U-Net halves the detector axis ``depth`` times: refuse a size it cannot, before anything is simulated."""
+        if self.size_px % 2**self.depth:
+            raise ValueError(f"size_px ({self.size_px}) must be a multiple of 2**depth ({2**self.depth})")
+        return self
 
 
 def phantom_sinograms(seed: int, size_px: int, dose_e_per_px: float, rng: np.random.Generator) -> np.ndarray:

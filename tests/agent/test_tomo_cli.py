@@ -124,3 +124,22 @@ def test_a_tomography_session_replays_strictly_with_zero_divergence(tmp_path):
     assert replay["divergences"] == [] and replay["replay"]["served"] == 5
     other = ["tomo", "run", "--policy", "sequential", "--tilts", "5", "--instrument", str(record)]
     assert main(other) == 3  # another scheme asks for other tilts: every difference is reported
+
+
+def test_an_adaptive_run_chooses_within_the_holder_and_a_run_with_no_projection_says_why(tmp_path, capsys):
+    summary = tmp_path / "s.json"
+    argv = ["tomo", "run", "--tilts", "5", "--size-px", "32"]
+    assert main([*argv, "--policy", "adaptive", "--range-deg", "-80", "80", "--json", str(summary)]) == 0
+    got = json.loads(summary.read_text())  # it used to propose the same refused angle 4 times and fail
+    assert len(got["angles_deg"]) == 5 and got["refusals"] == []
+    assert main([*argv, "--policy", "sequential", "--range-deg", "75", "85"]) == 2
+    assert "0 projection(s) acquired, at least 2 are needed (refused: tilt_deg=75 is outside" in capsys.readouterr().err
+
+
+def test_reconstruct_will_not_overwrite_its_own_input(tmp_path, capsys):
+    series = np.random.default_rng(0).random((5, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "s.npy", series)
+    (tmp_path / "s.rawtlt").write_text("\n".join(str(a) for a in (-40, -20, 0, 20, 40)))
+    assert main(["tomo", "reconstruct", str(tmp_path / "s.npy"), "--out", str(tmp_path / "s.mrc")]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert np.array_equal(np.load(tmp_path / "s.npy"), series)

@@ -91,3 +91,23 @@ def test_adaptive_tilt_starts_at_zero_then_follows_the_uncertainty(tiny):
         assert -70.0 <= angle <= 70.0 and all(abs(angle - a) > 0.5 for a in angles)
         angles.append(angle)
     assert angles[0] == 0.0 and "uncertainty" in why
+
+
+def test_bad_manifests_graphs_configs_and_angles_are_refused_early(tiny, tmp_path):
+    from models.tomo import TomoError
+    from models.training.inpaint import InpaintConfig
+
+    run, manifest = tiny
+    data = json.loads(manifest.read_text())
+    (tmp_path / "tiny.onnx").write_bytes((run / "tiny.onnx").read_bytes())
+    (tmp_path / "zero.json").write_text(json.dumps({**data, "detector_multiple": 0}))
+    with pytest.raises(ModelError, match="detector_multiple"):  # was a ZeroDivisionError after the acquisition
+        SinogramInpainter(tmp_path / "zero.json")
+    (tmp_path / "more.json").write_text(json.dumps({**data, "outputs": [*data["outputs"], "confidence"]}))
+    with pytest.raises(ModelError, match=r"is not the inpainting graph .* missing \['confidence'\]"):
+        SinogramInpainter(tmp_path / "more.json")
+    with pytest.raises(ValueError, match=r"size_px \(20\) must be a multiple of 2\*\*depth \(8\)"):
+        InpaintConfig(size_px=20, depth=3)
+    inpainter = SinogramInpainter(manifest, providers="cpu")
+    with pytest.raises(TomoError, match=r"within \[-90, 90\] deg"):  # they were piled onto the grid's last row
+        inpainter.complete(np.zeros((3, 32, 32), np.float32), np.array([0.0, 45.0, 120.0]))

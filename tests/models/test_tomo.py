@@ -51,6 +51,8 @@ def test_cols_axis_is_the_transposed_series(phantom):
         (np.zeros((4, 8, 8)), np.array([0.0, 1.0, 1.0, 2.0]), "repeated"),
         (np.full((2, 8, 8), np.nan), np.array([0.0, 1.0]), "NaN"),
         (np.zeros((1, 8, 8)), np.array([0.0]), "at least 2"),
+        (np.zeros((9, 8, 8)), np.radians(np.linspace(-60, 60, 9)), "are they in radians"),
+        (np.zeros((3, 8, 8)), np.array([0.0, 30.0, 750.0]), r"outside \[-180, 360\]"),
     ],
 )
 def test_bad_series_are_refused_with_the_reason(series, angles, message):
@@ -80,3 +82,21 @@ def test_readers_round_trip_npz_npy_with_angles_and_mrc(tmp_path, phantom):
     assert got.pixel_size_nm == pytest.approx(0.5) and got.series.shape == series.shape
     written = write_volume(reconstruct(series, angles), tmp_path / "vol.mrc", 0.5)
     assert [p.suffix for p in written] == [".npy", ".mrc"] and all(p.stat().st_size > 0 for p in written)
+
+
+def test_truncated_series_files_are_named_not_tracebacks(tmp_path, phantom):
+    import mrcfile
+
+    angles = np.linspace(-60, 60, 9)
+    series = series_of(phantom, angles).astype(np.float32)
+    np.savez(tmp_path / "s.npz", series=series, angles=angles)
+    with mrcfile.new(tmp_path / "s.mrc") as m:
+        m.set_data(series)
+    (tmp_path / "s.rawtlt").write_text("\n".join(map(str, angles)))
+    for name in ("s.npz", "s.mrc"):
+        whole = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(TomoError, match=r"cannot read .*s\.npz: BadZipFile"):
+        read_tilt_series(tmp_path / "s.npz")
+    with pytest.raises(TomoError, match=r"s\.mrc is truncated or corrupt"):
+        read_tilt_series(tmp_path / "s.mrc")
