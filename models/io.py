@@ -127,20 +127,33 @@ def _read_tiff(path: Path) -> LoadedImage:
     return LoadedImage(image, size, str(path))
 
 
-def _read_mrc(path: Path) -> LoadedImage:
+def read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
+    """An MRC file's data and voxel size (nm; None when unset), for images and tilt series alike.
+
+    Raises
+    ------
+    ImageReadError
+        The file is truncated or corrupt (mrcfile's permissive mode reads odd headers with a warning,
+        but leaves no data for a short data block).
+    """
     import mrcfile
 
-    with warnings.catch_warnings(record=True) as caught:  # permissive: odd headers pass, with a warning
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with mrcfile.open(path, permissive=True) as mrc:
-            if mrc.data is None:  # what permissive mode leaves of a short data block
+            if mrc.data is None:
                 detail = "; ".join(str(w.message) for w in caught) or "no data block"
                 raise ImageReadError(f"{path} is truncated or corrupt: {detail}")
             data = np.asarray(mrc.data)
-            voxel_a = float(mrc.voxel_size.x)
+            voxel_a = float(mrc.voxel_size.x)  # MRC voxel sizes are in angstrom
+    return data, voxel_a / 10.0 if voxel_a > 0 else None
+
+
+def _read_mrc(path: Path) -> LoadedImage:
+    data, voxel_nm = read_mrc(path)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
-    return LoadedImage(data, voxel_a / 10.0 if voxel_a > 0 else None, str(path))
+    return LoadedImage(data, voxel_nm, str(path))
 
 
 def _read_hdf5(path: Path) -> LoadedImage:

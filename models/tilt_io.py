@@ -9,7 +9,6 @@ files hold one angle in degrees per line.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +120,13 @@ def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | Non
         loaded = _dm(path)
         series, angles, px = loaded.series, loaded.angles_deg, loaded.pixel_size_nm
     elif ext in (".mrc", ".st", ".ali", ".mrcs"):
-        import mrcfile
+        from models.io import ImageReadError, read_mrc
 
-        with warnings.catch_warnings(record=True) as caught:  # permissive: odd headers pass, with a warning
-            warnings.simplefilter("always")
-            with mrcfile.open(path, permissive=True) as m:
-                if m.data is None:  # what permissive mode leaves of a short data block
-                    detail = "; ".join(str(w.message) for w in caught) or "no data block"
-                    raise TomoError(f"{path} is truncated or corrupt: {detail}")
-                series = np.asarray(m.data, dtype=np.float32)
-                vx = float(m.voxel_size.x)
-        px = vx / 10.0 if vx > 0 else None  # MRC voxel sizes are in angstrom
+        try:
+            data, px = read_mrc(path)
+        except ImageReadError as exc:
+            raise TomoError(str(exc)) from None
+        series = data.astype(np.float32)
         angles = _sidecar(path)
     elif ext == ".npy":
         series = np.load(path, allow_pickle=False).astype(np.float32)
