@@ -140,13 +140,13 @@ class ImagingParams(BaseModel):
     detector_efficiency: Fraction = Field(1.0, description="Fraction of scattered electrons counted.")
     background_fraction: float = Field(2e-4, ge=0.0, le=1.0, description="Flat background as a fraction of the beam.")
     background_gradient: float = Field(0.3, ge=0.0, le=1.0, description="Relative amplitude of the background slope.")
-    read_noise_counts: float = Field(0.5, ge=0.0, description="Detector read-noise standard deviation, counts.")
+    read_noise_counts: float = Field(0.5, ge=0.0, le=1e4, description="Detector read-noise standard deviation, counts.")
     shot_noise: bool = Field(True, description="Poisson shot noise on the expected counts.")
-    line_jitter_nm: float = Field(0.008, ge=0.0, description="Std of the per-line x offset.")
-    flyback_amplitude_nm: float = Field(0.04, ge=0.0, description="x offset at the start of each line.")
+    line_jitter_nm: float = Field(0.008, ge=0.0, le=2.0, description="Std of the per-line x offset.")
+    flyback_amplitude_nm: float = Field(0.04, ge=0.0, le=10.0, description="x offset at the start of each line.")
     flyback_settle_us: float = Field(150.0, gt=0.0, description="Decay time of the flyback offset.")
     flyback_time_us: float = Field(500.0, ge=0.0, description="Dead time between lines.")
-    drift_nm_per_s: float = Field(0.02, ge=0.0, description="Drift speed; direction drawn from the generator.")
+    drift_nm_per_s: float = Field(0.02, ge=0.0, le=100.0, description="Drift speed; its direction is drawn.")
     mask_radius_fraction: float = Field(
         0.25, gt=0.0, le=0.5, description="Class-mask disc radius as a fraction of the nearest-neighbour spacing."
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from simulators.config import ImagingParams, ScanRequest
 from simulators.defects import ColumnClass, DefectKind, Region
+from simulators.errors import ParameterError
 from simulators.raster import disc_slices, smooth_field, splat_columns
 from simulators.scan import ScanDistortion, ScanGeometry
 from simulators.specimen import Specimen
@@ -33,6 +34,10 @@ from simulators.truth import ColumnTruth, FrameTruth, SimulatedFrame
 _CONTAMINATION_THRESHOLD = 0.3
 #: Mask class of each DefectKind code.
 _CLASS_OF_KIND = np.array([int(DefectKind(k).column_class) for k in range(len(DefectKind))], dtype=np.uint8)
+
+
+#: Smallest pixel the renderer draws (a column's patch spans its probe in pixels: 1e-3 nm is ~100 px).
+MIN_PIXEL_NM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -212,10 +217,19 @@ def render_frame(
     ------
     ValueError
         If the field centre lies outside the specimen.
+    ParameterError
+        A pixel size below ``MIN_PIXEL_NM``, or a ``distortion`` for another number of lines.
     """
     imaging = imaging or ImagingParams()
     rng = rng if rng is not None else np.random.default_rng(0)
     specimen.check_position(scan.x_nm, scan.y_nm)
+    if scan.pixel_size_nm < MIN_PIXEL_NM:  # each column's patch grows as (probe / pixel)**2: gigabytes below this
+        raise ParameterError(
+            f"pixel size {scan.pixel_size_nm:.3g} nm (fov_nm={scan.fov_nm:g} over {scan.cols} columns) is below"
+            f" {MIN_PIXEL_NM:g} nm: is fov_nm in nm?"
+        )
+    if distortion is not None and len(distortion.line_offsets_nm) != scan.rows:
+        raise ParameterError(f"the distortion is for {len(distortion.line_offsets_nm)} lines, the scan has {scan.rows}")
     dist = distortion if distortion is not None else ScanDistortion.draw(rng, scan, imaging)
     sigma_rows = _effective_sigma_nm(imaging, scan.pixel_size_nm) / scan.pixel_size_nm
     geometry = ScanGeometry(scan, dist, imaging.flyback_time_us, truth_smoothing_rows=sigma_rows)

@@ -77,3 +77,24 @@ def test_render_with_a_valid_edge_position_works():
     )
     # Three quarters of the field lie off the specimen: vacuum, marked as hole.
     assert 0.6 < (frame.truth.region_mask == 1).mean() < 0.9
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("line_jitter_nm", 1000.0), ("drift_nm_per_s", 1000.0), ("flyback_amplitude_nm", 500.0)]
+)
+def test_scan_distortions_too_large_to_render_are_refused_at_once(field, value):
+    """They used to run for 17 s and end in a MemoryError (the field's slack grows with them)."""
+    with pytest.raises(ParameterError, match=field):
+        checked(ImagingParams, **{field: value})
+
+
+def test_a_pixel_far_below_the_probe_and_a_distortion_of_another_length_are_refused():
+    from simulators.scan import ScanDistortion
+
+    specimen = Specimen(SpecimenConfig(seed=1, width_nm=40, height_nm=40))
+    with pytest.raises(
+        ParameterError, match=r"pixel size 3\.91e-05 nm .* is fov_nm in nm"
+    ):  # was 1.4 GiB, then a crash
+        render_frame(specimen, ScanRequest(fov_nm=0.02, rows=512, cols=512))
+    with pytest.raises(ParameterError, match="the distortion is for 32 lines, the scan has 64"):
+        render_frame(specimen, ScanRequest(fov_nm=2.0, rows=64, cols=64), distortion=ScanDistortion.none(32))
