@@ -138,17 +138,17 @@ class ReplayDriver:
             raise self._exhausted(command, f"it holds {len(self._scan_ids)} scans and all were replayed")
         index = self._frame_of.get(self._scan_ids[self._next])
         self._next += 1
-        if index is None:
-            return None
-        source = self.frames[index]
-        self._pace(source.header.acquisition_end_unix_s, 0.0)
-        return self._served(source, command, source.image, source.header.model_dump())
+        return None if index is None else self._as_recorded(index, command)
 
     def _strict_next(self, command: ScanCommand) -> Frame:
         if self._next >= len(self.frames):
             raise self._exhausted(command, f"it holds {len(self.frames)} frames and all were served")
-        source = self.frames[self._next]
         self._next += 1
+        return self._as_recorded(self._next - 1, command)
+
+    def _as_recorded(self, index: int, command: ScanCommand) -> Frame:
+        """Recorded frame ``index`` as the answer to ``command``, at the recorded pace."""
+        source = self.frames[index]
         self._pace(source.header.acquisition_end_unix_s, 0.0)
         return self._served(source, command, source.image, source.header.model_dump())
 

@@ -137,9 +137,9 @@ def _run(args: argparse.Namespace) -> int:
     inpainter = _inpainter(args)
     try:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
-        capabilities = driver.capabilities().model_dump(mode="json")
-        recorder.write("start", kind="tomography", config=config, capabilities=capabilities)
-        chooser = _chooser(args, inpainter, driver.capabilities().tilt_deg)
+        capabilities = driver.capabilities()
+        recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
+        chooser = _chooser(args, inpainter, capabilities.tilt_deg)
         series = acquire_series(driver, chooser, args.tilts, recorder, timings)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:

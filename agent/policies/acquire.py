@@ -115,16 +115,12 @@ class GPPolicy(CandidatePolicy):
         if not self.open.any():
             return []
         if len(self._rewards) < self.config.initial_fields:
-            choices = np.flatnonzero(self.choosable())
-            picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
-            return [self.decide(int(i), phase="initial design") for i in picks]
+            return self._at_random(n, "initial design")
         t0 = time.perf_counter()
         score, parts = self._scores()
         usable = self.choosable() & np.isfinite(score)  # a closed field is never chosen, nor one scored NaN
         if not usable.any():  # the surrogate failed everywhere: an open field at random, said so
-            choices = np.flatnonzero(self.choosable())
-            picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
-            return [self.decide(int(i), phase="random: the surrogate's scores are not finite") for i in picks]
+            return self._at_random(n, "random: the surrogate's scores are not finite")
         score = np.where(usable, score, -np.inf)
         best = np.argsort(-score)[: min(n, int(usable.sum()))]
         self.last_decision_s = time.perf_counter() - t0
@@ -141,6 +137,12 @@ class GPPolicy(CandidatePolicy):
             )
             for i in best
         ]
+
+    def _at_random(self, n: int, phase: str) -> list[Decision]:
+        """Up to ``n`` distinct choosable fields drawn at random, with ``phase`` as their rationale."""
+        choices = np.flatnonzero(self.choosable())
+        picks = self._rng.choice(choices, size=min(n, len(choices)), replace=False)
+        return [self.decide(int(i), phase=phase) for i in picks]
 
     def _scores(self) -> tuple[np.ndarray, dict[str, Any]]:
         from agent.policies.gp import expected_improvement, standardisation

@@ -131,6 +131,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _differs_from(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Keys in which a stored run configuration (config.json, a checkpoint's) differs from ``config``."""
+    return _differing_keys(_comparable(stored), _comparable(config.to_json()))
+
+
 #: Keys every run's config.json holds (runs of every version).
 _RUN_KEYS = ("members", "steps", "batch", "width", "depth", "class_weights", "seed", "data_seed", "samples", "sample")
 
@@ -260,8 +265,8 @@ def train_member(
     step = 0
     if path.exists():
         state = load_checkpoint(path)
-        differ = _differing_keys(_comparable(state.get("config") or {}), _comparable(config.to_json()))
-        if state.get("config") is not None and differ:  # e.g. config.json deleted, then other options given
+        differ = _differs_from(state["config"], config) if state.get("config") is not None else []
+        if differ:  # e.g. config.json deleted, then other options given
             raise ValueError(f"{path} was trained with another configuration (differs in {', '.join(differ)})")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
@@ -322,7 +327,7 @@ def train_ensemble(
         torch.set_num_threads(threads)
     config_path = run_dir / "config.json"
     if config_path.exists():
-        differ = _differing_keys(_comparable(read_run_config(config_path)), _comparable(config.to_json()))
+        differ = _differs_from(read_run_config(config_path), config)
         if differ:
             raise ValueError(
                 f"{config_path} holds another configuration (differs in {', '.join(differ)}):"
