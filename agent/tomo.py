@@ -1,9 +1,10 @@
 """A tilt-series experiment: the agent chooses tilts, the instrument projects, the series is reconstructed.
 
 Each tilt is a ``set_tilt`` decision that passes the guard (which refuses anything outside the holder's
-range), then a scan of the whole projection; both commands and every projection are recorded as in a
-scan session.  At the end the series is reconstructed with each method and, when the phantom is known
-(a simulation), scored against it.
+range), then a scan of the whole projection that passes it too (the frame's dose, the dose budget over
+the series: the one field is scanned at every tilt, so repeats are allowed); both commands and every
+projection are recorded as in a scan session.  At the end the series is reconstructed with each
+method and, when the phantom is known (a simulation), scored against it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.guard import Decision, Guard, Refusal
+from agent.guard import Decision, Guard, GuardConfig, Refusal
 from agent.policies.tilt import tilt_plan
 from agent.recorder import SessionRecorder
 from agent.timings import StageTimings
-from drivers.base import Driver, ScanCommand, UnblankCommand, deadline_in
+from drivers.base import Driver, UnblankCommand, deadline_in
 from models.tomo import psnr_db, reconstruct
 
 
@@ -50,11 +51,16 @@ class PlannedTilts:
 
 def acquire_series(
     driver: Driver, chooser: Any, n_tilts: int, recorder: SessionRecorder, timings: StageTimings,
-    dwell_us: float = 1.0,
+    dwell_us: float = 1.0, guard_config: GuardConfig | None = None,
 ) -> TiltSeries:  # fmt: skip
-    """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped."""
+    """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped.
+
+    A refused projection scan (its dose, or the series' dose budget) ends the series: every later
+    projection is of the same field.  ``guard_config`` defaults to :class:`GuardConfig` with revisits
+    allowed.
+    """
     cap = driver.capabilities()
-    guard = Guard(cap)
+    guard = Guard(cap, guard_config or GuardConfig(allow_revisits=True))
     driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
     series = TiltSeries()
     side = int(cap.pixels.low)
@@ -78,11 +84,20 @@ def acquire_series(
             series.refusals.append(checked.reason)
             recorder.write("refusal", step=step, source="guard", reason=checked.reason)
             continue
+        projection = Decision(
+            "scan", 0.0, 0.0, cap.fov_nm.low, side, side, dwell_us, rationale={"projection_at_tilt_deg": angle}
+        )
+        scan = guard.check(projection)
+        if isinstance(scan, Refusal):
+            series.refusals.append(scan.reason)
+            recorder.decision(projection, step)
+            recorder.write("refusal", step=step, source="guard", reason=f"projection: {scan.reason}; no further tilts")
+            break
         recorder.command(checked, step)
         recorder.ack(driver.send(checked), step)
-        scan = ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=cap.fov_nm.low, rows=side, cols=side, dwell_us=dwell_us)
         recorder.command(scan, step)
         recorder.ack(driver.send(scan), step)
+        guard.commit(scan)
         frame = driver.next_frame(30.0)
         recorder.frame(frame, step)
         series.angles_deg.append(float(frame.header.tilt_deg))

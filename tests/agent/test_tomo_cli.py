@@ -143,3 +143,30 @@ def test_reconstruct_will_not_overwrite_its_own_input(tmp_path, capsys):
     assert main(["tomo", "reconstruct", str(tmp_path / "s.npy"), "--out", str(tmp_path / "s.mrc")]) == 2
     assert "would overwrite the input" in capsys.readouterr().err
     assert np.array_equal(np.load(tmp_path / "s.npy"), series)
+
+
+def test_projection_scans_pass_the_guard_and_the_dose_budget_ends_the_series():
+    from agent.guard import Decision, Guard, GuardConfig
+    from agent.recorder import SessionRecorder
+    from agent.timings import StageTimings
+    from agent.tomo import PlannedTilts, acquire_series
+    from drivers.simulated_tomo import SimulatedTiltDriver
+
+    driver = SimulatedTiltDriver(phantom_seed=0, size_px=32)
+    cap = driver.capabilities()
+    side = int(cap.pixels.low)
+    one = Guard(cap).frame_dose_e_per_a2(Decision("scan", 0.0, 0.0, cap.fov_nm.low, side, side, 1.0))
+    config = GuardConfig(allow_revisits=True, dose_budget_e_per_a2=2.5 * one)
+    sent = []
+    send = driver.send
+    driver.send = lambda command: sent.append(command.kind) or send(command)  # type: ignore[method-assign]
+    try:
+        series = acquire_series(
+            driver, PlannedTilts("sequential", 5, (-60.0, 60.0)), 5, SessionRecorder(None), StageTimings(),
+            guard_config=config,
+        )  # fmt: skip
+    finally:
+        driver.close()
+    assert len(series.projections) == 2
+    assert len(series.refusals) == 1 and "dose budget" in series.refusals[0]
+    assert sent.count("scan") == 2 and sent.count("set_tilt") == 2  # no tilt without its projection
