@@ -37,11 +37,30 @@ class RasterPolicy(CandidatePolicy):
             self._next = min(self._next, int(self._place[i]))
 
     def suggest(self, n: int = 1) -> list[Decision]:
-        """The next ``n`` open fields of the sweep."""
+        """The next ``n`` open fields of the sweep.
+
+        Where the next open field lies beyond one stage move (after a refused stretch of the sweep), the
+        nearest open field in reach comes first, and the farther ones wait (the guard would refuse them
+        now, which closed them for good, one after another, and could end the run).
+        """
         out: list[Decision] = []
-        while len(out) < n and self._next < len(self._order):
-            i = int(self._order[self._next])
-            self._next += 1
-            if self.open[i]:
-                out.append(self.decide(i, order=self._next - 1))
+        while len(out) < n:
+            i = self._next_field()
+            if i is None:
+                break
+            out.append(self.decide(i, order=int(self._place[i])))
         return out
+
+    def _next_field(self) -> int | None:
+        """The sweep's next open field; where it is out of reach, the nearest open field in reach."""
+        while self._next < len(self._order) and not self.open[self._order[self._next]]:
+            self._next += 1
+        ahead = self._order[self._next :]
+        if not ahead.size:
+            return None
+        reachable = ahead[self.choosable()[ahead]]
+        here = self._planned or self.position
+        if here is None or not reachable.size or reachable[0] == ahead[0]:
+            return int(ahead[0])
+        distance = np.hypot(self.xy[reachable, 0] - here[0], self.xy[reachable, 1] - here[1])
+        return int(reachable[int(np.argmin(distance))])  # ties: the earliest in the sweep

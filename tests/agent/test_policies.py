@@ -260,3 +260,21 @@ def test_policies_choose_within_one_stage_move_and_leave_farther_fields_open(nam
             previous = (d.x_nm, d.y_nm)
             policy.ingest(obs_at(d.x_nm, d.y_nm, FIELD.fov_nm, new_defects=0))
     assert policy.open.sum() == len(policy.xy) - 8 * len(decisions)  # only visited fields are closed
+
+
+def test_raster_goes_on_within_one_stage_move_after_a_refused_stretch(obs_at):
+    """Refused rows leave the sweep's next field out of reach: it carries on with the fields in reach."""
+    policy = make_policy("raster", PolicyContext(REGION, FIELD, 0, max_step_nm=35.0))
+    (first,) = policy.suggest(1)
+    assert (first.x_nm, first.y_nm) == (-50.0, -50.0)
+    policy.ingest(obs_at(first.x_nm, first.y_nm, FIELD.fov_nm, new_defects=0))
+    for x, y in policy.xy[policy.xy[:, 1] < -25.0]:  # rows 0-2 refused; row 3 is swept from x = 50
+        policy.reject(FIELD.at(x, y), "refused by the guard")
+    here, visited = (first.x_nm, first.y_nm), []
+    for _ in range(6):
+        (d,) = policy.suggest(1)
+        assert math.hypot(d.x_nm - here[0], d.y_nm - here[1]) <= 35.0, (d.x_nm, d.y_nm)
+        here = (d.x_nm, d.y_nm)
+        visited.append(here)
+        policy.ingest(obs_at(d.x_nm, d.y_nm, FIELD.fov_nm, new_defects=0))
+    assert visited == [(-50.0, -20.0), (-40.0, -20.0), (-30.0, -20.0), (-20.0, -20.0), (-10.0, -20.0), (0.0, -20.0)]
