@@ -11,6 +11,7 @@ also check the dose); a vendor driver can use them too.
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,13 @@ class FrameQueue:
             self._ready.notify_all()
 
     def get(self, timeout_s: float) -> Frame:
-        """The oldest frame; :class:`DriverTimeout` after ``timeout_s``, :class:`Disconnected` once closed."""
+        """The oldest frame; :class:`DriverTimeout` after ``timeout_s``, :class:`Disconnected` once closed.
+
+        A negative timeout is taken as 0 (a frame only if one is waiting); NaN or infinity is a ValueError.
+        """
+        if not math.isfinite(timeout_s):
+            raise ValueError(f"timeout_s must be a finite number of seconds, not {timeout_s!r}")
+        timeout_s = max(float(timeout_s), 0.0)
         with self._ready:
             if not self._ready.wait_for(lambda: bool(self._frames) or self.closed, timeout=timeout_s):
                 raise DriverTimeout(f"no frame within {timeout_s} s")

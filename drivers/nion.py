@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import (
     Ack,
@@ -78,11 +78,13 @@ class NionLimits(BaseModel):
 
     pixels: Range = Range(low=16, high=4096)
     dwell_us: Range = Range(low=0.1, high=1000.0)
-    fov_min_nm: float = 0.5
-    stage_reach_nm: float = 500.0  # positioner="stage": |x|, |y| at most this
+    fov_min_nm: float = Field(0.5, gt=0.0)
+    stage_reach_nm: float = Field(500.0, gt=0.0, description='positioner="stage": |x|, |y| at most this')
     tilt_deg: Range = Range(low=-60.0, high=60.0)
-    max_dose_e_per_a2: float = 1e7
-    readback_tolerance_nm: float = 1e-6  # readbacks this close to the command report the command exactly
+    max_dose_e_per_a2: float = Field(1e7, gt=0.0)
+    readback_tolerance_nm: float = Field(
+        1e-6, ge=0.0, le=0.01, description="readbacks this close to the command report the command exactly"
+    )
 
 
 class NionDriver:
@@ -117,10 +119,16 @@ class NionDriver:
         self._on_close = on_close
         self.stem, self.scan, self.limits = stem, scan, limits or NionLimits()
         self.positioner, self.channel = positioner, channel
+        channels = int(getattr(scan, "channel_count", channel + 1))
+        if not 0 <= channel < channels:
+            raise ValueError(f"channel {channel}: the scan device has {channels} channels (0 to {channels - 1})")
         self.state = BeamState()
+        ok, blanker = stem.TryGetVal(BLANKER)
+        self.state.blanked = bool(ok and blanker)  # what the blanker reads now, not an assumption
         self._frames = FrameQueue()
         self._lock = threading.Lock()
         self._acquirer = ThreadPoolExecutor(1, thread_name_prefix="nion-acquire")
+        self._generation = 0  # a stop or blank advances it: scans queued before it never run
         self._stage = (self._control(STAGE_X), self._control(STAGE_Y))
         self._shift = (self._control(BEAM_SHIFT_X), self._control(BEAM_SHIFT_Y))
         self._tilt = self._control(TILT)
@@ -188,17 +196,52 @@ class NionDriver:
         with self._lock:
             self.state.admit(self._cap, command)
             if isinstance(command, ScanCommand):
-                self._place(command)
-                self._acquirer.submit(self._acquire, command)
+                self._check_reach(command)
+                self._acquirer.submit(self._acquire, command, self._generation)
             elif isinstance(command, (BlankCommand, StopCommand)):
+                self._generation += 1
                 self._set_blanker(command, 1.0)
                 self.state.apply(command)
+                self._abort_running_scan()
             elif isinstance(command, UnblankCommand):
                 self._set_blanker(command, 0.0)
                 self.state.apply(command)
             elif isinstance(command, SetTiltCommand):
                 self._set_tilt(command)
         return Ack.accept(command)
+
+    def _check_reach(self, command: ScanCommand) -> None:
+        """Refuse a field beyond the scan's reach now (the offset read now) or taller than its largest field."""
+        max_fov = self._cap.fov_nm.high
+        height = command.fov_nm * command.rows / command.cols
+        t = math.radians(command.rotation_deg)
+        half_x = 0.5 * (abs(math.cos(t)) * command.fov_nm + abs(math.sin(t)) * height)
+        half_y = 0.5 * (abs(math.sin(t)) * command.fov_nm + abs(math.cos(t)) * height)
+        if height > max_fov:
+            reason = f"the field is {height:g} nm tall ({command.rows} rows): the scan spans at most {max_fov:g} nm"
+        elif self.positioner == "scan":
+            ox, oy = self._offset_nm()
+            cx, cy = command.x_nm + ox, command.y_nm + oy
+            if abs(cx) + half_x > 0.5 * max_fov or abs(cy) + half_y > 0.5 * max_fov:
+                reason = (
+                    f"the field at ({command.x_nm:g}, {command.y_nm:g}) nm reaches beyond the scan's"
+                    f" {max_fov:g} nm field from where the specimen sits now (offset {ox:g}, {oy:g} nm)"
+                )
+            else:
+                return
+        else:
+            return
+        raise CommandRefused(Ack.refusal(command, "refused", reason))
+
+    def _abort_running_scan(self) -> None:
+        """Stop the scan in progress (its frame is dropped: it was stopped)."""
+        abort = getattr(self.scan, "abort_recording", None)
+        if abort is None:
+            return
+        try:
+            abort()
+        except Exception as exc:  # the beam is blanked already; log what did not stop
+            logger.error("Nion did not abort the running scan: %s: %s", type(exc).__name__, exc)
 
     def _set_blanker(self, command: Command, value: float) -> None:
         """Set ``C_Blank`` and read it back; a blanker that did not take the value refuses the command."""
@@ -215,15 +258,17 @@ class NionDriver:
         return self._frames.get(timeout_s)
 
     def close(self) -> None:
-        """Blank the beam, let a running acquisition finish, and refuse further work (idempotent)."""
+        """Blank the beam, abort a running acquisition, drop queued ones, refuse further work (idempotent)."""
         if self.closed:
             return
         try:
+            self._generation += 1
             if not self.stem.SetVal(BLANKER, 1.0):
                 logger.error("closing: Nion did not take %s = 1: the beam may be unblanked", BLANKER)
         finally:
             self.state.blanked = True
             self._frames.close()
+            self._abort_running_scan()
             self._acquirer.shutdown(wait=True, cancel_futures=True)
             if self._on_close is not None:
                 self._on_close()
@@ -235,7 +280,10 @@ class NionDriver:
         self.state.apply(command)
 
     def _place(self, command: ScanCommand) -> None:
-        """Move the stage for ``positioner="stage"``; the scan offset is set with the frame parameters."""
+        """Move the stage for ``positioner="stage"`` (on the acquisition thread, so in order with the scans).
+
+        The scan offset of ``positioner="scan"`` is set with the frame parameters.
+        """
         if self.positioner != "stage":
             return
         shift = [1e9 * self._value(n) for n in self._shift]
@@ -255,28 +303,46 @@ class NionDriver:
         fp.pixel_time_us = command.dwell_us
         fp.rotation_rad = math.radians(command.rotation_deg)
         fp.center_nm = Geometry.FloatPoint(y=centre[1], x=centre[0])
+        # The whole field, never the operator's subscan: a subscan would change the shape and pixel size.
+        fp.subscan_pixel_size = None
+        fp.subscan_fractional_size = None
+        fp.subscan_fractional_center = None
+        fp.subscan_rotation = 0.0
         return fp
 
-    def _acquire(self, command: ScanCommand) -> None:
+    def _acquire(self, command: ScanCommand, generation: int) -> None:
+        if generation != self._generation:  # a stop or blank came after it was queued: it never runs
+            return
+        if time.time() > command.deadline_unix_s:  # it waited behind other scans past its deadline
+            self._frames.put(ProtocolError("expired", f"Nion scan {command.id}: deadline passed in the queue"))
+            return
         try:
+            self._place(command)
+            offset = self._offset_nm()
             start = time.time()
             xdata = self.scan.record_immediate(self._frame_parameters(command))[self.channel]
             end = time.time()
-            frame = self._frame(command, xdata, start, end)
+            frame = self._frame(command, xdata, (start, end), offset)
         except Exception as exc:  # the acquisition failed: its reader gets the error in place of the frame
-            self._frames.put(
-                ProtocolError("acquisition", f"Nion scan {command.id} failed: {type(exc).__name__}: {exc}")
-            )
+            if generation == self._generation:
+                self._frames.put(
+                    ProtocolError("acquisition", f"Nion scan {command.id} failed: {type(exc).__name__}: {exc}")
+                )
             return
-        if not self.closed:
+        if not self.closed and generation == self._generation:  # not stopped while it scanned
             self._frames.put(frame)
 
-    def _frame(self, command: ScanCommand, xdata: Any, start: float, end: float) -> Frame:
+    def _frame(
+        self, command: ScanCommand, xdata: Any, times_unix_s: tuple[float, float], offset_nm: tuple[float, float]
+    ) -> Frame:
         scan_md = dict(xdata.metadata.get("scan", {}))
         hs_md = dict(xdata.metadata.get("hardware_source", {}))
         image = np.ascontiguousarray(xdata.data, dtype=np.float32)
+        if image.shape != (command.rows, command.cols):
+            raise ValueError(f"Nion returned a {image.shape} image for a {command.rows} x {command.cols} scan")
         rows, cols = image.shape
-        ox, oy = self._offset_nm()
+        start, end = times_unix_s
+        ox, oy = offset_nm
         x = float(scan_md.get("center_x_nm", 0.0)) - ox
         y = float(scan_md.get("center_y_nm", 0.0)) - oy
         fov = float(scan_md.get("fov_nm", command.fov_nm * rows / cols)) * cols / rows

@@ -53,9 +53,18 @@ class PluginConfig(BaseModel):
 
 
 def load_plugin_config(path: Path | None = None) -> PluginConfig:
-    """The configuration at ``path`` (or ``$AUTOSCOPE_NION_CONFIG``, or the default file; defaults if absent)."""
-    path = Path(path or os.environ.get("AUTOSCOPE_NION_CONFIG") or DEFAULT_CONFIG).expanduser()
-    return PluginConfig.model_validate(tomllib.loads(path.read_text())) if path.is_file() else PluginConfig()
+    """The configuration at ``path`` (or ``$AUTOSCOPE_NION_CONFIG``, or the default file).
+
+    Defaults only when the default file is absent: a file named explicitly (argument or environment)
+    that does not exist is an error, since running on the built-in limits would go unnoticed.
+    """
+    named = path or os.environ.get("AUTOSCOPE_NION_CONFIG")
+    path = Path(named or DEFAULT_CONFIG).expanduser()
+    if not path.is_file():
+        if named:
+            raise FileNotFoundError(f"the Nion plug-in configuration {path} does not exist (AUTOSCOPE_NION_CONFIG?)")
+        return PluginConfig()
+    return PluginConfig.model_validate(tomllib.loads(path.read_text()))
 
 
 def find_hardware(scan_device: str) -> tuple[Any, Any] | None:
@@ -74,12 +83,16 @@ class AutoscopeServerExtension:
     extension_id = "autoscope.instrument_server"
 
     def __init__(self, api_broker: Any = None, config: PluginConfig | None = None) -> None:
-        self.config = config or load_plugin_config()
         self.server: Any = None
         self.driver: NionDriver | None = None
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._start_when_ready, name="autoscope-plugin", daemon=True)
+        try:
+            self.config: PluginConfig | None = config or load_plugin_config()
+        except (OSError, ValueError) as exc:  # Swift must start whatever the file says: log and say why
+            self.config, self.error = None, f"configuration: {type(exc).__name__}: {exc}"
+            logger.error("autoscope server not started: %s", self.error)
         self._thread.start()
 
     def _start_when_ready(self) -> None:
@@ -87,6 +100,8 @@ class AutoscopeServerExtension:
         from drivers.server import InstrumentServer
 
         c = self.config
+        if c is None:
+            return
         deadline = time.monotonic() + c.hardware_wait_s
         while (found := find_hardware(c.scan_device)) is None:
             if self._stop.wait(0.5) or time.monotonic() > deadline:

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from drivers.base import Capabilities, Frame, Range, ScanCommand
+from drivers.base import Ack, Capabilities, Command, CommandRefused, Frame, Range, ScanCommand
 from drivers.local import LocalInstrument
 
 
@@ -24,11 +24,14 @@ class SimulatedTiltDriver(LocalInstrument):
     reachable_deg
         The holder's tilt range.
     dose_e_per_px
-        Electrons per pixel per projection.
+        Electrons per pixel per projection at a dwell of 1 us (scaled by the scan's dwell).
 
-    A scan must ask for the whole projection (``size_px`` square, the fixed field of view); the
-    capabilities say so, and anything else is refused with the reason.
+    A scan must ask for the whole projection (``size_px`` square, the fixed field of view, centred at
+    (0, 0), unrotated); the capabilities say so, and anything else is refused with the reason.
     """
+
+    #: The dwell at which a projection receives ``dose_e_per_px``.
+    REFERENCE_DWELL_US = 1.0
 
     def __init__(
         self,
@@ -46,13 +49,12 @@ class SimulatedTiltDriver(LocalInstrument):
         self.imaging = TiltImaging(dose_e_per_px=dose_e_per_px, reachable_deg=reachable_deg)
         self.fov_nm = size_px * voxel_nm
         self._rng = np.random.default_rng([noise_seed, phantom_seed, 0x70])
-        half = self.fov_nm / 2
         super().__init__(
             Capabilities(
                 instrument=f"simulated tomography holder (phantom seed {phantom_seed}, {size_px}^3 voxels)",
                 command_kinds=("scan", "set_tilt", "blank", "unblank", "stop"),
-                stage_x_nm=Range(low=-half, high=half),
-                stage_y_nm=Range(low=-half, high=half),
+                stage_x_nm=Range(low=0.0, high=0.0),  # the holder projects the whole phantom, centred
+                stage_y_nm=Range(low=0.0, high=0.0),
                 fov_nm=Range(low=self.fov_nm, high=self.fov_nm),
                 pixels=Range(low=size_px, high=size_px),
                 dwell_us=Range(low=0.1, high=1000.0),
@@ -61,16 +63,24 @@ class SimulatedTiltDriver(LocalInstrument):
             )
         )
 
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        """As :meth:`LocalInstrument.send`; a rotated scan is refused (projections are not rotated)."""
+        if isinstance(command, ScanCommand) and command.rotation_deg % 360.0 != 0.0:
+            raise CommandRefused(Ack.refusal(command, "refused", "this holder records unrotated projections only"))
+        return super().send(command, timeout_s)
+
     def _acquire(self, command: ScanCommand) -> Frame:
-        """The projection at the current tilt."""
+        """The projection at the current tilt, its dose scaled by the scan's dwell."""
         from simulators.tilt import record_projection
 
         start = time.time()
-        counts, _ = record_projection(self.phantom.volume, self.state.tilt_deg, self.imaging, self._rng)
+        dose = self.imaging.dose_e_per_px * command.dwell_us / self.REFERENCE_DWELL_US
+        imaging = self.imaging.model_copy(update={"dose_e_per_px": dose})
+        counts, _ = record_projection(self.phantom.volume, self.state.tilt_deg, imaging, self._rng)
         metadata = {
             "simulated": True,
             "projection": True,
-            "dose_e_per_px": self.imaging.dose_e_per_px,
+            "dose_e_per_px": dose,
             "background": self.imaging.background,
             "signal_per_voxel": self.imaging.signal_per_voxel,
             "phantom_seed": self.phantom.config.seed,

@@ -278,3 +278,118 @@ def test_a_blank_the_blanker_did_not_take_is_refused_not_acknowledged(usim):
         assert stem.GetVal("C_Blank") == 0.0  # the beam is on, and nobody was told otherwise
     finally:
         driver.close()
+
+
+def test_stage_moves_run_in_order_with_the_scans(usim):
+    """A second scan queued while the first is scanned must not move the stage under the first."""
+    _, stem, scan = usim
+    driver = NionDriver(stem, scan, positioner="stage")
+    try:
+        driver.send(UnblankCommand())
+        a = ScanCommand(x_nm=100.0, y_nm=0.0, fov_nm=200.0, rows=64, cols=64, dwell_us=100.0)  # ~0.4 s
+        b = ScanCommand(x_nm=-150.0, y_nm=60.0, fov_nm=200.0, rows=64, cols=64, dwell_us=1.0)
+        driver.send(a)
+        time.sleep(0.15)
+        driver.send(b)
+        first, second = driver.next_frame(20.0), driver.next_frame(20.0)
+        assert first.header.command_id == a.id and (first.header.x_nm, first.header.y_nm) == (100.0, 0.0)
+        assert (second.header.x_nm, second.header.y_nm) == (-150.0, 60.0)
+    finally:
+        stem.SetVal("stage_position_m.x", 0.0)
+        stem.SetVal("stage_position_m.y", 0.0)
+        driver.close()
+    assert _corr(first.image, _direct(scan, 100.0, 0.0, 200.0, 64, 1.0)) > 0.8
+    assert _corr(first.image, _direct(scan, -150.0, 60.0, 200.0, 64, 1.0)) < 0.5
+
+
+def test_stop_drops_the_queued_scans_and_close_does_not_wait_for_a_long_one(usim):
+    from drivers.base import DriverTimeout, StopCommand
+
+    driver, stem, _ = usim
+    for _ in range(4):
+        driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=100.0, rows=64, cols=64, dwell_us=50.0))
+    driver.send(StopCommand())
+    assert stem.GetVal("C_Blank") == 1.0
+    with pytest.raises(DriverTimeout):
+        driver.next_frame(1.5)  # none of the four runs after the stop
+    driver.send(UnblankCommand())
+    driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=100.0, rows=256, cols=256, dwell_us=200.0))  # 13 s
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    driver.close()
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_a_scan_whose_deadline_passes_in_the_queue_is_not_run(usim):
+    from drivers.base import ProtocolError
+
+    driver, _, _ = usim
+    driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=100.0, rows=128, cols=128, dwell_us=50.0))  # ~0.8 s
+    late = ScanCommand(
+        x_nm=0.0, y_nm=0.0, fov_nm=100.0, rows=16, cols=16, dwell_us=1.0, deadline_unix_s=time.time() + 0.3
+    )
+    driver.send(late)
+    assert driver.next_frame(20.0).image.shape == (128, 128)
+    with pytest.raises(ProtocolError, match="expired"):
+        driver.next_frame(20.0)
+
+
+def test_an_operators_subscan_does_not_change_the_commanded_frame(usim):
+    from nion.utils import Geometry
+
+    driver, _, scan = usim
+    scan.subscan_region = Geometry.FloatRect.from_center_and_size((0.3, 0.7), (0.25, 0.25))
+    scan.subscan_enabled = True  # left on in Swift by the operator
+    try:
+        driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=400.0, rows=128, cols=128, dwell_us=1.0))
+        frame = driver.next_frame(10.0)
+    finally:
+        scan.subscan_enabled = False
+    assert frame.image.shape == (128, 128) and frame.header.pixel_size_nm == pytest.approx(400.0 / 128)
+    assert _corr(frame.image, _direct(scan, 0.0, 0.0, 400.0, 128, 1.0)) > 0.8
+
+
+def test_a_blanked_beam_at_start_is_known_and_a_bad_channel_is_named(usim):
+    _, stem, scan = usim
+    stem.SetVal("C_Blank", 1.0)  # the operator left the beam blanked
+    driver = NionDriver(stem, scan)
+    try:
+        assert driver.state.blanked
+        with pytest.raises(CommandRefused, match="blanked"):
+            driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=50.0, rows=16, cols=16, dwell_us=1.0))
+    finally:
+        driver.close()
+    with pytest.raises(ValueError, match="channel 7: the scan device has 4 channels"):
+        NionDriver(stem, scan, channel=7)
+
+
+def test_fields_beyond_the_scans_reach_now_or_taller_than_its_field_are_refused(usim):
+    driver, stem, _ = usim
+    reach = driver.capabilities().fov_nm.high / 2
+    with pytest.raises(CommandRefused, match="tall"):  # Nion's field spans the rows: 8x the columns' here
+        driver.send(ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=reach, rows=128, cols=16, dwell_us=1.0))
+    with pytest.raises(CommandRefused, match="reaches beyond"):  # the centre is in range, the field is not
+        driver.send(ScanCommand(x_nm=reach - 10.0, y_nm=0.0, fov_nm=100.0, rows=16, cols=16, dwell_us=1.0))
+    stem.SetVal("stage_position_m.x", 600e-9)  # the stage moved after the driver started
+    try:
+        with pytest.raises(CommandRefused, match="offset 600"):
+            driver.send(ScanCommand(x_nm=reach - 100.0, y_nm=0.0, fov_nm=50.0, rows=16, cols=16, dwell_us=1.0))
+    finally:
+        stem.SetVal("stage_position_m.x", 0.0)
+
+
+def test_nion_limits_and_a_named_missing_plugin_configuration_are_refused(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from drivers.nion import NionLimits
+    from drivers.nion_plugin import AutoscopeServerExtension, load_plugin_config
+
+    for bad in ({"stage_reach_nm": -500.0}, {"max_dose_e_per_a2": 0.0}, {"readback_tolerance_nm": 1e9}):
+        with pytest.raises(ValidationError):
+            NionLimits(**bad)
+    monkeypatch.setenv("AUTOSCOPE_NION_CONFIG", str(tmp_path / "typo-nion.toml"))
+    with pytest.raises(FileNotFoundError, match=r"typo-nion\.toml does not exist"):
+        load_plugin_config()
+    extension = AutoscopeServerExtension()  # inside Swift: not raised, not started, and says why
+    assert not extension.wait_started(1.0) and "typo-nion.toml" in (extension.error or "")
+    extension.close()
