@@ -110,16 +110,31 @@ def encode_welcome(
 
 
 def keepalive_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
-    """How often a client must send while idle: its ``heartbeat_s``, or a quarter of the server's dead-man time.
+    """How often a client must send while idle.
 
-    With one heartbeat lost on the way, the next still reaches the server well inside its dead-man
-    time; a missing or invalid ``deadman_s`` (an older bridge) leaves ``heartbeat_s``, and no dead-man
-    time makes the client send more often than every ``MIN_KEEPALIVE_S``.
+    The shortest of its ``heartbeat_s``, the server's ``heartbeat_s`` and a quarter of the server's
+    dead-man time.  The server forgets a client silent for three of its own heartbeats, so a client beating slower
+    than the server would be forgotten between its beats.  With one heartbeat lost on the way, the
+    next still reaches the server well inside its dead-man time.  Missing or invalid values (an older
+    bridge) are left out, and no server value makes the client send more often than every
+    ``MIN_KEEPALIVE_S``.
     """
-    deadman_s = finite_number(welcome.get("deadman_s"))
-    if deadman_s is None or deadman_s <= 0:
-        return heartbeat_s
-    return min(heartbeat_s, max(deadman_s / 4, MIN_KEEPALIVE_S))
+    out = heartbeat_s
+    for value, share in ((welcome.get("heartbeat_s"), 1.0), (welcome.get("deadman_s"), 0.25)):
+        number = finite_number(value)
+        if number is not None and number > 0:
+            out = min(out, max(number * share, MIN_KEEPALIVE_S))
+    return out
+
+
+def liveness_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
+    """How long a client hears nothing before it declares the server gone.
+
+    Three of the slower of the two heartbeats: a server beating every 5 s is not dead after three of a
+    client's 1 s beats.
+    """
+    server = finite_number(welcome.get("heartbeat_s"))
+    return 3 * max(heartbeat_s, server if server is not None and server > 0 else 0.0)
 
 
 def client_options(hello: dict[str, Any]) -> frozenset[str]:

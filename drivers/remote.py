@@ -44,6 +44,7 @@ from drivers.codec import (
     envelope,
     finite_number,
     keepalive_s,
+    liveness_s,
 )
 from drivers.security import CurveClientKeys, apply_client_keys
 from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
@@ -89,7 +90,9 @@ class RemoteDriver:
     ) -> None:
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
-        self._keepalive_s = heartbeat_s  # how often to send while idle: shorter if the server's dead-man asks
+        self._keepalive_s = heartbeat_s  # how often to send while idle: shorter if the server's beat or dead-man asks
+        self._liveness_s = 3 * heartbeat_s  # silence after which the server is gone: longer if it beats slower
+        self._forgotten = False  # the server answered hello_first: it forgot this client; say hello again
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.stats: Counter[str] = Counter()
@@ -297,7 +300,7 @@ class RemoteDriver:
             elif self._connected.is_set() and now - last_out >= self._keepalive_s:
                 self._try_send(sock, [envelope("heartbeat", t=time.time())])
                 last_out = now
-            if now - last_in > 3 * self.heartbeat_s:
+            if now - last_in > self._liveness_s:
                 if self._connected.is_set():
                     self._lost("server missed three heartbeats")
                     return
@@ -315,6 +318,10 @@ class RemoteDriver:
                 while readable(sock):
                     self._receive(sock)
                     last_in = time.monotonic()
+                if self._forgotten:  # a fresh connection and hello: its session on the server is gone
+                    self._forgotten = False
+                    self._lost("the server forgot this client (hello_first)")
+                    return
             if monitor in events:
                 monitor.recv_multipart()
                 if self._connected.is_set():
@@ -418,6 +425,7 @@ class RemoteDriver:
                 return
             self._caps = decode_capabilities(obj)
             self._keepalive_s = keepalive_s(obj, self.heartbeat_s)
+            self._liveness_s = liveness_s(obj, self.heartbeat_s)
             self._expected_seq = 0
             self._connected.set()
         elif kind == "ack":
@@ -435,6 +443,7 @@ class RemoteDriver:
         elif kind == "error":
             self.stats[f"server_error_{obj.get('code')}"] += 1
             error = ProtocolError(str(obj.get("code")), str(obj.get("reason")))
+            self._forgotten |= obj.get("code") == "hello_first"
             if not self._answer(obj.get("command_id"), error):
                 logger.warning("server reported %s", error)
                 if obj.get("code") == "acquisition":  # an accepted scan failed: its frame will not come

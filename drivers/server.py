@@ -75,6 +75,11 @@ _DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartb
 _YIELD_S = 0.001
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
+# While it waits for a frame the worker looks this often for a blank or stop to carry out at once, and after
+# one it waits at most this long for the stopped scan's frame (a driver that aborts delivers none).
+_FRAME_SLICE_S = 0.05
+_STOPPED_FRAME_GRACE_S = 1.0
+_URGENT = ("blank", "stop")
 # Bad messages logged per client per window; beyond that they are counted, and summed up in one line when
 # the client's next bad message opens a new window (a flood must not cost a log record per message).
 _BAD_LOGGED_PER_WINDOW = 5
@@ -342,15 +347,47 @@ class InstrumentServer:
             return Ack.refusal(command, "error", f"the instrument failed: {type(exc).__name__}: {exc}")
 
     def _acquire(self, command: ScanCommand, wait_s: float | None = None) -> Frame | ProtocolError | None:
-        """The frame of an accepted scan, an error when none came, or None if ``wait_s`` passed first."""
+        """The frame of an accepted scan, an error when none came, or None if ``wait_s`` passed first.
+
+        Waiting the whole budget (``wait_s`` None), the worker carries out a ``blank`` or ``stop`` that
+        arrives meanwhile at once, not after the frame (the beam would stay on for the rest of the
+        scan); the stopped scan's frame is then waited for a short grace only.  A frame of another
+        scan (one a driver delivered after its scan was given up) is dropped and counted.
+        """
         budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
+        if wait_s is not None:
+            return self._next_frame(command, wait_s)
+        deadline = time.monotonic() + budget
+        stopped = False
+        while (left := deadline - time.monotonic()) > 0:
+            outcome = self._next_frame(command, min(left, _FRAME_SLICE_S))
+            if outcome is not None:
+                return outcome
+            if not stopped and self._run_urgent_jobs():
+                stopped = True
+                deadline = min(deadline, time.monotonic() + _STOPPED_FRAME_GRACE_S)
+        self.stats["frames_missing"] += 1
+        if stopped:
+            return ProtocolError("acquisition", "the scan was stopped (stop or blank) before its frame came")
+        return ProtocolError("acquisition", f"scan was accepted but no frame came within {budget:.1f} s")
+
+    def _run_urgent_jobs(self) -> bool:
+        """Take every queued ``blank`` and ``stop`` out of the queue and carry them out now (the worker)."""
+        with self._lock:
+            urgent = [job for job in self._jobs if job is not None and job[1].kind in _URGENT]
+            if urgent:
+                self._drop_jobs(lambda identity, command: (identity, command) in urgent, "run_during_acquisition")
+        for job in urgent:
+            if job is not None:
+                self._run(*job)
+        return bool(urgent)
+
+    def _next_frame(self, command: ScanCommand, timeout_s: float) -> Frame | ProtocolError | None:
+        """One wait for the scan's frame: the frame, an error, or None when ``timeout_s`` passed."""
         try:
-            return self.driver.next_frame(budget if wait_s is None else wait_s)
+            frame = self.driver.next_frame(timeout_s)
         except DriverTimeout:
-            if wait_s is not None:
-                return None
-            self.stats["frames_missing"] += 1
-            return ProtocolError("acquisition", f"scan was accepted but no frame came within {budget:.1f} s")
+            return None
         except DriverError as exc:
             self.stats["frames_missing"] += 1
             return ProtocolError("acquisition", f"scan was accepted but no frame came: {exc}")
@@ -358,6 +395,10 @@ class InstrumentServer:
             self.stats["driver_exceptions"] += 1
             logger.exception("the driver raised while acquiring")
             return ProtocolError("acquisition", f"the instrument failed: {type(exc).__name__}: {exc}")
+        if frame.header.command_id not in (None, command.id):  # a given-up scan's frame, delivered late
+            self.stats["stale_frames"] += 1
+            return None
+        return frame
 
     # -- timekeeper: heartbeats, the dead-man, and commands while the worker is in the driver ------
     def _timekeeper(self) -> None:

@@ -1,0 +1,172 @@
+"""The wire under conditions a session meets: stops during scans, mismatched heartbeats, bursts, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from drivers.base import Ack, DriverTimeout, Frame, ScanCommand, StopCommand, UnblankCommand
+from drivers.memory import DEFAULT_CAPABILITIES
+from drivers.remote import RemoteDriver
+from drivers.server import InstrumentServer
+
+
+class SlowScanDriver:
+    """Like a vendor driver: ``send(scan)`` starts an acquisition of ``scan_s``; ``stop`` aborts it at once."""
+
+    def __init__(self, scan_s: float = 4.0, deliver_stopped: bool = False) -> None:
+        self.scan_s, self.deliver_stopped = scan_s, deliver_stopped
+        self.log: list[tuple[float, str]] = []
+        self.t0 = time.monotonic()
+        self._done = threading.Event()
+        self._scan: ScanCommand | None = None
+
+    def capabilities(self):
+        return DEFAULT_CAPABILITIES
+
+    def send(self, command, timeout_s: float = 5.0) -> Ack:
+        self.log.append((time.monotonic() - self.t0, command.kind))
+        if isinstance(command, ScanCommand):
+            self._done.clear()
+            self._scan = command
+            threading.Timer(self.scan_s, self._done.set).start()
+        elif command.kind == "stop" and not self.deliver_stopped:
+            self._scan = None  # aborted: no frame
+        return Ack.accept(command)
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        if not self._done.wait(timeout_s) or self._scan is None:
+            time.sleep(min(timeout_s, 0.05))
+            raise DriverTimeout("no frame")
+        self._done.clear()
+        scan = self._scan
+        return Frame.of(np.zeros((scan.rows, scan.cols), np.float32), 0.1, command_id=scan.id)
+
+    def close(self) -> None:
+        pass
+
+
+def _scan(**changes) -> ScanCommand:
+    return ScanCommand(
+        **({"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 10.0, "rows": 64, "cols": 64, "dwell_us": 1.0} | changes)
+    )
+
+
+def test_a_stop_during_a_long_scan_reaches_the_driver_at_once_not_after_the_frame():
+    driver = SlowScanDriver(scan_s=4.0)
+    with InstrumentServer(driver, "tcp://127.0.0.1:0") as server, RemoteDriver(server.endpoint) as remote:
+        remote.send(UnblankCommand())
+        remote.send(_scan())
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        remote.send(StopCommand(), timeout_s=10.0)
+        assert time.monotonic() - t0 < 1.0
+        with pytest.raises(Exception, match="stopped"):  # the stopped scan says why no frame comes
+            remote.next_frame(5.0)
+    kinds = [kind for _, kind in driver.log]
+    assert kinds[:3] == ["unblank", "scan", "stop"]
+    stop_at = dict((k, t) for t, k in driver.log)["stop"]
+    assert stop_at < 2.0  # during the 4 s scan
+
+
+class LateDriver:
+    """Delivers each scan's frame after its own delay, into one queue (the first one after it was given up)."""
+
+    def __init__(self, delays_s: list[float]) -> None:
+        import queue
+
+        self.delays_s = list(delays_s)
+        self.frames: queue.Queue[Frame] = queue.Queue()
+
+    def capabilities(self):
+        return DEFAULT_CAPABILITIES
+
+    def send(self, command, timeout_s: float = 5.0) -> Ack:
+        if isinstance(command, ScanCommand):
+            frame = Frame.of(np.zeros((command.rows, command.cols), np.float32), 0.1, command_id=command.id)
+            threading.Timer(self.delays_s.pop(0), self.frames.put, (frame,)).start()
+        return Ack.accept(command)
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        import queue
+
+        try:
+            return self.frames.get(timeout=timeout_s)
+        except queue.Empty:
+            raise DriverTimeout("no frame") from None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_frame_of_a_given_up_scan_is_not_passed_off_as_the_next_scans():
+    driver = LateDriver([1.3, 0.6])  # the first frame comes after the server gave up on it (1 s)
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", frame_timeout_s=1.0).start()
+    try:
+        with RemoteDriver(server.endpoint) as remote:
+            remote.send(UnblankCommand())
+            first, second = _scan(), _scan()
+            remote.send(first)
+            with pytest.raises(Exception, match="no frame came"):
+                remote.next_frame(3.0)
+            remote.send(second)  # the first scan's frame arrives while the server waits for this one's
+            assert remote.next_frame(5.0).header.command_id == second.id
+        assert server.stats["stale_frames"] == 1
+    finally:
+        server.stop()
+
+
+def _wait_until(condition, timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_client_beating_slower_than_the_server_is_not_forgotten():
+    from drivers.memory import InMemoryDriver
+
+    with (
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None) as server,
+        RemoteDriver(server.endpoint, heartbeat_s=1.0) as remote,
+    ):
+        time.sleep(1.5)  # idle: three of the server's beats pass between two of the client's own
+        for _ in range(5):
+            remote.send(UnblankCommand())
+        assert server.stats["clients_lost"] == 0
+
+
+def test_a_server_beating_slower_than_the_client_is_not_declared_dead():
+    from drivers.memory import InMemoryDriver
+
+    with (
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=2.0, deadman_s=10.0) as server,
+        RemoteDriver(server.endpoint, heartbeat_s=0.3) as remote,
+    ):
+        remote.send(UnblankCommand())
+        time.sleep(2.5)
+        remote.send(UnblankCommand())
+        assert remote.stats["disconnects"] == 0 and server.stats["deadman_blanks"] == 0
+
+
+def test_a_client_the_server_forgot_says_hello_again():
+    from drivers.base import ProtocolError
+    from drivers.memory import InMemoryDriver
+
+    with (
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        remote.send(UnblankCommand())
+        with server._lock:  # as after a long stall of the client's process
+            for identity in list(server._clients):
+                server._forget(identity)
+        with pytest.raises(ProtocolError, match="hello_first"):
+            remote.send(UnblankCommand())
+        assert _wait_until(lambda: remote.connected and remote.stats["reconnects"] >= 1)
+        assert remote.send(UnblankCommand()).accepted
