@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from drivers.base import (
     Ack,
@@ -52,6 +54,11 @@ from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 logger = logging.getLogger(__name__)
 
 _HELLO_RETRY_S = 0.05  # until welcomed, hello is repeated this often (it is dropped while TCP connects)
+_MIN_HEARTBEAT_S = 0.05  # (the server never beats faster than its timekeeper's tick)
+# Connection events the client watches: a drop, and a handshake the server refused (CURVE keys, security).
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class RemoteDriver:
@@ -67,7 +74,8 @@ class RemoteDriver:
     connect_timeout_s
         How long the constructor waits for the server's welcome.
     max_frame_bytes
-        Larger frames are dropped and counted (``stats["error_too_large"]``).
+        Larger frames are dropped and counted (``stats["error_too_large"]``), and :meth:`next_frame`
+        raises :class:`ProtocolError` ``too_large`` in their place; the connection stays up.
     reconnect
         Reconnect with backoff (0.1 s doubling to 2 s) after the server is lost.
     curve
@@ -75,8 +83,12 @@ class RemoteDriver:
 
     Raises
     ------
+    ValueError
+        A malformed endpoint, or a heartbeat or timeout that is not a positive number of seconds.
     Disconnected
-        If no server answers within ``connect_timeout_s``.
+        If no server answers within ``connect_timeout_s``, or the server refused this client's keys.
+    ProtocolError
+        Code ``version``: the server speaks another protocol version.
     """
 
     def __init__(
@@ -88,8 +100,11 @@ class RemoteDriver:
         reconnect: bool = True,
         curve: CurveClientKeys | None = None,
     ) -> None:
+        for name, value in (("heartbeat_s", heartbeat_s), ("connect_timeout_s", connect_timeout_s)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.endpoint = endpoint
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_s = max(float(heartbeat_s), _MIN_HEARTBEAT_S)
         self._keepalive_s = heartbeat_s  # how often to send while idle: shorter if the server's beat or dead-man asks
         self._liveness_s = 3 * heartbeat_s  # silence after which the server is gone: longer if it beats slower
         self._forgotten = False  # the server answered hello_first: it forgot this client; say hello again
@@ -107,16 +122,34 @@ class RemoteDriver:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
+        self._settled = threading.Event()  # connected, or refused for good (self._fatal)
+        self._fatal: Exception | None = None
+        self._held_back: deque[tuple[int | None, list[bytes]]] = deque()  # waiting for room in the send queue
         self._caps: Capabilities | None = None
         self._wake_rx = self._ctx.socket(zmq.PAIR)
         self._wake_rx.bind(f"inproc://wake-{id(self)}")
         self._wake_tx = self._ctx.socket(zmq.PAIR)
         self._wake_tx.connect(f"inproc://wake-{id(self)}")
+        self._check_endpoint()
         self._thread = threading.Thread(target=self._run, name="remote-driver-io", daemon=True)
         self._thread.start()
-        if not self._connected.wait(connect_timeout_s):
+        self._settled.wait(connect_timeout_s)
+        if not self._connected.is_set():
             self.close()
+            if self._fatal is not None:
+                raise self._fatal
             raise Disconnected(f"no instrument server answered at {endpoint} within {connect_timeout_s} s")
+
+    def _check_endpoint(self) -> None:
+        """Refuse an endpoint ZeroMQ cannot connect to (before the I/O thread would die of it)."""
+        probe = self._ctx.socket(zmq.DEALER)
+        try:
+            probe.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            self._ctx.destroy(linger=0)
+            raise ValueError(f"cannot connect to {self.endpoint!r}: {exc} (expected e.g. tcp://HOST:PORT)") from None
+        finally:
+            probe.close(linger=0)
 
     # -- public API ---------------------------------------------------------------------------------
     @property
@@ -144,6 +177,8 @@ class RemoteDriver:
         ProtocolError
             The server rejected the message as malformed.
         """
+        if not math.isfinite(timeout_s):
+            raise ValueError(f"timeout_s must be a finite number of seconds, not {timeout_s!r}")
         pending = self.submit(command)
         try:
             answer = pending.result(timeout=timeout_s)
@@ -172,6 +207,8 @@ class RemoteDriver:
         with self._lock:  # checked and tagged together: a loss in between would let it out on the next connection
             if self._stop.is_set() or not self._connected.is_set():
                 raise Disconnected(f"instrument server at {self.endpoint} is not connected")
+            if command.id in self._waiters:
+                raise ValueError(f"command {command.id} is already waiting for its ack: ids are unique per command")
             self._waiters[command.id] = pending
             connection = self._connection
         self._post(parts, connection)
@@ -193,6 +230,8 @@ class RemoteDriver:
         Disconnected
             The server is gone and no reconnection is attempted.
         """
+        if not math.isfinite(timeout_s):
+            raise ValueError(f"timeout_s must be a finite number of seconds, not {timeout_s!r}")
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -218,6 +257,10 @@ class RemoteDriver:
         self._stop.set()
         self._wake()
         self._thread.join(timeout=5.0)
+        with self._lock:
+            waiting = list(self._waiters)
+        for command_id in waiting:  # nobody will answer them now
+            self._answer(command_id, Disconnected("the driver was closed before the ack arrived"))
         with self._lock:
             self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
@@ -247,7 +290,9 @@ class RemoteDriver:
             (zmq.IMMEDIATE, 1),
             (zmq.SNDHWM, 16),
             (zmq.RCVHWM, 64),
-            (zmq.MAXMSGSIZE, self.max_frame_bytes + 65536),
+            # No size limit on the socket: one there drops the connection (and the dead-man blanks the
+            # beam); frames over max_frame_bytes are refused after reading, each one counted and reported.
+            (zmq.MAXMSGSIZE, -1),
         ):
             sock.setsockopt(opt, value)
         if self._curve is not None:
@@ -263,7 +308,7 @@ class RemoteDriver:
                 self._session(sock)
             finally:
                 sock.close(linger=0)
-            if self._stop.is_set() or not self.reconnect:
+            if self._stop.is_set() or not self.reconnect or self._fatal is not None:
                 break
             self.stats["reconnects"] += 1
             self._stop.wait(backoff)
@@ -276,7 +321,7 @@ class RemoteDriver:
         and a restarted one never inherits the session (ZeroMQ would reconnect underneath; a drop
         always means a fresh socket and a fresh hello).
         """
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         try:
             self._serve_session(sock, monitor)
         finally:
@@ -285,7 +330,7 @@ class RemoteDriver:
 
     def _serve_session(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._held_back else 0))
         poller.register(self._wake_rx, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         self._expected_seq = 0
@@ -310,11 +355,14 @@ class RemoteDriver:
                 wait_s = min(self._keepalive_s / 4, max(last_out + self._keepalive_s - now, 0.001))
             else:
                 wait_s = min(self.heartbeat_s / 4, _HELLO_RETRY_S)
+            poller.modify(sock, zmq.POLLIN | (zmq.POLLOUT if self._held_back else 0))
             events = dict(poller.poll(timeout=int(1000 * wait_s)))
             if self._wake_rx in events:
                 discard_waiting(self._wake_rx)
                 self._flush_outbox(sock)
-            if sock in events:
+            if events.get(sock, 0) & zmq.POLLOUT:
+                self._flush_outbox(sock)
+            if events.get(sock, 0) & zmq.POLLIN:
                 while readable(sock):
                     self._receive(sock)
                     last_in = time.monotonic()
@@ -322,8 +370,18 @@ class RemoteDriver:
                     self._forgotten = False
                     self._lost("the server forgot this client (hello_first)")
                     return
+                if self._fatal is not None:
+                    return
             if monitor in events:
-                monitor.recv_multipart()
+                event = parse_monitor_message(monitor.recv_multipart())["event"]
+                if event & _HANDSHAKE_FAILED and not self._connected.is_set():
+                    self._refuse(
+                        Disconnected(
+                            f"the server at {self.endpoint} refused this client's handshake"
+                            " (CURVE keys not allowed, or security settings that differ)"
+                        )
+                    )
+                    return
                 if self._connected.is_set():
                     self._lost("the connection to the server dropped")
                     return
@@ -339,16 +397,31 @@ class RemoteDriver:
             return False
 
     def _flush_outbox(self, sock: zmq.Socket[bytes]) -> None:
+        """Send what waits, in order; a full send queue holds the rest back until the socket has room."""
         while True:
-            try:
-                connection, parts = self._outbox.get_nowait()
-            except queue.Empty:
-                return
+            if self._held_back:
+                connection, parts = self._held_back.popleft()
+            else:
+                try:
+                    connection, parts = self._outbox.get_nowait()
+                except queue.Empty:
+                    return
             if connection is not None and connection != self._connection:
                 self.stats["unsent_connection_lost"] += 1  # posted before a loss: never on a later connection
                 self._fail_waiter(parts, Disconnected("the connection was lost before the command went out; not sent"))
             elif not self._try_send(sock, parts):
+                if self._connected.is_set():
+                    # A burst: the send queue is full, not the link gone (a drop ends the session, failing these).
+                    self._held_back.appendleft((connection, parts))
+                    self.stats["held_back"] += 1
+                    return
                 self._fail_waiter(parts, Disconnected("no connection to the instrument server; command not sent"))
+
+    def _refuse(self, error: Exception) -> None:
+        """The server will never accept this client (version, keys): stop trying and tell the constructor."""
+        logger.error("instrument server at %s: %s", self.endpoint, error)
+        self._fatal = error
+        self._settled.set()
 
     def _fail_waiter(self, parts: list[bytes], error: Exception) -> None:
         try:
@@ -378,6 +451,7 @@ class RemoteDriver:
             self._connected.clear()
             self._connection += 1
             waiting = list(self._waiters)
+        self._held_back.clear()  # tagged with the lost connection: their waiters fail below
         for command_id in waiting:
             self._answer(command_id, Disconnected(f"instrument server lost ({why}) before the ack arrived"))
 
@@ -388,7 +462,12 @@ class RemoteDriver:
             self._dispatch([p.buffer for p in parts])
         except ProtocolError as exc:
             self.stats[f"error_{exc.code}"] += 1
+            if exc.code == "version" and not self._connected.is_set():
+                self._refuse(exc)
+                return
             logger.warning("dropped a message from %s: %s", self.endpoint, exc)
+            if exc.code == "too_large":  # a frame that will not come: its reader hears so now, not at a timeout
+                self._frames.put(exc)
 
     def _note_round_trip(self, echo_t: Any, held_s: Any) -> None:
         """A heartbeat's round trip from our own stamp it echoes, less the time the server held it."""
@@ -428,6 +507,7 @@ class RemoteDriver:
             self._liveness_s = liveness_s(obj, self.heartbeat_s)
             self._expected_seq = 0
             self._connected.set()
+            self._settled.set()
         elif kind == "ack":
             self._take_ack(decode_ack(obj))
         elif kind == "frame":
@@ -444,6 +524,9 @@ class RemoteDriver:
             self.stats[f"server_error_{obj.get('code')}"] += 1
             error = ProtocolError(str(obj.get("code")), str(obj.get("reason")))
             self._forgotten |= obj.get("code") == "hello_first"
+            if obj.get("code") == "version" and not self._connected.is_set():
+                self._refuse(error)
+                return
             if not self._answer(obj.get("command_id"), error):
                 logger.warning("server reported %s", error)
                 if obj.get("code") == "acquisition":  # an accepted scan failed: its frame will not come

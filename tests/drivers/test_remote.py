@@ -17,6 +17,7 @@ from drivers.base import (
     Disconnected,
     DriverTimeout,
     Frame,
+    ProtocolError,
     ScanCommand,
     UnblankCommand,
 )
@@ -93,6 +94,8 @@ def test_bad_frames_are_dropped_and_counted(fake):
         fake.send([big[0], bytes(big[1])])  # 16 KiB frame over the 4 KiB limit
         fake.send([good[0]])  # frame message without its buffer
         fake.send(encode_frame(_frame(), 2))
+        with pytest.raises(ProtocolError, match="too_large"):  # a frame over the limit is reported in its place
+            remote.next_frame(3.0)
         frame = remote.next_frame(3.0)
         assert frame.header.shape == (16, 16)
         with pytest.raises(DriverTimeout):
@@ -414,6 +417,8 @@ def test_an_ack_inside_a_frame_answers_its_scan_even_when_the_frame_is_dropped(f
         pending = [remote.submit(dropped), remote.submit(delivered)]
         fake.send(encode_frame(_frame(64, 64), 0, ack=Ack.accept(dropped)))  # 16 KiB: over the 4 KiB limit
         fake.send(encode_frame(_frame(), 1, ack=Ack.accept(delivered)))
+        with pytest.raises(ProtocolError, match="too_large"):
+            remote.next_frame(3.0)
         frame = remote.next_frame(3.0)
         acks = [p.result(3.0) for p in pending]
         assert [a.command_id for a in acks] == [dropped.id, delivered.id] and all(a.accepted for a in acks)

@@ -280,11 +280,20 @@ class _LongScan(InMemoryDriver):
     """An instrument whose every scan keeps the server's worker inside ``next_frame`` for ``scan_s``."""
 
     scan_s = 1.5
+    _ready_at = 0.0
+
+    def send(self, command, timeout_s=5.0):
+        ack = super().send(command, timeout_s)
+        if command.kind == "scan":
+            self._ready_at = time.monotonic() + self.scan_s
+        return ack
 
     def next_frame(self, timeout_s):
-        if timeout_s < self.scan_s:
+        wait_s = self._ready_at - time.monotonic()
+        if wait_s > timeout_s:  # (the server waits in slices, looking for a stop in between)
+            time.sleep(timeout_s)
             raise DriverTimeout("still scanning")
-        time.sleep(self.scan_s)
+        time.sleep(max(wait_s, 0.0))
         return super().next_frame(timeout_s)
 
 

@@ -170,3 +170,126 @@ def test_a_client_the_server_forgot_says_hello_again():
             remote.send(UnblankCommand())
         assert _wait_until(lambda: remote.connected and remote.stats["reconnects"] >= 1)
         assert remote.send(UnblankCommand()).accepted
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"endpoint": "tcp://127.0.0.1"}, "cannot connect"),
+        ({"heartbeat_s": float("nan")}, "heartbeat_s"),
+        ({"heartbeat_s": 0.0}, "heartbeat_s"),
+        ({"connect_timeout_s": float("inf")}, "connect_timeout_s"),
+    ],
+)
+def test_bad_client_settings_are_refused_at_once(options, message):
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=message):
+        RemoteDriver(**({"endpoint": "tcp://127.0.0.1:1"} | options))
+    assert time.monotonic() - t0 < 1.0
+
+
+def _raw_server(reply):
+    """A ROUTER on loopback answering each hello with the messages ``reply()`` makes; returns (endpoint, close)."""
+    import json
+
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("tcp://127.0.0.1:0")
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if sock.poll(20):
+                identity, body = sock.recv_multipart()
+                if json.loads(body)["type"] == "hello":
+                    for message in reply():
+                        sock.send_multipart([identity, message])
+        sock.close(linger=0)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(2.0)
+        ctx.term()
+
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT), close
+
+
+def test_a_server_of_another_protocol_version_is_named_at_once():
+    import json
+
+    from drivers.base import ProtocolError
+    from drivers.codec import encode_welcome
+
+    def welcome_v2():
+        message = json.loads(encode_welcome(DEFAULT_CAPABILITIES, 1.0, time.time())[0])
+        return [json.dumps(message | {"v": 2}).encode()]
+
+    endpoint, close = _raw_server(welcome_v2)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ProtocolError, match="version"):
+            RemoteDriver(endpoint, connect_timeout_s=5.0)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        close()
+
+
+def test_a_client_key_the_server_does_not_allow_is_named_at_once():
+    from drivers.base import Disconnected
+    from drivers.memory import InMemoryDriver
+    from drivers.security import CurveClientKeys, CurveServerKeys, new_keypair
+
+    (server_public, server_secret), (allowed, _), (other_public, other_secret) = (new_keypair() for _ in range(3))
+    keys = CurveServerKeys(server_public, server_secret, frozenset({allowed}))
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", curve=keys) as server:
+        t0 = time.monotonic()
+        with pytest.raises(Disconnected, match="refused this client's handshake"):
+            RemoteDriver(
+                server.endpoint, connect_timeout_s=5.0, curve=CurveClientKeys(other_public, other_secret, server_public)
+            )
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_a_burst_of_submitted_commands_all_go_out_and_a_close_fails_what_is_left():
+    from drivers.base import Disconnected, SetTiltCommand
+    from drivers.memory import InMemoryDriver
+
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0") as server:
+        remote = RemoteDriver(server.endpoint)
+        pending = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(500)]  # the send queue holds 16
+        assert all(f.result(timeout=20.0).accepted for f in pending)
+        again = SetTiltCommand(tilt_deg=2.0)
+        remote.submit(again)
+        with pytest.raises(ValueError, match="already waiting"):
+            remote.submit(again)  # the same id while its ack is awaited
+        with pytest.raises(ValueError, match="finite"):
+            remote.next_frame(float("nan"))
+        slow = [remote.submit(SetTiltCommand(tilt_deg=3.0)) for _ in range(50)]
+        remote.close()
+        for future in slow:  # every one resolved: acked before the close, or failed by it
+            assert future.exception(timeout=1.0) is None or isinstance(future.exception(), Disconnected)
+
+
+def test_a_frame_over_the_clients_limit_is_reported_at_once_and_the_connection_kept():
+    from drivers.base import ProtocolError
+    from drivers.memory import InMemoryDriver
+
+    with (
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0") as server,
+        RemoteDriver(server.endpoint, max_frame_bytes=2**20) as remote,
+    ):
+        remote.send(UnblankCommand())
+        remote.send(_scan(rows=600, cols=600))  # 1.4 MB of float32
+        t0 = time.monotonic()
+        with pytest.raises(ProtocolError, match="too_large"):
+            remote.next_frame(10.0)
+        assert time.monotonic() - t0 < 2.0
+        remote.send(_scan(rows=64, cols=64))
+        assert remote.next_frame(5.0).image.shape == (64, 64)
+        assert remote.stats["disconnects"] == 0 and server.stats["deadman_blanks"] == 0
