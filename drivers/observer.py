@@ -7,6 +7,8 @@ mark) are counted in ``stats["frames_lost"]``, never hidden.
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 
 import zmq
@@ -24,7 +26,8 @@ class FrameSubscriber:
     endpoint
         The server's PUB endpoint.
     max_frame_bytes
-        Larger frames are dropped and counted.
+        Larger frames are dropped and counted (the socket itself has no size limit: one there would
+        drop the connection, and the frames published while it is made again, uncounted).
     queue_frames
         Frames held for a slow reader before the publisher drops (and this side counts) the rest.
     curve
@@ -44,12 +47,16 @@ class FrameSubscriber:
         self._expected: int | None = None
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
-        for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, queue_frames), (zmq.MAXMSGSIZE, max_frame_bytes + 65536)):
+        for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, queue_frames), (zmq.MAXMSGSIZE, -1)):
             self._sock.setsockopt(opt, value)
         if curve is not None:
             apply_client_keys(self._sock, curve)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"frame")
-        self._sock.connect(endpoint)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ValueError(f"cannot connect to {endpoint!r}: {exc} (expected e.g. tcp://HOST:PORT)") from None
 
     def next_frame(self, timeout_s: float) -> Frame:
         """The next frame of the stream.
@@ -59,10 +66,14 @@ class FrameSubscriber:
         DriverTimeout
             None within ``timeout_s``.
         """
-        if not self._sock.poll(int(1000 * timeout_s)):
-            raise DriverTimeout(f"no frame on {self.endpoint} within {timeout_s} s")
-        frame = self._receive()
-        return frame if frame is not None else self.next_frame(0.0)
+        if not math.isfinite(timeout_s):
+            raise ValueError(f"timeout_s must be a finite number of seconds, not {timeout_s!r}")
+        deadline = time.monotonic() + timeout_s
+        while self._sock.poll(max(int(1000 * (deadline - time.monotonic())), 0)):
+            frame = self._receive()
+            if frame is not None:  # (a bad message is counted, and the wait goes on to the deadline)
+                return frame
+        raise DriverTimeout(f"no frame on {self.endpoint} within {timeout_s} s")
 
     def pending(self) -> list[Frame]:
         """Every frame already received and not yet read (oldest first), without waiting."""

@@ -293,3 +293,37 @@ def test_a_frame_over_the_clients_limit_is_reported_at_once_and_the_connection_k
         remote.send(_scan(rows=64, cols=64))
         assert remote.next_frame(5.0).image.shape == (64, 64)
         assert remote.stats["disconnects"] == 0 and server.stats["deadman_blanks"] == 0
+
+
+def test_an_observer_waits_its_whole_timeout_past_bad_messages_and_counts_frames_over_its_limit():
+    import zmq
+
+    from drivers.codec import encode_frame
+    from drivers.observer import FrameSubscriber
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:0")
+    with FrameSubscriber(pub.getsockopt_string(zmq.LAST_ENDPOINT), max_frame_bytes=2**20) as subscriber:
+        time.sleep(0.3)  # the subscription reaches the publisher
+        big = Frame.of(np.zeros((600, 600), np.float32), 0.1)
+        small = Frame.of(np.zeros((16, 16), np.float32), 0.1)
+
+        def publish() -> None:
+            time.sleep(0.2)
+            pub.send_multipart([b"frame", b"not json", b"x"])
+            pub.send_multipart([b"frame", *encode_frame(big, 0)])  # 1.4 MB: over the subscriber's limit
+            time.sleep(0.4)
+            pub.send_multipart([b"frame", *encode_frame(small, 1)])
+
+        threading.Thread(target=publish, daemon=True).start()
+        frame = subscriber.next_frame(5.0)
+        assert frame.header.shape == (16, 16)
+        assert subscriber.stats["error_too_large"] == 1 and subscriber.stats["error_json"] == 1
+        with pytest.raises(ValueError, match="finite"):
+            subscriber.next_frame(float("nan"))
+    pub.close(linger=0)
+    ctx.term()
+    with pytest.raises(ValueError, match="cannot connect"):
+        FrameSubscriber("127.0.0.1:5556")
