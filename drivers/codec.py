@@ -191,7 +191,7 @@ def decode_envelope(parts: list[bytes]) -> dict[str, Any]:
         raise ProtocolError("json", "first part nests too deeply to parse") from None
     if not isinstance(obj, dict) or "v" not in obj or "type" not in obj:
         raise ProtocolError("envelope", "message must be a JSON object with 'v' and 'type'")
-    if obj["v"] != PROTOCOL_VERSION:
+    if type(obj["v"]) is not int or obj["v"] != PROTOCOL_VERSION:  # (not true, 1.0 or "1")
         raise ProtocolError(
             "version", f"protocol version {obj['v']!r} is not supported (this side speaks {PROTOCOL_VERSION})"
         )
@@ -212,9 +212,23 @@ def _validated(factory: Any, data: Any, what: str) -> Any:
         raise ProtocolError("invalid", f"invalid {what}: {where}: {first['msg']}") from None
 
 
+#: Fields every command must carry on the wire (in code they have defaults).
+WIRE_REQUIRED = ("id", "deadline_unix_s", "kind")
+
+
 def decode_command(obj: dict[str, Any]) -> Command:
-    """The command inside a ``command`` envelope (unknown kinds and bad fields are ``invalid``)."""
-    return _validated(COMMAND_ADAPTER.validate_python, obj.get("command"), "command")
+    """The command inside a ``command`` envelope (unknown kinds and bad fields are ``invalid``).
+
+    Strict, as the published schema: a number sent as a string or ``true`` as a count is refused, not
+    coerced; and the ``id``, ``deadline_unix_s`` and ``kind`` every command carries on the wire are required
+    (a command without an id would be acked under one the sender cannot match).
+    """
+    command = obj.get("command")
+    if isinstance(command, dict):
+        missing = [name for name in WIRE_REQUIRED if name not in command]
+        if missing:
+            raise ProtocolError("invalid", f"invalid command: {', '.join(missing)} missing (required on the wire)")
+    return _validated(lambda data: COMMAND_ADAPTER.validate_python(data, strict=True), command, "command")
 
 
 def decode_ack(obj: dict[str, Any]) -> Ack:

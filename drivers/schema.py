@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import COMMAND_ADAPTER, PROTOCOL_VERSION, Ack, Capabilities, FrameHeader
-from drivers.codec import CLIENT_OPTIONS
+from drivers.codec import CLIENT_OPTIONS, WIRE_REQUIRED
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -22,10 +22,17 @@ def _envelope(kind: str, body: dict[str, Any] | None = None, required: tuple[str
     return {"type": "object", "properties": props, "required": ["v", "type", *required]}
 
 
+def _wire_commands(schema: dict[str, Any]) -> dict[str, Any]:
+    """On the wire every command carries its ``id``, ``deadline_unix_s`` and ``kind`` (in code they have defaults)."""
+    for variant in schema["$defs"].values():
+        variant["required"] = sorted({*variant.get("required", []), *WIRE_REQUIRED})
+    return schema
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Every message's JSON Schema, by file name."""
     out: dict[str, dict[str, Any]] = {
-        "command.json": COMMAND_ADAPTER.json_schema(),
+        "command.json": _wire_commands(COMMAND_ADAPTER.json_schema()),
         "ack.json": Ack.model_json_schema(),
         "capabilities.json": Capabilities.model_json_schema(),
         "frame_header.json": FrameHeader.model_json_schema(),

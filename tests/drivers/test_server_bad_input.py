@@ -91,6 +91,15 @@ CASES = [
     ([_msg(type="command", command={**_scan_dict(), "id": "bad id with spaces"})], "invalid"),
     ([_msg(type="command")], "invalid"),
     ([_msg(type="hello", accepts="ack_in_frame")], "invalid"),  # options come as a list
+    # Strict types, as the published schema says: nothing is coerced.
+    ([json.dumps({"v": True, "type": "hello"}).encode()], "version"),
+    ([json.dumps({"v": 1.0, "type": "hello"}).encode()], "version"),
+    ([_msg(type="command", command={**_scan_dict(), "x_nm": "12.5"})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "rows": True})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "fov_nm": " 10 "})], "invalid"),
+    # Every command carries its id and deadline on the wire.
+    ([_msg(type="command", command={k: v for k, v in _scan_dict().items() if k != "id"})], "invalid"),
+    ([_msg(type="command", command={k: v for k, v in _scan_dict().items() if k != "deadline_unix_s"})], "invalid"),
 ]
 
 
