@@ -52,6 +52,7 @@ from drivers.base import (
 )
 from drivers.codec import (
     ACK_IN_FRAME,
+    MIN_KEEPALIVE_S,
     client_options,
     decode_command,
     decode_envelope,
@@ -80,6 +81,9 @@ _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, c
 _FRAME_SLICE_S = 0.05
 _STOPPED_FRAME_GRACE_S = 1.0
 _URGENT = ("blank", "stop")
+# A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
+# blank the beam under a healthy client.
+MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
 # Bad messages logged per client per window; beyond that they are counted, and summed up in one line when
 # the client's next bad message opens a new window (a flood must not cost a log record per message).
 _BAD_LOGGED_PER_WINDOW = 5
@@ -152,6 +156,10 @@ class InstrumentServer:
         Frames held for each observer on the PUB socket (its send high-water mark, per subscriber) before
         further ones are dropped for that observer alone, which sees the gap in the stream's sequence.
         libzmq's default of 1 000 would let one stalled dashboard hold 4 GB of 1024 x 1024 frames.
+    max_jobs_per_client
+        Commands of one client waiting for the driver; beyond that its commands are refused with
+        ``busy`` (``blank`` and ``stop`` never are), so a client sending faster than the instrument
+        works cannot grow the server's memory without bound.
     """
 
     def __init__(
@@ -168,16 +176,24 @@ class InstrumentServer:
         max_queued_per_client: int = 1000,
         max_frame_bytes_per_client: int = 256 * 2**20,
         max_queued_per_observer: int = 16,
+        max_jobs_per_client: int = 1024,
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds (got {value!r})")
+        if deadman_s is not None and deadman_s < MIN_DEADMAN_S:
+            raise ValueError(
+                f"deadman_s={deadman_s:g} is shorter than a client can keep alive ({MIN_DEADMAN_S:g} s at least)"
+            )
+        if max_jobs_per_client < 1:
+            raise ValueError(f"max_jobs_per_client must be at least 1 (got {max_jobs_per_client!r})")
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
         self.driver = driver
         self.heartbeat_s = heartbeat_s
         self.frame_timeout_s = frame_timeout_s
         self.max_frame_bytes_per_client = max_frame_bytes_per_client
+        self.max_jobs_per_client = max_jobs_per_client
         self.stats: Counter[str] = Counter()
         self._ctx = zmq.Context()
         self._auth = start_authenticator(self._ctx, curve) if curve else None
@@ -550,9 +566,18 @@ class InstrumentServer:
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
-        self._commander = None if command.kind in ("blank", "stop") else identity
+        if command.kind not in _URGENT and self._queued_for(identity) >= self.max_jobs_per_client:
+            self.stats["busy"] += 1
+            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
+            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
+            return
+        self._commander = None if command.kind in _URGENT else identity
         self._commander_seen = time.monotonic()
         self._enqueue((identity, command))
+
+    def _queued_for(self, identity: bytes) -> int:
+        """Commands of ``identity`` waiting in the queue (under the lock)."""
+        return sum(1 for job in self._jobs if job is not None and job[0] == identity)
 
     # -- dead-man timer -----------------------------------------------------------------------------
     def _check_deadman(self) -> None:

@@ -327,3 +327,31 @@ def test_an_observer_waits_its_whole_timeout_past_bad_messages_and_counts_frames
     ctx.term()
     with pytest.raises(ValueError, match="cannot connect"):
         FrameSubscriber("127.0.0.1:5556")
+
+
+def test_a_client_far_ahead_of_the_instrument_is_told_busy_and_can_still_stop_it():
+    from drivers.base import SetTiltCommand
+    from drivers.memory import InMemoryDriver
+
+    class SlowDriver(InMemoryDriver):
+        def send(self, command, timeout_s: float = 5.0):
+            time.sleep(0.01)
+            return super().send(command, timeout_s)
+
+    with (
+        InstrumentServer(SlowDriver(), "tcp://127.0.0.1:0", max_jobs_per_client=8, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        pending = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(100)]
+        codes = [f.result(timeout=20.0).code for f in pending]
+        assert "busy" in codes and codes.count("ok") >= 8  # the queue held 8 at a time, never all 100
+        assert server.stats["busy"] == codes.count("busy")
+        assert remote.send(StopCommand()).accepted  # a stop is never refused as busy
+
+
+@pytest.mark.parametrize("deadman_s", [0.01, 0.1])
+def test_a_dead_man_time_no_client_can_keep_up_with_is_refused(deadman_s):
+    from drivers.memory import InMemoryDriver
+
+    with pytest.raises(ValueError, match="shorter than a client can keep alive"):
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=deadman_s)
