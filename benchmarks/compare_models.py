@@ -1,8 +1,9 @@
 """Two or more segmentation models on the same simulator frames, with paired bootstrap intervals.
 
 The first model is the baseline.  For each model: its detection figures on the pooled frames and a
-95 % interval from resampling frames; for every other model, the interval of its difference from the
-baseline with one resample of frames shared by both (:mod:`models.training.bootstrap`).  Each figure
+95 % interval from resampling frames (within each lattice, as the frames were drawn); for every other
+model, the interval of its difference from the baseline with one resample of frames shared by both
+(:mod:`models.training.bootstrap`).  Each figure
 says which way is better (``better``: ``higher``, or ``lower`` for the localisation error).  A candidate
 replaces the bundled model only where the interval of the difference it is meant to improve lies on the
 better side of zero, no other figure's interval lies wholly on the worse side, and it does no worse on
@@ -53,7 +54,7 @@ def rounded_figures(figures: dict[str, float], intervals: dict[str, tuple[float,
 def main() -> None:
     from models.segmenter import Segmenter
     from models.training.bootstrap import bootstrap_intervals
-    from models.training.evaluate import detection_metrics, eval_frames, evaluate_frame
+    from models.training.evaluate import FrameResult, detection_metrics, eval_frames, evaluate_frame
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -65,18 +66,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     frames = list(eval_frames(args.frames, shifted=False, seed=args.seed))
-    results, models = [], []
+    results: list[list[FrameResult]] = []
+    models: list[dict[str, object]] = []
     for path in args.models:
         segmenter = Segmenter(path, "cpu")
         start = time.perf_counter()
         results.append([evaluate_frame(segmenter, f) for f in frames])
         models.append({"model": str(path), "name": segmenter.manifest.name, "sha256": segmenter.manifest.onnx_sha256})
         models[-1]["seconds"] = round(time.perf_counter() - start, 1)
+    strata = [f.lattice for f in frames]  # the frames hold the lattices in fixed numbers: resample within each
     for entry, res in zip(models, results, strict=True):
-        entry["figures"] = rounded_figures(detection_metrics(res), bootstrap_intervals(res, resamples=args.resamples))
+        intervals = bootstrap_intervals(res, resamples=args.resamples, strata=strata)
+        entry["figures"] = rounded_figures(detection_metrics(res), intervals)
     base = detection_metrics(results[0])
     for entry, res in zip(models[1:], results[1:], strict=True):
-        paired = bootstrap_intervals(res, baseline=results[0], resamples=args.resamples)
+        paired = bootstrap_intervals(res, baseline=results[0], resamples=args.resamples, strata=strata)
         point = {k: v - base[k] for k, v in detection_metrics(res).items() if k in paired}
         entry["minus_baseline"] = rounded_figures(point, paired)
     emit({"benchmark": "compare_models", "frames": args.frames, "seed": args.seed, "models": models}, args.out)

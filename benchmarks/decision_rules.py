@@ -137,12 +137,12 @@ class _Frame:
 
     def labels(self) -> np.ndarray:
         """Class of the planted column each located column matches (the atom class where none or near the edge)."""
-        from models.training.evaluate import away_from_edge, lookup
+        from models.training.evaluate import lookup
 
         res = self.result(self.atoms.class_id)
         full = np.ones(len(self.atoms), dtype=np.int64)
         matched = lookup(res.truth_class, res.pred_match)
-        full[away_from_edge(self.atoms, self.frame.image.shape, 4)] = np.where(matched > 0, matched, 1)
+        full[res.pred_index] = np.where(matched > 0, matched, 1)
         return full
 
 
@@ -252,9 +252,10 @@ def main() -> None:
     base = rules["bundled"]
     report = {}
     for name, results in rules.items():
-        entry = {"figures": rounded_figures(detection_metrics(results), bootstrap_intervals(results))}
+        strata = [r.lattice for r in results]  # resampled within each lattice, as the frames were drawn
+        entry = {"figures": rounded_figures(detection_metrics(results), bootstrap_intervals(results, strata=strata))}
         if name != "bundled":
-            paired = bootstrap_intervals(results, baseline=base)
+            paired = bootstrap_intervals(results, baseline=base, strata=strata)
             point = {k: v - detection_metrics(base)[k] for k, v in detection_metrics(results).items() if k in paired}
             entry["minus_bundled"] = rounded_figures(point, paired)
         report[name] = entry

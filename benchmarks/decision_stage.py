@@ -46,8 +46,8 @@ def _frame_features(
     probs = np.stack([ndimage.mean(seg.mean_probs[k], labels, index) for k in (1, 2, 3)], 1)[big]
     if len(probs) != len(atoms):
         raise RuntimeError("these regions are not the localiser's: its labelling has changed")
-    kept = ev.away_from_edge(atoms, frame.image.shape, 4)
     result = ev.match_frame(frame, seg, atoms)
+    kept = result.pred_index  # the detections the evaluation counts, in its order
     log_p = np.log(probs[kept] + 1e-6)
     vac, dop = log_p[:, 1] - log_p[:, 0], log_p[:, 2] - log_p[:, 0]
     presence = atoms.presence_entropy[kept]

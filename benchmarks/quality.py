@@ -6,12 +6,16 @@ simulator) are the check that the model does not just fit our own image formatio
 
     python benchmarks/quality.py [--model models/weights/stem_ensemble.json] [--frames 52] [--seed S]
 
-The main simulator figures come with 95 % intervals from resampling frames (``*_ci95_low/high``).
+The main simulator figures come with 95 % intervals from resampling frames within each lattice
+(``*_ci95_low/high``; the frames hold the four lattices in equal numbers by design).  Columns and
+detections are matched over the whole frame, then counted inside the edge margin
+(:func:`models.training.evaluate.match_frame`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 from pathlib import Path
 
 from report import emit
@@ -42,6 +46,8 @@ def main() -> None:
     result: dict[str, object] = {
         "benchmark": "quality",
         "model": segmenter.manifest.name,
+        "model_onnx_sha256": segmenter.manifest.onnx_sha256,
+        "date": datetime.datetime.now(datetime.UTC).date().isoformat(),
         "seed": args.seed,
         "simulator": evaluate(segmenter, frames=args.frames, seed=args.seed),
     }

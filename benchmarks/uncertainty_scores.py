@@ -6,7 +6,10 @@ predictive entropy over the classes (total), the binary entropy of the foregroun
 standard deviation of that probability (epistemic, on the foreground decision alone).  Scoring:
 
 * ``evaluation``: as ``models.training.evaluate`` scores the bundled model (a detected atom gets the
-  map's mean over its region, a missed column the map's largest value within 2 native pixels);
+  map's mean over its region, a missed column the map's largest value within 2 native pixels).  For
+  mutual information and the foreground binary entropy these are ``match_frame``'s own per-atom values
+  (``pred_uncertainty`` / ``pred_presence``, ``truth_mi`` / ``truth_presence``); the other two maps are
+  averaged over the localiser's regions (its labelling and minimum area) in the same way;
 * ``same_disc``: every detected atom and every missed column gets the map's mean over the same small
   disc (radius 2 native pixels) at its position, so neither kind is favoured by the statistic.
 
@@ -45,6 +48,26 @@ def _disc(radius_px: int = 2) -> np.ndarray:
     return disc / disc.sum()
 
 
+#: Maps whose "evaluation" scores match_frame already holds: map -> (detected atoms, missed columns).
+_FROM_MATCH = {
+    "mutual_information": ("pred_uncertainty", "truth_mi"),
+    "foreground_binary_entropy": ("pred_presence", "truth_presence"),
+}
+
+
+def _region_means(seg: Segmentation, field: np.ndarray, n_atoms: int, min_area_px: int = 2) -> np.ndarray:
+    """(n_atoms,) mean of ``field`` over each located atom's region, as :func:`models.localize.localize` labels them."""
+    labels, n = ndimage.label(1.0 - seg.mean_probs[0] > 0.5)
+    index = np.arange(1, n + 1)
+    if n == 0:
+        return np.zeros(0)
+    area = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    means = ndimage.mean(field, labels, index)[area >= min_area_px]
+    if len(means) != n_atoms:
+        raise RuntimeError("these regions are not the localiser's: its labelling has changed")
+    return means
+
+
 def score_frames(segmenter: Segmenter, frames: int, shifted: bool, margin_px: int = 4) -> dict[str, float]:
     """AUROC of each map under each scoring, over ``frames`` evaluation frames."""
     scores: dict[str, list[np.ndarray]] = {}
@@ -54,17 +77,18 @@ def score_frames(segmenter: Segmenter, frames: int, shifted: bool, margin_px: in
         seg = segmenter.segment(frame.image, frame.pixel_size_nm)
         atoms = segmenter.atoms(seg)
         result = ev.match_frame(frame, seg, atoms, margin_px)
-        keep = ev.away_from_edge(atoms, frame.image.shape, margin_px)  # the atoms and columns match_frame kept
-        truth = frame.truth.columns.select(ev.away_from_edge(frame.truth.columns, frame.image.shape, margin_px))
         missed = result.truth_match < 0
-        pred_rc = ev.native_pixel(seg, atoms.row[keep], atoms.col[keep])
-        miss_rc = ev.native_pixel(seg, truth.row[missed], truth.col[missed])
-        labels, n = ndimage.label(1.0 - seg.mean_probs[0] > 0.5)
-        region = labels[pred_rc]
+        truth = frame.truth.columns
+        pred_rc = ev.native_pixel(seg, atoms.row[result.pred_index], atoms.col[result.pred_index])
+        missed_index = result.truth_index[missed]
+        miss_rc = ev.native_pixel(seg, truth.row[missed_index], truth.col[missed_index])
         for name, field in _maps(seg).items():
-            means = ndimage.mean(field, labels, np.arange(1, n + 1)) if n else np.zeros(0)
-            at_pred = np.where(region > 0, means[np.maximum(region - 1, 0)] if n else 0.0, field[pred_rc])
-            at_miss = ndimage.maximum_filter(field, size=5)[miss_rc]
+            if name in _FROM_MATCH:
+                pred_field, truth_field = _FROM_MATCH[name]
+                at_pred, at_miss = getattr(result, pred_field), getattr(result, truth_field)[missed]
+            else:
+                at_pred = _region_means(seg, field, len(atoms))[result.pred_index]
+                at_miss = ndimage.maximum_filter(field, size=5)[miss_rc]
             scores.setdefault(f"{name}/evaluation", []).append(np.concatenate([at_pred, at_miss]))
             smooth = ndimage.convolve(field.astype(np.float64), disc, mode="nearest")
             scores.setdefault(f"{name}/same_disc", []).append(np.concatenate([smooth[pred_rc], smooth[miss_rc]]))

@@ -7,12 +7,15 @@ per-frame counts is recomputed from the counts of each resample, which makes a
 thousand resamples of a few hundred frames cost milliseconds.  Two models
 evaluated on the same frames are compared *paired*: one resample of frames
 serves both, so the interval of the difference excludes the frame-to-frame
-spread that both share.
+spread that both share.  Where the evaluation design fixes the mix of frames (the
+evaluation frames hold the four lattices in equal numbers), frames are resampled within
+each stratum (``strata``), so every resample keeps that mix and the intervals hold only
+the spread the design leaves open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -44,12 +47,37 @@ def figures_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def resample_weights(
+    n: int, resamples: int, rng: np.random.Generator, strata: Sequence[Hashable] | None = None
+) -> np.ndarray:
+    """(resamples, n) multiplicity of each of ``n`` frames in each bootstrap resample.
+
+    Without ``strata`` the ``n`` frames are drawn with replacement from all of them; with ``strata``
+    (one label per frame) each stratum's frames are drawn from that stratum only, as many as it holds,
+    so every resample keeps the per-stratum counts.
+    """
+    if strata is None:
+        groups = [np.arange(n)]
+    else:
+        if len(strata) != n:
+            raise ValueError(f"{len(strata)} strata labels for {n} frames: give one label per frame")
+        code: dict[Hashable, int] = {}
+        codes = np.array([code.setdefault(label, len(code)) for label in strata])
+        groups = [np.flatnonzero(codes == c) for c in range(len(code))]
+    weights = np.zeros((resamples, n))
+    for row in weights:
+        for members in groups:
+            row += np.bincount(members[rng.integers(0, len(members), len(members))], minlength=n)
+    return weights
+
+
 def bootstrap_intervals(
     results: Sequence[FrameResult],
     baseline: Sequence[FrameResult] | None = None,
     resamples: int = 2000,
     level: float = 0.95,
     seed: int = 0,
+    strata: Sequence[Hashable] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile intervals of each detection figure, resampling frames with replacement.
 
@@ -62,6 +90,9 @@ def bootstrap_intervals(
         of ``figure(results) - figure(baseline)``, with one resample of frames shared by both.
     resamples, level, seed
         Bootstrap resamples, central coverage of the interval, seed of the resampling.
+    strata
+        One label per frame (e.g. its lattice): frames are then resampled within each label, keeping
+        the number of frames of each (:func:`resample_weights`).  None: from all frames freely.
 
     Returns
     -------
@@ -73,7 +104,7 @@ def bootstrap_intervals(
     Raises
     ------
     ValueError
-        With no frames, a baseline of another length, or ``level`` outside (0, 1).
+        With no frames, a baseline or strata of another length, or ``level`` outside (0, 1).
     """
     if not results:
         raise ValueError("bootstrap_intervals needs at least one evaluated frame")
@@ -81,10 +112,7 @@ def bootstrap_intervals(
         raise ValueError(f"the baseline has {len(baseline)} frames, the results {len(results)}: pair the same frames")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    n = len(results)
-    rng = np.random.default_rng(seed)
-    # (resamples, n) multiplicity of each frame in each resample.
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
+    weights = resample_weights(len(results), resamples, np.random.default_rng(seed), strata)
 
     def resampled(frames: Sequence[FrameResult]) -> dict[str, np.ndarray]:
         return figures_from_sums({k: weights @ v for k, v in frame_counts(frames).items()})

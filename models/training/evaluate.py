@@ -2,7 +2,8 @@
 
 Frames come from specimens and noise seeds never used in training.  Predicted
 columns are matched one-to-one to planted columns within half the
-nearest-neighbour spacing (greedy by distance).  Reported:
+nearest-neighbour spacing (greedy by distance), all of them; only then are columns and
+detections near the frame edge left out (:func:`counted`), so none is counted twice.  Reported:
 
 * column detection precision, recall, F1 and localisation RMSE / NN spacing;
 * per defect class (vacancy, dopant) and per physical defect kind: recall and precision;
@@ -57,6 +58,8 @@ class FrameResult:
     pred_presence: np.ndarray  # (n_pred,)
     distance_nn: np.ndarray  # (n_matched,) match distances / NN spacing
     ood_score: float
+    truth_index: np.ndarray  # (n_truth,) index of each counted planted column in the frame's truth columns
+    pred_index: np.ndarray  # (n_pred,) index of each counted prediction in the located atoms
 
 
 def _shifted(imaging: ImagingParams, rng: np.random.Generator) -> ImagingParams:
@@ -133,35 +136,85 @@ def evaluate_frame(
     return match_frame(frame, seg, segmenter.refine(seg, frame.image, atoms) if refine else atoms, margin_px)
 
 
-def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_px: int = 4) -> FrameResult:
-    """Match located atoms of ``frame`` to its planted columns (both away from the frame edge)."""
+def match_frame(frame: SimulatedFrame, seg: Segmentation, atoms: Atoms, margin_px: float = 4) -> FrameResult:
+    """Match located atoms of ``frame`` to its planted columns; count only those inside the edge margin.
+
+    Every planted column is matched to every located atom first; the margin then decides what counts
+    (see :func:`counted`), so a column near the margin is counted once, by where it was planted,
+    whichever side of the margin its detection fell.  The arrays of the result hold the counted
+    columns and atoms only (``truth_index`` and ``pred_index`` say which).
+    """
     from simulators import get_lattice
 
-    truth = frame.truth.columns.select(away_from_edge(frame.truth.columns, frame.image.shape, margin_px))
-    keep = away_from_edge(atoms, frame.image.shape, margin_px)
+    columns = frame.truth.columns
     nn_px = get_lattice(frame.lattice).nn_spacing_nm / frame.pixel_size_nm
-    truth_rc = np.column_stack([truth.row, truth.col])
-    pred_rc = np.column_stack([atoms.row[keep], atoms.col[keep]])
-    truth_match, pred_match = match_points(truth_rc, pred_rc, nn_px / 2)
+    truth_rc = np.column_stack([columns.row, columns.col])
+    pred_rc = np.column_stack([atoms.row, atoms.col])
+    truth_all, pred_all = match_points(truth_rc, pred_rc, nn_px / 2)
+    t_idx, p_idx = counted(truth_rc, pred_rc, pred_all, frame.image.shape, margin_px)
+    truth_match = _renumber(truth_all[t_idx], p_idx, len(pred_rc))
+    pred_match = _renumber(pred_all[p_idx], t_idx, len(truth_rc))
     matched = truth_match >= 0
-    dist = np.hypot(*(truth_rc[matched] - pred_rc[truth_match[matched]]).T) / nn_px
+    dist = np.hypot(*(truth_rc[t_idx][matched] - pred_rc[p_idx][truth_match[matched]]).T) / nn_px
     # A missed column's uncertainty: the largest value where its detection would have been.
-    at_truth = native_pixel(seg, truth.row, truth.col)
+    at_truth = native_pixel(seg, columns.row[t_idx], columns.col[t_idx])
     return FrameResult(
         frame.lattice,
         frame.pixel_size_nm,
-        truth.class_id.astype(int),
-        truth.kind.astype(int),
+        columns.class_id[t_idx].astype(int),
+        columns.kind[t_idx].astype(int),
         truth_match,
         _local_max(seg.mutual_info, at_truth),
         _local_max(1.0 - seg.mean_probs[0], at_truth, binary_entropy),
-        atoms.class_id[keep],
+        atoms.class_id[p_idx],
         pred_match,
-        atoms.uncertainty[keep],
-        atoms.presence_entropy[keep],
+        atoms.uncertainty[p_idx],
+        atoms.presence_entropy[p_idx],
         dist,
         seg.ood_score,
+        t_idx,
+        p_idx,
     )
+
+
+def counted(
+    truth_rc: np.ndarray, pred_rc: np.ndarray, pred_match: np.ndarray, shape: tuple[int, ...], margin_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which planted columns and which predictions count, after matching all of them.
+
+    A planted column counts if it lies more than ``margin_px`` inside the frame (found if matched, missed
+    if not).  A matched prediction counts if its planted column does; an unmatched one (a false
+    detection) if it lies inside the margin itself.
+
+    Parameters
+    ----------
+    truth_rc, pred_rc
+        (n, 2) and (m, 2) positions (row, col) in image pixels.
+    pred_match
+        (m,) index of each prediction's matched planted column, -1 if none (from :func:`match_points`).
+    shape, margin_px
+        The image's shape and the margin at its edge.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        Indices of the counted planted columns and of the counted predictions, in their original order.
+    """
+    truth_inside = away_from_edge(truth_rc, shape, margin_px)
+    pred_inside = away_from_edge(pred_rc, shape, margin_px)
+    matched = pred_match >= 0
+    pred_counts = pred_inside.copy()
+    pred_counts[matched] = truth_inside[pred_match[matched]]
+    return np.flatnonzero(truth_inside), np.flatnonzero(pred_counts)
+
+
+def _renumber(match: np.ndarray, kept: np.ndarray, total: int) -> np.ndarray:
+    """Matches into a full list (-1 for none) as indices into its ``kept`` subset."""
+    position = np.full(total, -1)
+    position[kept] = np.arange(len(kept))
+    out = np.full(len(match), -1)
+    out[match >= 0] = position[match[match >= 0]]
+    return out
 
 
 def _local_max(
@@ -309,16 +362,16 @@ INTERVAL_KEYS = (
 def evaluate(segmenter: Segmenter, frames: int = 52, pixels: int = 256, seed: int = EVAL_SEED) -> dict[str, float]:
     """All quality figures on ``frames`` in-distribution and as many shifted frames.
 
-    The main detection figures come with 95 % intervals from resampling the frames
-    (:mod:`models.training.bootstrap`): defects cluster by frame, so a few dozen frames
-    pin them down to a few points only.
+    The main detection figures come with 95 % intervals from resampling the frames within each
+    lattice (:mod:`models.training.bootstrap`; the frames hold the four lattices in equal numbers by
+    design): defects cluster by frame, so a few dozen frames pin them down to a few points only.
     """
     from models.training.bootstrap import bootstrap_intervals
 
     clean = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=False, pixels=pixels, seed=seed)]
     shifted = [evaluate_frame(segmenter, f) for f in eval_frames(frames, shifted=True, pixels=pixels, seed=seed)]
     out = detection_metrics(clean)
-    intervals = bootstrap_intervals(clean)
+    intervals = bootstrap_intervals(clean, strata=[r.lattice for r in clean])
     for key in INTERVAL_KEYS:
         if key in intervals:
             out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = intervals[key]
