@@ -168,3 +168,47 @@ def test_a_session_that_cannot_be_created_is_a_recording_error(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(RecordingError, match=r"cannot create the session directory .*afile/s"):
         SessionWriter(tmp_path / "afile" / "s")
+
+
+def test_an_instrument_replay_picks_the_same_frame_as_looking_at_every_one(tmp_path):
+    """The frames looked at in detail are narrowed by their circles: the choice must not change."""
+    from drivers.base import Frame, ScanCommand
+    from drivers.recording import SessionWriter
+    from drivers.replay import ReplayDriver, _rotation, _to_pixels
+
+    rng = np.random.default_rng(0)
+    with SessionWriter(tmp_path / "s") as writer:
+        for i in range(300):
+            rows, cols = (int(v) for v in rng.choice([16, 24, 40], 2))
+            image = rng.random((rows, cols)).astype(np.float32)
+            header = {"sequence": i, "x_nm": float(rng.uniform(-40, 40)), "y_nm": float(rng.uniform(-40, 40))}
+            header["metadata"] = {"rotation_deg": float(rng.choice([0.0, 0.0, 30.0, 90.0]))}
+            writer.write_frame(Frame.of(image, float(rng.choice([0.25, 0.5, 1.0])), **header))
+    driver = ReplayDriver(tmp_path / "s", mode="instrument")
+
+    def every_frame(command):
+        x, y = driver._corners(command)
+        best = None
+        for i, f in enumerate(driver.frames):
+            h = f.header
+            row, col = _to_pixels(x, y, h.x_nm, h.y_nm, h.pixel_size_nm, tuple(h.shape), _rotation(f))
+            e = 1e-3
+            inside = (
+                (row >= -0.5 - e) & (row <= h.shape[0] - 0.5 + e) & (col >= -0.5 - e) & (col <= h.shape[1] - 0.5 + e)
+            )
+            if inside.all() and (best is None or h.pixel_size_nm < driver.frames[best].header.pixel_size_nm):
+                best = i
+        return best
+
+    found = 0
+    for _ in range(400):
+        rows, cols = (int(v) for v in rng.choice([8, 16, 32], 2))
+        command = ScanCommand(
+            x_nm=float(rng.uniform(-40, 40)), y_nm=float(rng.uniform(-40, 40)), fov_nm=float(rng.uniform(1, 15)),
+            rows=rows, cols=cols, dwell_us=1.0, rotation_deg=float(rng.choice([0.0, 30.0, 45.0])),
+        )  # fmt: skip
+        expected = every_frame(command)
+        assert driver._covering(command) == expected
+        found += expected is not None
+    driver.close()
+    assert found > 40  # the requests are not all out of reach: the test compares real choices
