@@ -17,16 +17,27 @@ from agent.policies import AcquisitionConfig, FieldTemplate, Policy, PolicyConte
 from agent.recorder import SessionRecorder, claim_session_dir
 from agent.reward import Reward
 from agent.summary import run_summary
-from drivers.base import Capabilities, Driver, Range
+from drivers.base import Capabilities, Disconnected, Driver, Range
 from drivers.recording import RecordingError
+from drivers.security import CurveClientKeys
 from models.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
 
 
-def open_instrument(config: RunConfig) -> Driver:
-    """The simulated instrument, or a connection to an instrument server."""
+def open_instrument(config: RunConfig, curve: CurveClientKeys | None = None) -> Driver:
+    """The simulated instrument, or a connection to an instrument server (with CURVE keys when it needs them).
+
+    Raises
+    ------
+    ConfigError
+        CURVE keys for the in-process simulator, which has no connection to protect.
+    Disconnected
+        No server answered (without keys, the message says a CURVE server would not).
+    """
     if config.instrument == "sim":
+        if curve is not None:
+            raise ConfigError("CURVE keys (--client-key, --server-public) are for a tcp:// instrument, not 'sim'")
         from drivers.simulated import SimulatedDriver
 
         sim = config.simulator
@@ -39,7 +50,13 @@ def open_instrument(config: RunConfig) -> Driver:
         )
     from drivers.remote import RemoteDriver
 
-    return RemoteDriver(config.instrument, heartbeat_s=config.heartbeat_s)
+    try:
+        return RemoteDriver(config.instrument, heartbeat_s=config.heartbeat_s, curve=curve)
+    except Disconnected as exc:
+        if curve is not None:
+            raise
+        hint = "a server that requires CURVE keys answers no client without them (--client-key, --server-public)"
+        raise Disconnected(f"{exc}; {hint}") from None
 
 
 def field_region(cap: Capabilities, config: RunConfig) -> Region:
@@ -99,7 +116,10 @@ def build_policy(config: RunConfig, region: Region, perception: Perception) -> P
 
 
 class Experiment:
-    """Open everything a run needs; ``with Experiment(config) as e: e.run()`` closes it all."""
+    """Open everything a run needs; ``with Experiment(config) as e: e.run()`` closes it all.
+
+    ``curve``: CURVE client keys for a ``tcp://`` instrument whose server requires them.
+    """
 
     def __init__(
         self,
@@ -110,13 +130,14 @@ class Experiment:
         region: Region | None = None,
         max_failures: int = 20,
         recorder: SessionRecorder | None = None,
+        curve: CurveClientKeys | None = None,
     ) -> None:
         self.config = config
         self.segmenter = segmenter or Segmenter(config.model, config.providers)
         self.perception = Perception(
             self.segmenter, config.dedup_radius_nm, max_defect_uncertainty=config.max_defect_uncertainty
         )
-        self.driver = driver or open_instrument(config)
+        self.driver = driver or open_instrument(config, curve)
         try:
             cap = self.driver.capabilities()
             beyond = limits_beyond_instrument(config.guard, cap)

@@ -8,8 +8,10 @@ names the source and derives capabilities spanning the fields.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from drivers.base import Frame
 from drivers.recording import SessionWriter
-from models.io import read_image
+from models.io import LoadedImage, read_image
+from models.preprocess import ImageError, validate_image
 
 REQUIRED = ("image", "x_nm", "y_nm")
 OPTIONAL = ("pixel_size_nm", "rotation_deg", "dwell_us", "tilt_deg", "detector")
@@ -27,31 +30,62 @@ class SessionImportError(ValueError):
     """A set of images and positions that cannot become a session (the problem is named)."""
 
 
-def read_positions(path: Path) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class PositionRow:
+    """One row of a positions CSV: its cells by column, and where it is (for messages)."""
+
+    cells: dict[str, str]
+    where: str
+
+
+def read_positions(path: Path) -> dict[str, PositionRow]:
     """Rows of a positions CSV keyed by image file name.
 
     Columns: ``image`` (file name), ``x_nm``, ``y_nm``; optional ``pixel_size_nm`` (used when the file
-    records none), ``rotation_deg``, ``dwell_us``, ``tilt_deg``, ``detector``.
+    records none), ``rotation_deg``, ``dwell_us``, ``tilt_deg``, ``detector``.  UTF-8, with or without
+    the byte-order mark spreadsheet programs write.
 
     Raises
     ------
     SessionImportError
-        Missing columns, unknown columns, or an image listed twice.
+        A file that cannot be read, missing or unknown columns, a row with missing or extra cells, or an
+        image listed twice.
     """
-    with Path(path).open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        missing = [c for c in REQUIRED if c not in columns]
-        unknown = sorted(columns - set(REQUIRED) - set(OPTIONAL))
-        if missing or unknown:
-            raise SessionImportError(f"{path}: missing columns {missing}, unknown columns {unknown}; expected "
-                               f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}")  # fmt: skip
-        rows: dict[str, dict[str, str]] = {}
-        for line, row in enumerate(reader, start=2):
-            name = Path(row["image"]).name
-            if name in rows:
-                raise SessionImportError(f"{path} line {line}: {name} is listed twice")
-            rows[name] = row
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as exc:
+        raise SessionImportError(f"cannot read the positions CSV {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SessionImportError(f"{path} is not a UTF-8 text CSV: {exc}") from None
+    try:
+        return _rows(csv.DictReader(io.StringIO(text, newline="")), path)
+    except csv.Error as exc:
+        raise SessionImportError(f"{path}: not a readable CSV: {exc}") from None
+
+
+def _rows(reader: csv.DictReader[str], path: Path) -> dict[str, PositionRow]:
+    columns = list(reader.fieldnames or ())
+    missing = [c for c in REQUIRED if c not in columns]
+    unknown = sorted(set(columns) - set(REQUIRED) - set(OPTIONAL))
+    if missing or unknown:
+        raise SessionImportError(f"{path}: missing columns {missing}, unknown columns {unknown}; expected "
+                                 f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}")  # fmt: skip
+    rows: dict[str, PositionRow] = {}
+    for line, row in enumerate(reader, start=2):
+        where = f"{path.name} line {line}"
+        short = [c for c in columns if row.get(c) is None]  # DictReader fills a short row with None
+        if short:
+            raise SessionImportError(f"{where}: the row has no cell for {', '.join(short)}")
+        if row.get(None):  # cells beyond the header go under None
+            raise SessionImportError(f"{where}: the row has more cells than the header's {len(columns)} columns")
+        name = Path(row["image"].strip()).name
+        if not name:
+            raise SessionImportError(f"{where}: the image cell is empty")
+        if name in rows:
+            raise SessionImportError(f"{where}: {name} is listed twice")
+        rows[name] = PositionRow(row, f"{where} ({name})")
     return rows
 
 
@@ -68,26 +102,65 @@ def _number(row: dict[str, str], key: str, default: float | None, where: str) ->
     return value
 
 
-def frame_of(path: Path, row: dict[str, str], sequence: int) -> Frame:
-    """The frame of one image and its CSV row."""
-    loaded = read_image(path)
-    where = f"{path.name}"
-    csv_px = _number(row, "pixel_size_nm", None, where)
+def _required(row: dict[str, str], key: str, where: str) -> float:
+    value = _number(row, key, None, where)
+    if value is None:
+        raise SessionImportError(f"{where}: {key} is empty (every image needs its stage position)")
+    return value
+
+
+def _pixel_size_nm(loaded: LoadedImage, row: PositionRow) -> tuple[float, float | None]:
+    """The pixel size (the file's, else the CSV's) and the CSV's own value."""
+    csv_px = _number(row.cells, "pixel_size_nm", None, row.where)
+    if csv_px is not None and csv_px <= 0:
+        raise SessionImportError(f"{row.where}: pixel_size_nm={csv_px:g} must be positive")
     px = loaded.pixel_size_nm or csv_px
-    if px is None or px <= 0:
-        raise SessionImportError(f"{where}: the file records no pixel size and the CSV gives none (pixel_size_nm)")
-    image = np.asarray(loaded.image, dtype=np.float32)
-    x, y = _number(row, "x_nm", None, where), _number(row, "y_nm", None, where)
-    assert x is not None and y is not None  # required columns; empty cells fail here
+    if px is None:
+        raise SessionImportError(f"{row.where}: the file records no pixel size and the CSV gives none (pixel_size_nm)")
+    return px, csv_px
+
+
+def frame_of(path: Path, row: PositionRow, sequence: int) -> Frame:
+    """The frame of one image and its CSV row.
+
+    Raises
+    ------
+    SessionImportError
+        A bad cell, or an image that is not 2-D, finite and at least ``MIN_SIDE_PX`` a side.
+    """
+    loaded = read_image(path)
+    px, csv_px = _pixel_size_nm(loaded, row)
+    try:
+        validate_image(loaded.image, px)
+    except ImageError as exc:
+        raise SessionImportError(f"{path}: {exc}") from None
+    image = np.asarray(loaded.image, dtype=np.float32)  # the recorded values as they are, not rescaled
+    if not np.isfinite(image).all():
+        raise SessionImportError(f"{path}: values beyond float32's range")
+    cells, where = row.cells, row.where
+    x, y = _required(cells, "x_nm", where), _required(cells, "y_nm", where)
     now = time.time()
-    metadata: dict[str, Any] = {"imported_from": path.name, "rotation_deg": _number(row, "rotation_deg", 0.0, where)}
+    metadata: dict[str, Any] = {"imported_from": path.name, "rotation_deg": _number(cells, "rotation_deg", 0.0, where)}
     if loaded.pixel_size_nm and csv_px and not math.isclose(loaded.pixel_size_nm, csv_px, rel_tol=1e-3):
         metadata["csv_pixel_size_nm_ignored"] = csv_px
     return Frame.of(
         image, px, sequence=sequence, x_nm=x, y_nm=y, acquisition_start_unix_s=now, acquisition_end_unix_s=now,
-        dwell_us=_number(row, "dwell_us", 1.0, where), tilt_deg=_number(row, "tilt_deg", 0.0, where),
-        detector=(row.get("detector") or "imported").strip() or "imported", metadata=metadata,
+        dwell_us=_number(cells, "dwell_us", 1.0, where), tilt_deg=_number(cells, "tilt_deg", 0.0, where),
+        detector=(cells.get("detector") or "imported").strip() or "imported", metadata=metadata,
     )  # fmt: skip
+
+
+def _refuse_same_names(images: list[Path]) -> None:
+    """The CSV matches images by file name: two images of one name (or one given twice) are ambiguous."""
+    by_name: dict[str, list[Path]] = {}
+    for p in images:
+        by_name.setdefault(p.name, []).append(p)
+    for name, paths in by_name.items():
+        if len(paths) > 1:
+            raise SessionImportError(
+                f"{name} is given {len(paths)} times ({', '.join(map(str, paths))}); the positions CSV names "
+                "images by file name, so each image must have its own name"
+            )
 
 
 def import_session(images: list[Path], positions: Path, out: Path) -> int:
@@ -96,10 +169,12 @@ def import_session(images: list[Path], positions: Path, out: Path) -> int:
     Raises
     ------
     SessionImportError
-        An image not listed in the CSV, or any problem with a row or a file (nothing is written then).
+        An image not listed in the CSV, two images of one name, or any problem with a row or a file
+        (nothing is written then).
     models.io.ImageReadError
         An image that cannot be read.
     """
+    _refuse_same_names(images)
     rows = read_positions(positions)
     unlisted = [p.name for p in images if p.name not in rows]
     if unlisted:

@@ -79,26 +79,49 @@ class Watcher:
         self.on_frame = on_frame
         self.state = WatchState()
 
-    def run(self, duration_s: float, idle_timeout_s: float = 1.0) -> WatchState:
-        """Watch for ``duration_s`` seconds; returns what was seen (also written as a ``watch_stop`` record)."""
-        end = time.monotonic() + duration_s
+    def run(self, duration_s: float, idle_timeout_s: float = 1.0, start: dict[str, Any] | None = None) -> WatchState:
+        """Watch for ``duration_s`` seconds; returns what was seen.
+
+        The session opens with a ``start`` record (``kind="watch"``, the stream, and the fields of
+        ``start``) and, however watching ends (Ctrl-C included), closes with a ``stop`` record (status
+        ``completed``, ``interrupted`` or ``failed``, with the counts as its ``counters``) followed by
+        a ``watch_stop`` record of the counts, as a run's stop record is followed by its summary.
+        """
+        self.recorder.write("start", kind="watch", frames=self.frames.endpoint, duration_s=duration_s,
+                            max_frame_age_s=self.max_frame_age_s, **(start or {}))  # fmt: skip
+        status, reason = "failed", "stopped by an error"
         try:
-            while time.monotonic() < end:
-                try:
-                    first = self.frames.next_frame(min(idle_timeout_s, max(end - time.monotonic(), 0.0)))
-                except DriverTimeout:
-                    continue
-                batch = [first, *self.frames.pending()]
-                self.state.frames_received += len(batch)
-                self.state.skip("behind", len(batch) - 1)  # the model cannot keep up: only the newest is analysed
-                self._analyse(batch[-1])
-        finally:  # however watching ends (Ctrl-C included), the counts are written
-            s = self.state
-            self.recorder.write(
-                "watch_stop", received=s.frames_received, analysed=s.frames_analysed, skipped=s.frames_skipped,
-                stream_lost=int(self.frames.stats["frames_lost"]), suggestions=s.suggestions,
-            )  # fmt: skip
-        return s
+            self._watch(duration_s, idle_timeout_s)
+            status, reason = "completed", f"watched for {duration_s:g} s"
+        except KeyboardInterrupt:
+            status, reason = "interrupted", "stopped by Ctrl-C"
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            counts = self._counts()
+            self.recorder.write("stop", status=status, reason=reason, counters=counts)
+            self.recorder.write("watch_stop", **counts)
+        return self.state
+
+    def _watch(self, duration_s: float, idle_timeout_s: float) -> None:
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            try:
+                first = self.frames.next_frame(min(idle_timeout_s, max(end - time.monotonic(), 0.0)))
+            except DriverTimeout:
+                continue
+            batch = [first, *self.frames.pending()]
+            self.state.frames_received += len(batch)
+            self.state.skip("behind", len(batch) - 1)  # the model cannot keep up: only the newest is analysed
+            self._analyse(batch[-1])
+
+    def _counts(self) -> dict[str, Any]:
+        """Frames received, analysed and skipped (by reason), lost by the stream, and suggestions made."""
+        s = self.state
+        return {"received": s.frames_received, "analysed": s.frames_analysed, "skipped": dict(s.frames_skipped),
+                "stream_lost": int(self.frames.stats["frames_lost"]), "suggestions": s.suggestions}  # fmt: skip
 
     def _analyse(self, frame: Frame) -> None:
         s = self.state

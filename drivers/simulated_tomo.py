@@ -49,12 +49,13 @@ class SimulatedTiltDriver(LocalInstrument):
         self.imaging = TiltImaging(dose_e_per_px=dose_e_per_px, reachable_deg=reachable_deg)
         self.fov_nm = size_px * voxel_nm
         self._rng = np.random.default_rng([noise_seed, phantom_seed, 0x70])
+        half = self.fov_nm / 2
         super().__init__(
             Capabilities(
                 instrument=f"simulated tomography holder (phantom seed {phantom_seed}, {size_px}^3 voxels)",
                 command_kinds=("scan", "set_tilt", "blank", "unblank", "stop"),
-                stage_x_nm=Range(low=0.0, high=0.0),  # the holder projects the whole phantom, centred
-                stage_y_nm=Range(low=0.0, high=0.0),
+                stage_x_nm=Range(low=-half, high=half),  # the field's extent; its centre must be (0, 0)
+                stage_y_nm=Range(low=-half, high=half),
                 fov_nm=Range(low=self.fov_nm, high=self.fov_nm),
                 pixels=Range(low=size_px, high=size_px),
                 dwell_us=Range(low=0.1, high=1000.0),
@@ -64,7 +65,10 @@ class SimulatedTiltDriver(LocalInstrument):
         )
 
     def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
-        """As :meth:`LocalInstrument.send`; a rotated scan is refused (projections are not rotated)."""
+        """As :meth:`LocalInstrument.send`; an off-centre or rotated scan is refused (projections are neither)."""
+        if isinstance(command, ScanCommand) and (command.x_nm, command.y_nm) != (0.0, 0.0):
+            reason = "this holder records the whole phantom, centred: the scan's centre must be (0, 0)"
+            raise CommandRefused(Ack.refusal(command, "refused", reason))
         if isinstance(command, ScanCommand) and command.rotation_deg % 360.0 != 0.0:
             raise CommandRefused(Ack.refusal(command, "refused", "this holder records unrotated projections only"))
         return super().send(command, timeout_s)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent.cli import instrument, replay, report, run, segment, sessions, simulate, tomo, train, watch
 
@@ -44,15 +45,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))
-    except ValueError as exc:  # bad parameters: say which and why, no traceback
-        print(f"autoscope {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside a handler's own handling: no traceback
+        print(f"autoscope {args.command}: interrupted", file=sys.stderr)
+        return run.EXIT_INTERRUPTED
     except Exception as exc:
-        # Instrument-side failures (a server that is gone, a refused command) are reported, not dumped.
-        if type(exc).__module__.startswith("drivers"):
-            print(f"autoscope {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        raise
+        status, message = _reported(exc)
+        if status is None:
+            raise
+        print(f"autoscope {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+def _reported(exc: Exception) -> tuple[int | None, str]:
+    """The exit status and message of an error reported without a traceback (``None``: not one of them).
+
+    Instrument-side failures (a server that is gone, a refused command) exit 1; bad parameters, files that
+    cannot be read or written, and ZeroMQ endpoints that cannot be bound or connected exit 2.
+    """
+    if isinstance(exc, ValueError):  # bad parameters: say which and why
+        return EXIT_USAGE, str(exc)
+    if type(exc).__module__.startswith("drivers"):
+        return EXIT_FAILURE, f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):  # a missing file, a directory where a file is expected, a file as a parent
+        return EXIT_USAGE, os_error_message(exc)
+    if type(exc).__module__.startswith("zmq"):  # e.g. "Address already in use (addr='tcp://...')"
+        return EXIT_USAGE, f"ZeroMQ: {exc}"
+    return None, ""
+
+
+def os_error_message(exc: OSError) -> str:
+    """``PATH: reason`` (both paths for a rename), or the error's own text when it names no file."""
+    if exc.filename is None:
+        return str(exc)
+    paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{paths}: {exc.strerror or exc}"
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a directory, or under a file.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a directory, or one of its parents is a file (named with ``flag``).
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a directory")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ CURVE certificates for a server and one client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -55,51 +56,113 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--server-key", type=Path, default=None, help="server CURVE secret certificate (zmq.auth format)")
     p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
-    p.add_argument("--client-key", type=Path, default=None, help="--check: client CURVE secret certificate")
-    p.add_argument("--server-public", type=Path, default=None, help="--check: server public certificate")
+    add_client_key_args(p, "--check")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
     p.add_argument("--timeout-s", type=float, default=10.0, help="--check: connection and frame timeout")
     p.set_defaults(handler=_run)
 
 
-def _server_keys(args: argparse.Namespace) -> Any:
-    if args.server_key is None:
+def add_client_key_args(p: argparse.ArgumentParser, where: str) -> None:
+    """``--client-key`` and ``--server-public``: CURVE keys for reaching a server that requires them."""
+    p.add_argument(
+        "--client-key", type=Path, default=None,
+        help=f"{where}: this client's CURVE secret certificate (zmq.auth format; needs --server-public)",
+    )  # fmt: skip
+    p.add_argument(
+        "--server-public", type=Path, default=None,
+        help=f"{where}: the server's public CURVE certificate (needs --client-key)",
+    )  # fmt: skip
+
+
+def client_keys(args: argparse.Namespace) -> Any:
+    """The :class:`~drivers.security.CurveClientKeys` of ``--client-key`` and ``--server-public``, or None.
+
+    Raises
+    ------
+    ValueError
+        One given without the other, or a certificate that is missing or holds no key (named).
+    """
+    why = "a CURVE client needs its own secret certificate and the server's public one"
+    if not _both_or_neither(args, "--client-key", "--server-public", why):
         return None
-    from drivers.security import load_server_keys
-
-    return load_server_keys(args.server_key, args.allow_clients)
-
-
-def _client_keys(args: argparse.Namespace) -> Any:
-    if args.client_key is None:
-        return None
-    import zmq.auth
-
     from drivers.security import CurveClientKeys
 
-    if args.server_public is None:
-        raise ValueError("--client-key needs --server-public")
-    public, secret = zmq.auth.load_certificate(str(args.client_key))
-    server_public, _ = zmq.auth.load_certificate(str(args.server_public))
+    public, secret = _certificate(args.client_key, "--client-key")
     if secret is None:
-        raise ValueError(f"{args.client_key} holds no secret key")
+        raise ValueError(f"--client-key {args.client_key} holds no secret key (give the .key_secret certificate)")
+    server_public, _ = _certificate(args.server_public, "--server-public")
     return CurveClientKeys(public, secret, server_public)
 
 
+def _server_keys(args: argparse.Namespace) -> Any:
+    """The server's CURVE keys and allow-list, or None (then the server runs unauthenticated).
+
+    Raises
+    ------
+    ValueError
+        One of ``--server-key`` and ``--allow-clients`` without the other, or a bad certificate (named).
+    """
+    why = "a CURVE server needs its secret certificate and a directory of allowed client certificates"
+    if not _both_or_neither(args, "--server-key", "--allow-clients", why):
+        return None
+    from drivers.security import load_server_keys
+
+    _certificate(args.server_key, "--server-key")
+    if not args.allow_clients.is_dir():
+        raise ValueError(f"--allow-clients {args.allow_clients} is not a directory of client public certificates")
+    try:
+        return load_server_keys(args.server_key, args.allow_clients)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--server-key {args.server_key}, --allow-clients {args.allow_clients}: {exc}") from None
+
+
+def _both_or_neither(args: argparse.Namespace, first: str, second: str, why: str) -> bool:
+    """True when both options are given, False when neither.
+
+    Raises
+    ------
+    ValueError
+        Only one is given (it is named, with ``why``).
+    """
+    a, b = (getattr(args, flag.lstrip("-").replace("-", "_")) is not None for flag in (first, second))
+    if a != b:
+        given, missing = (first, second) if a else (second, first)
+        raise ValueError(f"{given} needs {missing}: {why}")
+    return a
+
+
+def _certificate(path: Path, flag: str) -> tuple[bytes, bytes | None]:
+    """The (public, secret) keys of a zmq.auth certificate file.
+
+    Raises
+    ------
+    ValueError
+        A missing file, a directory, or a file that holds no key (named with its option).
+    """
+    import zmq.auth
+
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: {'a directory' if path.is_dir() else 'no such file'}, not a certificate")
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag} {path} is not a CURVE certificate: {exc}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from drivers.server import InstrumentServer
     from simulators.allocator import tune_allocator
 
+    curve = _server_keys(args)  # bad keys are refused before anything is opened
     logging.getLogger("drivers").setLevel(logging.INFO)
     tune_allocator()  # our own process: a new multi-megabyte image per frame is cheaper from a warm heap
     driver, what = _driver(args)
+    try:
+        server = _server(args, driver, curve).start()
+    except BaseException:
+        driver.close()
+        raise
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    server = InstrumentServer(
-        driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=_server_keys(args), insecure=args.insecure,
-        deadman_s=args.deadman_s or None,
-    ).start()  # fmt: skip
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(
         f"{what} on {server.endpoint}" + (f", frames on {server.pub_endpoint}" if args.pub else ""),
         flush=True,
@@ -107,10 +170,34 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         stop.wait()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.stop()
         driver.close()
         print(json.dumps(dict(server.stats)), flush=True)
     return 0
+
+
+def _server(args: argparse.Namespace, driver: Any, curve: Any) -> Any:
+    """The instrument server on ``--bind`` (and ``--pub``), not yet started.
+
+    Raises
+    ------
+    ValueError
+        An endpoint that cannot be bound (in use, malformed), named; or a public one without CURVE keys.
+    """
+    import zmq
+
+    from drivers.server import InstrumentServer
+
+    try:
+        return InstrumentServer(
+            driver, args.bind, args.pub, heartbeat_s=args.heartbeat_s, curve=curve, insecure=args.insecure,
+            deadman_s=args.deadman_s or None,
+        )  # fmt: skip
+    except zmq.ZMQError as exc:
+        endpoints = f"--bind {args.bind}" + (f" or --pub {args.pub}" if args.pub else "")
+        raise ValueError(f"cannot serve on {endpoints}: {exc}") from None
 
 
 def _driver(args: argparse.Namespace) -> tuple[Any, str]:
@@ -150,10 +237,11 @@ def _nion_usim(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from drivers.base import ScanCommand
+    """Connect, print the capabilities, unblank, scan one frame, print its header, blank again."""
+    from drivers.base import DriverError, ScanCommand, UnblankCommand
     from drivers.remote import RemoteDriver
 
-    with RemoteDriver(args.check, connect_timeout_s=args.timeout_s, curve=_client_keys(args)) as remote:
+    with RemoteDriver(args.check, connect_timeout_s=args.timeout_s, curve=client_keys(args)) as remote:
         cap = remote.capabilities()
         print(json.dumps({"capabilities": cap.model_dump(mode="json")}, indent=2))
         x = 0.5 * (cap.stage_x_nm.low + cap.stage_x_nm.high)
@@ -161,10 +249,26 @@ def _check(args: argparse.Namespace) -> int:
         fov = min(max(cap.fov_nm.low, 10.0), cap.fov_nm.high)
         side = int(min(max(cap.pixels.low, 256), cap.pixels.high))
         dwell = min(max(cap.dwell_us.low, 1.0), cap.dwell_us.high)
-        remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=fov, rows=side, cols=side, dwell_us=dwell))
-        frame = remote.next_frame(args.timeout_s + side * side * dwell * 1e-6)
+        if "unblank" in cap.command_kinds:  # the server blanks the beam when a client goes: unblank to scan
+            remote.send(UnblankCommand())
+        try:
+            remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=fov, rows=side, cols=side, dwell_us=dwell))
+            frame = remote.next_frame(args.timeout_s + side * side * dwell * 1e-6)
+        except BaseException:
+            with contextlib.suppress(DriverError):  # the scan's error is the one to report
+                _blank(remote)
+            raise
+        _blank(remote)
         print(json.dumps({"frame_header": frame.header.model_dump(mode="json")}, indent=2))
     return 0
+
+
+def _blank(remote: Any) -> None:
+    """Leave the beam blanked after the check, as the server leaves it when a client goes."""
+    from drivers.base import BlankCommand
+
+    if "blank" in remote.capabilities().command_kinds:
+        remote.send(BlankCommand())
 
 
 def _make_keys(directory: Path) -> int:
@@ -184,4 +288,15 @@ def _make_keys(directory: Path) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.make_keys is not None:
         return _make_keys(args.make_keys)
-    return _serve(args) if args.sim or args.nion_usim or args.replay is not None else _check(args)
+    serving = args.sim or args.nion_usim or args.replay is not None
+    _refuse_keys_of_the_other_side(args, serving)
+    return _serve(args) if serving else _check(args)
+
+
+def _refuse_keys_of_the_other_side(args: argparse.Namespace, serving: bool) -> None:
+    """Server keys are for serving, client keys for ``--check``: one given to the other would be ignored."""
+    flags = ("--client-key", "--server-public") if serving else ("--server-key", "--allow-clients")
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) is not None]
+    if given:
+        mode = "--check" if serving else "serving (--sim, --replay, --nion-usim)"
+        raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} only for {mode}")

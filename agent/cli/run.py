@@ -13,6 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.cli.instrument import add_client_key_args, client_keys
+
 EXIT_INTERRUPTED = 130
 EXIT_HELD = 4  # safe hold: the beam is blanked; an operator checks the instrument before a new run
 
@@ -33,6 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--acquisition", choices=("ucb", "ei", "thompson"), help="acquisition of bayes and dkl")
     p.add_argument("--reward", help="reward expression of bayes and dkl (e.g. 'n_vacancy + 2 * n_dopant')")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    add_client_key_args(p, "a tcp:// instrument that requires CURVE")
     p.set_defaults(handler=_run)
 
 
@@ -79,25 +82,36 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON at ``path``, making its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
 def _run(args: argparse.Namespace) -> int:
+    from agent.cli import check_output_file
     from agent.config import load_config
     from agent.experiment import Experiment
 
     config = load_config(args.config, _overrides(args))
+    json_path = config.json_summary
+    check_output_file(json_path, "--json")  # before the run: a run is not repeated for want of a file name
+    curve = client_keys(args)
     # Every instrument kind: the in-process simulator renders faster, and a remote instrument's frames
     # (a libzmq buffer each) arrive faster, when freed buffers are reused (README, Performance).
     from simulators.allocator import tune_allocator
 
     tune_allocator()
-    with Experiment(config, live=not args.quiet) as experiment, _signals_interrupt():
+    with Experiment(config, live=not args.quiet, curve=curve) as experiment, _signals_interrupt():
         state = experiment.run()
     summary = experiment.summary
     record = experiment.record_dir
     if experiment.previous_session is not None:
         print(f"{config.record} held an unclosed session (marked UNCLOSED.json); this one follows it", file=sys.stderr)
-    for path in filter(None, (config.json_summary, record and record / "SUMMARY.json")):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+    if record:  # the session's own copy first: it must not depend on --json being writable
+        _write_json(Path(record) / "SUMMARY.json", summary)
+    if json_path is not None:
+        _write_json(json_path, summary)
     found = f", {summary['true_defects_found']} of them planted" if "true_defects_found" in summary else ""
     latency = summary["latency_ms"].get("total") or summary["latency_ms"].get("perceive", {})
     print(

@@ -49,8 +49,8 @@ def register(sub: Any) -> None:
     g.add_argument("--fov-nm", type=float, default=10.24, help="field of view (default 10.24)")
     g.add_argument("--pixels", type=int, default=512, help="pixels per side (default 512)")
     g.add_argument("--rotation-deg", type=float, default=0.0, help="scan rotation (default 0)")
-    stem.add_argument("--out", type=Path, required=True, help="output .npz (image + ground truth)")
-    stem.add_argument("--png", type=Path, default=None, help="optional preview PNG")
+    stem.add_argument("--out", type=Path, required=True, help="output .npz (image + ground truth; .npz is added)")
+    stem.add_argument("--png", type=Path, default=None, help="optional preview (a .png file)")
     stem.set_defaults(handler=_run_stem)
 
     demo = kinds.add_parser("demo", help="a survey and an atomic-resolution frame on a defect hot spot")
@@ -114,9 +114,37 @@ def _summary(frame: Any, out: Path) -> dict[str, Any]:
     }
 
 
+def _npz_path(out: Path) -> Path:
+    """The file ``--out`` names: ``.npz`` added when missing, as numpy would add it.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is a directory, or lies under a file.
+    """
+    from agent.cli import check_output_file
+
+    check_output_file(out, "--out")
+    npz = out if out.suffix.lower() == ".npz" else out.with_name(out.name + ".npz")
+    check_output_file(npz, "--out")
+    return npz
+
+
+def _png_path(png: Path | None) -> Path | None:
+    """``--png``, checked before anything is written: a .png file name."""
+    from agent.cli import check_output_file
+
+    if png is not None:
+        check_output_file(png, "--png")
+        if png.suffix.lower() != ".png":
+            raise ValueError(f"--png {png}: the preview is a PNG image; give a name ending in .png")
+    return png
+
+
 def _run_stem(args: argparse.Namespace) -> int:
     from simulators.preview import save_preview
 
+    out, png = _npz_path(args.out), _png_path(args.png)
     specimen = _specimen(args)
     frame = _render(
         args,
@@ -129,12 +157,12 @@ def _run_stem(args: argparse.Namespace) -> int:
         cols=args.pixels,
         rotation_deg=args.rotation_deg,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.save_npz(args.out)
-    if args.png is not None:
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        save_preview(frame, args.png)
-    print(json.dumps(_summary(frame, args.out), indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.save_npz(out)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        save_preview(frame, png)
+    print(json.dumps(_summary(frame, out), indent=2))
     return 0
 
 

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.instrument import add_client_key_args, client_keys
+
 
 def register(sub: Any) -> None:
     """Add ``tomo`` to ``sub``."""
@@ -42,6 +44,7 @@ def register(sub: Any) -> None:
     run.add_argument("--record", type=Path, help="record the session into this new directory")
     run.add_argument("--json", type=Path, help="write SUMMARY.json here")
     run.add_argument("--out", type=Path, help="also write the reconstructions (.npy/.mrc/.png) with this stem")
+    add_client_key_args(run, "a tcp:// instrument that requires CURVE")
     run.set_defaults(handler=_run)
     from agent.cli import tomo_train
 
@@ -114,14 +117,19 @@ def _chooser(args: argparse.Namespace, inpainter: Any, holder: Any = None) -> An
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.cli import check_output_file
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
     from agent.tomo import acquire_series, reconstruct_all, score
     from drivers.base import Driver
     from drivers.replay import ReplayDriver
 
+    check_output_file(args.json, "--json")
+    curve = client_keys(args)
     driver: Driver
     replayed = Path(args.instrument) if args.instrument not in ("sim",) and Path(args.instrument).is_dir() else None
+    if curve is not None and (replayed is not None or args.instrument == "sim"):
+        raise ValueError("--client-key and --server-public are for a tcp:// instrument, not a simulator or a recording")
     if replayed is not None:
         driver = ReplayDriver(replayed)
     elif args.instrument == "sim":
@@ -131,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from drivers.remote import RemoteDriver
 
-        driver = RemoteDriver(args.instrument)
+        driver = RemoteDriver(args.instrument, curve=curve)
     recorder = SessionRecorder(args.record, keep_decisions=True)
     timings = StageTimings()
     inpainter = _inpainter(args)

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from agent.cli.instrument import add_client_key_args, client_keys
+from agent.cli.run import EXIT_INTERRUPTED
 
 
 def register(sub: Any) -> None:
@@ -27,7 +31,38 @@ def register(sub: Any) -> None:
     p.add_argument("--record", type=Path, help="record observations and suggestions into this new directory")
     p.add_argument("--model", type=Path, help="segmentation model manifest (default: the bundled one)")
     p.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
+    add_client_key_args(p, "a frame stream that requires CURVE")
     p.set_defaults(handler=_run)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse a duration, field of view, pixel count or frame age that is not finite and positive."""
+    for flag in ("--duration-s", "--fov-nm", "--pixels", "--max-frame-age-s"):
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite positive number (got {value!r})")
+
+
+def _start_fields(args: argparse.Namespace, perception: Any, region: Any) -> dict[str, Any]:
+    """What the start record of a watch session says beyond the stream: configuration, model, versions."""
+    from agent.cli.run import versions
+
+    m = perception.segmenter.manifest
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
+    return {
+        "config": config,
+        "model": {"name": m.name, "sha256": m.onnx_sha256, "providers": perception.segmenter.providers},
+        "versions": versions(),
+        "region_nm": [region.x_min_nm, region.x_max_nm, region.y_min_nm, region.y_max_nm],
+        "class_names": list(perception.class_names),
+    }
+
+
+def _show(watcher: Any) -> None:
+    """The live line: frames analysed of received, and the latest suggestion."""
+    s, d = watcher.state, watcher.state.last_suggestion
+    next_field = f"; next: ({d.x_nm:.1f}, {d.y_nm:.1f}) nm" if d is not None else ""
+    print(f"\r{s.frames_analysed} analysed of {s.frames_received}{next_field}   ", end="", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -38,28 +73,27 @@ def _run(args: argparse.Namespace) -> int:
     from drivers.observer import FrameSubscriber
     from models.segmenter import Segmenter
 
-    if args.duration_s <= 0:
-        raise ValueError("--duration-s must be positive")
-    x0, x1, y0, y1 = args.region_nm
-    context = PolicyContext(Region(x0, x1, y0, y1), FieldTemplate(args.fov_nm, args.pixels, 10.0), seed=0)
+    _check_numbers(args)
+    curve = client_keys(args)
+    region = Region(*args.region_nm)
+    context = PolicyContext(region, FieldTemplate(args.fov_nm, args.pixels, 10.0), seed=0)
     policy = None if args.policy == "none" else make_policy(args.policy, context)
     perception = Perception(Segmenter(args.model, args.providers))
-    recorder = SessionRecorder(args.record)
-
-    def show(watcher: Watcher) -> None:
-        s, d = watcher.state, watcher.state.last_suggestion
-        next_field = f"; next: ({d.x_nm:.1f}, {d.y_nm:.1f}) nm" if d is not None else ""
-        print(f"\r{s.frames_analysed} analysed of {s.frames_received}{next_field}   ", end="", file=sys.stderr)
-
-    with FrameSubscriber(args.frames) as frames:
-        watcher = Watcher(frames, perception, policy, recorder, args.max_frame_age_s, on_frame=show)
+    status = 0
+    with FrameSubscriber(args.frames, curve=curve) as frames:  # a bad endpoint fails here, before any recording
+        recorder = SessionRecorder(args.record)
+        watcher = Watcher(frames, perception, policy, recorder, args.max_frame_age_s, on_frame=_show)
         try:
-            state = watcher.run(args.duration_s)
+            watcher.run(args.duration_s, start=_start_fields(args, perception, region))
+        except KeyboardInterrupt:  # Ctrl-C ends watching: the session is closed and the counts still printed
+            print("\ninterrupted", end="", file=sys.stderr)
+            status = EXIT_INTERRUPTED
         finally:
             recorder.close()
         lost = int(frames.stats["frames_lost"])
+    state = watcher.state
     print(file=sys.stderr)
     summary = {"received": state.frames_received, "analysed": state.frames_analysed,
                "skipped": state.frames_skipped, "stream_lost": lost, "suggestions": state.suggestions}  # fmt: skip
     print(json.dumps(summary))
-    return 0
+    return status

@@ -79,3 +79,74 @@ def test_make_keys_then_serve_with_curve(tmp_path, capsys):
     finally:
         proc.kill()
         proc.communicate(timeout=10)  # reaps the process and closes its pipes
+
+
+def _instrument(*argv: str) -> subprocess.CompletedProcess:
+    """``autoscope instrument ...`` in a subprocess (a server that failed to bind leaves its context behind)."""
+    cmd = [sys.executable, "-m", "agent.cli", "instrument", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_an_endpoint_that_cannot_be_bound_is_named():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        in_use = f"tcp://127.0.0.1:{held.getsockname()[1]}"
+        for endpoint, why in ((in_use, "Address already in use"), ("tcp://127.0.0.1:notaport", "Invalid argument")):
+            done = _instrument("--sim", "--bind", endpoint)
+            assert done.returncode == 2 and "Traceback" not in done.stderr
+            assert f"cannot serve on --bind {endpoint}" in done.stderr and why in done.stderr
+
+
+def test_missing_or_invalid_key_files_are_named(tmp_path, capsys):
+    assert main(["instrument", "--make-keys", str(tmp_path)]) == 0
+    capsys.readouterr()
+    junk = tmp_path / "junk.key"
+    junk.write_text("not a certificate\n")
+    server, clients = (
+        ["--server-key", str(tmp_path / "server.key_secret")],
+        ["--allow-clients", str(tmp_path / "clients")],
+    )
+    cases = [
+        (["--sim", "--server-key", str(tmp_path / "no"), *clients], f"--server-key {tmp_path / 'no'}: no such file"),
+        (["--sim", "--server-key", str(junk), *clients], f"--server-key {junk} is not a CURVE certificate"),
+        (["--sim", *server, "--allow-clients", str(tmp_path / "nope")], "is not a directory of client public"),
+        (["--sim", "--server-key", str(tmp_path / "server.key"), *clients], "holds no secret key"),
+        (["--check", "tcp://127.0.0.1:1", "--client-key", str(junk), "--server-public", str(tmp_path / "server.key")],
+         f"--client-key {junk} is not a CURVE certificate"),
+        (["--check", "tcp://127.0.0.1:1", "--client-key", str(tmp_path), "--server-public", str(junk)],
+         f"--client-key {tmp_path}: a directory"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(["instrument", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_key_option_without_its_partner_is_refused(tmp_path, capsys):
+    assert main(["instrument", "--make-keys", str(tmp_path)]) == 0
+    capsys.readouterr()
+    cases = [
+        (["--sim", "--allow-clients", str(tmp_path / "clients")], "--allow-clients needs --server-key"),
+        (["--sim", "--server-key", str(tmp_path / "server.key_secret")], "--server-key needs --allow-clients"),
+        (["--check", "tcp://127.0.0.1:1", "--server-public", str(tmp_path / "server.key")],
+         "--server-public needs --client-key"),
+        (["--check", "tcp://127.0.0.1:1", "--client-key", str(tmp_path / "client.key_secret")],
+         "--client-key needs --server-public"),
+        (["--sim", "--client-key", str(tmp_path / "client.key_secret")], "--client-key is only for --check"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(["instrument", *argv]) == 2  # nothing is served without the authentication asked for
+        assert message in capsys.readouterr().err, argv
+
+
+def test_check_unblanks_to_scan_and_blanks_again_so_it_can_be_repeated(sim_server, capsys):
+    endpoint, proc = sim_server
+    assert main(["instrument", "--check", endpoint]) == 0
+    assert main(["instrument", "--check", endpoint]) == 0  # the server blanked the beam when the first one left
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    commands = [
+        line.split("command ")[1].split()[0] for line in err.splitlines() if "INFO drivers.server: command" in line
+    ]
+    assert commands == ["unblank", "scan", "blank"] * 2

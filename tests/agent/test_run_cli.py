@@ -201,3 +201,58 @@ def test_dkl_on_a_region_small_enough_that_its_survey_is_segmented_still_learns_
     argv = ["run", "--policy", "dkl", "--steps", "4", "--config", str(config), "--quiet", "--json", str(summary)]
     assert main(argv) == 0
     assert json.loads(summary.read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("kind", ["directory", "parent is a file"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, small_config, capsys, kind):
+    (tmp_path / "afile").write_text("x")
+    json_path = tmp_path if kind == "directory" else tmp_path / "afile" / "SUMMARY.json"
+    record = tmp_path / "session"
+    argv = ["run", "--steps", "1", "--config", str(small_config), "--record", str(record), "--quiet"]
+    assert main([*argv, "--json", str(json_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--json {json_path}" in err and "Traceback" not in err
+    assert not record.exists()  # refused before the run: nothing was acquired, nothing is lost
+
+
+@pytest.fixture
+def curve_server(tmp_path):
+    """A simulated instrument behind CURVE on loopback: yields (endpoint, client key arguments)."""
+    from drivers.security import load_server_keys
+    from drivers.server import InstrumentServer
+    from drivers.simulated import SimulatedDriver
+
+    keys = tmp_path / "keys"
+    assert main(["instrument", "--make-keys", str(keys)]) == 0
+    curve = load_server_keys(keys / "server.key_secret", keys / "clients")
+    client = ["--client-key", str(keys / "client.key_secret"), "--server-public", str(keys / "server.key")]
+    driver = SimulatedDriver(specimen_seed=3)
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, curve=curve) as server:
+        yield server.endpoint, client
+    driver.close()
+
+
+def test_run_reaches_a_curve_server_with_client_keys_and_says_why_it_cannot_without(
+    curve_server, tmp_path, small_config, capsys
+):
+    endpoint, client = curve_server
+    argv = ["run", "--instrument", endpoint, "--policy", "raster", "--steps", "1", "--config", str(small_config)]
+    summary_path = tmp_path / "SUMMARY.json"
+    assert main([*argv, *client, "--json", str(summary_path), "--quiet"]) == 0
+    assert json.loads(summary_path.read_text())["steps"] == 1
+    capsys.readouterr()
+    assert main([*argv, client[0], client[1], "--quiet"]) == 2  # one key without the other
+    assert "--client-key needs --server-public" in capsys.readouterr().err
+    assert main([*argv, "--quiet"]) == 1  # not admitted without keys
+    err = capsys.readouterr().err
+    assert "Disconnected" in err and "(--client-key, --server-public)" in err and "Traceback" not in err
+
+
+def test_tomo_run_takes_client_keys_for_a_tcp_instrument_only(tmp_path, capsys):
+    assert main(["instrument", "--make-keys", str(tmp_path)]) == 0
+    client = ["--client-key", str(tmp_path / "client.key_secret"), "--server-public", str(tmp_path / "server.key")]
+    capsys.readouterr()
+    assert main(["tomo", "run", "--instrument", "sim", *client]) == 2
+    assert "are for a tcp:// instrument" in capsys.readouterr().err
+    assert main(["tomo", "run", "--instrument", "tcp://127.0.0.1:1", client[2], client[3]]) == 2
+    assert "--server-public needs --client-key" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_the_tilt_holder_refuses_what_it_cannot_record_and_honours_the_dwell():
     try:
         driver.send(UnblankCommand())
         driver.send(SetTiltCommand(tilt_deg=10.0))
-        with pytest.raises(CommandRefused, match="x_nm"):  # the projection is of the whole, centred phantom
+        with pytest.raises(CommandRefused, match="centre must be"):  # the projection is of the whole phantom
             driver.send(_projection(x_nm=8.0))
         with pytest.raises(CommandRefused, match="unrotated"):
             driver.send(_projection(rotation_deg=90.0))
