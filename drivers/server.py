@@ -196,20 +196,16 @@ class InstrumentServer:
         self.max_jobs_per_client = max_jobs_per_client
         self.stats: Counter[str] = Counter()
         self._ctx = zmq.Context()
-        self._auth = start_authenticator(self._ctx, curve) if curve else None
-        self._router = self._socket(zmq.ROUTER, curve)
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._router.setsockopt(zmq.SNDHWM, max_queued_per_client)  # (set before bind: the listener copies it)
-        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self._router.bind(endpoint)
-        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._pub = None
+        self._auth: Any = None
+        self._pub: zmq.Socket[bytes] | None = None
         self.pub_endpoint: str | None = None
-        if pub_endpoint:
-            self._pub = self._socket(zmq.PUB, curve)
-            self._pub.setsockopt(zmq.SNDHWM, max_queued_per_observer)  # (before bind, as for the ROUTER)
-            self._pub.bind(pub_endpoint)
-            self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        try:
+            self._bind(endpoint, pub_endpoint, curve, max_queued_per_client, max_message_bytes, max_queued_per_observer)
+        except BaseException:  # (a port in use, a bad address): nothing of the server is left open
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.destroy(linger=0)
+            raise
         # Everything below, the ROUTER and the PUB socket are used under this lock, never held while waiting.
         # Whoever reads the ROUTER reads it until it is empty, or says in _unread that it stopped short
         # (see _drain_router): its descriptor, which the threads wait on, signals only new arrivals.
@@ -239,6 +235,24 @@ class InstrumentServer:
         if curve:
             apply_server_keys(sock, curve)
         return sock
+
+    def _bind(
+        self, endpoint: str, pub_endpoint: str | None, curve: CurveServerKeys | None,
+        max_queued_per_client: int, max_message_bytes: int, max_queued_per_observer: int,
+    ) -> None:  # fmt: skip
+        """Create and bind the ROUTER (and the PUB socket), with CURVE when keys are given."""
+        self._auth = start_authenticator(self._ctx, curve) if curve else None
+        self._router = self._socket(zmq.ROUTER, curve)
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.SNDHWM, max_queued_per_client)  # (set before bind: the listener copies it)
+        self._router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._router.bind(endpoint)
+        self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        if pub_endpoint:
+            self._pub = self._socket(zmq.PUB, curve)
+            self._pub.setsockopt(zmq.SNDHWM, max_queued_per_observer)  # (before bind, as for the ROUTER)
+            self._pub.bind(pub_endpoint)
+            self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> InstrumentServer:

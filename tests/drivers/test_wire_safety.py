@@ -355,3 +355,18 @@ def test_a_dead_man_time_no_client_can_keep_up_with_is_refused(deadman_s):
 
     with pytest.raises(ValueError, match="shorter than a client can keep alive"):
         InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=deadman_s)
+
+
+def test_a_server_that_cannot_bind_leaves_nothing_open():
+    import os
+
+    import zmq
+
+    from drivers.memory import InMemoryDriver
+
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0") as taken:
+        open_fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            with pytest.raises(zmq.ZMQError):
+                InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", pub_endpoint=taken.endpoint)
+        assert len(os.listdir("/proc/self/fd")) <= open_fds + 2  # (before: 8 more descriptors per failure)
