@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from pydantic import ValidationError
@@ -214,6 +214,14 @@ def _validated(factory: Any, data: Any, what: str) -> Any:
 
 #: Fields every command must carry on the wire (in code they have defaults).
 WIRE_REQUIRED = ("id", "deadline_unix_s", "kind")
+#: Integer fields of the commands (pixel counts).
+_INTEGER_FIELDS = frozenset(
+    name for model in get_args(get_args(Command)[0]) for name, f in model.model_fields.items() if f.annotation is int
+)
+
+
+def _integral_float(value: Any) -> bool:
+    return type(value) is float and value.is_integer()
 
 
 def decode_command(obj: dict[str, Any]) -> Command:
@@ -228,6 +236,8 @@ def decode_command(obj: dict[str, Any]) -> Command:
         missing = [name for name in WIRE_REQUIRED if name not in command]
         if missing:
             raise ProtocolError("invalid", f"invalid command: {', '.join(missing)} missing (required on the wire)")
+        # JSON Schema's "integer" takes 512.0 (a writer that emits doubles): so does this side, not 512.5.
+        command = {k: int(v) if k in _INTEGER_FIELDS and _integral_float(v) else v for k, v in command.items()}
     return _validated(lambda data: COMMAND_ADAPTER.validate_python(data, strict=True), command, "command")
 
 

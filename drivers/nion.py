@@ -318,11 +318,11 @@ class NionDriver:
             return
         try:
             self._place(command)
-            offset = self._offset_nm()
             start = time.time()
             xdata = self.scan.record_immediate(self._frame_parameters(command))[self.channel]
             end = time.time()
-            frame = self._frame(command, xdata, (start, end), offset)
+            # Read after the scan (a stage's readback may lag its move); no other move runs meanwhile.
+            frame = self._frame(command, xdata, (start, end), self._offset_nm())
         except Exception as exc:  # the acquisition failed: its reader gets the error in place of the frame
             if generation == self._generation:
                 self._frames.put(

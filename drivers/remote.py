@@ -374,13 +374,16 @@ class RemoteDriver:
                     return
             if monitor in events:
                 event = parse_monitor_message(monitor.recv_multipart())["event"]
-                if event & _HANDSHAKE_FAILED and not self._connected.is_set():
+                if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._caps is None:  # never welcomed: the keys
                     self._refuse(
                         Disconnected(
-                            f"the server at {self.endpoint} refused this client's handshake"
-                            " (CURVE keys not allowed, or security settings that differ)"
+                            f"the server at {self.endpoint} refused this client's CURVE keys (not on its allow-list)"
                         )
                     )
+                    return
+                if event & _HANDSHAKE_FAILED:  # (a peer closing mid-handshake, a restarting server): retry
+                    if self._connected.is_set():
+                        self._lost("the connection to the server dropped during a handshake")
                     return
                 if self._connected.is_set():
                     self._lost("the connection to the server dropped")

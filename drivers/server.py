@@ -402,15 +402,32 @@ class InstrumentServer:
         return ProtocolError("acquisition", f"scan was accepted but no frame came within {budget:.1f} s")
 
     def _run_urgent_jobs(self) -> bool:
-        """Take every queued ``blank`` and ``stop`` out of the queue and carry them out now (the worker)."""
+        """Carry out the queued ``blank`` and ``stop`` jobs now, during an acquisition (the worker).
+
+        The commands queued before the last of them would have run before it in order; run after it
+        they could leave the beam on after a client's or the operator's last blank, so they are
+        refused instead (``superseded_by_stop``), and their senders told.  Commands queued after it
+        keep their place.
+        """
         with self._lock:
-            urgent = [job for job in self._jobs if job is not None and job[1].kind in _URGENT]
-            if urgent:
-                self._drop_jobs(lambda identity, command: (identity, command) in urgent, "run_during_acquisition")
+            jobs = list(self._jobs)
+            last = max((i for i, job in enumerate(jobs) if job is not None and job[1].kind in _URGENT), default=-1)
+            if last < 0:
+                return False
+            head, tail = jobs[: last + 1], jobs[last + 1 :]
+            urgent = [job for job in head if job is not None and job[1].kind in _URGENT]
+            superseded = [job for job in head if job is not None and job[1].kind not in _URGENT]
+            self._jobs.clear()
+            self._jobs.extend([job for job in head if job is None] + tail)  # (stop()'s end marker first)
+            self.stats["superseded_by_stop"] += len(superseded)
         for job in urgent:
             if job is not None:
                 self._run(*job)
-        return bool(urgent)
+        reason = "a stop or blank sent after it was carried out first, during an acquisition: not executed"
+        for job in superseded:
+            if job is not None:
+                self._post(job[0], job[1].id, Ack.refusal(job[1], "refused", reason))
+        return True
 
     def _next_frame(self, command: ScanCommand, timeout_s: float) -> Frame | ProtocolError | None:
         """One wait for the scan's frame: the frame, an error, or None when ``timeout_s`` passed."""
@@ -573,17 +590,17 @@ class InstrumentServer:
             reason = "a command with this id was already received; it is not executed again"
             self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
+        if command.kind not in _URGENT and self._queued_for(identity) >= self.max_jobs_per_client:
+            self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
+            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
+            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
+            return
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:
             self._seen.popitem(last=False)
         if time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
-            return
-        if command.kind not in _URGENT and self._queued_for(identity) >= self.max_jobs_per_client:
-            self.stats["busy"] += 1
-            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
-            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
             return
         self._commander = None if command.kind in _URGENT else identity
         self._commander_seen = time.monotonic()

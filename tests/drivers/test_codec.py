@@ -154,3 +154,13 @@ def test_frame_image_must_match_its_header():
         Frame(header, np.zeros((4, 5), np.float32))
     with pytest.raises(ProtocolError, match="shape_mismatch"):
         Frame(header, np.zeros((4, 4), np.float64))
+
+
+def test_an_integral_double_is_an_integer_as_json_schema_says():
+    """A bridge whose JSON writer emits doubles sends 512.0 for 512: the schema's "integer" accepts it."""
+    from drivers.base import ScanCommand
+    from drivers.codec import decode_command
+
+    wire = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1).model_dump(mode="json")
+    command = decode_command({"command": wire | {"rows": 512.0, "cols": 256.0}})
+    assert (command.rows, command.cols) == (512, 256) and type(command.rows) is int

@@ -96,6 +96,7 @@ CASES = [
     ([json.dumps({"v": 1.0, "type": "hello"}).encode()], "version"),
     ([_msg(type="command", command={**_scan_dict(), "x_nm": "12.5"})], "invalid"),
     ([_msg(type="command", command={**_scan_dict(), "rows": True})], "invalid"),
+    ([_msg(type="command", command={**_scan_dict(), "rows": 32.5})], "invalid"),
     ([_msg(type="command", command={**_scan_dict(), "fov_nm": " 10 "})], "invalid"),
     # Every command carries its id and deadline on the wire.
     ([_msg(type="command", command={k: v for k, v in _scan_dict().items() if k != "id"})], "invalid"),

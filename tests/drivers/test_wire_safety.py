@@ -249,7 +249,7 @@ def test_a_client_key_the_server_does_not_allow_is_named_at_once():
     keys = CurveServerKeys(server_public, server_secret, frozenset({allowed}))
     with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", curve=keys) as server:
         t0 = time.monotonic()
-        with pytest.raises(Disconnected, match="refused this client's handshake"):
+        with pytest.raises(Disconnected, match="refused this client's CURVE keys"):
             RemoteDriver(
                 server.endpoint, connect_timeout_s=5.0, curve=CurveClientKeys(other_public, other_secret, server_public)
             )
@@ -370,3 +370,68 @@ def test_a_server_that_cannot_bind_leaves_nothing_open():
             with pytest.raises(zmq.ZMQError):
                 InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", pub_endpoint=taken.endpoint)
         assert len(os.listdir("/proc/self/fd")) <= open_fds + 2  # (before: 8 more descriptors per failure)
+
+
+def test_a_stop_during_a_scan_refuses_what_was_queued_before_it_so_the_beam_ends_blanked():
+    """Carried out at once, a blank must not let commands queued before it run after it."""
+    from drivers.base import BlankCommand
+
+    driver = SlowScanDriver(scan_s=1.0)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        sent = [UnblankCommand(), _scan(), BlankCommand(), UnblankCommand(), _scan(), BlankCommand()]
+        acks = [f.result(timeout=10.0) for f in [remote.submit(c) for c in sent]]
+    kinds = [kind for _, kind in driver.log]
+    assert kinds[-1] == "blank" and kinds.count("unblank") == 1  # the second unblank never ran after a blank
+    refused = [a for a in acks if not a.accepted]
+    assert refused and all("not executed" in a.reason for a in refused)
+    assert server.stats["superseded_by_stop"] == len(refused)
+
+
+def test_a_command_refused_as_busy_can_be_sent_again():
+    from drivers.base import CommandRefused, SetTiltCommand
+
+    driver = SlowScanDriver(scan_s=0.5)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=1, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        remote.send(UnblankCommand())
+        remote.submit(_scan())  # the worker waits for its frame
+        time.sleep(0.1)
+        remote.submit(SetTiltCommand(tilt_deg=1.0))  # queued: the one this client may have waiting
+        tilt = SetTiltCommand(tilt_deg=2.0)
+        with pytest.raises(CommandRefused, match="busy"):
+            remote.send(tilt)
+        time.sleep(1.0)
+        assert remote.send(tilt).accepted  # the same id, once there is room: not a duplicate
+
+
+def test_a_connection_closed_during_the_handshake_is_retried_not_taken_for_refused_keys():
+    import socket
+
+    from drivers.memory import InMemoryDriver
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    servers = []
+
+    def restarting() -> None:  # accepts one connection and closes it, then the real server binds the port
+        connection, _ = listener.accept()
+        connection.close()
+        listener.close()
+        time.sleep(0.1)
+        servers.append(InstrumentServer(InMemoryDriver(), f"tcp://127.0.0.1:{port}").start())
+
+    threading.Thread(target=restarting, daemon=True).start()
+    try:
+        with RemoteDriver(f"tcp://127.0.0.1:{port}", connect_timeout_s=5.0) as remote:
+            assert remote.send(UnblankCommand()).accepted
+    finally:
+        for server in servers:
+            server.stop()
