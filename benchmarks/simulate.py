@@ -84,9 +84,23 @@ def _run_child(frames: int, tuned: bool) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def _across_rounds(children: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure of the children (one per round) as its median over the rounds."""
+    out: dict[str, Any] = {}
+    for key, value in children[0].items():
+        if isinstance(value, dict):
+            out[key] = {k: float(np.median([c[key][k] for c in children])) for k in value}
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(np.median([c[key] for c in children]))
+        else:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per allocator, alternating")
     parser.add_argument(
         "--out", type=Path, nargs="?", const=RESULTS / "simulate.json", default=None, help=f"(alone: {DEFAULT_OUT})"
     )
@@ -95,12 +109,19 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(args.frames, args.child == "tuned")))
         return
-    default, tuned = _run_child(args.frames, False), _run_child(args.frames, True)
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for i in range(args.rounds):  # default and tuned children alternate, the first of each pair swapping
+        for tuned_first in (i % 2 == 1, i % 2 == 0):
+            runs[tuned_first].append(_run_child(args.frames, tuned_first))
+    default, tuned = _across_rounds(runs[False]), _across_rounds(runs[True])
     key = "atomic_512_MoS2_new_area"
+    ratios = [d[key]["median_ms"] / t[key]["median_ms"] for d, t in zip(runs[False], runs[True], strict=True)]
     result = {
         "benchmark": "simulate",
         "date": datetime.datetime.now(datetime.UTC).date().isoformat(),
         "frames": args.frames,
+        "rounds": args.rounds,
+        "timing": "one child process per allocator and round, the two alternating; figures: median over rounds",
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -112,6 +133,7 @@ def main() -> None:
         "default_allocator": default,
         "tuned_allocator": tuned,
         "speedup_tuned_vs_default_MoS2": default[key]["median_ms"] / tuned[key]["median_ms"],
+        "speedup_tuned_vs_default_MoS2_per_round": [round(r, 3) for r in ratios],
         "meets_target_tuned": all(v["median_ms"] < 50.0 for k, v in tuned.items() if k.startswith("atomic_512")),
     }
     emit(result, args.out)
