@@ -181,6 +181,10 @@ class InstrumentServer:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds (got {value!r})")
+        if heartbeat_s < MIN_KEEPALIVE_S:  # clients beat at most this often: they would all be forgotten
+            raise ValueError(
+                f"heartbeat_s={heartbeat_s:g} is shorter than clients beat ({MIN_KEEPALIVE_S:g} s at least)"
+            )
         if deadman_s is not None and deadman_s < MIN_DEADMAN_S:
             raise ValueError(
                 f"deadman_s={deadman_s:g} is shorter than a client can keep alive ({MIN_DEADMAN_S:g} s at least)"
@@ -272,6 +276,9 @@ class InstrumentServer:
         A worker stuck in the driver (an acquisition that never ends) is left behind after 5 s rather
         than waited for, so that the caller can go on and close the driver.
         """
+        if not self._threads:  # never started: no worker to run the blank, so it runs here
+            self._stop.set()
+            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}"), own=True)
         with _held(self._lock, timeout_s=5.0):
             self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
             self._blank_next("stop")

@@ -116,33 +116,41 @@ def _chooser(args: argparse.Namespace, inpainter: Any, holder: Any = None) -> An
     return PlannedTilts(args.policy, args.tilts, tuple(args.range_deg))
 
 
+def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
+    """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
+    from drivers.replay import ReplayDriver
+
+    replayed = Path(args.instrument) if args.instrument not in ("sim",) and Path(args.instrument).is_dir() else None
+    if curve is not None and (replayed is not None or args.instrument == "sim"):
+        raise ValueError("--client-key and --server-public are for a tcp:// instrument, not a simulator or a recording")
+    if replayed is not None:
+        return ReplayDriver(replayed)
+    if args.instrument == "sim":
+        from drivers.simulated_tomo import SimulatedTiltDriver
+
+        return SimulatedTiltDriver(phantom_seed=args.phantom_seed, size_px=args.size_px)
+    from drivers.remote import RemoteDriver
+
+    return RemoteDriver(args.instrument, curve=curve)
+
+
 def _run(args: argparse.Namespace) -> int:
     from agent.cli import check_output_file
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
     from agent.tomo import acquire_series, reconstruct_all, score
-    from drivers.base import Driver
     from drivers.replay import ReplayDriver
 
     check_output_file(args.json, "--json")
     curve = client_keys(args)
-    driver: Driver
-    replayed = Path(args.instrument) if args.instrument not in ("sim",) and Path(args.instrument).is_dir() else None
-    if curve is not None and (replayed is not None or args.instrument == "sim"):
-        raise ValueError("--client-key and --server-public are for a tcp:// instrument, not a simulator or a recording")
-    if replayed is not None:
-        driver = ReplayDriver(replayed)
-    elif args.instrument == "sim":
-        from drivers.simulated_tomo import SimulatedTiltDriver
-
-        driver = SimulatedTiltDriver(phantom_seed=args.phantom_seed, size_px=args.size_px)
-    else:
-        from drivers.remote import RemoteDriver
-
-        driver = RemoteDriver(args.instrument, curve=curve)
-    recorder = SessionRecorder(args.record, keep_decisions=True)
+    inpainter = _inpainter(args)  # (before anything is opened: it may refuse the policy)
+    driver = _open_driver(args, curve)
+    try:
+        recorder = SessionRecorder(args.record, keep_decisions=True)
+    except BaseException:  # (a --record that holds a session already): the driver is not left open
+        driver.close()
+        raise
     timings = StageTimings()
-    inpainter = _inpainter(args)
     try:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
         capabilities = driver.capabilities()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,21 @@ def test_projection_scans_pass_the_guard_and_the_dose_budget_ends_the_series():
     assert len(series.projections) == 2
     assert len(series.refusals) == 1 and "dose budget" in series.refusals[0]
     assert sent.count("scan") == 2 and sent.count("set_tilt") == 2  # no tilt without its projection
+
+
+def test_a_tomo_run_that_cannot_record_closes_its_connection(tmp_path, capsys):
+    from drivers.recording import SessionWriter
+    from drivers.server import InstrumentServer
+    from drivers.simulated_tomo import SimulatedTiltDriver
+
+    SessionWriter(tmp_path / "taken").close()  # --record names a directory that holds a session already
+    holder = SimulatedTiltDriver(phantom_seed=0, size_px=32)
+    with InstrumentServer(holder, "tcp://127.0.0.1:0", deadman_s=None) as server:
+        argv = ["tomo", "run", "--instrument", server.endpoint, "--tilts", "3", "--record", str(tmp_path / "taken")]
+        assert main(argv) == 2
+        assert "already" in capsys.readouterr().err
+        end = time.monotonic() + 3.0
+        while server.clients and time.monotonic() < end:  # the client said bye
+            time.sleep(0.05)
+        assert server.clients == 0
+    holder.close()
