@@ -19,8 +19,10 @@ MAX_NATIVE_PIXELS = 8192 * 8192
 #: float32 keeps 24 bits: data whose magnitude exceeds their span by more than 2**12 would keep
 #: fewer than 12 bits of contrast, so they are shifted to start at zero (in float64) first.
 _MAX_OFFSET_OVER_SPAN = 2.0**12
-#: Spans beyond this are scaled to 1 before the cast (float32 overflows at 3.4e38).
+#: Spans beyond this are scaled to 1 before the cast (float32 overflows at 3.4e38), and so are spans
+#: below _MIN_SPAN (float32's normal numbers end at 1.2e-38).
 _MAX_SPAN = 1e30
+_MIN_SPAN = 1e-30
 
 
 class ImageError(ValueError):
@@ -66,10 +68,12 @@ def as_float32(image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32, copy=False)
     lo, hi = float(image.min()), float(image.max())
     span = hi - lo
-    if max(abs(lo), abs(hi)) <= max(_MAX_OFFSET_OVER_SPAN * span, 2.0**24) and span <= _MAX_SPAN:
+    exact = 2.0**24 if np.issubdtype(image.dtype, np.integer) else 0.0  # integers float32 holds exactly
+    scaled = span > _MAX_SPAN or 0.0 < span < _MIN_SPAN
+    if max(abs(lo), abs(hi)) <= max(_MAX_OFFSET_OVER_SPAN * span, exact) and not scaled:
         return image.astype(np.float32)
     wide = image.astype(np.float64) - lo
-    if span > _MAX_SPAN:
+    if scaled:
         wide /= span
     return wide.astype(np.float32)
 

@@ -208,7 +208,12 @@ def test_wide_dtypes_keep_their_contrast(tiny_model):
     segmenter = Segmenter(tiny_model.manifest, "cpu")
     counts = np.random.default_rng(1).poisson(20.0, (80, 72))
     plain = segmenter.segment(counts.astype(np.uint16), 0.03).mean_probs
-    for wide in (counts.astype(np.uint32) + np.uint32(2**31), counts.astype(np.float64) * 1e37):
+    for wide in (
+        counts.astype(np.uint32) + np.uint32(2**31),
+        counts.astype(np.float64) * 1e37,
+        counts.astype(np.float64) * 1e-3 + 1e6,  # an offset 1e7 times the contrast, below 2**24: was cast as is
+        counts.astype(np.float64) * 1e-50,  # below float32's smallest normal number
+    ):
         np.testing.assert_allclose(segmenter.segment(wide, 0.03).mean_probs, plain, atol=1e-4)
 
 
