@@ -67,7 +67,7 @@ def _off_specimen(specimen: Specimen, geometry: ScanGeometry) -> np.ndarray:
 
 
 def _distortion_pad_px(geometry: ScanGeometry) -> int:
-    """Pixels by which line jitter and flyback can move a feature's footprint."""
+    """Pixels by which line jitter and flyback can move a feature's footprint (drift is inverted exactly)."""
     d = geometry.distortion
     slack_nm = float(np.abs(d.line_offsets_nm).max(initial=0.0)) + d.flyback_amplitude_nm
     return int(np.ceil(slack_nm / geometry.px)) + 2
@@ -233,6 +233,8 @@ def render_frame(
     dist = distortion if distortion is not None else ScanDistortion.draw(rng, scan, imaging)
     sigma_rows = _effective_sigma_nm(imaging, scan.pixel_size_nm) / scan.pixel_size_nm
     geometry = ScanGeometry(scan, dist, imaging.flyback_time_us, truth_smoothing_rows=sigma_rows)
+    if (fold := geometry.fold_problem()) is not None:  # no single place per column: the truth would be wrong
+        raise ParameterError(fold)
     regions = _regions(specimen, geometry)
     atomic = scan.pixel_size_nm <= imaging.atomic_max_pixel_fraction * specimen.lattice.nn_spacing_nm
     if atomic:

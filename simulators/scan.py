@@ -80,6 +80,7 @@ class ScanGeometry:
         t = np.deg2rad(scan.rotation_deg)
         self._cos, self._sin = float(np.cos(t)), float(np.sin(t))
         self._rc, self._cc = (scan.rows - 1) / 2.0, (scan.cols - 1) / 2.0
+        self._has_jitter = bool(np.any(self._truth_jitter))
 
     @property
     def row_center(self) -> float:
@@ -143,9 +144,10 @@ class ScanGeometry:
     def to_pixels(self, x_nm: np.ndarray, y_nm: np.ndarray, iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (row, col), sub-pixel, where stage points appear in the frame.
 
-        The distortions are small and smooth, so a fixed-point iteration from the
-        undistorted inverse converges geometrically (line jitter is interpolated
-        linearly between lines).
+        Without jitter and flyback the map from (row, col) to the stage is affine (rotation, pixel
+        size and the drift over the scan time), so it is inverted exactly, however strong the drift.
+        Jitter and flyback move a point along the lines by a small, smooth amount: a fixed-point
+        iteration on them converges geometrically (line jitter is interpolated linearly between lines).
 
         Returns
         -------
@@ -153,19 +155,57 @@ class ScanGeometry:
         """
         qx = np.asarray(x_nm, dtype=np.float64) - self.scan.x_nm
         qy = np.asarray(y_nm, dtype=np.float64) - self.scan.y_nm
-        vx, vy = self.distortion.drift_nm_per_us
+        (m00, m01), (m10, m11) = self._affine
+        det = m00 * m11 - m01 * m10
+        bx = qx + self._cos * self.px * self._cc - self._sin * self.px * self._rc
+        by = qy + self._sin * self.px * self._cc + self._cos * self.px * self._rc
+
+        def solve(du_nm: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+            ex, ey = bx - self._cos * du_nm, by - self._sin * du_nm
+            return (m00 * ey - m10 * ex) / det, (ex * m11 - m01 * ey) / det
+
+        row, col = solve(0.0)
+        if not (self._has_jitter or self.distortion.flyback_amplitude_nm):
+            return row, col
         lines = np.arange(self.scan.rows, dtype=np.float64)
-        row = (-self._sin * qx + self._cos * qy) / self.px + self._rc
-        col = (self._cos * qx + self._sin * qy) / self.px + self._cc
         for _ in range(iterations):
-            t = self._time(row, col)
-            px_, py_ = qx - vx * t, qy - vy * t
-            u = self._cos * px_ + self._sin * py_
-            v = -self._sin * px_ + self._cos * py_
-            row = v / self.px + self._rc
-            jitter = np.interp(row, lines, self._truth_jitter)
-            col = (u - jitter - self.flyback(col)) / self.px + self._cc
+            row, col = solve(np.interp(row, lines, self._truth_jitter) + self.flyback(col))
         return row, col
+
+    @property
+    def _affine(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """d(x, y) / d(col, row) of the undistorted scan plus drift: [[dx/dcol, dx/drow], [dy/dcol, dy/drow]]."""
+        vx, vy = self.distortion.drift_nm_per_us
+        d, line = self.scan.dwell_us, self.line_time_us
+        return (
+            (self._cos * self.px + vx * d, -self._sin * self.px + vx * line),
+            (self._sin * self.px + vy * d, self._cos * self.px + vy * line),
+        )
+
+    def fold_problem(self) -> str | None:
+        """Why this scan would fold or smear the image (no one compact place per column), or None.
+
+        Flyback moves the beam backwards at the start of each line when its decay outruns the scan
+        (``A * dwell / tau`` at least a pixel), so some columns are crossed twice; drift of more than half
+        a pixel per line shears each column over several lines, beyond what a column's patch covers.
+        """
+        d = self.distortion
+        backwards_nm = d.flyback_amplitude_nm * self.scan.dwell_us / d.flyback_settle_us
+        if backwards_nm >= self.px:
+            return (
+                f"a flyback of {d.flyback_amplitude_nm:g} nm settling over {d.flyback_settle_us:g} us moves the beam"
+                f" back {backwards_nm:.3g} nm per {self.scan.dwell_us:g} us pixel at the start of each line, more"
+                f" than the {self.px:.3g} nm pixel: the image folds"
+            )
+        vx, vy = d.drift_nm_per_us
+        per_line_nm = float(np.hypot(vx, vy)) * self.line_time_us
+        if per_line_nm > 0.5 * self.px:
+            return (
+                f"a drift of {1e6 * float(np.hypot(vx, vy)):.3g} nm/s moves the field {per_line_nm:.3g} nm per"
+                f" {self.line_time_us:g} us line, more than half the {self.px:.3g} nm pixel: each column would be"
+                " smeared over several lines (lower the drift, the dwell or the columns)"
+            )
+        return None
 
     def footprint_box(self, margin_nm: float) -> tuple[float, float, float, float]:
         """Stage-coordinate bounding box (x0, x1, y0, y1) of the field plus a margin."""

@@ -24,7 +24,18 @@ class TiltImaging(BaseModel):
 
 
 def project(volume: np.ndarray, tilt_deg: float) -> np.ndarray:
-    """Noise-free projection of ``volume`` (z, y, x) at ``tilt_deg`` about ``y``: an (y, x) float32 image."""
+    """Noise-free projection of ``volume`` (z, y, x) at ``tilt_deg`` about ``y``: an (y, x) float32 image.
+
+    Each (z, x) slab must be square (``z`` as deep as ``x`` is wide): the projection keeps the circle
+    inscribed in it, which a slab of other proportions would crop, losing mass or failing.
+
+    Raises
+    ------
+    ValueError
+        If the volume is not 3-D or its ``z`` and ``x`` sizes differ.
+    """
+    if volume.ndim != 3 or volume.shape[0] != volume.shape[2]:
+        raise ValueError(f"volume must be (z, y, x) with z as deep as x is wide, got shape {volume.shape}")
     n_y = volume.shape[1]
     out = np.empty((n_y, volume.shape[2]), dtype=np.float32)
     for j in range(n_y):

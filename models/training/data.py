@@ -113,6 +113,18 @@ def _imaging(rng: np.random.Generator, spec: SampleSpec) -> ImagingParams:
     )
 
 
+def _unfolded(imaging: ImagingParams, scan: ScanRequest) -> ImagingParams:
+    """``imaging`` with a flyback too small to move the beam backwards at this dwell and pixel size.
+
+    Otherwise some columns are crossed twice, and the simulator refuses the frame (about 0.75 % of the
+    sampled settings: long dwells at fine sampling).
+    """
+    limit_nm = 0.9 * scan.pixel_size_nm * imaging.flyback_settle_us / scan.dwell_us
+    if imaging.flyback_amplitude_nm < limit_nm:
+        return imaging
+    return imaging.model_copy(update={"flyback_amplitude_nm": limit_nm})
+
+
 def paint_targets(
     columns: ColumnTruth, shape: tuple[int, int], scale: tuple[float, float], radius_px: float
 ) -> np.ndarray:
@@ -170,7 +182,7 @@ def make_sample(rng: np.random.Generator, spec: SampleSpec = SampleSpec()) -> tu
         dwell_us=_log_uniform(rng, spec.dwell_us),
         rotation_deg=rng.uniform(-180, 180),
     )
-    frame = render_frame(specimen, scan, _imaging(rng, spec), rng)
+    frame = render_frame(specimen, scan, _unfolded(_imaging(rng, spec), scan), rng)
     shape = resampled_shape(frame.image.shape, px, spec.native_pixel_nm)
     image = normalize(resample(frame.image, shape))
     scale = (shape[0] / n, shape[1] / n)
