@@ -62,14 +62,60 @@ def _polyhedron(
     facets: int, stretch: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     """Voxels inside the intersection of ``facets`` random slabs |n . r| <= d around ``centre``."""
-    normals = rng.normal(size=(facets, 3))
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    depth = radius * rng.uniform(0.85, 1.0, facets)
-    rz, ry, rx = (z - centre[0]) / stretch[0], (y - centre[1]) / stretch[1], (x - centre[2]) / stretch[2]
-    inside = np.ones(np.broadcast_shapes(rz.shape, ry.shape, rx.shape), dtype=bool)
-    for n, d in zip(normals, depth, strict=True):
-        inside &= np.abs(n[0] * rz + n[1] * ry + n[2] * rx) <= d
-    return inside
+    return _Facets(rng, facets).inside(z, y, x, centre, radius, stretch)
+
+
+class _Facets:
+    """The random facets of one polyhedron (drawn once, so it can be sized again without new draws)."""
+
+    def __init__(self, rng: np.random.Generator, facets: int) -> None:
+        self.normals = rng.normal(size=(facets, 3))
+        self.normals /= np.linalg.norm(self.normals, axis=1, keepdims=True)
+        self.depth = rng.uniform(0.85, 1.0, facets)
+
+    def inside(
+        self, z: np.ndarray, y: np.ndarray, x: np.ndarray, centre: np.ndarray, radius: float, stretch: np.ndarray
+    ) -> np.ndarray:
+        """Voxels inside the slabs |n . r| <= depth * radius around ``centre`` (r divided by ``stretch``)."""
+        rz, ry, rx = (z - centre[0]) / stretch[0], (y - centre[1]) / stretch[1], (x - centre[2]) / stretch[2]
+        inside = np.ones(np.broadcast_shapes(rz.shape, ry.shape, rx.shape), dtype=bool)
+        for n, d in zip(self.normals, self.depth * radius, strict=True):
+            inside &= np.abs(n[0] * rz + n[1] * ry + n[2] * rx) <= d
+        return inside
+
+
+#: Particles lie within this fraction of the edge from the tilt axis (the support film's cylinder is 0.48).
+_REACH_FRACTION = 0.46
+
+
+def _within(particle: np.ndarray, z: np.ndarray, x: np.ndarray, centre: float, reach: float) -> bool:
+    """True if no voxel of ``particle`` lies farther than ``reach`` from the tilt axis (in the z-x plane)."""
+    far = (z - centre) ** 2 + (x - centre) ** 2 > reach**2
+    return not bool(np.any(particle & far))
+
+
+def _particle_in_reach(
+    facets: _Facets, grid: tuple[np.ndarray, np.ndarray, np.ndarray], middle: np.ndarray, radius: float,
+    stretch: np.ndarray, film_z: float,
+) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+    """The particle, made smaller (still resting on the film) until it lies wholly within the reach.
+
+    Returns the particle's voxels, and its centre and radius after shrinking.
+
+    A particle reaching past the cylinder every projection sees would be cut flat by it; shrinking it
+    draws nothing new, so phantoms that fit are unchanged.
+    """
+    z, y, x = grid
+    n = z.shape[0]
+    centre, reach = (n - 1) / 2.0, _REACH_FRACTION * n
+    for _ in range(12):
+        particle = facets.inside(z, y, x, middle, radius, stretch)
+        if _within(particle, z, x, centre, reach):
+            break
+        radius *= 0.9
+        middle = np.array([film_z - radius * stretch[0] - 1, middle[1], 0.9 * middle[2] + 0.1 * centre])
+    inside = np.broadcast_to(particle, (n, n, n)) & ((z - centre) ** 2 + (x - centre) ** 2 <= reach**2)
+    return inside, middle, radius
 
 
 def make_phantom(config: PhantomConfig | None = None) -> Phantom:
@@ -91,7 +137,9 @@ def make_phantom(config: PhantomConfig | None = None) -> Phantom:
         limit = 0.46 * n - radius * stretch.max()
         offset = rng.uniform(-1, 1, 3) * max(limit, 0.0) * np.array([0.3, 0.8, 0.8])
         middle = np.array([film_z - radius * stretch[0] - 1, centre, centre]) + offset * np.array([0.0, 1, 1])
-        particle = _polyhedron(z, y, x, middle, radius, rng, c.facets, stretch) & cylinder
+        particle, middle, radius = _particle_in_reach(
+            _Facets(rng, c.facets), (z, y, x), middle, radius, stretch, film_z
+        )
         labels[particle] = 3
         if c.core_shell:
             shell = particle & ~_polyhedron(z, y, x, middle, 0.7 * radius, rng, c.facets, stretch)

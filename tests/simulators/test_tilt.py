@@ -55,3 +55,23 @@ def test_tilts_outside_the_holder_range_are_refused():
 def test_bad_phantom_parameters_are_named(bad):
     with pytest.raises(ValidationError, match=next(iter(bad))):
         PhantomConfig(**bad)
+
+
+def test_a_volume_whose_slabs_are_not_square_is_refused():
+    import pytest
+
+    from simulators.tilt import project
+
+    for shape in ((32, 8, 48), (48, 1, 32), (32, 32)):
+        with pytest.raises(ValueError, match="z as deep as x is wide"):
+            project(np.ones(shape, np.float32), 0.0)
+
+
+@pytest.mark.parametrize("size_px", [48, 96])
+def test_particles_lie_within_the_cylinder_every_projection_sees(size_px):
+    """A particle reaching past it would be cut flat: a face no real specimen has."""
+    for seed in range(12):
+        phantom = make_phantom(PhantomConfig(seed=seed, size_px=size_px))
+        z, _, x = np.nonzero(phantom.labels >= 2)  # shell, core, voids
+        centre = (size_px - 1) / 2.0
+        assert z.size and np.hypot(z - centre, x - centre).max() <= 0.46 * size_px, seed
