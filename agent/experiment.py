@@ -189,9 +189,11 @@ class Experiment:
         return state
 
     def close(self) -> None:
-        """Close the recorder and the instrument connection."""
-        self.recorder.close()
-        self.driver.close()
+        """Close the recorder and the instrument connection (the connection even if the recorder fails)."""
+        try:
+            self.recorder.close()
+        finally:
+            self.driver.close()
 
     def __enter__(self) -> Experiment:
         return self

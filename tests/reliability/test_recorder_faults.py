@@ -116,3 +116,21 @@ def test_a_real_full_filesystem(segmenter, small_tmpfs):
     instrument, state = _run(segmenter, small_tmpfs / "s")  # 128 x 128 float32 frames: 64 KiB each
     _check_invariants(instrument, state, small_tmpfs / "s")
     assert "No space left" in state.reason
+
+
+def test_an_experiment_whose_recording_fails_at_close_still_closes_the_instrument(tmp_path, monkeypatch):
+    from agent.config import load_config
+    from agent.experiment import Experiment, open_instrument
+
+    overrides = {"policy": "raster", "steps": 1, "seed": 1, "field.fov_nm": 2.56, "field.pixels": 128}
+    config = load_config(None, {**overrides, "record": str(tmp_path / "s")})
+    driver = open_instrument(config)
+    experiment = Experiment(config, driver=driver)
+
+    def fsync(fd: int) -> None:  # the disk dies before the final flush
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(recording, "os", types.SimpleNamespace(**{**vars(os), "fsync": fsync}))
+    with pytest.raises(RecordingError):
+        experiment.close()
+    assert driver.closed
