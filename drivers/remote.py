@@ -38,6 +38,7 @@ from drivers.base import (
 )
 from drivers.codec import (
     ACK_IN_FRAME,
+    MIN_KEEPALIVE_S,
     decode_ack,
     decode_capabilities,
     decode_envelope,
@@ -54,7 +55,6 @@ from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 logger = logging.getLogger(__name__)
 
 _HELLO_RETRY_S = 0.05  # until welcomed, hello is repeated this often (it is dropped while TCP connects)
-_MIN_HEARTBEAT_S = 0.05  # (the server never beats faster than its timekeeper's tick)
 # Connection events the client watches: a drop, and a handshake the server refused (CURVE keys, security).
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -104,9 +104,9 @@ class RemoteDriver:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.endpoint = endpoint
-        self.heartbeat_s = max(float(heartbeat_s), _MIN_HEARTBEAT_S)
-        self._keepalive_s = heartbeat_s  # how often to send while idle: shorter if the server's beat or dead-man asks
-        self._liveness_s = 3 * heartbeat_s  # silence after which the server is gone: longer if it beats slower
+        self.heartbeat_s = max(float(heartbeat_s), MIN_KEEPALIVE_S)
+        self._keepalive_s = self.heartbeat_s  # how often to send while idle: less if the server (beat, dead-man) asks
+        self._liveness_s = 3 * self.heartbeat_s  # silence after which the server is gone: longer if it beats slower
         self._forgotten = False  # the server answered hello_first: it forgot this client; say hello again
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
@@ -257,10 +257,7 @@ class RemoteDriver:
         self._stop.set()
         self._wake()
         self._thread.join(timeout=5.0)
-        with self._lock:
-            waiting = list(self._waiters)
-        for command_id in waiting:  # nobody will answer them now
-            self._answer(command_id, Disconnected("the driver was closed before the ack arrived"))
+        self._fail_waiting(Disconnected("the driver was closed before the ack arrived"))  # nobody will answer them
         with self._lock:
             self._wake_tx.close(linger=0)
         self._wake_rx.close(linger=0)
@@ -330,7 +327,7 @@ class RemoteDriver:
 
     def _serve_session(self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if self._held_back else 0))
+        poller.register(sock, zmq.POLLIN)  # (and POLLOUT while commands are held back: set in the loop)
         poller.register(self._wake_rx, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         self._expected_seq = 0
@@ -453,10 +450,15 @@ class RemoteDriver:
         with self._lock:
             self._connected.clear()
             self._connection += 1
-            waiting = list(self._waiters)
         self._held_back.clear()  # tagged with the lost connection: their waiters fail below
+        self._fail_waiting(Disconnected(f"instrument server lost ({why}) before the ack arrived"))
+
+    def _fail_waiting(self, error: Exception) -> None:
+        """Fail every call still waiting for its ack with ``error``."""
+        with self._lock:
+            waiting = list(self._waiters)
         for command_id in waiting:
-            self._answer(command_id, Disconnected(f"instrument server lost ({why}) before the ack arrived"))
+            self._answer(command_id, error)
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         """Read and handle one message; the caller has seen ``sock`` readable."""

@@ -391,9 +391,9 @@ class InstrumentServer:
         scan); the stopped scan's frame is then waited for a short grace only.  A frame of another
         scan (one a driver delivered after its scan was given up) is dropped and counted.
         """
-        budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
         if wait_s is not None:
             return self._next_frame(command, wait_s)
+        budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
         deadline = time.monotonic() + budget
         stopped = False
         while (left := deadline - time.monotonic()) > 0:
@@ -644,7 +644,7 @@ class InstrumentServer:
         self._clients.pop(identity, None)
 
         def unsafe_move_of_the_client(owner: bytes | None, command: Command) -> bool:
-            return owner == identity and command.kind not in ("blank", "stop")
+            return owner == identity and command.kind not in _URGENT
 
         self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone")
 

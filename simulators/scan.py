@@ -23,6 +23,14 @@ from scipy.ndimage import gaussian_filter1d
 from simulators.config import ImagingParams, ScanRequest
 
 
+def flyback_backstep_nm(flyback_amplitude_nm: float, dwell_us: float, settle_us: float) -> float:
+    """How far the flyback's decay moves the beam back during a line's first pixel, nm.
+
+    At a pixel or more the beam runs backwards at the start of each line and the image folds.
+    """
+    return flyback_amplitude_nm * dwell_us / settle_us
+
+
 @dataclass(frozen=True)
 class ScanDistortion:
     """One realisation of the scan distortions of a frame.
@@ -190,7 +198,7 @@ class ScanGeometry:
         a pixel per line shears each column over several lines, beyond what a column's patch covers.
         """
         d = self.distortion
-        backwards_nm = d.flyback_amplitude_nm * self.scan.dwell_us / d.flyback_settle_us
+        backwards_nm = flyback_backstep_nm(d.flyback_amplitude_nm, self.scan.dwell_us, d.flyback_settle_us)
         if backwards_nm >= self.px:
             return (
                 f"a flyback of {d.flyback_amplitude_nm:g} nm settling over {d.flyback_settle_us:g} us moves the beam"

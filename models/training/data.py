@@ -25,6 +25,7 @@ from simulators import (
     get_lattice,
     render_frame,
 )
+from simulators.scan import flyback_backstep_nm
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,11 @@ def _unfolded(imaging: ImagingParams, scan: ScanRequest) -> ImagingParams:
     Otherwise some columns are crossed twice, and the simulator refuses the frame (about 0.75 % of the
     sampled settings: long dwells at fine sampling).
     """
-    limit_nm = 0.9 * scan.pixel_size_nm * imaging.flyback_settle_us / scan.dwell_us
-    if imaging.flyback_amplitude_nm < limit_nm:
+    limit_nm = 0.9 * scan.pixel_size_nm
+    backstep = flyback_backstep_nm(imaging.flyback_amplitude_nm, scan.dwell_us, imaging.flyback_settle_us)
+    if backstep < limit_nm:
         return imaging
-    return imaging.model_copy(update={"flyback_amplitude_nm": limit_nm})
+    return imaging.model_copy(update={"flyback_amplitude_nm": imaging.flyback_amplitude_nm * limit_nm / backstep})
 
 
 def paint_targets(
