@@ -15,11 +15,11 @@ import numpy as np
 Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def pad_to_multiple(image: np.ndarray, multiple: int, minimum: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
-    """Reflect-pad (H, W) at the bottom/right to multiples of ``multiple`` (and at least ``minimum``)."""
+def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad (H, W) at the bottom/right to multiples of ``multiple``; also returns (H, W)."""
     h, w = image.shape
-    th = max(-(-h // multiple) * multiple, minimum)
-    tw = max(-(-w // multiple) * multiple, minimum)
+    th = -(-h // multiple) * multiple
+    tw = -(-w // multiple) * multiple
     mode = "reflect" if min(h, w) > 1 and th - h < h and tw - w < w else "edge"
     padded = np.pad(image, ((0, th - h), (0, tw - w)), mode=mode)  # type: ignore[call-overload]
     return padded, (h, w)
@@ -59,25 +59,26 @@ def run_tiled(image: np.ndarray, run: Runner, tile: int, overlap: int, multiple:
     dict
         Each output as (C, H, W) float32, cropped to the input's size.
     """
-    padded, (h, w) = pad_to_multiple(image, multiple, minimum=0)
+    padded, (h, w) = pad_to_multiple(image, multiple)
     ph, pw = padded.shape
     if ph <= tile and pw <= tile:
         out = run(padded[None, None])
         return {k: v[0, :, :h, :w] for k, v in out.items()}
     tile = max(tile // multiple * multiple, multiple)
-    padded, _ = pad_to_multiple(padded, multiple, minimum=tile)
-    ph, pw = padded.shape
+    # A side shorter than the tile is taken whole (the graph's height and width are dynamic), so a tall
+    # or wide frame is never padded out to a square tile with made-up pixels.
+    tile_h, tile_w = min(tile, ph), min(tile, pw)
     step = max(tile - overlap, multiple)
     sums: dict[str, np.ndarray] = {}
     weight = np.zeros((ph, pw), dtype=np.float32)
-    rows, cols = _starts(ph, tile, step), _starts(pw, tile, step)
+    rows, cols = _starts(ph, tile_h, step), _starts(pw, tile_w, step)
     for i, r in enumerate(rows):
-        wr = _window(tile, overlap, i == 0, i == len(rows) - 1)
+        wr = _window(tile_h, overlap, i == 0, i == len(rows) - 1)
         for j, c in enumerate(cols):
-            win = np.outer(wr, _window(tile, overlap, j == 0, j == len(cols) - 1))
-            out = run(np.ascontiguousarray(padded[None, None, r : r + tile, c : c + tile]))
+            win = np.outer(wr, _window(tile_w, overlap, j == 0, j == len(cols) - 1))
+            out = run(np.ascontiguousarray(padded[None, None, r : r + tile_h, c : c + tile_w]))
             for k, v in out.items():
                 acc = sums.setdefault(k, np.zeros((v.shape[1], ph, pw), dtype=np.float32))
-                acc[:, r : r + tile, c : c + tile] += v[0] * win
-            weight[r : r + tile, c : c + tile] += win
+                acc[:, r : r + tile_h, c : c + tile_w] += v[0] * win
+            weight[r : r + tile_h, c : c + tile_w] += win
     return {k: (v / weight)[:, :h, :w] for k, v in sums.items()}

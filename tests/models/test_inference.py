@@ -72,6 +72,29 @@ def test_tiling_has_no_seams():
     assert np.abs(tiled["a"][0][inner] - whole["a"][0, 0][inner]).max() < 1e-5
 
 
+def test_a_tall_narrow_frame_is_tiled_without_padding_it_out_to_square_tiles():
+    image = np.random.default_rng(5).random((300, 20)).astype(np.float32)
+    shapes: list[tuple[int, ...]] = []
+
+    def recording(batch: np.ndarray) -> dict[str, np.ndarray]:
+        shapes.append(batch.shape)
+        return _local_mean(batch)
+
+    tiled = run_tiled(image, recording, tile=64, overlap=16, multiple=8)
+    assert len(shapes) > 1 and {s[3] for s in shapes} == {24}  # 20 columns, padded to the multiple only
+    np.testing.assert_allclose(tiled["b"][0], image**2, rtol=1e-5)
+    whole = _local_mean(image[None, None])["a"][0, 0]
+    assert np.abs(tiled["a"][0][3:-3, 3:-3] - whole[3:-3, 3:-3]).max() < 1e-5
+
+
+def test_a_wide_frame_through_the_model_matches_one_pass(tiny_model):
+    seg = Segmenter(tiny_model.manifest, "cpu")
+    native = normalize(np.random.default_rng(6).random((40, 400)).astype(np.float32))
+    one = run_tiled(native, seg.model.run, tile=512, overlap=0, multiple=4)
+    tiles = run_tiled(native, seg.model.run, tile=96, overlap=32, multiple=4)
+    assert np.abs(one["mean_probs"] - tiles["mean_probs"]).mean() < 0.01
+
+
 def test_tiled_model_output_matches_one_pass(tiny_model):
     seg = Segmenter(tiny_model.manifest, "cpu")
     image = np.random.default_rng(3).random((200, 200)).astype(np.float32)
