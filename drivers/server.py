@@ -158,8 +158,9 @@ class InstrumentServer:
         libzmq's default of 1 000 would let one stalled dashboard hold 4 GB of 1024 x 1024 frames.
     max_jobs_per_client
         Commands of one client waiting for the driver; beyond that its commands are refused with
-        ``busy`` (``blank`` and ``stop`` never are), so a client sending faster than the instrument
-        works cannot grow the server's memory without bound.
+        ``busy``, so a client sending faster than the instrument works cannot grow the server's memory
+        without bound.  ``blank`` and ``stop`` are taken beyond it, except one that repeats the client's
+        last waiting command (which leaves the instrument as it would).
     """
 
     def __init__(
@@ -597,9 +598,9 @@ class InstrumentServer:
             reason = "a command with this id was already received; it is not executed again"
             self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
-        if command.kind not in _URGENT and self._queued_for(identity) >= self.max_jobs_per_client:
+        reason = self._busy_reason(identity, command)
+        if reason is not None:
             self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
-            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
             self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
             return
         self._seen[command.id] = None
@@ -612,6 +613,25 @@ class InstrumentServer:
         self._commander = None if command.kind in _URGENT else identity
         self._commander_seen = time.monotonic()
         self._enqueue((identity, command))
+
+    def _busy_reason(self, identity: bytes, command: Command) -> str | None:
+        """Why ``command`` is refused as ``busy``, or None to take it (under the lock).
+
+        A client with ``max_jobs_per_client`` commands waiting is refused further ones, except ``blank``
+        and ``stop``: those are taken too, unless the last command this client has waiting is one of the
+        same kind, which will leave the instrument as this one would (so a flood of them is bounded too).
+        """
+        if self._queued_for(identity) < self.max_jobs_per_client:
+            return None
+        if command.kind not in _URGENT:
+            return f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
+        last = next((job for job in reversed(self._jobs) if job is not None and job[0] == identity), None)
+        if last is not None and last[1].kind == command.kind:
+            return (
+                f"the queue is full and the {command.kind} this client sent last ({last[1].id}) is still waiting"
+                " to run, with nothing of this client's after it: this one would change nothing"
+            )
+        return None
 
     def _queued_for(self, identity: bytes) -> int:
         """Commands of ``identity`` waiting in the queue (under the lock)."""

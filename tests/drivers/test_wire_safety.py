@@ -349,6 +349,39 @@ def test_a_client_far_ahead_of_the_instrument_is_told_busy_and_can_still_stop_it
         assert remote.send(StopCommand()).accepted  # a stop is never refused as busy
 
 
+def test_a_flood_of_blanks_is_bounded_too_and_still_leaves_the_beam_blanked():
+    from drivers.base import BlankCommand, SetTiltCommand
+    from drivers.memory import InMemoryDriver
+
+    class SlowDriver(InMemoryDriver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kinds: list[str] = []
+
+        def send(self, command, timeout_s: float = 5.0):
+            self.kinds.append(command.kind)
+            time.sleep(0.05)
+            return super().send(command, timeout_s)
+
+    driver = SlowDriver()
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=4, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        tilts = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(6)]
+        blanks = [remote.submit(BlankCommand()) for _ in range(100)]
+        stop = remote.submit(StopCommand())  # another kind than the last one waiting: taken
+        tilt_codes = [f.result(timeout=20.0).code for f in tilts]
+        blank_acks = [f.result(timeout=20.0) for f in blanks]
+        assert stop.result(timeout=20.0).accepted
+        kinds = list(driver.kinds)  # (before closing the server blanks the beam once more)
+    assert "busy" in tilt_codes
+    refused = [a for a in blank_acks if not a.accepted]
+    assert len(refused) >= 90 and all(a.code == "busy" and "change nothing" in a.reason for a in refused)
+    assert kinds.count("blank") == 100 - len(refused) and kinds[-2:] == ["blank", "stop"]
+    assert kinds.index("blank") > max(i for i, k in enumerate(kinds) if k == "set_tilt")
+
+
 @pytest.mark.parametrize("deadman_s", [0.01, 0.1])
 def test_a_dead_man_time_no_client_can_keep_up_with_is_refused(deadman_s):
     from drivers.memory import InMemoryDriver
