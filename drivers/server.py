@@ -598,10 +598,10 @@ class InstrumentServer:
             reason = "a command with this id was already received; it is not executed again"
             self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
-        reason = self._busy_reason(identity, command)
-        if reason is not None:
+        busy = self._busy_reason(identity, command)
+        if busy is not None:
             self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
-            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
+            self._reply(identity, encode_ack(Ack.refusal(command, "busy", busy)))
             return
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:

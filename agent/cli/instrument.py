@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 
+def option_value(args: argparse.Namespace, flag: str) -> Any:
+    """The parsed value of the long option ``flag`` (``--client-key`` is ``args.client_key``)."""
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
+
+
 def register(sub: Any) -> None:
     """Add ``instrument`` to ``sub``."""
     p = sub.add_parser("instrument", help="serve a simulated instrument, or check a running one")
@@ -124,7 +129,7 @@ def _both_or_neither(args: argparse.Namespace, first: str, second: str, why: str
     ValueError
         Only one is given (it is named, with ``why``).
     """
-    a, b = (getattr(args, flag.lstrip("-").replace("-", "_")) is not None for flag in (first, second))
+    a, b = (option_value(args, flag) is not None for flag in (first, second))
     if a != b:
         given, missing = (first, second) if a else (second, first)
         raise ValueError(f"{given} needs {missing}: {why}")
@@ -296,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
 def _refuse_keys_of_the_other_side(args: argparse.Namespace, serving: bool) -> None:
     """Server keys are for serving, client keys for ``--check``: one given to the other would be ignored."""
     flags = ("--client-key", "--server-public") if serving else ("--server-key", "--allow-clients")
-    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_")) is not None]
+    given = [f for f in flags if option_value(args, f) is not None]
     if given:
         mode = "--check" if serving else "serving (--sim, --replay, --nion-usim)"
         raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} only for {mode}")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.instrument import add_client_key_args, client_keys
+from agent.cli.instrument import add_client_key_args, client_keys, option_value
 from agent.cli.run import EXIT_INTERRUPTED
 
 
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse a duration, field of view, pixel count or frame age that is not finite and positive."""
     for flag in ("--duration-s", "--fov-nm", "--pixels", "--max-frame-age-s"):
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = option_value(args, flag)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} must be a finite positive number (got {value!r})")
 
