@@ -27,6 +27,9 @@ from simulators import ColumnClass, DefectKind
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "weights" / "stem_ensemble.json"
 PRECISION = 0.9
+#: The evaluation frames' mean defect rate (each frame's is drawn uniformly from 0.01 to 0.05): the
+#: prior of an ideal observer that is not told the frame's own rate.
+MEAN_DEFECT_RATE = 0.03
 
 
 def _bound(sites: list[tuple[str, float, SitePosteriors]], cls: ColumnClass) -> dict[str, object]:
@@ -60,6 +63,16 @@ def _bound(sites: list[tuple[str, float, SitePosteriors]], cls: ColumnClass) -> 
                 "recall_above_median_dose": float(called[sel & ~low].mean()) if (sel & ~low).any() else float("nan"),
             }
     out["by_lattice"] = by_lattice
+    return out
+
+
+def _flat_prior_recall(sites: list[SitePosteriors]) -> dict[str, float]:
+    """Recall at the required precision of the ideal observer with every site's prior at the mean rate."""
+    out = {"defect_rate": MEAN_DEFECT_RATE}
+    for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
+        truth = np.concatenate([s.truth_class for s in sites]) == cls
+        score = np.concatenate([getattr(s, cls.name.lower()) for s in sites])
+        out[f"{cls.name.lower()}_recall_at_precision_{PRECISION}"] = recall_at_precision(score, truth, PRECISION)[0]
     return out
 
 
@@ -100,13 +113,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     frames = eval_specimen_frames(args.frames, False, seed=args.seed)
-    sites = [(f.lattice, f.dose_e_per_a2, site_posteriors(s, f)) for s, f in frames]
+    sites, flat = [], []
+    for specimen, frame in frames:
+        sites.append((frame.lattice, frame.dose_e_per_a2, site_posteriors(specimen, frame)))
+        flat.append(site_posteriors(specimen, frame, defect_rate=MEAN_DEFECT_RATE))
     result: dict[str, object] = {
         "benchmark": "ideal_observer",
         "frames": args.frames,
         "seed": args.seed,
         "required_precision": PRECISION,
         "ideal_observer": {c.name.lower(): _bound(sites, c) for c in (ColumnClass.VACANCY, ColumnClass.DOPANT)},
+        "ideal_observer_not_told_the_frame_defect_rate": _flat_prior_recall(flat),
         "model": str(args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model),
         "model_figures": _model_figures(args.model, args.frames, args.seed),
     }

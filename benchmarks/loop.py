@@ -14,13 +14,11 @@ samples on; with fewer (30 steps give 29), ``max`` is the tail figure.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import time
 
 import numpy as np
-from report import emit, provenance
+from report import emit, machine, provenance
 
 from agent.config import load_config
 from agent.experiment import Experiment
@@ -101,7 +99,7 @@ def main() -> None:
     out = {
         "benchmark": "loop",
         **provenance(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "setup": "in-process simulated MoS2 instrument, 512 x 512 fields at 0.02 nm/px, bundled 5-member ensemble, "
         "onnxruntime CPU; frame_to_command = frame received -> next scan command about to be sent (perception, "
         "policy, guard, recording the command; the send and its ack are the separate stage 'send'); each stage's "

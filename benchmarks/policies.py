@@ -17,12 +17,10 @@ seeds: one resample of seeds serves both policies (the best policy is chosen onc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
-from report import emit, provenance
+from report import emit, machine, provenance
 
 from agent.config import load_config
 from agent.experiment import Experiment
@@ -177,7 +175,7 @@ def main() -> None:
     out = {
         "benchmark": "policies",
         **provenance(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "setup": f"MoS2 specimens 256 x 256 nm (seeds 0..{args.seeds - 1}), 512 x 512 fields of 10.24 nm, "
         "bundled ensemble on CPU; dkl's survey (512 px over the region) is not counted as a field; "
         "sd: sample standard deviation over seeds (ddof=1)",

@@ -11,7 +11,6 @@ A speed experiment only: the int8 graph is not validated for quality and is not 
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from report import emit
+from report import emit, machine
 
 from models.manifest import load_manifest
 from models.preprocess import normalize, resample, resampled_shape
@@ -105,7 +104,7 @@ def main() -> None:
             "p50_ms": p50,
             "int8_speedup": p50["fp32"] / p50["int8_qdq"],
             "onnxruntime": ort.get_version_string(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor()},
+            "machine": machine(),
         },
         args.out,
     )

@@ -12,14 +12,12 @@ resampled).  Inference is the same in all and is left out.  Prints JSON.  Goal: 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from report import emit
+from report import emit, machine
 
 from drivers.base import ScanCommand, UnblankCommand
 from drivers.recording import SessionWriter, read_session
@@ -90,7 +88,7 @@ def main() -> None:
     per_frame = {k: 1e3 * float(np.median(v)) / args.frames for k, v in times.items()}
     out = {
         "benchmark": "replay",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "setup": f"{args.frames} simulated 512 x 512 float32 frames ({size_mb:.0f} MiB log), median of {args.rounds}"
         " alternating rounds, inference left out",
         "per_frame_ms": {k: round(v, 3) for k, v in per_frame.items()},

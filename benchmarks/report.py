@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
+import platform
 import resource
 import sys
 from pathlib import Path
@@ -67,3 +69,17 @@ def own_peak_rss_mb() -> tuple[float, str]:
                 return int(line.split()[1]) / 1024, "VmHWM"
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / (2**20 if sys.platform == "darwin" else 1024), "ru_maxrss"
+
+
+def machine() -> dict[str, Any]:
+    """What a timing ran on: platform, cores, Python, and the CPU's model and vector extensions (Linux)."""
+    out: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        text = cpuinfo.read_text()
+        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+        flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        out["cpu"] = names[0] if names else platform.processor()
+        wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+        out["vector_extensions"] = [f for f in wanted if f in flags]
+    return out

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import emit, own_peak_rss_mb, provenance
+from report import emit, machine, own_peak_rss_mb, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "weights" / "stem_ensemble.json"
@@ -103,17 +102,9 @@ def _frame() -> tuple[np.ndarray, float]:
 
 
 def _members(model: Path, device: str = "cpu") -> list[Any]:
-    import torch
+    from models.training.export import members_from_bundle
 
-    from models.training.unet import UNet
-
-    bundle = torch.load(model.with_suffix(".members.pt"), weights_only=False)
-    members = []
-    for state in bundle["members"]:
-        net = UNet(bundle["n_classes"], bundle["width"], bundle["depth"], widths=bundle.get("widths", ()))
-        net.load_state_dict(state)
-        members.append(net.eval().to(device))
-    return members
+    return [m.to(device) for m in members_from_bundle(model.with_suffix(".members.pt"))]
 
 
 def compare(model: Path, threads: int, runs: int, providers: str = "cpu", warmup: int = 3) -> dict[str, object]:
@@ -206,13 +197,7 @@ def main() -> None:
     result: dict[str, object] = {
         "benchmark": "segment",
         **provenance(args.model),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "providers_requested": args.providers,
-            "python": platform.python_version(),
-        },
+        "machine": {**machine(), "threads": args.threads, "providers_requested": args.providers},
         "targets": {"speedup_onnx_vs_eager": ">= 3", "frame_p50_ms": "< 260", "localize_ms": "< 10"},
         "timing": f"onnx, eager and end-to-end frame side by side, order rotating per iteration; {args.warmup} "
         f"warm-up iterations not counted; p99_ms only from {P99_MIN_SAMPLES} samples on, else max_ms",

@@ -52,8 +52,16 @@ def register(sub: Any) -> None:
     t.set_defaults(handler=_run_train)
 
     e = sub.add_parser("export", help="export a trained ensemble as one ONNX graph with its manifest")
-    e.add_argument("checkpoint_dir", type=Path, help="run directory written by autoscope train")
-    e.add_argument("--out", type=Path, required=True, help="output .onnx (the manifest .json goes beside it)")
+    e.add_argument("checkpoint_dir", type=Path, nargs="?", help="run directory written by autoscope train")
+    e.add_argument("--out", type=Path, default=None, help="output .onnx (the manifest .json goes beside it)")
+    e.add_argument(
+        "--refresh-graph",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="instead: export an exported model's graph again from its .members.pt as export writes it now"
+        " (in place; refused unless the outputs agree to 1e-5)",
+    )
     e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
     e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
     e.add_argument(
@@ -202,6 +210,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from models.training.export import export_run
 
+    if args.refresh_graph is not None:
+        return _run_refresh_graph(args)
+    if args.checkpoint_dir is None or args.out is None:
+        raise ValueError("export needs a CHECKPOINT_DIR and --out (or --refresh-graph MANIFEST alone)")
     if not (args.checkpoint_dir / "config.json").exists():
         raise ValueError(f"{args.checkpoint_dir} is not a training run (no config.json)")
     if args.out.suffix != ".onnx":
@@ -218,4 +230,14 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.2f} MB, sha256 {manifest.onnx_sha256[:12]}...)")
     for key, value in manifest.validation.items():
         print(f"  {key}: {value:.4g}")
+    return 0
+
+
+def _run_refresh_graph(args: argparse.Namespace) -> int:
+    from models.training.export import refresh_graph
+
+    if args.checkpoint_dir is not None or args.out is not None:
+        raise ValueError("--refresh-graph rewrites the model its manifest names, in place: no CHECKPOINT_DIR or --out")
+    manifest, worst = refresh_graph(args.refresh_graph)
+    print(f"exported the graph again: sha256 {manifest.onnx_sha256[:12]}..., outputs agree to {worst:.2g}")
     return 0

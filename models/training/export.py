@@ -26,11 +26,13 @@ from models.manifest import (
     ModelManifest,
     TrainingRecord,
     invoked_command,
+    load_manifest,
     manifest_path_for,
     sha256_file,
 )
 from models.training.data import SampleSpec, make_dataset, sample_spec_from_json
 from models.training.ensemble import OUTPUT_NAMES, EnsembleWithUncertainty
+from models.training.graph import rewrite_file
 from models.training.train import load_members
 from models.training.unet import UNet
 from simulators import CLASS_NAMES, ColumnClass
@@ -39,10 +41,18 @@ logger = logging.getLogger(__name__)
 
 #: Seed of the calibration frames: never used for training.
 CALIBRATION_SEED = 10_007
+#: Largest difference of any output a graph exported again may show against the graph it replaces.
+REGRAPH_TOLERANCE = 1e-5
+#: Input sizes (native pixels) the two graphs are compared on: square, wide and tall.
+_REGRAPH_SHAPES = ((64, 64), (96, 160), (224, 32))
 
 
-def export_onnx(ensemble: EnsembleWithUncertainty, path: Path, multiple: int) -> None:
-    """Write ``ensemble`` as one ONNX graph with dynamic height and width."""
+def export_onnx(ensemble: EnsembleWithUncertainty, path: Path, multiple: int, rewrite: bool = True) -> None:
+    """Write ``ensemble`` as one ONNX graph with dynamic height and width.
+
+    ``rewrite=False`` leaves the graph as ``torch.onnx`` writes it, without the rewrites of
+    :mod:`models.training.graph` (for ``benchmarks/graph_rewrite.py``; stack traces are dropped either way).
+    """
     example = torch.zeros(1, 1, 8 * multiple, 8 * multiple)
     h = torch.export.Dim("h", min=1, max=1024)
     w = torch.export.Dim("w", min=1, max=1024)
@@ -57,19 +67,81 @@ def export_onnx(ensemble: EnsembleWithUncertainty, path: Path, multiple: int) ->
         external_data=False,
         optimize=True,
     )
-    strip_stack_traces(path)
+    rewrite_file(str(path), rewrite=rewrite)  # (no stack traces naming this machine's files; faster softmax)
 
 
-def strip_stack_traces(path: Path) -> None:
-    """Drop the exporter's per-node Python stack traces, which name files on the exporting machine."""
-    import onnx
+def members_from_bundle(path: Path) -> list[UNet]:
+    """The members saved beside an export (``MODEL.members.pt``), in eval mode."""
+    bundle = torch.load(path, weights_only=False)
+    members = []
+    for state in bundle["members"]:
+        net = UNet(bundle["n_classes"], bundle["width"], bundle["depth"], widths=bundle.get("widths", ()))
+        net.load_state_dict(state)
+        members.append(net.eval())
+    return members
 
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
-        del node.metadata_props[:]
-        node.metadata_props.extend(kept)
-    onnx.save(model, str(path))
+
+def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
+    """Export an exported model's graph again from its ``.members.pt``, as :func:`export_onnx` writes it now.
+
+    For a model exported before a graph rewrite (:mod:`models.training.graph`) existed, when its run
+    directory is gone: the members' weights are those of the export.  Everything the manifest holds
+    (classes, calibration, decision rule, validation figures) stays valid only if the new graph computes
+    what the old one did, so both run on random inputs of several sizes and the new graph replaces the old
+    only if no output differs by more than :data:`REGRAPH_TOLERANCE`; the manifest then gets the new
+    sha256 and this command appended to its training record.
+
+    Returns
+    -------
+    tuple
+        The new manifest and the largest difference seen.
+
+    Raises
+    ------
+    ValueError
+        A manifest whose model does not match it (:class:`models.manifest.ModelError`), a model without
+        its members, or a new graph that computes something else.
+    """
+    manifest, onnx_path = load_manifest(manifest_path)
+    bundle = onnx_path.with_suffix(".members.pt")
+    if not bundle.is_file():
+        raise ValueError(f"{bundle} not found: the graph can only be exported again from the members' weights")
+    members = members_from_bundle(bundle)
+    if len(members) != manifest.members:
+        raise ValueError(f"{bundle} holds {len(members)} members, the manifest says {manifest.members}")
+    staging = Path(tempfile.mkdtemp(prefix=f".{onnx_path.stem}.regraph-", dir=onnx_path.parent))
+    try:
+        staged = staging / onnx_path.name
+        export_onnx(EnsembleWithUncertainty(members).eval(), staged, manifest.input_multiple)
+        worst = _largest_difference(onnx_path, staged, manifest.input_multiple)
+        if not worst <= REGRAPH_TOLERANCE:
+            raise ValueError(
+                f"the graph exported again from {bundle} differs from {onnx_path} by {worst:.3g} (more than"
+                f" {REGRAPH_TOLERANCE:g}): the members are not those of the export; {onnx_path} is left as it was"
+            )
+        record = manifest.training.model_copy(update={"command": f"{manifest.training.command} && {invoked_command()}"})
+        manifest = manifest.model_copy(update={"onnx_sha256": sha256_file(staged), "training": record})
+        staged_manifest = manifest_path_for(staged)
+        staged_manifest.write_text(json.dumps(manifest.model_dump(), indent=2))
+        os.replace(staged, onnx_path)
+        os.replace(staged_manifest, manifest_path_for(onnx_path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, worst
+
+
+def _largest_difference(old: Path, new: Path, multiple: int) -> float:
+    """The largest absolute difference of any output of two graphs on random inputs of several sizes."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)]
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for h, w in _REGRAPH_SHAPES:
+        x = rng.random((1, 1, -(-h // multiple) * multiple, -(-w // multiple) * multiple), dtype=np.float32)
+        a, b = (s.run(list(OUTPUT_NAMES), {s.get_inputs()[0].name: x}) for s in sessions)
+        worst = max(worst, *(float(np.abs(p - q).max()) for p, q in zip(a, b, strict=True)))
+    return worst
 
 
 def calibrate(onnx_path: Path, spec: SampleSpec, frames: int = 48) -> Calibration:

@@ -111,11 +111,14 @@ def log_likelihood(x: np.ndarray, lam: np.ndarray, read_sigma: float) -> np.ndar
     return logsumexp(log_terms, axis=-1) - lam
 
 
-def site_posteriors(specimen: Specimen, frame: SimulatedFrame, margin_px: float = 4.0) -> SitePosteriors:
+def site_posteriors(
+    specimen: Specimen, frame: SimulatedFrame, margin_px: float = 4.0, defect_rate: float | None = None
+) -> SitePosteriors:
     """Ideal-observer class posteriors of every planted column more than ``margin_px`` inside ``frame``.
 
     ``frame`` must have been rendered from ``specimen`` without knock-on damage (the states are
-    the specimen's planted ones), at atomic resolution.
+    the specimen's planted ones), at atomic resolution.  ``defect_rate`` replaces the specimen's own
+    defect probability at every site (an observer that knows everything but the frame's defect rate).
     """
     from models.training.evaluate import away_from_edge
 
@@ -124,7 +127,10 @@ def site_posteriors(specimen: Specimen, frame: SimulatedFrame, margin_px: float 
     states = _site_states(table, truth.kind, truth.species)
     layout = specimen.layout
     thickness = specimen.thickness(truth.x_nm, truth.y_nm)
-    prior = _priors(specimen, table, states, layout.hotspots.probability(truth.x_nm, truth.y_nm))
+    p_defect = layout.hotspots.probability(truth.x_nm, truth.y_nm)
+    if defect_rate is not None:
+        p_defect = np.full_like(p_defect, defect_rate)
+    prior = _priors(specimen, table, states, p_defect)
     imaging, px = frame.imaging, frame.pixel_size_nm
     sigma_nm = float(np.sqrt(imaging.probe_sigma_nm**2 + px**2 / 12.0))
     n_e = imaging.electrons_per_pixel(frame.scan.dwell_us) * imaging.detector_efficiency

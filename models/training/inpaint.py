@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from models.manifest import invoked_command, sha256_file
 from models.sinogram import GRID_DEG, N_ANGLES, pack
-from models.training.export import recorded_commands, strip_stack_traces
+from models.training.export import recorded_commands
+from models.training.graph import rewrite_file
 from models.training.unet import UNet
 from simulators.phantom import PhantomConfig, make_phantom
 
@@ -173,7 +174,7 @@ def export(run_dir: Path, onnx_path: Path, name: str = "sinogram_inpaint") -> Pa
         ensemble, (example,), str(onnx_path), dynamo=True, input_names=["sinogram"], output_names=list(OUTPUTS),
         dynamic_shapes={"x": {0: batch, 3: multiple * width}}, external_data=False, optimize=True,
     )  # fmt: skip
-    strip_stack_traces(onnx_path)
+    rewrite_file(str(onnx_path))
     manifest = {
         "schema_version": 1,
         "name": name,

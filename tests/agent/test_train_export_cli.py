@@ -132,3 +132,57 @@ def test_equal_lattice_weights_are_the_default_mix(exported, tmp_path, monkeypat
     tune = ["train", "--init-from", str(run_dir), "--members", "1", "--steps", "1", "--samples", "2", "--batch", "2"]
     assert _run(monkeypatch, [*tune, "--lattice-weights", "graphene=1", "--threads", "1", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["sample"]["lattice_weights"] == []
+
+
+def _copy_model(onnx, folder):
+    import shutil
+
+    folder.mkdir()
+    for suffix in (".onnx", ".json", ".members.pt"):
+        shutil.copy(onnx.with_suffix(suffix), folder)
+    return folder / onnx.with_suffix(".json").name
+
+
+def test_refresh_graph_exports_the_graph_again_from_the_members_and_keeps_the_manifest(exported, tmp_path, monkeypatch):
+    _, onnx, _, _ = exported
+    manifest_path = _copy_model(onnx, tmp_path / "model")
+    before = json.loads(manifest_path.read_text())
+    assert _run(monkeypatch, ["export", "--refresh-graph", str(manifest_path)]) == 0
+    after = json.loads(manifest_path.read_text())
+    assert after["onnx_sha256"] == sha256_file(tmp_path / "model" / onnx.name)
+    refresh = f"autoscope export --refresh-graph {manifest_path}"
+    assert after["training"]["command"] == f"{before['training']['command']} && {refresh}"
+    same = ("classes", "calibration", "decision_bias", "validation", "members", "native_pixel_size_nm")
+    assert all(after[k] == before[k] for k in same)
+    out = tmp_path / "out.json"
+    np.save(tmp_path / "frame.npy", np.random.default_rng(0).poisson(3.0, (96, 96)).astype(np.uint16))
+    args = ["segment", str(tmp_path / "frame.npy"), "--pixel-size-nm", "0.02", "--model", str(manifest_path)]
+    assert _run(monkeypatch, [*args, "--out", str(out)]) == 0
+    assert list(tmp_path.glob("model/.*")) == []  # no staging folder left behind
+
+
+def test_refresh_graph_refuses_members_of_another_model_and_leaves_the_model_as_it_was(
+    exported, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    _, onnx, _, _ = exported
+    manifest_path = _copy_model(onnx, tmp_path / "model")
+    members = tmp_path / "model" / onnx.with_suffix(".members.pt").name
+    bundle = torch.load(members, weights_only=False)
+    for state in bundle["members"]:
+        for value in state.values():
+            if value.is_floating_point():
+                value.add_(0.05)
+    torch.save(bundle, members)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.suffix != ".pt"}
+    assert _run(monkeypatch, ["export", "--refresh-graph", str(manifest_path)]) == EXIT_USAGE
+    assert "the members are not those of the export" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir() if p.suffix != ".pt"} == before
+    members.unlink()
+    assert _run(monkeypatch, ["export", "--refresh-graph", str(manifest_path)]) == EXIT_USAGE
+    assert f"{members.name} not found" in capsys.readouterr().err
+    assert _run(monkeypatch, ["export", "--refresh-graph", str(manifest_path), "--out", "x.onnx"]) == EXIT_USAGE
+    assert "no CHECKPOINT_DIR or --out" in capsys.readouterr().err
+    assert _run(monkeypatch, ["export", "--out", str(tmp_path / "x.onnx")]) == EXIT_USAGE
+    assert "export needs a CHECKPOINT_DIR and --out" in capsys.readouterr().err

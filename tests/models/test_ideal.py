@@ -101,3 +101,23 @@ def test_the_evaluation_frames_come_with_the_specimens_they_were_rendered_from()
         sites = site_posteriors(specimen, frame)
         assert len(sites.truth_class) > 0
         assert np.all(sites.peak_counts > 0)
+
+
+def test_a_defect_rate_given_in_place_of_the_specimens_shifts_every_sites_defect_odds_by_the_prior_odds():
+    specimen = Specimen(
+        SpecimenConfig(seed=7, lattice="MoS2", width_nm=32, height_nm=32, base_defect_rate=0.05, tile_nm=4.0)
+    )
+    scan = ScanRequest(x_nm=0, y_nm=0, fov_nm=160 * 0.02, rows=160, cols=160, dwell_us=6.0)
+    imaging = ImagingParams(probe_current_pa=2.0, track_dose=False, read_noise_counts=0.5)
+    frame = render_frame(specimen, scan, imaging, np.random.default_rng(7), ScanDistortion.none(160))
+
+    def defect_logit(rate: float) -> np.ndarray:
+        sites = site_posteriors(specimen, frame, defect_rate=rate)
+        p = sites.vacancy + sites.dopant
+        with np.errstate(divide="ignore"):
+            return np.log(p) - np.log1p(-p)
+
+    low, high = defect_logit(0.01), defect_logit(0.3)
+    usable = np.isfinite(low) & np.isfinite(high) & (np.abs(high) < 20)
+    assert usable.sum() > 50
+    np.testing.assert_allclose(high[usable] - low[usable], np.log(0.3 / 0.7) - np.log(0.01 / 0.99), atol=1e-6)
