@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import emit, own_peak_rss_mb
+from report import emit, machine, own_peak_rss_mb
 
 LATTICES = ("MoS2", "WS2", "graphene", "SrTiO3")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -122,13 +121,7 @@ def main() -> None:
         "frames": args.frames,
         "rounds": args.rounds,
         "timing": "one child process per allocator and round, the two alternating; figures: median over rounds",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "threads": 1,
-        },
+        "machine": {**machine(), "threads": 1},
         "target": "512x512 atomic-resolution frame under 50 ms median on one core",
         "default_allocator": default,
         "tuned_allocator": tuned,

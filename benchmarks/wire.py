@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import resource
 import time
 from multiprocessing.connection import Connection
 
 import numpy as np
 import zmq
-from report import emit
+from report import emit, machine
 
 from drivers.base import BlankCommand, ScanCommand, UnblankCommand
 from drivers.codec import envelope
@@ -255,9 +253,7 @@ def main() -> None:
     out = {
         "benchmark": "wire",
         "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
+            **machine(),
             "pyzmq": zmq.__version__,
             "libzmq": zmq.zmq_version(),
         },
