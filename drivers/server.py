@@ -159,8 +159,9 @@ class InstrumentServer:
     max_jobs_per_client
         Commands of one client waiting for the driver; beyond that its commands are refused with
         ``busy``, so a client sending faster than the instrument works cannot grow the server's memory
-        without bound.  ``blank`` and ``stop`` are taken beyond it, except one that repeats the client's
-        last waiting command (which leaves the instrument as it would).
+        without bound.  A ``blank`` or ``stop`` beyond it is always taken: it replaces the client's own
+        waiting one of the same kind where only blanks and stops wait after that one (which is then
+        answered ``busy``), so a flood of them is bounded too.
     """
 
     def __init__(
@@ -598,10 +599,11 @@ class InstrumentServer:
             reason = "a command with this id was already received; it is not executed again"
             self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
-        busy = self._busy_reason(identity, command)
-        if busy is not None:
+        full = self._queued_for(identity) >= self.max_jobs_per_client
+        if full and command.kind not in _URGENT:
             self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
-            self._reply(identity, encode_ack(Ack.refusal(command, "busy", busy)))
+            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
+            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
             return
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:
@@ -612,26 +614,31 @@ class InstrumentServer:
             return
         self._commander = None if command.kind in _URGENT else identity
         self._commander_seen = time.monotonic()
-        self._enqueue((identity, command))
+        if not (full and self._take_the_place_of_its_like(identity, command)):
+            self._enqueue((identity, command))
 
-    def _busy_reason(self, identity: bytes, command: Command) -> str | None:
-        """Why ``command`` is refused as ``busy``, or None to take it (under the lock).
+    def _take_the_place_of_its_like(self, identity: bytes, command: Command) -> bool:
+        """Put a ``blank`` or ``stop`` in the place of the client's own waiting one of the same kind (under the lock).
 
-        A client with ``max_jobs_per_client`` commands waiting is refused further ones, except ``blank``
-        and ``stop``: those are taken too, unless the last command this client has waiting is one of the
-        same kind, which will leave the instrument as this one would (so a flood of them is bounded too).
+        For a client with ``max_jobs_per_client`` commands waiting, so that a flood of them cannot grow the
+        queue.  Only where nothing but ``blank`` and ``stop`` (of any client) waits after the one replaced:
+        both are idempotent and neither undoes the other, so running the new one there is what running
+        both would do, and with the newer deadline.  The one replaced is answered ``busy``.  Returns
+        whether it took a place (False: queue it as any other).
         """
-        if self._queued_for(identity) < self.max_jobs_per_client:
-            return None
-        if command.kind not in _URGENT:
-            return f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
-        last = next((job for job in reversed(self._jobs) if job is not None and job[0] == identity), None)
-        if last is not None and last[1].kind == command.kind:
-            return (
-                f"the queue is full and the {command.kind} this client sent last ({last[1].id}) is still waiting"
-                " to run, with nothing of this client's after it: this one would change nothing"
-            )
-        return None
+        for i in range(len(self._jobs) - 1, -1, -1):
+            job = self._jobs[i]
+            if job is None or job[1].kind not in _URGENT:  # stop()'s end marker, or a command it must follow
+                return False
+            waiting_id, waiting = job
+            if waiting_id == identity and waiting.kind == command.kind:
+                self._jobs[i] = (identity, command)
+                self._seen.pop(waiting.id, None)  # (answered busy: it may be sent again)
+                self.stats["replaced_by_a_later_one"] += 1
+                reason = f"the {command.kind} {command.id} this client sent after it takes its place in the queue"
+                self._reply(identity, encode_ack(Ack.refusal(waiting, "busy", reason)))
+                return True
+        return False
 
     def _queued_for(self, identity: bytes) -> int:
         """Commands of ``identity`` waiting in the queue (under the lock)."""

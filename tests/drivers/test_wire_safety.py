@@ -349,37 +349,108 @@ def test_a_client_far_ahead_of_the_instrument_is_told_busy_and_can_still_stop_it
         assert remote.send(StopCommand()).accepted  # a stop is never refused as busy
 
 
-def test_a_flood_of_blanks_is_bounded_too_and_still_leaves_the_beam_blanked():
+class _SlowKindsDriver:
+    """An in-memory instrument that takes ``delay_s`` per command and logs the kinds it ran."""
+
+    def __new__(cls, delay_s: float = 0.05):
+        from drivers.memory import InMemoryDriver
+
+        class Slow(InMemoryDriver):
+            def __init__(self) -> None:
+                super().__init__()
+                self.kinds: list[str] = []
+
+            def send(self, command, timeout_s: float = 5.0):
+                self.kinds.append(command.kind)
+                time.sleep(delay_s)
+                return super().send(command, timeout_s)
+
+        return Slow()
+
+
+def test_a_flood_of_blanks_is_bounded_too_and_the_last_one_runs():
     from drivers.base import BlankCommand, SetTiltCommand
-    from drivers.memory import InMemoryDriver
 
-    class SlowDriver(InMemoryDriver):
-        def __init__(self) -> None:
-            super().__init__()
-            self.kinds: list[str] = []
-
-        def send(self, command, timeout_s: float = 5.0):
-            self.kinds.append(command.kind)
-            time.sleep(0.05)
-            return super().send(command, timeout_s)
-
-    driver = SlowDriver()
+    driver = _SlowKindsDriver()
     with (
         InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=4, deadman_s=None) as server,
         RemoteDriver(server.endpoint) as remote,
     ):
         tilts = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(6)]
         blanks = [remote.submit(BlankCommand()) for _ in range(100)]
-        stop = remote.submit(StopCommand())  # another kind than the last one waiting: taken
+        stop = remote.submit(StopCommand())  # another kind than the blank waiting: queued after it
         tilt_codes = [f.result(timeout=20.0).code for f in tilts]
         blank_acks = [f.result(timeout=20.0) for f in blanks]
         assert stop.result(timeout=20.0).accepted
         kinds = list(driver.kinds)  # (before closing the server blanks the beam once more)
+        replaced = server.stats["replaced_by_a_later_one"]
     assert "busy" in tilt_codes
     refused = [a for a in blank_acks if not a.accepted]
-    assert len(refused) >= 90 and all(a.code == "busy" and "change nothing" in a.reason for a in refused)
+    assert len(refused) >= 90 and all(a.code == "busy" and "takes its place" in a.reason for a in refused)
+    assert replaced == len(refused) and blank_acks[-1].accepted  # the newest blank is the one that ran
     assert kinds.count("blank") == 100 - len(refused) and kinds[-2:] == ["blank", "stop"]
     assert kinds.index("blank") > max(i for i, k in enumerate(kinds) if k == "set_tilt")
+
+
+def test_a_blank_that_expires_while_waiting_is_replaced_by_a_later_one_not_relied_on():
+    from drivers.base import BlankCommand, SetTiltCommand
+
+    driver = _SlowKindsDriver(delay_s=0.3)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=2, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        pending = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(3)]
+        short = remote.submit(BlankCommand(deadline_unix_s=time.time() + 0.4))
+        later = remote.submit(BlankCommand())
+        for f in pending:
+            f.result(timeout=10.0)
+        assert later.result(timeout=10.0).accepted
+        assert short.result(timeout=10.0).code == "busy"
+        kinds = list(driver.kinds)
+    assert kinds[-1] == "blank"
+
+
+def test_a_blank_is_never_folded_into_one_that_another_clients_command_follows():
+    from drivers.base import BlankCommand, SetTiltCommand
+
+    driver = _SlowKindsDriver(delay_s=0.3)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=2, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as a,
+        RemoteDriver(server.endpoint) as b,
+    ):
+        pending = [a.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(3)]
+        first = a.submit(BlankCommand())
+        time.sleep(0.1)
+        unblank = b.submit(UnblankCommand())
+        time.sleep(0.1)
+        second = a.submit(BlankCommand())
+        acks = [f.result(timeout=10.0) for f in [*pending, first, unblank, second]]
+        kinds = list(driver.kinds)
+    assert all(ack.accepted for ack in acks[3:])
+    assert kinds[-3:] == ["blank", "unblank", "blank"]  # the beam ends as client a asked last
+
+
+def test_alternating_blanks_and_stops_beyond_the_limit_do_not_grow_the_queue():
+    from drivers.base import BlankCommand, SetTiltCommand
+
+    driver = _SlowKindsDriver(delay_s=0.2)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=4, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        for _ in range(5):
+            remote.submit(SetTiltCommand(tilt_deg=1.0))
+        flood = [remote.submit(BlankCommand() if i % 2 else StopCommand()) for i in range(200)]
+        deadline = time.monotonic() + 10.0
+        while server.stats["replaced_by_a_later_one"] < 198 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        waiting = len(server._jobs)
+        acks = [f.result(timeout=20.0) for f in flood]
+    assert waiting <= 4 + 2
+    assert acks[-1].accepted and acks[-2].accepted  # the last stop and the last blank
+    assert sum(not a.accepted for a in acks) == 198
 
 
 @pytest.mark.parametrize("deadman_s", [0.01, 0.1])
