@@ -73,7 +73,8 @@ def own_peak_rss_mb() -> tuple[float, str]:
 
 def machine() -> dict[str, Any]:
     """What a timing ran on: platform, cores, Python, and the CPU's model and vector extensions (Linux)."""
-    out: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # (what it may use)
+    out: dict[str, Any] = {"platform": platform.platform(), "cpus": cpus, "python": platform.python_version()}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         text = cpuinfo.read_text()

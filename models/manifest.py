@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -80,6 +80,18 @@ class ModelManifest(BaseModel):
         None, description="Per non-background class factor on summed probabilities (fitted at export)."
     )
     validation: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _tiles_step_forward(self) -> ModelManifest:
+        """Tiles (rounded down to the input multiple) must be wider than their overlap by a multiple at least."""
+        tile = self.tile_size_px // self.input_multiple * self.input_multiple
+        if tile - self.tile_overlap_px < self.input_multiple:
+            raise ValueError(
+                f"tile_size_px {self.tile_size_px} leaves no room past the {self.tile_overlap_px} px overlap"
+                f" (tiles step by multiples of {self.input_multiple} px): use at least"
+                f" {self.tile_overlap_px + 2 * self.input_multiple}"
+            )
+        return self
 
 
 def invoked_command() -> str:

@@ -43,7 +43,8 @@ def _window(tile: int, overlap: int, first: bool, last: bool) -> np.ndarray:
     if overlap <= 0:
         return w
     dead = overlap // 4
-    ramp = np.concatenate([np.zeros(dead, np.float32), np.linspace(0.0, 1.0, overlap - dead, dtype=np.float32)])
+    rising = np.linspace(0.0, 1.0, overlap - dead, dtype=np.float32) if overlap > 1 else np.ones(1, np.float32)
+    ramp = np.concatenate([np.zeros(dead, np.float32), rising])  # (a one-pixel overlap: both tiles count)
     if not first:
         w[:overlap] = ramp
     if not last:
@@ -65,6 +66,8 @@ def run_tiled(image: np.ndarray, run: Runner, tile: int, overlap: int, multiple:
         out = run(padded[None, None])
         return {k: v[0, :, :h, :w] for k, v in out.items()}
     tile = max(tile // multiple * multiple, multiple)
+    if not 0 <= overlap <= tile - multiple:
+        raise ValueError(f"a tile overlap of {overlap} px needs tiles of at least {overlap + multiple} px (got {tile})")
     # A side shorter than the tile is taken whole (the graph's height and width are dynamic), so a tall
     # or wide frame is never padded out to a square tile with made-up pixels.
     tile_h, tile_w = min(tile, ph), min(tile, pw)

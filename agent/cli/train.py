@@ -13,6 +13,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.instrument import option_value
+
+#: ``export``'s options that shape a new manifest, with their defaults (``--bias-frames``: as
+#: models.training.calibrate.VALIDATION_FRAMES, which importing here would load the models at start-up).
+_EXPORT_OPTIONS: dict[str, Any] = {
+    "--name": None,
+    "--calibration-frames": 48,
+    "--tile-size": 512,
+    "--bias-frames": 96,
+    "--evaluation-frames": 52,
+}
+
 
 def register(sub: Any) -> None:
     """Add ``train`` and ``export`` to ``sub``."""
@@ -51,6 +63,7 @@ def register(sub: Any) -> None:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.set_defaults(handler=_run_train)
 
+    d = _EXPORT_OPTIONS
     e = sub.add_parser("export", help="export a trained ensemble as one ONNX graph with its manifest")
     e.add_argument("checkpoint_dir", type=Path, nargs="?", help="run directory written by autoscope train")
     e.add_argument("--out", type=Path, default=None, help="output .onnx (the manifest .json goes beside it)")
@@ -62,24 +75,26 @@ def register(sub: Any) -> None:
         help="instead: export an exported model's graph again from its .members.pt as export writes it now"
         " (in place; refused unless the outputs agree to 1e-5)",
     )
-    e.add_argument("--name", default=None, help="model name in the manifest (default: file stem)")
-    e.add_argument("--calibration-frames", type=int, default=48, help="frames for the OOD calibration")
+    e.add_argument("--name", default=d["--name"], help="model name in the manifest (default: file stem)")
+    e.add_argument(
+        "--calibration-frames", type=int, default=d["--calibration-frames"], help="frames for the OOD calibration"
+    )
     e.add_argument(
         "--tile-size",
         type=int,
-        default=512,
+        default=d["--tile-size"],
         help="tile edge in native pixels; larger frames are tiled with overlap (default 512)",
     )
     e.add_argument(
         "--bias-frames",
         type=int,
-        default=96,  # models.training.calibrate.VALIDATION_FRAMES (importing it here would load the models at start-up)
+        default=d["--bias-frames"],
         help="validation frames for fitting the class decision rule (0: plain argmax)",
     )
     e.add_argument(
         "--evaluation-frames",
         type=int,
-        default=52,
+        default=d["--evaluation-frames"],
         help="unseen simulated frames to evaluate on; figures go into the manifest (0: skip)",
     )
     e.set_defaults(handler=_run_export)
@@ -238,6 +253,9 @@ def _run_refresh_graph(args: argparse.Namespace) -> int:
 
     if args.checkpoint_dir is not None or args.out is not None:
         raise ValueError("--refresh-graph rewrites the model its manifest names, in place: no CHECKPOINT_DIR or --out")
+    given = [flag for flag, default in _EXPORT_OPTIONS.items() if option_value(args, flag) != default]
+    if given:
+        raise ValueError(f"--refresh-graph keeps the manifest as it is: {', '.join(given)} would be ignored")
     manifest, worst = refresh_graph(args.refresh_graph)
     print(f"exported the graph again: sha256 {manifest.onnx_sha256[:12]}..., outputs agree to {worst:.2g}")
     return 0

@@ -103,6 +103,7 @@ def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
         its members, or a new graph that computes something else.
     """
     manifest, onnx_path = load_manifest(manifest_path)
+    manifest_file = manifest_path_for(manifest_path) if manifest_path.suffix == ".onnx" else manifest_path
     bundle = onnx_path.with_suffix(".members.pt")
     if not bundle.is_file():
         raise ValueError(f"{bundle} not found: the graph can only be exported again from the members' weights")
@@ -124,7 +125,7 @@ def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
         staged_manifest = manifest_path_for(staged)
         staged_manifest.write_text(json.dumps(manifest.model_dump(), indent=2))
         os.replace(staged, onnx_path)
-        os.replace(staged_manifest, manifest_path_for(onnx_path))
+        os.replace(staged_manifest, manifest_file)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest, worst
@@ -186,8 +187,9 @@ def export_run(
     in the manifest's ``validation``.
 
     Everything is written to a staging folder beside ``out`` and moved into place at the end,
-    the manifest last: an export that fails or is interrupted leaves a previous model at ``out``
-    as it was, never a model beside a manifest of another.
+    the manifest last: an export that fails leaves a previous model at ``out`` as it was; one
+    interrupted between the two moves leaves a model whose manifest refuses it (its sha256
+    differs), never one used under another's manifest.
 
     Raises
     ------

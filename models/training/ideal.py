@@ -128,6 +128,8 @@ def site_posteriors(
     layout = specimen.layout
     thickness = specimen.thickness(truth.x_nm, truth.y_nm)
     p_defect = layout.hotspots.probability(truth.x_nm, truth.y_nm)
+    if defect_rate is not None and not 0.0 < defect_rate < 1.0:
+        raise ValueError(f"defect_rate must lie strictly between 0 and 1 (got {defect_rate!r})")
     if defect_rate is not None:
         p_defect = np.full_like(p_defect, defect_rate)
     prior = _priors(specimen, table, states, p_defect)

@@ -143,13 +143,41 @@ def _copy_model(onnx, folder):
     return folder / onnx.with_suffix(".json").name
 
 
+def _unrewritten(manifest_path):
+    """Put the graph as ``torch.onnx`` writes it (with a ``Softmax``) in place of the model's, as an old export."""
+    from models.manifest import load_manifest
+    from models.training.ensemble import EnsembleWithUncertainty
+    from models.training.export import export_onnx, members_from_bundle
+
+    manifest, onnx_path = load_manifest(manifest_path)
+    members = members_from_bundle(onnx_path.with_suffix(".members.pt"))
+    export_onnx(EnsembleWithUncertainty(members).eval(), onnx_path, manifest.input_multiple, rewrite=False)
+    data = json.loads(manifest_path.read_text())
+    data["onnx_sha256"] = sha256_file(onnx_path)
+    manifest_path.write_text(json.dumps(data))
+    return onnx_path
+
+
+def _softmax_nodes(onnx_path):
+    import onnx
+
+    return sum(n.op_type == "Softmax" for n in onnx.load(str(onnx_path)).graph.node)
+
+
 def test_refresh_graph_exports_the_graph_again_from_the_members_and_keeps_the_manifest(exported, tmp_path, monkeypatch):
     _, onnx, _, _ = exported
     manifest_path = _copy_model(onnx, tmp_path / "model")
+    old_graph = _unrewritten(manifest_path)
+    assert _softmax_nodes(old_graph) == 2  # one per member
+    renamed = manifest_path.with_name("renamed.json")  # a manifest need not share the graph's stem
+    manifest_path.rename(renamed)
+    manifest_path = renamed
     before = json.loads(manifest_path.read_text())
     assert _run(monkeypatch, ["export", "--refresh-graph", str(manifest_path)]) == 0
     after = json.loads(manifest_path.read_text())
-    assert after["onnx_sha256"] == sha256_file(tmp_path / "model" / onnx.name)
+    assert after["onnx_sha256"] == sha256_file(old_graph) != before["onnx_sha256"]
+    assert _softmax_nodes(old_graph) == 0
+    assert not (tmp_path / "model" / onnx.with_suffix(".json").name).exists()  # (the original's name, not written)
     refresh = f"autoscope export --refresh-graph {manifest_path}"
     assert after["training"]["command"] == f"{before['training']['command']} && {refresh}"
     same = ("classes", "calibration", "decision_bias", "validation", "members", "native_pixel_size_nm")
@@ -186,3 +214,6 @@ def test_refresh_graph_refuses_members_of_another_model_and_leaves_the_model_as_
     assert "no CHECKPOINT_DIR or --out" in capsys.readouterr().err
     assert _run(monkeypatch, ["export", "--out", str(tmp_path / "x.onnx")]) == EXIT_USAGE
     assert "export needs a CHECKPOINT_DIR and --out" in capsys.readouterr().err
+    args = ["export", "--refresh-graph", str(manifest_path), "--name", "x", "--tile-size", "256"]
+    assert _run(monkeypatch, args) == EXIT_USAGE
+    assert "--name, --tile-size would be ignored" in capsys.readouterr().err

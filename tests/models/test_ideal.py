@@ -118,6 +118,9 @@ def test_a_defect_rate_given_in_place_of_the_specimens_shifts_every_sites_defect
             return np.log(p) - np.log1p(-p)
 
     low, high = defect_logit(0.01), defect_logit(0.3)
+    for rate in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            site_posteriors(specimen, frame, defect_rate=rate)
     usable = np.isfinite(low) & np.isfinite(high) & (np.abs(high) < 20)
     assert usable.sum() > 50
     np.testing.assert_allclose(high[usable] - low[usable], np.log(0.3 / 0.7) - np.log(0.01 / 0.99), atol=1e-6)

@@ -249,3 +249,24 @@ def test_pixel_sizes_far_from_the_model_s_are_refused_before_resampling(shape, s
     else:
         with pytest.raises(ImageError, match="is the pixel size in nm"):
             check_native_shape(shape, size, 0.03)
+
+
+def test_a_one_pixel_overlap_blends_without_holes_and_an_overlap_past_the_tile_is_refused():
+    image = np.random.default_rng(7).random((100, 70)).astype(np.float32)
+    tiled = run_tiled(image, _local_mean, tile=32, overlap=1, multiple=8)
+    assert np.isfinite(tiled["b"]).all()
+    np.testing.assert_allclose(tiled["b"][0], image**2, rtol=1e-5)
+    with pytest.raises(ValueError, match="overlap of 12 px needs tiles of at least 28 px"):
+        run_tiled(image, _local_mean, tile=16, overlap=12, multiple=16)
+
+
+def test_a_manifest_whose_tiles_cannot_step_past_their_overlap_is_refused(tiny_model, tmp_path):
+    import json
+
+    from models.manifest import ModelError, load_manifest
+
+    data = json.loads(tiny_model.manifest.read_text())
+    bad = tmp_path / "bad_tiles.json"
+    bad.write_text(json.dumps({**data, "tile_size_px": 32, "tile_overlap_px": 32}))
+    with pytest.raises(ModelError, match="leaves no room past the 32 px overlap"):
+        load_manifest(bad)
