@@ -159,9 +159,12 @@ class InstrumentServer:
     max_jobs_per_client
         Commands of one client waiting for the driver; beyond that its commands are refused with
         ``busy``, so a client sending faster than the instrument works cannot grow the server's memory
-        without bound.  A ``blank`` or ``stop`` beyond it is always taken: it replaces the client's own
-        waiting one of the same kind where only blanks and stops wait after that one (which is then
-        answered ``busy``), so a flood of them is bounded too.
+        without bound.  A ``blank`` or ``stop`` beyond it is always taken: where it waits beside the
+        client's own waiting one of the same kind (only blanks and stops between them), the two become
+        one in the earlier place, with the newer command and the later deadline, and the older is
+        answered ``busy``.  Those of gone clients (and the server's own) fold likewise, also when the
+        commands that kept them apart are dropped.  So a client holds at most ``max_jobs_per_client``
+        commands plus one blank and one stop between any two other waiting commands.
     """
 
     def __init__(
@@ -614,31 +617,58 @@ class InstrumentServer:
             return
         self._commander = None if command.kind in _URGENT else identity
         self._commander_seen = time.monotonic()
-        if not (full and self._take_the_place_of_its_like(identity, command)):
-            self._enqueue((identity, command))
+        self._enqueue((identity, command))
+        if full:  # (a blank or stop: always taken, folded into its like where it waits beside one)
+            self._fold_urgent_runs(self._last_run_start())
 
-    def _take_the_place_of_its_like(self, identity: bytes, command: Command) -> bool:
-        """Put a ``blank`` or ``stop`` in the place of the client's own waiting one of the same kind (under the lock).
+    def _fold_urgent_runs(self, start: int = 0) -> None:
+        """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each (under the lock).
 
-        For a client with ``max_jobs_per_client`` commands waiting, so that a flood of them cannot grow the
-        queue.  Only where nothing but ``blank`` and ``stop`` (of any client) waits after the one replaced:
-        both are idempotent and neither undoes the other, so running the new one there is what running
-        both would do, and with the newer deadline.  The one replaced is answered ``busy``.  Returns
-        whether it took a place (False: queue it as any other).
+        Within a run of queued jobs that are all blanks and stops (from ``start`` on, which must begin
+        a run), order does not matter: both are idempotent and neither undoes the other.  So each
+        kind keeps one place per client there, the earliest, with the client's newest command and the
+        latest deadline of those folded into it (a blank may run late, never not at all); the client's
+        older ones are answered ``busy``.  The jobs of gone clients and the server's own fold likewise
+        into the earliest such job of their kind, without an answer.  This bounds a client's blanks and
+        stops to one of each between any two of the other waiting commands.
         """
-        for i in range(len(self._jobs) - 1, -1, -1):
-            job = self._jobs[i]
-            if job is None or job[1].kind not in _URGENT:  # stop()'s end marker, or a command it must follow
-                return False
-            waiting_id, waiting = job
-            if waiting_id == identity and waiting.kind == command.kind:
-                self._jobs[i] = (identity, command)
-                self._seen.pop(waiting.id, None)  # (answered busy: it may be sent again)
-                self.stats["replaced_by_a_later_one"] += 1
-                reason = f"the {command.kind} {command.id} this client sent after it takes its place in the queue"
-                self._reply(identity, encode_ack(Ack.refusal(waiting, "busy", reason)))
-                return True
-        return False
+        jobs = list(self._jobs)
+        kept: list[Job] = jobs[:start]
+        first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner) -> its place in ``kept``
+        for job in jobs[start:]:
+            if job is None or job[1].kind not in _URGENT:
+                first.clear()
+                kept.append(job)
+                continue
+            owner, command = job
+            live = owner if owner is not None and owner in self._clients else None
+            key = (command.kind, live)
+            if key not in first:
+                first[key] = len(kept)
+                kept.append(job)
+                continue
+            place = first[key]
+            held_owner, held = kept[place]  # type: ignore[misc]
+            deadline = max(held.deadline_unix_s, command.deadline_unix_s)
+            if live is None:  # nobody waits for an answer
+                self.stats["folded_without_an_owner"] += 1
+                kept[place] = (held_owner, held.model_copy(update={"deadline_unix_s": deadline}))
+                continue
+            kept[place] = (live, command.model_copy(update={"deadline_unix_s": deadline}))
+            self._seen.pop(held.id, None)  # (answered busy: it may be sent again)
+            self.stats["replaced_by_a_later_one"] += 1
+            reason = f"the {command.kind} {command.id} this client sent after it takes its place in the queue"
+            self._reply(live, encode_ack(Ack.refusal(held, "busy", reason)))
+        if len(kept) < len(jobs):
+            self._jobs.clear()
+            self._jobs.extend(kept)
+
+    def _last_run_start(self) -> int:
+        """Where the run of blanks and stops at the end of the queue begins (its length: none there)."""
+        i = len(self._jobs)
+        while i > 0 and self._jobs[i - 1] is not None and self._jobs[i - 1][1].kind in _URGENT:  # type: ignore[index]
+            i -= 1
+        return i
 
     def _queued_for(self, identity: bytes) -> int:
         """Commands of ``identity`` waiting in the queue (under the lock)."""
@@ -656,6 +686,7 @@ class InstrumentServer:
         """Drop the silent commander's queued commands and blank the beam (once per silence)."""
         lost, self._commander = self._commander, None
         self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
+        self._fold_urgent_runs()  # (blanks and stops its commands kept apart may now wait side by side)
         if self.deadman_s is None:
             return
         self.stats["deadman_blanks"] += 1
@@ -674,6 +705,7 @@ class InstrumentServer:
             return owner == identity and command.kind not in _URGENT
 
         self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone")
+        self._fold_urgent_runs()  # (its blanks and stops have no owner now; its moves kept others' apart)
 
     def _drop_jobs(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> None:
         """Remove the queued jobs ``drop(identity, command)`` picks, counting them in ``stats[counter]``."""

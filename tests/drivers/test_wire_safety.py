@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from drivers.base import Ack, DriverTimeout, Frame, ScanCommand, StopCommand, UnblankCommand
-from drivers.memory import DEFAULT_CAPABILITIES
+from drivers.memory import DEFAULT_CAPABILITIES, InMemoryDriver
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
 
@@ -451,6 +451,60 @@ def test_alternating_blanks_and_stops_beyond_the_limit_do_not_grow_the_queue():
     assert waiting <= 4 + 2
     assert acks[-1].accepted and acks[-2].accepted  # the last stop and the last blank
     assert sum(not a.accepted for a in acks) == 198
+
+
+def test_a_blank_folded_into_a_waiting_one_keeps_the_later_deadline():
+    from drivers.base import BlankCommand, SetTiltCommand
+
+    driver = _SlowKindsDriver(delay_s=0.3)
+    with (
+        InstrumentServer(driver, "tcp://127.0.0.1:0", max_jobs_per_client=2, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as remote,
+    ):
+        remote.send(UnblankCommand())
+        pending = [remote.submit(SetTiltCommand(tilt_deg=1.0)) for _ in range(3)]
+        patient = remote.submit(BlankCommand(deadline_unix_s=time.time() + 30.0))
+        hasty = remote.submit(BlankCommand(deadline_unix_s=time.time() + 0.4))  # (as the agent's shutdown blank)
+        for f in pending:
+            f.result(timeout=10.0)
+        assert patient.result(timeout=10.0).code == "busy"
+        assert hasty.result(timeout=10.0).accepted  # it runs long past its own deadline, in the place it took
+        kinds = list(driver.kinds)
+    assert kinds[-1] == "blank"
+
+
+class _SlowTiltDriver(InMemoryDriver):
+    def send(self, command, timeout_s: float = 5.0):
+        if command.kind == "set_tilt":
+            time.sleep(3.0)  # a stage tilt that takes a while: nothing leaves the queue meanwhile
+        return super().send(command, timeout_s)
+
+
+def test_blanks_another_clients_commands_kept_apart_fold_when_it_leaves():
+    from drivers.base import BlankCommand, SetTiltCommand
+
+    bound = 3
+    with (
+        InstrumentServer(_SlowTiltDriver(), "tcp://127.0.0.1:0", max_jobs_per_client=bound, deadman_s=None) as server,
+        RemoteDriver(server.endpoint) as a,
+    ):
+        for _ in range(bound + 1):  # the first runs, the others wait: a is at its bound
+            a.submit(SetTiltCommand(tilt_deg=1.0))
+        time.sleep(0.2)
+        for _ in range(4):  # another client comes and goes, its tilts between a's blanks each time
+            with RemoteDriver(server.endpoint) as b:
+                for _ in range(bound):
+                    b.submit(SetTiltCommand(tilt_deg=2.0))
+                    time.sleep(0.01)
+                    a.submit(BlankCommand())
+                    time.sleep(0.01)
+                time.sleep(0.05)
+            time.sleep(0.05)
+        with server._lock:
+            waiting = [job[1].kind for job in server._jobs if job is not None]
+            server._jobs.clear()  # (not to wait for the tilts)
+    assert waiting.count("blank") == 1 and waiting[-1] == "blank"  # (12 were sent, each beside another's tilt)
+    assert len(waiting) <= bound + 1
 
 
 @pytest.mark.parametrize("deadman_s", [0.01, 0.1])
