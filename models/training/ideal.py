@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
-from simulators import ColumnClass, DefectKind, SimulatedFrame, Specimen
+from simulators import ColumnClass, ColumnTruth, DefectKind, SimulatedFrame, Specimen
 from simulators.sites import StateTable
 
-_CLASS_OF_KIND = np.array([int(DefectKind(k).column_class) for k in range(len(DefectKind))])
+#: The :class:`ColumnClass` of each :class:`DefectKind`.
+CLASS_OF_KIND = np.array([int(DefectKind(k).column_class) for k in range(len(DefectKind))])
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,21 @@ def _priors(specimen: Specimen, table: StateTable, states: np.ndarray, p_defect:
     intact = table.kind[np.maximum(states, 0)] == DefectKind.NONE
     prior = np.where(intact, 1.0 - p_defect[:, None], p_defect[:, None] * share[np.maximum(states, 0)])
     return np.where(states >= 0, prior, 0.0)
+
+
+def state_priors(specimen: Specimen, truth: ColumnTruth, defect_rate: float | None = None) -> tuple[np.ndarray, ...]:
+    """The states each planted column's basis site may be in, and their priors: two (n, n_options) arrays.
+
+    States index ``specimen.table`` (padded with -1, prior 0); the prior is the specimen's defect
+    probability at the column, or ``defect_rate`` at every site where given.
+    """
+    if defect_rate is not None and not 0.0 < defect_rate < 1.0:
+        raise ValueError(f"defect_rate must lie strictly between 0 and 1 (got {defect_rate!r})")
+    states = _site_states(specimen.table, truth.kind, truth.species)
+    p_defect = specimen.layout.hotspots.probability(truth.x_nm, truth.y_nm)
+    if defect_rate is not None:
+        p_defect = np.full_like(p_defect, defect_rate)
+    return states, _priors(specimen, specimen.table, states, p_defect)
 
 
 def _patches(frame: SimulatedFrame, row: np.ndarray, col: np.ndarray, half: int) -> tuple[np.ndarray, ...]:
@@ -124,15 +140,8 @@ def site_posteriors(
 
     truth = frame.truth.columns.select(away_from_edge(frame.truth.columns, frame.image.shape, margin_px))
     table = specimen.table
-    states = _site_states(table, truth.kind, truth.species)
-    layout = specimen.layout
+    states, prior = state_priors(specimen, truth, defect_rate)
     thickness = specimen.thickness(truth.x_nm, truth.y_nm)
-    p_defect = layout.hotspots.probability(truth.x_nm, truth.y_nm)
-    if defect_rate is not None and not 0.0 < defect_rate < 1.0:
-        raise ValueError(f"defect_rate must lie strictly between 0 and 1 (got {defect_rate!r})")
-    if defect_rate is not None:
-        p_defect = np.full_like(p_defect, defect_rate)
-    prior = _priors(specimen, table, states, p_defect)
     imaging, px = frame.imaging, frame.pixel_size_nm
     sigma_nm = float(np.sqrt(imaging.probe_sigma_nm**2 + px**2 / 12.0))
     n_e = imaging.electrons_per_pixel(frame.scan.dwell_us) * imaging.detector_efficiency
@@ -146,7 +155,7 @@ def site_posteriors(
         logpost = np.where(prior > 0, loglik + np.log(prior), -np.inf)
     post = np.exp(logpost - logpost.max(axis=1, keepdims=True))
     post /= post.sum(axis=1, keepdims=True)
-    cls = _CLASS_OF_KIND[table.kind[np.maximum(states, 0)]]
+    cls = CLASS_OF_KIND[table.kind[np.maximum(states, 0)]]
     intact_w = table.weight[table.first[table.site[np.maximum(states[:, 0], 0)]]] * thickness
     return SitePosteriors(
         truth.class_id.astype(int),
