@@ -15,8 +15,9 @@ the best pooled recall at precision >= 0.9, per lattice and over all:
 * ``network``: the bundled ensemble's class shares in a Gaussian-weighted disc (sigma one native
   pixel) at the planted position.
 
-Also given: the same on the columns clear of holes and contamination only, and the network's own
-figures at its detections with its best factor (``benchmarks/ideal_observer.py`` computes those).
+Also given: the same on the columns clear of holes and contamination only, and how many planted
+defects none of the network's detections matches (as ``benchmarks/quality.py`` matches them; the
+network's own figures at its detections are ``benchmarks/ideal_observer.py``'s).
 
     python benchmarks/site_evidence.py [--frames 52] [--seed S] [--out F]
 """
@@ -35,7 +36,7 @@ from scipy.spatial import cKDTree
 
 from models.localize import Atoms
 from models.segmenter import Segmenter
-from models.training.evaluate import EVAL_SEED, away_from_edge, eval_specimen_frames
+from models.training.evaluate import EVAL_SEED, away_from_edge, eval_specimen_frames, match_frame
 from models.training.ideal import CLASS_OF_KIND, recall_at_precision, site_posteriors, state_priors
 from simulators import ColumnClass, ColumnTruth, SimulatedFrame, Specimen
 
@@ -111,13 +112,18 @@ def empirical_posteriors(specimen: Specimen, frame: SimulatedFrame) -> tuple[np.
     return vacancy, dopant
 
 
-def network_shares(segmenter: Segmenter, frame: SimulatedFrame, truth: ColumnTruth) -> np.ndarray:
-    """(n, 3) class shares (atom, vacancy, dopant) of the ensemble at the planted positions ``truth``."""
+def network_shares(segmenter: Segmenter, frame: SimulatedFrame, truth: ColumnTruth) -> tuple[np.ndarray, np.ndarray]:
+    """Class shares (atom, vacancy, dopant) of the ensemble at the planted positions ``truth``, (n, 3),
+    and which of those columns none of its detections matches, (n,) bool."""
     seg = segmenter.segment(frame.image, frame.pixel_size_nm)
     row = (truth.row + 0.5) * seg.scale[0] - 0.5
     col = (truth.col + 0.5) * seg.scale[1] - 0.5
     zero = np.zeros(len(truth), np.float32)
-    return np.exp(centre_shares(seg, Atoms(row, col, zero.astype(np.int64), zero, zero, zero)))
+    shares = np.exp(centre_shares(seg, Atoms(row, col, zero.astype(np.int64), zero, zero, zero)))
+    result = match_frame(frame, seg, segmenter.atoms(seg), MARGIN_PX)
+    undetected = np.zeros(len(frame.truth.columns), bool)
+    undetected[result.truth_index[result.truth_match < 0]] = True
+    return shares, undetected[away_from_edge(frame.truth.columns, frame.image.shape, MARGIN_PX)]
 
 
 def _clear(frame: SimulatedFrame, truth: ColumnTruth) -> np.ndarray:
@@ -139,6 +145,7 @@ def _recalls(rows: list[dict[str, np.ndarray]], select: str | None) -> dict[str,
         if positive.any():
             out[name] = {o: recall_at_precision(cat(f"{o}_{name}")[keep], positive, PRECISION)[0] for o in OBSERVERS}
             out[name]["n_planted"] = int(positive.sum())
+            out[name]["n_not_detected_by_the_network"] = int((positive & cat("undetected")[keep]).sum())
     return out
 
 
@@ -155,11 +162,12 @@ def main() -> None:
         ideal = site_posteriors(specimen, frame, MARGIN_PX)
         truth = frame.truth.columns.select(away_from_edge(frame.truth.columns, frame.image.shape, MARGIN_PX))
         vacancy, dopant = empirical_posteriors(specimen, frame)
-        shares = network_shares(segmenter, frame, truth)
+        shares, undetected = network_shares(segmenter, frame, truth)
         rows.setdefault(frame.lattice, []).append(
             {
                 "truth": ideal.truth_class,
                 "clear": _clear(frame, truth),
+                "undetected": undetected,
                 "ideal_vacancy": ideal.vacancy,
                 "ideal_dopant": ideal.dopant,
                 "empirical_vacancy": vacancy,

@@ -81,6 +81,8 @@ _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, c
 _FRAME_SLICE_S = 0.05
 _STOPPED_FRAME_GRACE_S = 1.0
 _URGENT = ("blank", "stop")
+#: The deadline of the server's own blanks: the largest the command schema allows (year 5138).
+_NEVER_UNIX_S = 1e11
 # A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
 # blank the beam under a healthy client.
 MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
@@ -283,7 +285,9 @@ class InstrumentServer:
         """
         if not self._threads:  # never started: no worker to run the blank, so it runs here
             self._stop.set()
-            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}"), own=True)
+            self._execute(
+                BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S), own=True
+            )
         with _held(self._lock, timeout_s=5.0):
             self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
             self._blank_next("stop")
@@ -634,6 +638,7 @@ class InstrumentServer:
         """
         jobs = list(self._jobs)
         kept: list[Job] = jobs[:start]
+        replaced: list[tuple[bytes, Command, Command]] = []  # (client, the one answered busy, the one in its place)
         first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner) -> its place in ``kept``
         for job in jobs[start:]:
             if job is None or job[1].kind not in _URGENT:
@@ -655,13 +660,17 @@ class InstrumentServer:
                 kept[place] = (held_owner, held.model_copy(update={"deadline_unix_s": deadline}))
                 continue
             kept[place] = (live, command.model_copy(update={"deadline_unix_s": deadline}))
+            replaced.append((live, held, command))
+        if len(kept) == len(jobs):
+            return
+        self._jobs.clear()
+        self._jobs.extend(kept)
+        # Answered only now, with the queue whole: an unreachable client is forgotten from within _reply.
+        for client, held, command in replaced:
             self._seen.pop(held.id, None)  # (answered busy: it may be sent again)
             self.stats["replaced_by_a_later_one"] += 1
             reason = f"the {command.kind} {command.id} this client sent after it takes its place in the queue"
-            self._reply(live, encode_ack(Ack.refusal(held, "busy", reason)))
-        if len(kept) < len(jobs):
-            self._jobs.clear()
-            self._jobs.extend(kept)
+            self._reply(client, encode_ack(Ack.refusal(held, "busy", reason)))
 
     def _last_run_start(self) -> int:
         """Where the run of blanks and stops at the end of the queue begins (its length: none there)."""
@@ -683,9 +692,17 @@ class InstrumentServer:
             self._deadman(f"no message from the commanding client for {silent_s:.1f} s")
 
     def _deadman(self, why: str) -> None:
-        """Drop the silent commander's queued commands and blank the beam (once per silence)."""
+        """Drop the silent commander's queued moves and blank the beam (once per silence).
+
+        Its queued blanks and stops keep their places: dropped, an unblank of another client queued
+        before one of them would run after the server's own blank, which goes to the front.
+        """
         lost, self._commander = self._commander, None
-        self._drop_jobs(lambda identity, _: identity == lost, "dropped_by_deadman")
+
+        def a_move_of_the_lost(owner: bytes | None, command: Command) -> bool:
+            return owner == lost and command.kind not in _URGENT
+
+        self._drop_jobs(a_move_of_the_lost, "dropped_by_deadman")
         self._fold_urgent_runs()  # (blanks and stops its commands kept apart may now wait side by side)
         if self.deadman_s is None:
             return
@@ -718,9 +735,12 @@ class InstrumentServer:
     def _blank_next(self, why: str) -> None:
         """Queue the server's own blank ahead of every queued job.
 
-        Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.
+        Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.  It has no
+        deadline (the largest the schema allows): a driver busy for longer than a client's deadline
+        would otherwise refuse it as expired.
         """
-        self._jobs.appendleft((None, BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}")))
+        own = BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S)
+        self._jobs.appendleft((None, own))
         self._wake_worker()
 
     def _enqueue(self, job: Job) -> None:

@@ -1,0 +1,85 @@
+"""The instrument server's job queue under orderings too narrow to set up over the wire.
+
+A real server (sockets bound, not started: no worker takes jobs off the queue) and a real in-memory
+instrument; clients are registered as the server registers them on arrival.  The beam's end state is
+read off the queue in order, as the worker would carry it out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from drivers.base import BlankCommand, ScanCommand, SetTiltCommand, UnblankCommand
+from drivers.memory import InMemoryDriver
+from drivers.server import InstrumentServer, _Client
+
+
+@pytest.fixture
+def server() -> Iterator[InstrumentServer]:
+    s = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", max_jobs_per_client=2, deadman_s=2.0)
+    yield s
+    s.stop()
+
+
+def _register(server: InstrumentServer, identity: bytes) -> None:
+    client = _Client(time.monotonic())
+    client.welcomed = True
+    server._clients[identity] = client
+
+
+def _queue(server: InstrumentServer) -> list[tuple[bytes | None, str]]:
+    return [(job[0], job[1].kind) for job in server._jobs if job is not None]
+
+
+def _beam_ends_blanked(server: InstrumentServer) -> bool:
+    blanked = False
+    for _, kind in _queue(server):
+        blanked = kind in ("blank", "stop") or (blanked and kind != "unblank")
+    return blanked
+
+
+def test_a_busy_answer_to_an_unreachable_client_does_not_bring_back_its_dropped_moves(server):
+    _register(server, b"A")  # (no such peer on the socket: every reply to it fails, and it is forgotten)
+    server._accept(b"A", UnblankCommand())
+    server._accept(b"A", ScanCommand(x_nm=0, y_nm=0, fov_nm=10, rows=8, cols=8, dwell_us=1))
+    server._accept(b"A", BlankCommand())  # beyond the bound: taken
+    server._accept(b"A", BlankCommand())  # folded; the busy answer fails and A is forgotten meanwhile
+    assert b"A" not in server._clients
+    assert [kind for _, kind in _queue(server)] == ["blank"]  # its unblank and scan stay dropped
+
+
+def test_the_dead_man_keeps_the_silent_clients_blank_after_another_clients_unblank(server):
+    for identity in (b"A", b"B"):
+        _register(server, identity)
+    server._accept(b"B", UnblankCommand())
+    server._accept(b"A", BlankCommand())
+    server._accept(b"A", SetTiltCommand(tilt_deg=1.0))  # A commands, then falls silent
+    assert _beam_ends_blanked(server)
+    server._deadman("A silent")
+    assert _queue(server) == [(None, "blank"), (b"B", "unblank"), (b"A", "blank")]
+    assert _beam_ends_blanked(server)
+
+
+def test_a_client_saying_bye_keeps_its_blank_with_the_dead_man_off():
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", deadman_s=None)
+    try:
+        _register(server, b"A")
+        server._accept(b"A", BlankCommand())
+        server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
+        server._forget(b"A")  # what a bye from the commanding client does, in order
+        server._deadman("the commanding client said bye")
+        assert _queue(server) == [(b"A", "blank")]
+    finally:
+        server.stop()
+
+
+def test_the_servers_own_blank_is_carried_out_however_long_it_waited(server, monkeypatch):
+    server._blank_next("deadman")
+    _, own = server._jobs[0]
+    hour_later = time.time() + 3600.0  # (behind a driver call that took an hour)
+    monkeypatch.setattr(time, "time", lambda: hour_later)
+    ack = server._execute(own, own=True)
+    assert ack.accepted and server.driver.state.blanked
