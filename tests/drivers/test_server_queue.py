@@ -11,8 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from drivers.base import BlankCommand, ScanCommand, SetTiltCommand, UnblankCommand
+from drivers.base import BlankCommand, ScanCommand, SetTiltCommand, StopCommand, UnblankCommand
 from drivers.memory import InMemoryDriver
 from drivers.server import InstrumentServer, _Client
 
@@ -83,3 +85,80 @@ def test_the_servers_own_blank_is_carried_out_however_long_it_waited(server, mon
     monkeypatch.setattr(time, "time", lambda: hour_later)
     ack = server._execute(own, own=True)
     assert ack.accepted and server.driver.state.blanked
+
+
+_KINDS = {"blank": BlankCommand, "stop": StopCommand, "unblank": UnblankCommand}
+_CLIENTS = (b"A", b"B")
+_OPS = st.one_of(
+    st.tuples(st.just("send"), st.sampled_from(_CLIENTS), st.sampled_from(["blank", "stop", "unblank", "tilt"])),
+    st.tuples(st.just("run"), st.none(), st.none()),
+    st.tuples(st.sampled_from(["forget", "deadman"]), st.sampled_from(_CLIENTS), st.none()),
+)
+
+
+def _over_the_bound(server: InstrumentServer) -> int:
+    """The most by which a live client's waiting jobs exceed the bound, not counting one blank and one stop per run.
+
+    A run is a stretch of consecutive blanks and stops in the queue; beyond the first of its kind in a run,
+    a client's blanks and stops count against the bound as its other commands do.
+    """
+    counted = dict.fromkeys(server._clients, 0)
+    seen: set[tuple[bytes, str]] = set()
+    for job in server._jobs:
+        if job is None or job[1].kind not in ("blank", "stop"):
+            seen.clear()
+        if job is None or job[0] not in counted:
+            continue
+        key = (job[0], job[1].kind)
+        counted[job[0]] += key in seen or job[1].kind not in ("blank", "stop")
+        seen.add(key)
+    return max([n - server.max_jobs_per_client for n in counted.values()], default=0)
+
+
+def _carry_out(server: InstrumentServer, ops: list[tuple[str, bytes | None, str | None]]) -> tuple[bool, str, int]:
+    """Apply ``ops`` in order (``run``: the worker carries out the job at the front), then the rest of the queue.
+
+    Returns whether the beam ends blanked, the kind of the last blank, stop or unblank the server took
+    (``""``: none), and the most :func:`_over_the_bound` after any op.
+    """
+    blanked, last, over = False, "", 0
+
+    def run_front() -> None:
+        nonlocal blanked
+        job = server._jobs.popleft()
+        if job is not None and job[1].kind in _KINDS:
+            blanked = job[1].kind != "unblank"
+
+    for op, client, kind in ops:
+        if op == "send" and client is not None and kind is not None:
+            if client not in server._clients:
+                _register(server, client)
+            command = _KINDS[kind]() if kind in _KINDS else SetTiltCommand(tilt_deg=1.0)
+            server._accept(client, command)
+            taken = any(job is not None and job[1].id == command.id for job in server._jobs)
+            last = kind if taken and kind in _KINDS else last
+        elif op == "run" and server._jobs:
+            run_front()
+        elif op == "forget" and client is not None:
+            server._forget(client)
+        elif op == "deadman" and client is not None:
+            server._commander = client
+            server._deadman("silent")
+        over = max(over, _over_the_bound(server))
+    while server._jobs:
+        run_front()
+    return blanked, last, over
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_OPS, max_size=14))
+def test_the_beam_ends_as_the_last_blank_or_stop_taken_asked_and_the_queue_stays_bounded(ops):
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", max_jobs_per_client=2, deadman_s=2.0)
+    server._reply = lambda identity, parts, track=False: None  # type: ignore[method-assign]  # (no peers)
+    try:
+        blanked, last, over = _carry_out(server, ops)
+    finally:
+        server.stop()
+    if last in ("blank", "stop"):
+        assert blanked
+    assert over <= 0
