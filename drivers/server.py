@@ -11,15 +11,16 @@ shared under one lock that is never held while waiting: the threads wait on the
 command socket's descriptor, outside it.
 
 Commands are checked on arrival: bad messages get an ``error`` reply naming the
-violation, duplicates (by id) and expired commands (past their deadline) get a
-refusing ``ack``; none of them reaches the driver.  An accepted scan is answered
+violation, duplicates (by id) and expired commands (past their deadline; never a
+``blank`` or ``stop``) get a refusing ``ack``; none of them reaches the driver.  An accepted scan is answered
 by an ``ack`` and then its frame, sent zero-copy, also published on the PUB
 socket for passive observers.
 
 A dead-man timer protects the specimen from an agent that dies or freezes: once
 a client has commanded anything but ``blank``/``stop``, it must be heard from
 (heartbeats count) at least every ``deadman_s``; if it falls silent or says
-``bye``, its queued commands are dropped and the beam is blanked.
+``bye``, its queued commands but its blanks and stops are dropped, every waiting ``unblank`` is
+refused, and the beam is blanked.  A ``blank`` or ``stop`` never expires.
 """
 
 from __future__ import annotations
@@ -163,10 +164,11 @@ class InstrumentServer:
         ``busy``, so a client sending faster than the instrument works cannot grow the server's memory
         without bound.  A ``blank`` or ``stop`` beyond it is always taken: where it waits beside the
         client's own waiting one of the same kind (only blanks and stops between them), the two become
-        one in the earlier place, with the newer command and the later deadline, and the older is
-        answered ``busy``.  Those of gone clients (and the server's own) fold likewise, also when the
-        commands that kept them apart are dropped.  So a client holds at most ``max_jobs_per_client``
-        commands plus one blank and one stop between any two other waiting commands.
+        one in the earlier place, holding the newer command, and the older is answered ``busy``; so
+        again when the commands that kept them apart are dropped, while the client holds more than the
+        bound.  Those of gone clients (and the server's own) fold likewise.  So a client holds at most
+        ``max_jobs_per_client`` commands plus one blank and one stop between any two other waiting
+        commands, and one within the bound is never answered ``busy``.
     """
 
     def __init__(
@@ -285,9 +287,7 @@ class InstrumentServer:
         """
         if not self._threads:  # never started: no worker to run the blank, so it runs here
             self._stop.set()
-            self._execute(
-                BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S), own=True
-            )
+            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S))
         with _held(self._lock, timeout_s=5.0):
             self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
             self._blank_next("stop")
@@ -342,7 +342,7 @@ class InstrumentServer:
 
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
-        ack = self._execute(command, own=identity is None)
+        ack = self._execute(command)
         if not (ack.accepted and isinstance(command, ScanCommand)):
             self._post(identity, command.id, ack)
             return
@@ -371,12 +371,15 @@ class InstrumentServer:
                 logger.exception("the answer to %s could not be sent", command_id)
             self._drain_router()  # sending may have taken the descriptor's signal of what came meanwhile
 
-    def _execute(self, command: Command, own: bool = False) -> Ack:
+    def _execute(self, command: Command) -> Ack:
         """Run one command on the driver; whatever the driver raises becomes a refusal (the worker lives on).
 
-        ``own``: the server's own command (the dead-man's blank), which never expires.
+        A ``blank`` or ``stop`` never expires: however long it waited, running it late is safe and not
+        running it is not, so the driver gets it without a deadline.
         """
-        if not own and time.time() > command.deadline_unix_s:
+        if command.kind in _URGENT:
+            command = command.model_copy(update={"deadline_unix_s": _NEVER_UNIX_S})
+        elif time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
             return Ack.refusal(command, "expired", "deadline passed while queued")
         try:
@@ -615,7 +618,7 @@ class InstrumentServer:
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:
             self._seen.popitem(last=False)
-        if time.time() > command.deadline_unix_s:
+        if command.kind not in _URGENT and time.time() > command.deadline_unix_s:  # (a blank or stop never expires)
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
@@ -629,14 +632,16 @@ class InstrumentServer:
         """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each (under the lock).
 
         Within a run of queued jobs that are all blanks and stops (from ``start`` on, which must begin
-        a run), order does not matter: both are idempotent and neither undoes the other.  So each
-        kind keeps one place per client there, the earliest, with the client's newest command and the
-        latest deadline of those folded into it (a blank may run late, never not at all); the client's
-        older ones are answered ``busy``.  The jobs of gone clients and the server's own fold likewise
-        into the earliest such job of their kind, without an answer.  This bounds a client's blanks and
-        stops to one of each between any two of the other waiting commands.
+        a run), order does not matter: both are idempotent, neither undoes the other, and neither
+        expires.  So for a client holding more than ``max_jobs_per_client`` jobs, each kind keeps one
+        place in the run, the earliest, with the client's newest command; its older ones are answered
+        ``busy``.  The jobs of gone clients and the server's own fold likewise into the earliest such
+        job of their kind, without an answer.  A client within the bound is left as it is.  This bounds
+        a client's blanks and stops beyond the bound to one of each between any two other waiting
+        commands.
         """
         jobs = list(self._jobs)
+        over = {c for c in self._clients if self._queued_for(c) > self.max_jobs_per_client}
         kept: list[Job] = jobs[:start]
         replaced: list[tuple[bytes, Command, Command]] = []  # (client, the one answered busy, the one in its place)
         first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner) -> its place in ``kept``
@@ -648,18 +653,16 @@ class InstrumentServer:
             owner, command = job
             live = owner if owner is not None and owner in self._clients else None
             key = (command.kind, live)
-            if key not in first:
-                first[key] = len(kept)
+            if key not in first or (live is not None and live not in over):
+                first.setdefault(key, len(kept))
                 kept.append(job)
                 continue
             place = first[key]
-            held_owner, held = kept[place]  # type: ignore[misc]
-            deadline = max(held.deadline_unix_s, command.deadline_unix_s)
             if live is None:  # nobody waits for an answer
                 self.stats["folded_without_an_owner"] += 1
-                kept[place] = (held_owner, held.model_copy(update={"deadline_unix_s": deadline}))
                 continue
-            kept[place] = (live, command.model_copy(update={"deadline_unix_s": deadline}))
+            held = kept[place][1]  # type: ignore[index]
+            kept[place] = (live, command)
             replaced.append((live, held, command))
         if len(kept) == len(jobs):
             return
@@ -695,7 +698,9 @@ class InstrumentServer:
         """Drop the silent commander's queued moves and blank the beam (once per silence).
 
         Its queued blanks and stops keep their places: dropped, an unblank of another client queued
-        before one of them would run after the server's own blank, which goes to the front.
+        before one of them would run after the server's own blank, which goes to the front.  Every
+        unblank waiting (any client's) is refused: run after the server's blank, it would leave the beam
+        on with no commander left to watch it.
         """
         lost, self._commander = self._commander, None
 
@@ -708,7 +713,13 @@ class InstrumentServer:
             return
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
+        unblanks = [job for job in self._jobs if job is not None and job[1].kind == "unblank"]
+        self._drop_jobs(lambda _owner, command: command.kind == "unblank", "unblanks_refused_by_deadman")
         self._blank_next("deadman")
+        reason = "the server blanked the beam (dead-man) after this unblank was queued: not carried out"
+        for owner, command in unblanks:  # (answered with the queue whole: a reply may forget its client)
+            if owner is not None:
+                self._reply(owner, encode_ack(Ack.refusal(command, "refused", reason)))
 
     def _forget(self, identity: bytes) -> None:
         """A client gone (silent, said bye, unreachable): drop its queued moves, keep its blanks and stops.

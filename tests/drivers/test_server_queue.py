@@ -61,7 +61,7 @@ def test_the_dead_man_keeps_the_silent_clients_blank_after_another_clients_unbla
     server._accept(b"A", SetTiltCommand(tilt_deg=1.0))  # A commands, then falls silent
     assert _beam_ends_blanked(server)
     server._deadman("A silent")
-    assert _queue(server) == [(None, "blank"), (b"B", "unblank"), (b"A", "blank")]
+    assert _queue(server) == [(None, "blank"), (b"A", "blank")]  # (B's unblank refused: it came before)
     assert _beam_ends_blanked(server)
 
 
@@ -83,8 +83,57 @@ def test_the_servers_own_blank_is_carried_out_however_long_it_waited(server, mon
     _, own = server._jobs[0]
     hour_later = time.time() + 3600.0  # (behind a driver call that took an hour)
     monkeypatch.setattr(time, "time", lambda: hour_later)
-    ack = server._execute(own, own=True)
+    ack = server._execute(own)
     assert ack.accepted and server.driver.state.blanked
+
+
+def _answers(server: InstrumentServer) -> list[tuple[bytes, str]]:
+    """Record the (client, code) of every ack the server sends from now on."""
+    import json
+
+    sent: list[tuple[bytes, str]] = []
+
+    def reply(identity: bytes, parts: list, track: bool = False) -> None:
+        body = json.loads(bytes(parts[0]))
+        if body.get("type") == "ack":
+            sent.append((identity, body["ack"]["code"]))
+
+    server._reply = reply  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_clients_blank_is_carried_out_however_long_it_waited_or_late_it_came(server, monkeypatch):
+    _register(server, b"A")
+    server._accept(b"A", BlankCommand(deadline_unix_s=time.time() - 1.0))  # late already: taken all the same
+    server._accept(b"A", StopCommand(deadline_unix_s=time.time() + 0.5))
+    assert [kind for _, kind in _queue(server)] == ["blank", "stop"]
+    hour_later = time.time() + 3600.0
+    monkeypatch.setattr(time, "time", lambda: hour_later)
+    acks = [server._execute(job[1]) for job in server._jobs if job is not None]
+    assert all(ack.accepted for ack in acks) and server.driver.state.blanked
+
+
+def test_the_dead_man_refuses_every_waiting_unblank(server):
+    for identity in (b"A", b"B"):
+        _register(server, identity)
+    sent = _answers(server)
+    server._accept(b"B", UnblankCommand())
+    server._accept(b"A", SetTiltCommand(tilt_deg=1.0))  # A commands, then falls silent
+    server._deadman("A silent")
+    assert _queue(server) == [(None, "blank")]  # B's unblank would have run after it: the beam stays blanked
+    assert (b"B", "refused") in sent
+
+
+def test_a_client_within_the_bound_is_not_answered_busy_when_its_blanks_come_to_wait_side_by_side(server):
+    server.max_jobs_per_client = 3
+    for identity in (b"A", b"B"):
+        _register(server, identity)
+    sent = _answers(server)
+    server._accept(b"A", BlankCommand())
+    server._accept(b"B", SetTiltCommand(tilt_deg=1.0))
+    server._accept(b"A", BlankCommand())
+    server._forget(b"B")
+    assert _queue(server) == [(b"A", "blank"), (b"A", "blank")] and not [s for s in sent if s[1] == "busy"]
 
 
 _KINDS = {"blank": BlankCommand, "stop": StopCommand, "unblank": UnblankCommand}
@@ -144,6 +193,7 @@ def _carry_out(server: InstrumentServer, ops: list[tuple[str, bytes | None, str 
         elif op == "deadman" and client is not None:
             server._commander = client
             server._deadman("silent")
+            last = "blank"  # (the server's own)
         over = max(over, _over_the_bound(server))
     while server._jobs:
         run_front()
