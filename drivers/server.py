@@ -169,6 +169,9 @@ class InstrumentServer:
         bound.  Those of gone clients (and the server's own) fold likewise.  So a client holds at most
         ``max_jobs_per_client`` commands plus one blank and one stop between any two other waiting
         commands, and one within the bound is never answered ``busy``.
+    max_jobs_total
+        Commands of all clients waiting for the driver, beyond which any client's (but a ``blank`` or
+        ``stop``) are refused with ``busy``: every new connection is a client of its own.
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class InstrumentServer:
         max_frame_bytes_per_client: int = 256 * 2**20,
         max_queued_per_observer: int = 16,
         max_jobs_per_client: int = 1024,
+        max_jobs_total: int = 8192,
     ) -> None:
         for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -198,8 +202,9 @@ class InstrumentServer:
             raise ValueError(
                 f"deadman_s={deadman_s:g} is shorter than a client can keep alive ({MIN_DEADMAN_S:g} s at least)"
             )
-        if max_jobs_per_client < 1:
-            raise ValueError(f"max_jobs_per_client must be at least 1 (got {max_jobs_per_client!r})")
+        for name, bound in (("max_jobs_per_client", max_jobs_per_client), ("max_jobs_total", max_jobs_total)):
+            if bound < 1:
+                raise ValueError(f"{name} must be at least 1 (got {bound!r})")
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
         self.driver = driver
@@ -207,6 +212,7 @@ class InstrumentServer:
         self.frame_timeout_s = frame_timeout_s
         self.max_frame_bytes_per_client = max_frame_bytes_per_client
         self.max_jobs_per_client = max_jobs_per_client
+        self.max_jobs_total = max_jobs_total
         self.stats: Counter[str] = Counter()
         self._ctx = zmq.Context()
         self._auth: Any = None
@@ -237,8 +243,9 @@ class InstrumentServer:
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
         self.deadman_s = deadman_s
-        self._commander: bytes | None = None  # the client whose commands left the beam on, if any
-        self._commander_seen = 0.0  # when it was last heard from (kept even once the client is forgotten)
+        #: The clients whose commands may leave the beam on, and when each was last heard from (monotonic;
+        #: kept once the client is forgotten, until the dead-man has blanked for it).
+        self._armed: dict[bytes, float] = {}
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
 
@@ -520,8 +527,8 @@ class InstrumentServer:
             return
         identity, body = parts[0], parts[1:]
         self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
-        if identity == self._commander:
-            self._commander_seen = time.monotonic()
+        if identity in self._armed:
+            self._armed[identity] = time.monotonic()
         try:
             self._handle(identity, body)
         except Exception:  # a bug must not end the thread reading: log it, count it, keep serving
@@ -558,9 +565,7 @@ class InstrumentServer:
                 self.stats["heartbeats_in"] += 1
                 self._keep_echo(identity, obj.get("t"))
             elif kind == "bye":
-                self._forget(identity)
-                if identity == self._commander:
-                    self._deadman("the commanding client said bye")
+                self._said_bye(identity)
             elif kind == "command":
                 if not self._clients[identity].welcomed:  # a client must learn the limits first
                     raise ProtocolError("hello_first", "no hello on this connection (or forgotten since): not accepted")
@@ -610,9 +615,10 @@ class InstrumentServer:
             self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
             return
         full = self._queued_for(identity) >= self.max_jobs_per_client
-        if full and command.kind not in _URGENT:
+        if (full or len(self._jobs) >= self.max_jobs_total) and command.kind not in _URGENT:
             self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
-            reason = f"{self.max_jobs_per_client} commands of this client are waiting for the instrument already"
+            waiting = f"{self.max_jobs_per_client} commands of this client" if full else f"{len(self._jobs)} commands"
+            reason = f"{waiting} are waiting for the instrument already"
             self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
             return
         self._seen[command.id] = None
@@ -622,8 +628,10 @@ class InstrumentServer:
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
-        self._commander = None if command.kind in _URGENT else identity
-        self._commander_seen = time.monotonic()
+        if command.kind in _URGENT:  # (run after everything taken before it: the beam will end blanked)
+            self._armed.clear()
+        elif self.deadman_s is not None:
+            self._armed[identity] = time.monotonic()
         self._enqueue((identity, command))
         if full:  # (a blank or stop: always taken, folded into its like where it waits beside one)
             self._fold_urgent_runs(self._last_run_start())
@@ -641,7 +649,8 @@ class InstrumentServer:
         commands.
         """
         jobs = list(self._jobs)
-        over = {c for c in self._clients if self._queued_for(c) > self.max_jobs_per_client}
+        held_by = Counter(job[0] for job in jobs if job is not None)
+        over = {c for c in self._clients if held_by[c] > self.max_jobs_per_client}
         kept: list[Job] = jobs[:start]
         replaced: list[tuple[bytes, Command, Command]] = []  # (client, the one answered busy, the one in its place)
         first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner) -> its place in ``kept``
@@ -688,37 +697,44 @@ class InstrumentServer:
 
     # -- dead-man timer -----------------------------------------------------------------------------
     def _check_deadman(self) -> None:
-        if self.deadman_s is None or self._commander is None:
-            return
-        silent_s = time.monotonic() - self._commander_seen
-        if silent_s > self.deadman_s:
-            self._deadman(f"no message from the commanding client for {silent_s:.1f} s")
-
-    def _deadman(self, why: str) -> None:
-        """Drop the silent commander's queued moves and blank the beam (once per silence).
-
-        Its queued blanks and stops keep their places: dropped, an unblank of another client queued
-        before one of them would run after the server's own blank, which goes to the front.  Every
-        unblank waiting (any client's) is refused: run after the server's blank, it would leave the beam
-        on with no commander left to watch it.
-        """
-        lost, self._commander = self._commander, None
-
-        def a_move_of_the_lost(owner: bytes | None, command: Command) -> bool:
-            return owner == lost and command.kind not in _URGENT
-
-        self._drop_jobs(a_move_of_the_lost, "dropped_by_deadman")
-        self._fold_urgent_runs()  # (blanks and stops its commands kept apart may now wait side by side)
         if self.deadman_s is None:
             return
-        self.stats["deadman_blanks"] += 1
-        logger.warning("dead-man timer: %s; blanking the beam", why)
-        unblanks = [job for job in self._jobs if job is not None and job[1].kind == "unblank"]
-        self._drop_jobs(lambda _owner, command: command.kind == "unblank", "unblanks_refused_by_deadman")
-        self._blank_next("deadman")
-        reason = "the server blanked the beam (dead-man) after this unblank was queued: not carried out"
-        for owner, command in unblanks:  # (answered with the queue whole: a reply may forget its client)
-            if owner is not None:
+        now = time.monotonic()
+        for identity, seen in list(self._armed.items()):
+            if now - seen > self.deadman_s:
+                self._deadman(identity, f"no message from a commanding client for {now - seen:.1f} s")
+
+    def _said_bye(self, identity: bytes) -> None:
+        """A client said ``bye``: forget it, and blank the beam if its commands may have left it on."""
+        self._forget(identity)
+        if identity in self._armed:
+            self._deadman(identity, "a commanding client said bye")
+
+    def _deadman(self, lost: bytes, why: str) -> None:
+        """Blank the beam for a commanding client gone silent (or saying ``bye``).
+
+        Its queued moves are dropped (answered ``refused`` where it is still registered); its blanks and
+        stops keep their places: dropped, an unblank of another client queued before one of them would
+        run after the server's own blank, which goes to the front.  Every unblank waiting (any client's)
+        is refused too: run after the server's blank, it would leave the beam on unwatched.  With the
+        dead-man off, only the moves are dropped.
+        """
+        self._armed.pop(lost, None)
+
+        def dropped(owner: bytes | None, command: Command) -> bool:
+            moved = owner == lost and command.kind not in _URGENT
+            return moved or (self.deadman_s is not None and command.kind == "unblank")
+
+        refused = [job for job in self._jobs if job is not None and dropped(*job)]
+        self._drop_jobs(dropped, "dropped_by_deadman")
+        self._fold_urgent_runs()  # (blanks and stops the dropped commands kept apart may now wait side by side)
+        if self.deadman_s is not None:
+            self.stats["deadman_blanks"] += 1
+            logger.warning("dead-man timer: %s; blanking the beam", why)
+            self._blank_next("deadman")
+        reason = f"the server blanked the beam (dead-man: {why}) after this command was queued: not carried out"
+        for owner, command in refused:  # (answered with the queue whole: a reply may forget its client)
+            if owner is not None and owner in self._clients:
                 self._reply(owner, encode_ack(Ack.refusal(command, "refused", reason)))
 
     def _forget(self, identity: bytes) -> None:

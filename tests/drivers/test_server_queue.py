@@ -60,8 +60,10 @@ def test_the_dead_man_keeps_the_silent_clients_blank_after_another_clients_unbla
     server._accept(b"A", BlankCommand())
     server._accept(b"A", SetTiltCommand(tilt_deg=1.0))  # A commands, then falls silent
     assert _beam_ends_blanked(server)
-    server._deadman("A silent")
-    assert _queue(server) == [(None, "blank"), (b"A", "blank")]  # (B's unblank refused: it came before)
+    server._deadman(b"A", "A silent")
+    # B's unblank is refused (it came before); A's blank may fold into the server's (A, unreachable here,
+    # is forgotten when told of its dropped tilt).
+    assert _queue(server)[0] == (None, "blank") and "unblank" not in [kind for _, kind in _queue(server)]
     assert _beam_ends_blanked(server)
 
 
@@ -71,8 +73,7 @@ def test_a_client_saying_bye_keeps_its_blank_with_the_dead_man_off():
         _register(server, b"A")
         server._accept(b"A", BlankCommand())
         server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
-        server._forget(b"A")  # what a bye from the commanding client does, in order
-        server._deadman("the commanding client said bye")
+        server._said_bye(b"A")
         assert _queue(server) == [(b"A", "blank")]
     finally:
         server.stop()
@@ -119,7 +120,7 @@ def test_the_dead_man_refuses_every_waiting_unblank(server):
     sent = _answers(server)
     server._accept(b"B", UnblankCommand())
     server._accept(b"A", SetTiltCommand(tilt_deg=1.0))  # A commands, then falls silent
-    server._deadman("A silent")
+    server._deadman(b"A", "A silent")
     assert _queue(server) == [(None, "blank")]  # B's unblank would have run after it: the beam stays blanked
     assert (b"B", "refused") in sent
 
@@ -191,8 +192,7 @@ def _carry_out(server: InstrumentServer, ops: list[tuple[str, bytes | None, str 
         elif op == "forget" and client is not None:
             server._forget(client)
         elif op == "deadman" and client is not None:
-            server._commander = client
-            server._deadman("silent")
+            server._deadman(client, "silent")
             last = "blank"  # (the server's own)
         over = max(over, _over_the_bound(server))
     while server._jobs:
@@ -212,3 +212,57 @@ def test_the_beam_ends_as_the_last_blank_or_stop_taken_asked_and_the_queue_stays
     if last in ("blank", "stop"):
         assert blanked
     assert over <= 0
+
+
+def test_the_dead_man_answers_the_commands_it_drops_of_a_client_still_connected(server):
+    _register(server, b"A")
+    sent = _answers(server)
+    server._accept(b"A", UnblankCommand())
+    server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
+    server._check_deadman()  # (not silent yet)
+    assert not sent
+    server._armed[b"A"] -= 10.0  # silent for 10 s, still registered (not yet forgotten)
+    server._check_deadman()
+    assert sent == [(b"A", "refused"), (b"A", "refused")] and _queue(server) == [(None, "blank")]
+
+
+def test_another_client_commanding_does_not_take_the_watch_over_the_first(server):
+    for identity in (b"A", b"B"):
+        _register(server, identity)
+    server._accept(b"A", UnblankCommand())
+    server._accept(b"A", ScanCommand(x_nm=0, y_nm=0, fov_nm=10, rows=8, cols=8, dwell_us=1))
+    server._jobs.clear()  # (carried out: the beam is on)
+    server._accept(b"B", SetTiltCommand(tilt_deg=1.0))
+    server._forget(b"A")  # A dies: forgotten, then silent past the dead-man time
+    server._armed[b"A"] -= 10.0
+    server._check_deadman()
+    assert _queue(server)[0] == (None, "blank") and server.stats["deadman_blanks"] == 1
+
+
+def test_blanks_an_unblank_kept_apart_fold_once_the_dead_man_refuses_it(server):
+    for identity in (b"A", b"B"):
+        _register(server, identity)
+    sent = _answers(server)  # (both clients stay reachable)
+    server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
+    server._accept(b"A", SetTiltCommand(tilt_deg=2.0))  # A at its bound (2)
+    server._accept(b"A", BlankCommand())
+    server._accept(b"B", UnblankCommand())
+    server._accept(b"A", BlankCommand())
+    server._accept(b"B", SetTiltCommand(tilt_deg=3.0))
+    server._deadman(b"B", "B silent")
+    assert [kind for owner, kind in _queue(server) if owner == b"A"] == ["set_tilt", "set_tilt", "blank"]
+    assert (b"A", "busy") in sent and (b"B", "refused") in sent
+
+
+def test_the_queue_as_a_whole_is_bounded_too():
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", max_jobs_per_client=4, max_jobs_total=6)
+    try:
+        sent = _answers(server)
+        for identity in (b"A", b"B"):
+            _register(server, identity)
+            for _ in range(4):
+                server._accept(identity, SetTiltCommand(tilt_deg=1.0))
+        server._accept(b"B", BlankCommand())  # (a blank is always taken)
+        assert len(server._jobs) == 7 and sent.count((b"B", "busy")) == 2 and (b"A", "busy") not in sent
+    finally:
+        server.stop()
