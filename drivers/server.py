@@ -19,8 +19,9 @@ socket for passive observers.
 A dead-man timer protects the specimen from an agent that dies or freezes: once
 a client has commanded anything but ``blank``/``stop``, it must be heard from
 (heartbeats count) at least every ``deadman_s``; if it falls silent or says
-``bye``, its queued commands but its blanks and stops are dropped, every waiting ``unblank`` is
-refused, and the beam is blanked.  A ``blank`` or ``stop`` never expires.
+``bye``, its queued commands but its blanks and stops are dropped and the beam is blanked.  Each
+such client is watched on its own until a blank or stop taken after its last command has worked.  A
+``blank`` or ``stop`` never expires.
 """
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ class InstrumentServer:
     curve, insecure
         CURVE keys (required to bind a non-loopback address unless ``insecure``).
     deadman_s
-        Blank the beam when the client that last commanded it has been silent this long (``None``: never).
+        Blank the beam when a client whose commands may have left it on has been silent this long
+        (``None``: never).  Each such client is watched until a blank or stop taken after its last
+        command has worked.
     max_queued_per_client
         Replies (acks, heartbeats, frames) held for one client before further ones are dropped and
         counted (the ROUTER's send high-water mark; libzmq's default).  It counts messages, not bytes:
@@ -168,7 +171,7 @@ class InstrumentServer:
         again when the commands that kept them apart are dropped, while the client holds more than the
         bound.  Those of gone clients (and the server's own) fold likewise.  So a client holds at most
         ``max_jobs_per_client`` commands plus one blank and one stop between any two other waiting
-        commands, and one within the bound is never answered ``busy``.
+        commands, and one within the bound is answered ``busy`` only beyond ``max_jobs_total``.
     max_jobs_total
         Commands of all clients waiting for the driver, beyond which any client's (but a ``blank`` or
         ``stop``) are refused with ``busy``: every new connection is a client of its own.
@@ -246,6 +249,13 @@ class InstrumentServer:
         #: The clients whose commands may leave the beam on, and when each was last heard from (monotonic;
         #: kept once the client is forgotten, until the dead-man has blanked for it).
         self._armed: dict[bytes, float] = {}
+        #: The order in which commands were taken: for each watched client, its latest command's number,
+        #: and for each waiting blank or stop of a client, its own.  A blank or stop carried out ends the
+        #: watch of the clients armed before it was taken (everything taken before it has run or been
+        #: refused); one that fails ends nothing.
+        self._taken = 0
+        self._armed_at: dict[bytes, int] = {}
+        self._blank_taken_at: dict[str, int] = {}
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
 
@@ -297,6 +307,7 @@ class InstrumentServer:
             self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S))
         with _held(self._lock, timeout_s=5.0):
             self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
+            self._blank_taken_at.clear()
             self._blank_next("stop")
             self._jobs.append(None)  # the worker runs the blank, then ends here
             self._stop.set()
@@ -350,6 +361,9 @@ class InstrumentServer:
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
         ack = self._execute(command)
+        if command.kind in _URGENT:
+            with self._lock:
+                self._blank_carried_out(command, ack.accepted)
         if not (ack.accepted and isinstance(command, ScanCommand)):
             self._post(identity, command.id, ack)
             return
@@ -628,32 +642,46 @@ class InstrumentServer:
             self.stats["expired"] += 1
             self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
             return
-        if command.kind in _URGENT:  # (run after everything taken before it: the beam will end blanked)
-            self._armed.clear()
+        self._taken += 1
+        if command.kind in _URGENT:
+            self._blank_taken_at[command.id] = self._taken
         elif self.deadman_s is not None:
-            self._armed[identity] = time.monotonic()
+            self._armed[identity], self._armed_at[identity] = time.monotonic(), self._taken
         self._enqueue((identity, command))
-        if full:  # (a blank or stop: always taken, folded into its like where it waits beside one)
-            self._fold_urgent_runs(self._last_run_start())
+        across = len(self._jobs) > self.max_jobs_total
+        if full or across:  # (a blank or stop: always taken, folded into its like where it waits beside one)
+            self._fold_urgent_runs(self._last_run_start(), across)
 
-    def _fold_urgent_runs(self, start: int = 0) -> None:
+    def _blank_carried_out(self, command: Command, accepted: bool) -> None:
+        """A blank or stop has run (under the lock): if it worked, end the watch of the clients armed before it."""
+        taken = self._blank_taken_at.pop(command.id, None)
+        if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
+            return
+        for identity, armed in list(self._armed_at.items()):
+            if armed < taken:
+                del self._armed_at[identity]
+                self._armed.pop(identity, None)
+
+    def _fold_urgent_runs(self, start: int = 0, across: bool = False) -> None:
         """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each (under the lock).
 
         Within a run of queued jobs that are all blanks and stops (from ``start`` on, which must begin
         a run), order does not matter: both are idempotent, neither undoes the other, and neither
-        expires.  So for a client holding more than ``max_jobs_per_client`` jobs, each kind keeps one
-        place in the run, the earliest, with the client's newest command; its older ones are answered
-        ``busy``.  The jobs of gone clients and the server's own fold likewise into the earliest such
-        job of their kind, without an answer.  A client within the bound is left as it is.  This bounds
-        a client's blanks and stops beyond the bound to one of each between any two other waiting
-        commands.
+        expires.  So while a client holds more than ``max_jobs_per_client`` jobs, its newer one of a
+        kind takes the place of its earliest there, and the one displaced is answered ``busy``.  Those
+        of gone clients and the server's own are dropped where an earlier one of their kind waits in
+        the run, without an answer.  ``across`` (the queue holds more than ``max_jobs_total``): the
+        same across clients, whatever each holds.  A client within the bound is otherwise left as it
+        is.  This bounds a client's blanks and stops beyond the bound to one of each between any two
+        other waiting commands.
         """
         jobs = list(self._jobs)
-        held_by = Counter(job[0] for job in jobs if job is not None)
-        over = {c for c in self._clients if held_by[c] > self.max_jobs_per_client}
         kept: list[Job] = jobs[:start]
-        replaced: list[tuple[bytes, Command, Command]] = []  # (client, the one answered busy, the one in its place)
-        first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner) -> its place in ``kept``
+        held_by = Counter(job[0] for job in jobs if job is not None)
+        displaced: list[
+            tuple[bytes, Command, Command]
+        ] = []  # (its client, the one answered busy, the one in its place)
+        first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner or None) -> its place in ``kept``
         for job in jobs[start:]:
             if job is None or job[1].kind not in _URGENT:
                 first.clear()
@@ -661,27 +689,34 @@ class InstrumentServer:
                 continue
             owner, command = job
             live = owner if owner is not None and owner in self._clients else None
-            key = (command.kind, live)
-            if key not in first or (live is not None and live not in over):
+            key = (command.kind, None if across else live)
+            foldable = across or live is None or held_by[live] > self.max_jobs_per_client
+            if key not in first or not foldable:
                 first.setdefault(key, len(kept))
                 kept.append(job)
                 continue
             place = first[key]
-            if live is None:  # nobody waits for an answer
+            held_owner, held = kept[place]  # type: ignore[misc]
+            if live is None:  # nobody waits for its answer: the earlier one does what it would
                 self.stats["folded_without_an_owner"] += 1
+                self._blank_taken_at.pop(command.id, None)
                 continue
-            held = kept[place][1]  # type: ignore[index]
             kept[place] = (live, command)
-            replaced.append((live, held, command))
+            self._blank_taken_at.pop(held.id, None)
+            if held_owner is not None and held_owner in self._clients:
+                held_by[held_owner] -= 1
+                displaced.append((held_owner, held, command))
+            else:
+                self.stats["folded_without_an_owner"] += 1
         if len(kept) == len(jobs):
             return
         self._jobs.clear()
         self._jobs.extend(kept)
         # Answered only now, with the queue whole: an unreachable client is forgotten from within _reply.
-        for client, held, command in replaced:
+        for client, held, command in displaced:
             self._seen.pop(held.id, None)  # (answered busy: it may be sent again)
             self.stats["replaced_by_a_later_one"] += 1
-            reason = f"the {command.kind} {command.id} this client sent after it takes its place in the queue"
+            reason = f"the {command.kind} {command.id} sent after it takes its place in the queue"
             self._reply(client, encode_ack(Ack.refusal(held, "busy", reason)))
 
     def _last_run_start(self) -> int:
@@ -715,15 +750,15 @@ class InstrumentServer:
 
         Its queued moves are dropped (answered ``refused`` where it is still registered); its blanks and
         stops keep their places: dropped, an unblank of another client queued before one of them would
-        run after the server's own blank, which goes to the front.  Every unblank waiting (any client's)
-        is refused too: run after the server's blank, it would leave the beam on unwatched.  With the
-        dead-man off, only the moves are dropped.
+        run after the server's own blank, which goes to the front.  Other clients' commands stay: an
+        unblank of theirs that runs after this blank is theirs to answer for, and they are watched on
+        their own.  With the dead-man off, only the moves are dropped.
         """
         self._armed.pop(lost, None)
+        self._armed_at.pop(lost, None)
 
         def dropped(owner: bytes | None, command: Command) -> bool:
-            moved = owner == lost and command.kind not in _URGENT
-            return moved or (self.deadman_s is not None and command.kind == "unblank")
+            return owner == lost and command.kind not in _URGENT
 
         refused = [job for job in self._jobs if job is not None and dropped(*job)]
         self._drop_jobs(dropped, "dropped_by_deadman")

@@ -109,7 +109,7 @@ class Bridge:
         self.clients: dict[bytes, int] = {}  # identity -> next delivery_seq (the clients that said hello)
         self.heard: dict[bytes, float] = {}  # identity -> when it last sent anything (monotonic s)
         self.echo: dict[bytes, tuple[float, float]] = {}  # identity -> (its latest heartbeat t, when it came)
-        self.commander: bytes | None = None  # the client whose command left the beam on
+        self.watched: set[bytes] = set()  # the clients whose commands left the beam on (each watched on its own)
         self.sequence = 0
         self._stop = threading.Event()
 
@@ -163,10 +163,13 @@ class Bridge:
             if reason:
                 return self.ack(who, cmd, False, "refused", reason)
             self.ack(who, cmd, True)
-            self.commander = who  # the beam is on at this client's word: the dead-man watches it
+            self.watched.add(who)  # the beam is on at this client's word: the dead-man watches it
             return self.scan(who, cmd)
         self.scope.blanked = cmd["kind"] in ("blank", "stop")
-        self.commander = None if self.scope.blanked else who
+        if self.scope.blanked:  # (carried out at once here: nothing is left on)
+            self.watched.clear()
+        else:
+            self.watched.add(who)
         self.ack(who, cmd, True)
 
     def handle(self, who: bytes, parts: list[bytes]) -> None:
@@ -201,12 +204,12 @@ class Bridge:
         self.clients.pop(who, None)
         self.echo.pop(who, None)
         self.heard.pop(who, None)
-        if who == self.commander:
+        if who in self.watched:
             self.deadman()
 
     def deadman(self) -> None:
-        """The client that left the beam on is gone or silent: blank the beam."""
-        self.commander = None
+        """A client that left the beam on is gone or silent: blank the beam (which ends every watch)."""
+        self.watched.clear()
         self.scope.blanked = True
 
     def beat(self) -> None:
@@ -230,7 +233,7 @@ class Bridge:
             if self.sock.poll(50):
                 who, *parts = self.sock.recv_multipart()
                 self.handle(who, parts)
-            if self.commander is not None and time.monotonic() - self.heard.get(self.commander, 0.0) > DEADMAN_S:
+            if any(time.monotonic() - self.heard.get(who, 0.0) > DEADMAN_S for who in self.watched):
                 self.deadman()
             if time.monotonic() - last_beat > HEARTBEAT_S:
                 self.beat()

@@ -83,13 +83,13 @@ def test_bridge_wants_hello_first_echoes_heartbeats_and_blanks_for_a_silent_comm
         deadline = time.monotonic() + deadman_s + 2.0
         while not bridge.scope.blanked and time.monotonic() < deadline:  # then silence: the dead-man blanks
             time.sleep(0.05)
-        assert bridge.scope.blanked and bridge.commander is None
+        assert bridge.scope.blanked and not bridge.watched
     finally:
         raw.close(linger=0)
         ctx.term()
 
 
-def test_only_a_command_the_bridge_accepted_makes_its_sender_the_one_the_dead_man_watches():
+def test_only_a_command_the_bridge_accepted_puts_its_sender_under_the_dead_mans_watch():
     module = _bridge_module()
     bridge = module.Bridge(module.FakeVendorScope(), "tcp://127.0.0.1:0")  # not serving: acks go nowhere
     try:
@@ -100,9 +100,14 @@ def test_only_a_command_the_bridge_accepted_makes_its_sender_the_one_the_dead_ma
         bridge.command(b"B", {"id": "b2", "kind": "unblank", "deadline_unix_s": 1.0})  # expired
         scan = {"id": "b3", "kind": "scan", "x_nm": 1e5, "y_nm": 0, "fov_nm": 10, "rows": 16, "cols": 16}
         bridge.command(b"B", {**scan, "dwell_us": 1, "deadline_unix_s": deadline})  # refused: out of range
-        assert bridge.commander == b"A" and not bridge.scope.blanked
+        assert bridge.watched == {b"A"} and not bridge.scope.blanked
+        bridge.command(b"B", {**scan, "id": "b5", "x_nm": 0, "dwell_us": 1, "deadline_unix_s": deadline})
+        assert bridge.watched == {b"A", b"B"}  # another client commanding does not end A's watch
+        bridge.forget(b"A")
+        assert bridge.scope.blanked and not bridge.watched
+        bridge.command(b"B", {"id": "b6", "kind": "unblank", "deadline_unix_s": deadline})
         bridge.command(b"B", {"id": "b4", "kind": "blank", "deadline_unix_s": deadline})
-        assert bridge.commander is None and bridge.scope.blanked
+        assert not bridge.watched and bridge.scope.blanked
     finally:
         bridge.sock.close(linger=0)
         bridge.ctx.term()
