@@ -254,6 +254,7 @@ class InstrumentServer:
         #: watch of the clients armed before it was taken (everything taken before it has run or been
         #: refused); one that fails ends nothing.
         self._taken = 0
+        self._blank_owed = False  # the server's own blank failed: it is queued again on the next tick
         self._armed_at: dict[bytes, int] = {}
         self._blank_taken_at: dict[str, int] = {}
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
@@ -653,7 +654,15 @@ class InstrumentServer:
             self._fold_urgent_runs(self._last_run_start(), across)
 
     def _blank_carried_out(self, command: Command, accepted: bool) -> None:
-        """A blank or stop has run (under the lock): if it worked, end the watch of the clients armed before it."""
+        """A blank or stop has run (under the lock): if it worked, end the watch of the clients armed before it.
+
+        The server's own blank failing is owed: :meth:`_check_deadman` queues it again (the dead-man
+        already ended the watch it was for).
+        """
+        if command.id.startswith(SERVER_ID_PREFIX):
+            self._blank_owed = not accepted
+        elif accepted:
+            self._blank_owed = False
         taken = self._blank_taken_at.pop(command.id, None)
         if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
             return
@@ -699,10 +708,10 @@ class InstrumentServer:
             held_owner, held = kept[place]  # type: ignore[misc]
             if live is None:  # nobody waits for its answer: the earlier one does what it would
                 self.stats["folded_without_an_owner"] += 1
-                self._blank_taken_at.pop(command.id, None)
+                self._pass_number(command, held)
                 continue
             kept[place] = (live, command)
-            self._blank_taken_at.pop(held.id, None)
+            self._pass_number(held, command)
             if held_owner is not None and held_owner in self._clients:
                 held_by[held_owner] -= 1
                 displaced.append((held_owner, held, command))
@@ -719,6 +728,16 @@ class InstrumentServer:
             reason = f"the {command.kind} {command.id} sent after it takes its place in the queue"
             self._reply(client, encode_ack(Ack.refusal(held, "busy", reason)))
 
+    def _pass_number(self, gone: Command, staying: Command) -> None:
+        """Fold the taking number of the blank or stop ``gone`` into that of ``staying``, the later of the two.
+
+        They wait in one run of blanks and stops, so every command taken before either has run or waits
+        before both: the one that stays may end the watches the later number would.
+        """
+        number = self._blank_taken_at.pop(gone.id, None)
+        if number is not None:
+            self._blank_taken_at[staying.id] = max(number, self._blank_taken_at.get(staying.id, 0))
+
     def _last_run_start(self) -> int:
         """Where the run of blanks and stops at the end of the queue begins (its length: none there)."""
         i = len(self._jobs)
@@ -734,6 +753,11 @@ class InstrumentServer:
     def _check_deadman(self) -> None:
         if self.deadman_s is None:
             return
+        if self._blank_owed and not any(job is not None and job[0] is None for job in self._jobs):
+            self._blank_owed = False
+            self.stats["deadman_blanks_again"] += 1
+            logger.warning("the server's blank failed; blanking the beam again")
+            self._blank_next("deadman-again")
         now = time.monotonic()
         for identity, seen in list(self._armed.items()):
             if now - seen > self.deadman_s:

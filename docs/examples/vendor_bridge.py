@@ -5,9 +5,11 @@ language with ZeroMQ and JSON elsewhere) to put an instrument behind the protoco
 docs/PROTOCOL.md.  ``FakeVendorScope`` stands in for the vendor's own API.
 
 What a bridge owes the agent, all shown here: commands only from clients that said hello; each
-command id executed at most once and never after its deadline; heartbeats that echo the client's
+command id executed at most once and never after its deadline (but ``blank`` and ``stop``, which are
+carried out however late); heartbeats that echo the client's
 latest stamp (for its round-trip figure); clients silent for three heartbeats forgotten; and a
-dead-man timer: the client that left the beam on falls silent for ``DEADMAN_S`` -> beam blanked.
+dead-man timer: a client whose command left the beam on (each is watched on its own) falls silent for
+``DEADMAN_S`` -> beam blanked.
 
     python docs/examples/vendor_bridge.py tcp://127.0.0.1:5556
 """
@@ -156,8 +158,8 @@ class Bridge:
         if cmd["id"] in self.seen:
             return self.ack(who, cmd, False, "duplicate", "already received")
         self.seen.add(cmd["id"])
-        if time.time() > cmd.get("deadline_unix_s", 0):
-            return self.ack(who, cmd, False, "expired", "deadline passed")
+        if cmd["kind"] in ("scan", "unblank") and time.time() > cmd.get("deadline_unix_s", 0):
+            return self.ack(who, cmd, False, "expired", "deadline passed")  # (a late blank or stop is still safe)
         if cmd["kind"] == "scan":
             reason = check_scan(cmd) or ("the beam is blanked" if self.scope.blanked else None)
             if reason:

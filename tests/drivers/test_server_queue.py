@@ -209,13 +209,16 @@ def _carry_out(server: InstrumentServer, ops: list[tuple[str, bytes | None, str 
     Returns whether the beam ends blanked, the kind of the last blank, stop or unblank the server took
     (``""``: none), and the most :func:`_over_the_bound` after any op.
     """
-    blanked, last, over = False, "", 0
+    blanked, last, over, turned_on_by = True, "", 0, None  # (the beam starts blanked)
 
     def run_front() -> None:
-        nonlocal blanked
+        nonlocal blanked, turned_on_by
         job = server._jobs.popleft()
         if job is not None and job[1].kind in _KINDS:
             blanked = job[1].kind != "unblank"
+            turned_on_by = None if blanked else job[0]
+        if job is not None and job[1].kind in ("blank", "stop"):
+            server._blank_carried_out(job[1], accepted=True)
 
     for op, client, kind in ops:
         if op == "send" and client is not None and kind is not None:
@@ -234,6 +237,9 @@ def _carry_out(server: InstrumentServer, ops: list[tuple[str, bytes | None, str 
             if not [job for job in list(server._jobs)[1:] if job is not None and job[1].kind in _KINDS]:
                 last = "blank"  # (the server's own, at the front: the last unless a beam command waits after it)
         over = max(over, _over_the_bound(server))
+        own_blank_waits = any(job is not None and job[0] is None for job in server._jobs)
+        # The beam on with no blank of the server's coming: whoever turned it on is watched.
+        assert blanked or own_blank_waits or turned_on_by in server._armed
     while server._jobs:
         run_front()
     return blanked, last, over
@@ -290,3 +296,50 @@ def test_the_queue_as_a_whole_is_bounded_too():
         assert len(server._jobs) == 7 and sent.count((b"B", "busy")) == 2 and (b"A", "busy") not in sent
     finally:
         server.stop()
+
+
+class _BlankFailsOnce(InMemoryDriver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def send(self, command, timeout_s: float = 5.0):
+        if command.kind == "blank" and not self.failed:
+            from drivers.base import DriverError
+
+            self.failed = True
+            raise DriverError("the blanker did not read back")
+        return super().send(command, timeout_s)
+
+
+def test_the_server_blanks_again_when_its_own_blank_fails():
+    server = InstrumentServer(_BlankFailsOnce(), "tcp://127.0.0.1:0", deadman_s=2.0)
+    try:
+        _register(server, b"A")
+        _answers(server)
+        server._accept(b"A", UnblankCommand())
+        server._run(*server._jobs.popleft())
+        server._deadman(b"A", "A silent")
+        server._run(*server._jobs.popleft())  # the server's blank fails
+        assert not server.driver.state.blanked and not server._jobs
+        server._check_deadman()  # the next tick
+        server._run(*server._jobs.popleft())
+        assert server.driver.state.blanked and server.stats["deadman_blanks_again"] == 1
+    finally:
+        server.stop()
+
+
+def test_a_gone_clients_blank_folded_into_the_servers_still_ends_the_watches_before_it(server):
+    for identity in (b"L", b"K", b"G"):
+        _register(server, identity)
+    _answers(server)
+    server._accept(b"L", UnblankCommand())
+    server._run(*server._jobs.popleft())
+    server._accept(b"K", SetTiltCommand(tilt_deg=1.0))
+    server._run(*server._jobs.popleft())
+    server._accept(b"G", BlankCommand())
+    server._deadman(b"K", "K silent")
+    server._forget(b"G")  # its blank folds into the server's, just before it
+    assert _queue(server) == [(None, "blank")]
+    server._run(*server._jobs.popleft())
+    assert b"L" not in server._armed  # (its unblank ran before G's blank was taken)

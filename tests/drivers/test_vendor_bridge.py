@@ -108,6 +108,9 @@ def test_only_a_command_the_bridge_accepted_puts_its_sender_under_the_dead_mans_
         bridge.command(b"B", {"id": "b6", "kind": "unblank", "deadline_unix_s": deadline})
         bridge.command(b"B", {"id": "b4", "kind": "blank", "deadline_unix_s": deadline})
         assert not bridge.watched and bridge.scope.blanked
+        bridge.command(b"B", {"id": "b7", "kind": "unblank", "deadline_unix_s": deadline})
+        bridge.command(b"B", {"id": "b8", "kind": "blank", "deadline_unix_s": 1.0})  # late: carried out all the same
+        assert bridge.scope.blanked and not bridge.watched
     finally:
         bridge.sock.close(linger=0)
         bridge.ctx.term()
