@@ -83,6 +83,8 @@ _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, c
 _FRAME_SLICE_S = 0.05
 _STOPPED_FRAME_GRACE_S = 1.0
 _URGENT = ("blank", "stop")
+#: The fold key of the server's own blanks and stops (no client has an empty identity).
+_OWN = b""
 #: The deadline of the server's own blanks: the largest the command schema allows (year 5138).
 _NEVER_UNIX_S = 1e11
 # A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
@@ -254,7 +256,11 @@ class InstrumentServer:
         #: watch of the clients armed before it was taken (everything taken before it has run or been
         #: refused); one that fails ends nothing.
         self._taken = 0
-        self._blank_owed = False  # the server's own blank failed: it is queued again on the next tick
+        #: The server's own blank failed: it is queued again (after a pause that doubles up to 5 s with each
+        #: failure) until a blank or stop works, or a client's unblank does (that client is watched).
+        self._blank_owed = False
+        self._owed_pause_s = 0.0
+        self._owed_again_at = 0.0
         self._armed_at: dict[bytes, int] = {}
         self._blank_taken_at: dict[str, int] = {}
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
@@ -362,7 +368,7 @@ class InstrumentServer:
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
         ack = self._execute(command)
-        if command.kind in _URGENT:
+        if command.kind in (*_URGENT, "unblank"):
             with self._lock:
                 self._blank_carried_out(command, ack.accepted)
         if not (ack.accepted and isinstance(command, ScanCommand)):
@@ -654,15 +660,20 @@ class InstrumentServer:
             self._fold_urgent_runs(self._last_run_start(), across)
 
     def _blank_carried_out(self, command: Command, accepted: bool) -> None:
-        """A blank or stop has run (under the lock): if it worked, end the watch of the clients armed before it.
+        """A blank, stop or unblank has run (under the lock).
 
-        The server's own blank failing is owed: :meth:`_check_deadman` queues it again (the dead-man
-        already ended the watch it was for).
+        A blank or stop that worked ends the watch of the clients armed before it was taken.  The
+        server's own blank failing is owed: :meth:`_check_deadman` queues it again (the dead-man already
+        ended the watch it was for), until a blank, stop or a client's unblank works.
         """
-        if command.id.startswith(SERVER_ID_PREFIX):
-            self._blank_owed = not accepted
-        elif accepted:
-            self._blank_owed = False
+        if command.id.startswith(SERVER_ID_PREFIX) and not accepted:
+            self._blank_owed = True
+            self._owed_pause_s = min(max(2 * self._owed_pause_s, 0.25), 5.0)
+            self._owed_again_at = time.monotonic() + self._owed_pause_s
+        elif accepted:  # (a client's unblank too: the beam is on at a watched client's word now)
+            self._blank_owed, self._owed_pause_s = False, 0.0
+        if command.kind == "unblank":
+            return
         taken = self._blank_taken_at.pop(command.id, None)
         if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
             return
@@ -698,7 +709,9 @@ class InstrumentServer:
                 continue
             owner, command = job
             live = owner if owner is not None and owner in self._clients else None
-            key = (command.kind, None if across else live)
+            # (the server's own keep a key of their own: a client's blank taking one's place would leave
+            # nobody to blank again if it failed)
+            key = (command.kind, _OWN if owner is None else (None if across else live))
             foldable = across or live is None or held_by[live] > self.max_jobs_per_client
             if key not in first or not foldable:
                 first.setdefault(key, len(kept))
@@ -753,7 +766,8 @@ class InstrumentServer:
     def _check_deadman(self) -> None:
         if self.deadman_s is None:
             return
-        if self._blank_owed and not any(job is not None and job[0] is None for job in self._jobs):
+        waiting = any(job is not None and job[0] is None for job in self._jobs)
+        if self._blank_owed and not waiting and time.monotonic() >= self._owed_again_at:
             self._blank_owed = False
             self.stats["deadman_blanks_again"] += 1
             logger.warning("the server's blank failed; blanking the beam again")

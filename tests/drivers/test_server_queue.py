@@ -120,7 +120,8 @@ def test_another_clients_unblank_queued_before_the_dead_man_runs_after_its_blank
     server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
     server._deadman(b"A", "A silent")
     assert _queue(server) == [(None, "blank"), (b"B", "unblank")] and sent == [(b"A", "refused")]
-    server._execute(server._jobs[0][1])
+    server._run(*server._jobs.popleft())
+    assert server.driver.state.blanked
     assert b"B" in server._armed  # (the server's own blank ends nobody's watch: B's unblank comes after it)
 
 
@@ -298,22 +299,24 @@ def test_the_queue_as_a_whole_is_bounded_too():
         server.stop()
 
 
-class _BlankFailsOnce(InMemoryDriver):
-    def __init__(self) -> None:
+class _FailingBlanker(InMemoryDriver):
+    """An instrument whose first ``failures`` blanks fail (the blanker does not read back)."""
+
+    def __init__(self, failures: int) -> None:
         super().__init__()
-        self.failed = False
+        self.failures = failures
 
     def send(self, command, timeout_s: float = 5.0):
-        if command.kind == "blank" and not self.failed:
+        if command.kind == "blank" and self.failures > 0:
             from drivers.base import DriverError
 
-            self.failed = True
+            self.failures -= 1
             raise DriverError("the blanker did not read back")
         return super().send(command, timeout_s)
 
 
 def test_the_server_blanks_again_when_its_own_blank_fails():
-    server = InstrumentServer(_BlankFailsOnce(), "tcp://127.0.0.1:0", deadman_s=2.0)
+    server = InstrumentServer(_FailingBlanker(1), "tcp://127.0.0.1:0", deadman_s=2.0)
     try:
         _register(server, b"A")
         _answers(server)
@@ -322,6 +325,7 @@ def test_the_server_blanks_again_when_its_own_blank_fails():
         server._deadman(b"A", "A silent")
         server._run(*server._jobs.popleft())  # the server's blank fails
         assert not server.driver.state.blanked and not server._jobs
+        server._owed_again_at = 0.0  # (its pause passed)
         server._check_deadman()  # the next tick
         server._run(*server._jobs.popleft())
         assert server.driver.state.blanked and server.stats["deadman_blanks_again"] == 1
@@ -329,17 +333,36 @@ def test_the_server_blanks_again_when_its_own_blank_fails():
         server.stop()
 
 
-def test_a_gone_clients_blank_folded_into_the_servers_still_ends_the_watches_before_it(server):
-    for identity in (b"L", b"K", b"G"):
-        _register(server, identity)
-    _answers(server)
-    server._accept(b"L", UnblankCommand())
-    server._run(*server._jobs.popleft())
-    server._accept(b"K", SetTiltCommand(tilt_deg=1.0))
-    server._run(*server._jobs.popleft())
-    server._accept(b"G", BlankCommand())
-    server._deadman(b"K", "K silent")
-    server._forget(b"G")  # its blank folds into the server's, just before it
-    assert _queue(server) == [(None, "blank")]
-    server._run(*server._jobs.popleft())
-    assert b"L" not in server._armed  # (its unblank ran before G's blank was taken)
+def test_a_blank_that_keeps_failing_is_tried_again_ever_more_slowly_and_a_clients_unblank_ends_it():
+    server = InstrumentServer(_FailingBlanker(10**6), "tcp://127.0.0.1:0", deadman_s=2.0)
+    try:
+        _register(server, b"A")
+        _answers(server)
+        server._deadman(b"A", "A silent")
+        pauses = []
+        for _ in range(6):
+            server._run(*server._jobs.popleft())
+            pauses.append(server._owed_pause_s)
+            server._owed_again_at = 0.0  # (as if the pause had passed)
+            server._check_deadman()
+        assert pauses == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0]
+        server._jobs.clear()
+        server._accept(b"A", UnblankCommand())
+        server._run(*server._jobs.popleft())  # the beam is on at a watched client's word: nothing owed
+        server._check_deadman()
+        assert not server._jobs and b"A" in server._armed
+    finally:
+        server.stop()
+
+
+def test_a_clients_blank_never_takes_the_place_of_the_servers_own():
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", max_jobs_total=3, deadman_s=2.0)
+    try:
+        _register(server, b"A")
+        _answers(server)
+        server._deadman(b"A", "A silent")
+        for _ in range(3):
+            server._accept(b"A", BlankCommand())
+        assert _queue(server)[0] == (None, "blank")
+    finally:
+        server.stop()
