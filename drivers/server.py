@@ -98,6 +98,14 @@ _BAD_LOG_WINDOW_S = 10.0
 Job = tuple[bytes | None, Command] | None  # (client, command); client None: the server's own; None: stop
 
 
+@dataclass(slots=True)
+class _Watch:
+    """A client whose commands may have left the beam on: when last heard from, and its latest command's number."""
+
+    heard: float  # monotonic s
+    armed_at: int
+
+
 @dataclass
 class _Client:
     last_seen: float
@@ -248,21 +256,19 @@ class InstrumentServer:
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
         self.deadman_s = deadman_s
-        #: The clients whose commands may leave the beam on, and when each was last heard from (monotonic;
-        #: kept once the client is forgotten, until the dead-man has blanked for it).
-        self._armed: dict[bytes, float] = {}
-        #: The order in which commands were taken: for each watched client, its latest command's number,
-        #: and for each waiting blank or stop of a client, its own.  A blank or stop carried out ends the
-        #: watch of the clients armed before it was taken (everything taken before it has run or been
-        #: refused); one that fails ends nothing.
+        #: The clients whose commands may leave the beam on (kept once the client is forgotten, until the
+        #: dead-man has blanked for it).  Commands are numbered as they are taken: a watch holds its
+        #: client's latest command's number, and each waiting blank or stop of a client has its own.  A
+        #: blank or stop carried out ends the watches armed before it was taken (everything taken before
+        #: it has run or been refused); one that fails ends nothing.
+        self._armed: dict[bytes, _Watch] = {}
         self._taken = 0
+        self._blank_taken_at: dict[str, int] = {}
         #: The server's own blank failed: it is queued again (after a pause that doubles up to 5 s with each
         #: failure) until a blank or stop works, or a client's unblank does (that client is watched).
         self._blank_owed = False
         self._owed_pause_s = 0.0
         self._owed_again_at = 0.0
-        self._armed_at: dict[bytes, int] = {}
-        self._blank_taken_at: dict[str, int] = {}
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
 
@@ -548,8 +554,8 @@ class InstrumentServer:
             return
         identity, body = parts[0], parts[1:]
         self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
-        if identity in self._armed:
-            self._armed[identity] = time.monotonic()
+        if (watch := self._armed.get(identity)) is not None:
+            watch.heard = time.monotonic()
         try:
             self._handle(identity, body)
         except Exception:  # a bug must not end the thread reading: log it, count it, keep serving
@@ -653,7 +659,7 @@ class InstrumentServer:
         if command.kind in _URGENT:
             self._blank_taken_at[command.id] = self._taken
         elif self.deadman_s is not None:
-            self._armed[identity], self._armed_at[identity] = time.monotonic(), self._taken
+            self._armed[identity] = _Watch(time.monotonic(), self._taken)
         self._enqueue((identity, command))
         across = len(self._jobs) > self.max_jobs_total
         if full or across:  # (a blank or stop: always taken, folded into its like where it waits beside one)
@@ -677,10 +683,8 @@ class InstrumentServer:
         taken = self._blank_taken_at.pop(command.id, None)
         if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
             return
-        for identity, armed in list(self._armed_at.items()):
-            if armed < taken:
-                del self._armed_at[identity]
-                self._armed.pop(identity, None)
+        for identity in [who for who, watch in self._armed.items() if watch.armed_at < taken]:
+            del self._armed[identity]
 
     def _fold_urgent_runs(self, start: int = 0, across: bool = False) -> None:
         """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each (under the lock).
@@ -698,9 +702,8 @@ class InstrumentServer:
         jobs = list(self._jobs)
         kept: list[Job] = jobs[:start]
         held_by = Counter(job[0] for job in jobs if job is not None)
-        displaced: list[
-            tuple[bytes, Command, Command]
-        ] = []  # (its client, the one answered busy, the one in its place)
+        # (client, the one answered busy, the one in its place)
+        displaced: list[tuple[bytes, Command, Command]] = []
         first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner or None) -> its place in ``kept``
         for job in jobs[start:]:
             if job is None or job[1].kind not in _URGENT:
@@ -766,16 +769,19 @@ class InstrumentServer:
     def _check_deadman(self) -> None:
         if self.deadman_s is None:
             return
-        waiting = any(job is not None and job[0] is None for job in self._jobs)
-        if self._blank_owed and not waiting and time.monotonic() >= self._owed_again_at:
+        if (
+            self._blank_owed
+            and time.monotonic() >= self._owed_again_at
+            and not any(job is not None and job[0] is None for job in self._jobs)  # (none of its own waits)
+        ):
             self._blank_owed = False
             self.stats["deadman_blanks_again"] += 1
             logger.warning("the server's blank failed; blanking the beam again")
             self._blank_next("deadman-again")
         now = time.monotonic()
-        for identity, seen in list(self._armed.items()):
-            if now - seen > self.deadman_s:
-                self._deadman(identity, f"no message from a commanding client for {now - seen:.1f} s")
+        for identity, watch in list(self._armed.items()):
+            if now - watch.heard > self.deadman_s:
+                self._deadman(identity, f"no message from a commanding client for {now - watch.heard:.1f} s")
 
     def _said_bye(self, identity: bytes) -> None:
         """A client said ``bye``: forget it, and blank the beam if its commands may have left it on."""
@@ -790,10 +796,9 @@ class InstrumentServer:
         stops keep their places: dropped, an unblank of another client queued before one of them would
         run after the server's own blank, which goes to the front.  Other clients' commands stay: an
         unblank of theirs that runs after this blank is theirs to answer for, and they are watched on
-        their own.  With the dead-man off, only the moves are dropped.
+        their own.  (Only a client watched is lost: none is with the dead-man off.)
         """
         self._armed.pop(lost, None)
-        self._armed_at.pop(lost, None)
 
         def dropped(owner: bytes | None, command: Command) -> bool:
             return owner == lost and command.kind not in _URGENT
@@ -801,10 +806,9 @@ class InstrumentServer:
         refused = [job for job in self._jobs if job is not None and dropped(*job)]
         self._drop_jobs(dropped, "dropped_by_deadman")
         self._fold_urgent_runs()  # (blanks and stops the dropped commands kept apart may now wait side by side)
-        if self.deadman_s is not None:
-            self.stats["deadman_blanks"] += 1
-            logger.warning("dead-man timer: %s; blanking the beam", why)
-            self._blank_next("deadman")
+        self.stats["deadman_blanks"] += 1
+        logger.warning("dead-man timer: %s; blanking the beam", why)
+        self._blank_next("deadman")
         reason = f"the server blanked the beam (dead-man: {why}) after this command was queued: not carried out"
         for owner, command in refused:  # (answered with the queue whole: a reply may forget its client)
             if owner is not None and owner in self._clients:

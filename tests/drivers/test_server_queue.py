@@ -267,7 +267,7 @@ def test_the_dead_man_answers_the_commands_it_drops_of_a_client_still_connected(
     server._accept(b"A", SetTiltCommand(tilt_deg=1.0))
     server._check_deadman()  # (not silent yet)
     assert not sent
-    server._armed[b"A"] -= 10.0  # silent for 10 s, still registered (not yet forgotten)
+    server._armed[b"A"].heard -= 10.0  # silent for 10 s, still registered (not yet forgotten)
     server._check_deadman()
     assert sent == [(b"A", "refused"), (b"A", "refused")] and _queue(server) == [(None, "blank")]
 
@@ -280,7 +280,7 @@ def test_another_client_commanding_does_not_take_the_watch_over_the_first(server
     server._jobs.clear()  # (carried out: the beam is on)
     server._accept(b"B", SetTiltCommand(tilt_deg=1.0))
     server._forget(b"A")  # A dies: forgotten, then silent past the dead-man time
-    server._armed[b"A"] -= 10.0
+    server._armed[b"A"].heard -= 10.0
     server._check_deadman()
     assert _queue(server)[0] == (None, "blank") and server.stats["deadman_blanks"] == 1
 
