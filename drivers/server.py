@@ -32,8 +32,8 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +65,14 @@ from drivers.codec import (
     envelope,
     finite_number,
 )
+from drivers.job_queue import NEVER_UNIX_S, SERVER_ID_PREFIX, URGENT, Answer, JobQueue
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
 from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 
 logger = logging.getLogger(__name__)
 
-_SEEN_IDS = 100_000
-SERVER_ID_PREFIX = "server-"  # the ids of the commands the server gives on its own (reserved to it)
+__all__ = ["MIN_DEADMAN_S", "SERVER_ID_PREFIX", "InstrumentServer"]
+
 _DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartbeats, dead-man)
 # Between batches of a flood, the reader pauses this long: threading.Lock is not fair, and a thread that
 # lets it go and takes it again at once would keep a waiting thread out for as long as the flood lasts.
@@ -82,11 +83,6 @@ _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, c
 # one it waits at most this long for the stopped scan's frame (a driver that aborts delivers none).
 _FRAME_SLICE_S = 0.05
 _STOPPED_FRAME_GRACE_S = 1.0
-_URGENT = ("blank", "stop")
-#: The fold key of the server's own blanks and stops (no client has an empty identity).
-_OWN = b""
-#: The deadline of the server's own blanks: the largest the command schema allows (year 5138).
-_NEVER_UNIX_S = 1e11
 # A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
 # blank the beam under a healthy client.
 MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
@@ -94,16 +90,6 @@ MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
 # the client's next bad message opens a new window (a flood must not cost a log record per message).
 _BAD_LOGGED_PER_WINDOW = 5
 _BAD_LOG_WINDOW_S = 10.0
-
-Job = tuple[bytes | None, Command] | None  # (client, command); client None: the server's own; None: stop
-
-
-@dataclass(slots=True)
-class _Watch:
-    """A client whose commands may have left the beam on: when last heard from, and its latest command's number."""
-
-    heard: float  # monotonic s
-    armed_at: int
 
 
 @dataclass
@@ -224,8 +210,6 @@ class InstrumentServer:
         self.heartbeat_s = heartbeat_s
         self.frame_timeout_s = frame_timeout_s
         self.max_frame_bytes_per_client = max_frame_bytes_per_client
-        self.max_jobs_per_client = max_jobs_per_client
-        self.max_jobs_total = max_jobs_total
         self.stats: Counter[str] = Counter()
         self._ctx = zmq.Context()
         self._auth: Any = None
@@ -249,26 +233,15 @@ class InstrumentServer:
         self._wake_tx.connect(f"inproc://wake-{id(self)}")
         self._worker_ident: int | None = None
         self._busy_since: float | None = None  # when the worker went into the driver; None while it is not
-        self._jobs: deque[Job] = deque()
         self._clients: dict[bytes, _Client] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
         self.deadman_s = deadman_s
-        #: The clients whose commands may leave the beam on (kept once the client is forgotten, until the
-        #: dead-man has blanked for it).  Commands are numbered as they are taken: a watch holds its
-        #: client's latest command's number, and each waiting blank or stop of a client has its own.  A
-        #: blank or stop carried out ends the watches armed before it was taken (everything taken before
-        #: it has run or been refused); one that fails ends nothing.
-        self._armed: dict[bytes, _Watch] = {}
-        self._taken = 0
-        self._blank_taken_at: dict[str, int] = {}
-        #: The server's own blank failed: it is queued again (after a pause that doubles up to 5 s with each
-        #: failure) until a blank or stop works, or a client's unblank does (that client is watched).
-        self._blank_owed = False
-        self._owed_pause_s = 0.0
-        self._owed_again_at = 0.0
+        #: The commands waiting for the driver and the clients' dead-man watches (used under the lock).
+        self._queue = JobQueue(
+            max_jobs_per_client, max_jobs_total, deadman_s, self._clients.__contains__, self.stats, self._wake_worker
+        )
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
 
@@ -317,12 +290,9 @@ class InstrumentServer:
         """
         if not self._threads:  # never started: no worker to run the blank, so it runs here
             self._stop.set()
-            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S))
+            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=NEVER_UNIX_S))
         with _held(self._lock, timeout_s=5.0):
-            self._drop_jobs(lambda _identity, _command: True, "dropped_at_stop")
-            self._blank_taken_at.clear()
-            self._blank_next("stop")
-            self._jobs.append(None)  # the worker runs the blank, then ends here
+            self._queue.close()  # the worker runs the server's blank, then ends at the marker after it
             self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
@@ -351,12 +321,12 @@ class InstrumentServer:
         items: list[tuple[Any, int]] = [(self._router_fd, zmq.POLLIN), (self._wake_rx, zmq.POLLIN)]
         while True:
             with self._lock:
-                if not self._jobs:
+                if not self._queue:
                     self._drain_router()  # its commands become jobs
                     if self._unread:  # a flood: heartbeats and the dead-man between batches
                         self._keep_time()
-                idle = not self._jobs
-                job = None if idle else self._jobs.popleft()
+                idle = not self._queue
+                job = None if idle else self._queue.popleft()
                 self._busy_since = None if idle else time.monotonic()
                 stopped = self._stop.is_set()  # (read here: stop() queues its blank before it sets the flag)
                 unread = self._unread
@@ -374,9 +344,9 @@ class InstrumentServer:
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
         ack = self._execute(command)
-        if command.kind in (*_URGENT, "unblank"):
+        if command.kind in (*URGENT, "unblank"):
             with self._lock:
-                self._blank_carried_out(command, ack.accepted)
+                self._queue.carried_out(command, ack.accepted)
         if not (ack.accepted and isinstance(command, ScanCommand)):
             self._post(identity, command.id, ack)
             return
@@ -411,8 +381,8 @@ class InstrumentServer:
         A ``blank`` or ``stop`` never expires: however long it waited, running it late is safe and not
         running it is not, so the driver gets it without a deadline.
         """
-        if command.kind in _URGENT:
-            command = command.model_copy(update={"deadline_unix_s": _NEVER_UNIX_S})
+        if command.kind in URGENT:
+            command = command.model_copy(update={"deadline_unix_s": NEVER_UNIX_S})
         elif time.time() > command.deadline_unix_s:
             self.stats["expired"] += 1
             return Ack.refusal(command, "expired", "deadline passed while queued")
@@ -463,23 +433,14 @@ class InstrumentServer:
         keep their place.
         """
         with self._lock:
-            jobs = list(self._jobs)
-            last = max((i for i, job in enumerate(jobs) if job is not None and job[1].kind in _URGENT), default=-1)
-            if last < 0:
-                return False
-            head, tail = jobs[: last + 1], jobs[last + 1 :]
-            urgent = [job for job in head if job is not None and job[1].kind in _URGENT]
-            superseded = [job for job in head if job is not None and job[1].kind not in _URGENT]
-            self._jobs.clear()
-            self._jobs.extend([job for job in head if job is None] + tail)  # (stop()'s end marker first)
-            self.stats["superseded_by_stop"] += len(superseded)
-        for job in urgent:
-            if job is not None:
-                self._run(*job)
+            urgent, superseded = self._queue.take_urgent_run()
+        if not urgent:
+            return False
+        for identity, command in urgent:
+            self._run(identity, command)
         reason = "a stop or blank sent after it was carried out first, during an acquisition: not executed"
-        for job in superseded:
-            if job is not None:
-                self._post(job[0], job[1].id, Ack.refusal(job[1], "refused", reason))
+        for identity, command in superseded:
+            self._post(identity, command.id, Ack.refusal(command, "refused", reason))
         return True
 
     def _next_frame(self, command: ScanCommand, timeout_s: float) -> Frame | ProtocolError | None:
@@ -554,8 +515,7 @@ class InstrumentServer:
             return
         identity, body = parts[0], parts[1:]
         self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
-        if (watch := self._armed.get(identity)) is not None:
-            watch.heard = time.monotonic()
+        self._queue.heard(identity)
         try:
             self._handle(identity, body)
         except Exception:  # a bug must not end the thread reading: log it, count it, keep serving
@@ -636,221 +596,26 @@ class InstrumentServer:
         self.stats["commands"] += 1
         if logger.isEnabledFor(logging.INFO):  # (the hex is worth skipping on every frame)
             logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
-        if command.id in self._seen:
-            self.stats["duplicates"] += 1
-            reason = "a command with this id was already received; it is not executed again"
-            self._reply(identity, encode_ack(Ack.refusal(command, "duplicate", reason)))
-            return
-        full = self._queued_for(identity) >= self.max_jobs_per_client
-        if (full or len(self._jobs) >= self.max_jobs_total) and command.kind not in _URGENT:
-            self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
-            waiting = f"{self.max_jobs_per_client} commands of this client" if full else f"{len(self._jobs)} commands"
-            reason = f"{waiting} are waiting for the instrument already"
-            self._reply(identity, encode_ack(Ack.refusal(command, "busy", reason)))
-            return
-        self._seen[command.id] = None
-        while len(self._seen) > _SEEN_IDS:
-            self._seen.popitem(last=False)
-        if command.kind not in _URGENT and time.time() > command.deadline_unix_s:  # (a blank or stop never expires)
-            self.stats["expired"] += 1
-            self._reply(identity, encode_ack(Ack.refusal(command, "expired", "deadline passed before it arrived")))
-            return
-        self._taken += 1
-        if command.kind in _URGENT:
-            self._blank_taken_at[command.id] = self._taken
-        elif self.deadman_s is not None:
-            self._armed[identity] = _Watch(time.monotonic(), self._taken)
-        self._enqueue((identity, command))
-        across = len(self._jobs) > self.max_jobs_total
-        if full or across:  # (a blank or stop: always taken, folded into its like where it waits beside one)
-            self._fold_urgent_runs(self._last_run_start(), across)
+        self._send_answers(self._queue.offer(identity, command))
 
-    def _blank_carried_out(self, command: Command, accepted: bool) -> None:
-        """A blank, stop or unblank has run (under the lock).
+    def _send_answers(self, answers: list[Answer]) -> None:
+        """Send the queue's refusals, now that it is whole (a reply that fails forgets its client, re-entrantly)."""
+        for identity, ack in answers:
+            self._reply(identity, encode_ack(ack))
 
-        A blank or stop that worked ends the watch of the clients armed before it was taken.  The
-        server's own blank failing is owed: :meth:`_check_deadman` queues it again (the dead-man already
-        ended the watch it was for), until a blank, stop or a client's unblank works.
-        """
-        if command.id.startswith(SERVER_ID_PREFIX) and not accepted:
-            self._blank_owed = True
-            self._owed_pause_s = min(max(2 * self._owed_pause_s, 0.25), 5.0)
-            self._owed_again_at = time.monotonic() + self._owed_pause_s
-        elif accepted:  # (a client's unblank too: the beam is on at a watched client's word now)
-            self._blank_owed, self._owed_pause_s = False, 0.0
-        if command.kind == "unblank":
-            return
-        taken = self._blank_taken_at.pop(command.id, None)
-        if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
-            return
-        for identity in [who for who, watch in self._armed.items() if watch.armed_at < taken]:
-            del self._armed[identity]
-
-    def _fold_urgent_runs(self, start: int = 0, across: bool = False) -> None:
-        """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each (under the lock).
-
-        Within a run of queued jobs that are all blanks and stops (from ``start`` on, which must begin
-        a run), order does not matter: both are idempotent, neither undoes the other, and neither
-        expires.  So while a client holds more than ``max_jobs_per_client`` jobs, its newer one of a
-        kind takes the place of its earliest there, and the one displaced is answered ``busy``.  Those
-        of gone clients and the server's own are dropped where an earlier one of their kind waits in
-        the run, without an answer.  ``across`` (the queue holds more than ``max_jobs_total``): the
-        same across clients, whatever each holds.  A client within the bound is otherwise left as it
-        is.  This bounds a client's blanks and stops beyond the bound to one of each between any two
-        other waiting commands.
-        """
-        jobs = list(self._jobs)
-        kept: list[Job] = jobs[:start]
-        held_by = Counter(job[0] for job in jobs if job is not None)
-        # (client, the one answered busy, the one in its place)
-        displaced: list[tuple[bytes, Command, Command]] = []
-        first: dict[tuple[str, bytes | None], int] = {}  # (kind, live owner or None) -> its place in ``kept``
-        for job in jobs[start:]:
-            if job is None or job[1].kind not in _URGENT:
-                first.clear()
-                kept.append(job)
-                continue
-            owner, command = job
-            live = owner if owner is not None and owner in self._clients else None
-            # (the server's own keep a key of their own: a client's blank taking one's place would leave
-            # nobody to blank again if it failed)
-            key = (command.kind, _OWN if owner is None else (None if across else live))
-            foldable = across or live is None or held_by[live] > self.max_jobs_per_client
-            if key not in first or not foldable:
-                first.setdefault(key, len(kept))
-                kept.append(job)
-                continue
-            place = first[key]
-            held_owner, held = kept[place]  # type: ignore[misc]
-            if live is None:  # nobody waits for its answer: the earlier one does what it would
-                self.stats["folded_without_an_owner"] += 1
-                self._pass_number(command, held)
-                continue
-            kept[place] = (live, command)
-            self._pass_number(held, command)
-            if held_owner is not None and held_owner in self._clients:
-                held_by[held_owner] -= 1
-                displaced.append((held_owner, held, command))
-            else:
-                self.stats["folded_without_an_owner"] += 1
-        if len(kept) == len(jobs):
-            return
-        self._jobs.clear()
-        self._jobs.extend(kept)
-        # Answered only now, with the queue whole: an unreachable client is forgotten from within _reply.
-        for client, held, command in displaced:
-            self._seen.pop(held.id, None)  # (answered busy: it may be sent again)
-            self.stats["replaced_by_a_later_one"] += 1
-            reason = f"the {command.kind} {command.id} sent after it takes its place in the queue"
-            self._reply(client, encode_ack(Ack.refusal(held, "busy", reason)))
-
-    def _pass_number(self, gone: Command, staying: Command) -> None:
-        """Fold the taking number of the blank or stop ``gone`` into that of ``staying``, the later of the two.
-
-        They wait in one run of blanks and stops, so every command taken before either has run or waits
-        before both: the one that stays may end the watches the later number would.
-        """
-        number = self._blank_taken_at.pop(gone.id, None)
-        if number is not None:
-            self._blank_taken_at[staying.id] = max(number, self._blank_taken_at.get(staying.id, 0))
-
-    def _last_run_start(self) -> int:
-        """Where the run of blanks and stops at the end of the queue begins (its length: none there)."""
-        i = len(self._jobs)
-        while i > 0 and self._jobs[i - 1] is not None and self._jobs[i - 1][1].kind in _URGENT:  # type: ignore[index]
-            i -= 1
-        return i
-
-    def _queued_for(self, identity: bytes) -> int:
-        """Commands of ``identity`` waiting in the queue (under the lock)."""
-        return sum(1 for job in self._jobs if job is not None and job[0] == identity)
-
-    # -- dead-man timer -----------------------------------------------------------------------------
+    # -- clients gone, the dead-man timer -----------------------------------------------------------
     def _check_deadman(self) -> None:
-        if self.deadman_s is None:
-            return
-        if (
-            self._blank_owed
-            and time.monotonic() >= self._owed_again_at
-            and not any(job is not None and job[0] is None for job in self._jobs)  # (none of its own waits)
-        ):
-            self._blank_owed = False
-            self.stats["deadman_blanks_again"] += 1
-            logger.warning("the server's blank failed; blanking the beam again")
-            self._blank_next("deadman-again")
-        now = time.monotonic()
-        for identity, watch in list(self._armed.items()):
-            if now - watch.heard > self.deadman_s:
-                self._deadman(identity, f"no message from a commanding client for {now - watch.heard:.1f} s")
+        self._send_answers(self._queue.check_deadman())
 
     def _said_bye(self, identity: bytes) -> None:
         """A client said ``bye``: forget it, and blank the beam if its commands may have left it on."""
         self._forget(identity)
-        if identity in self._armed:
-            self._deadman(identity, "a commanding client said bye")
-
-    def _deadman(self, lost: bytes, why: str) -> None:
-        """Blank the beam for a commanding client gone silent (or saying ``bye``).
-
-        Its queued moves are dropped (answered ``refused`` where it is still registered); its blanks and
-        stops keep their places: dropped, an unblank of another client queued before one of them would
-        run after the server's own blank, which goes to the front.  Other clients' commands stay: an
-        unblank of theirs that runs after this blank is theirs to answer for, and they are watched on
-        their own.  (Only a client watched is lost: none is with the dead-man off.)
-        """
-        self._armed.pop(lost, None)
-
-        def dropped(owner: bytes | None, command: Command) -> bool:
-            return owner == lost and command.kind not in _URGENT
-
-        refused = [job for job in self._jobs if job is not None and dropped(*job)]
-        self._drop_jobs(dropped, "dropped_by_deadman")
-        self._fold_urgent_runs()  # (blanks and stops the dropped commands kept apart may now wait side by side)
-        self.stats["deadman_blanks"] += 1
-        logger.warning("dead-man timer: %s; blanking the beam", why)
-        self._blank_next("deadman")
-        reason = f"the server blanked the beam (dead-man: {why}) after this command was queued: not carried out"
-        for owner, command in refused:  # (answered with the queue whole: a reply may forget its client)
-            if owner is not None and owner in self._clients:
-                self._reply(owner, encode_ack(Ack.refusal(command, "refused", reason)))
+        self._send_answers(self._queue.said_bye(identity))
 
     def _forget(self, identity: bytes) -> None:
-        """A client gone (silent, said bye, unreachable): drop its queued moves, keep its blanks and stops.
-
-        It has given its pending commands up as failed (or will, on its own heartbeat), so none of them may
-        run later; the safe ones still do.
-        """
+        """A client gone (silent, said bye, unreachable): its queued moves are dropped, its blanks and stops kept."""
         self._clients.pop(identity, None)
-
-        def unsafe_move_of_the_client(owner: bytes | None, command: Command) -> bool:
-            return owner == identity and command.kind not in _URGENT
-
-        self._drop_jobs(unsafe_move_of_the_client, "dropped_client_gone")
-        self._fold_urgent_runs()  # (its blanks and stops have no owner now; its moves kept others' apart)
-
-    def _drop_jobs(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> None:
-        """Remove the queued jobs ``drop(identity, command)`` picks, counting them in ``stats[counter]``."""
-        kept = [job for job in self._jobs if job is None or not drop(*job)]
-        if len(kept) < len(self._jobs):
-            self.stats[counter] += len(self._jobs) - len(kept)
-            self._jobs.clear()
-            self._jobs.extend(kept)
-
-    def _blank_next(self, why: str) -> None:
-        """Queue the server's own blank ahead of every queued job.
-
-        Its id, ``server-<why>:<hex>``, tells the instrument's log that no client sent it.  It has no
-        deadline (the largest the schema allows): a driver busy for longer than a client's deadline
-        would otherwise refuse it as expired.
-        """
-        own = BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}", deadline_unix_s=_NEVER_UNIX_S)
-        self._jobs.appendleft((None, own))
-        self._wake_worker()
-
-    def _enqueue(self, job: Job) -> None:
-        """Queue a job for the worker, waking it if it waits for work (under the lock)."""
-        self._jobs.append(job)
-        self._wake_worker()
+        self._send_answers(self._queue.client_gone(identity))
 
     def _wake_worker(self) -> None:
         if threading.get_ident() != self._worker_ident and not self._wake_tx.closed:

@@ -446,7 +446,7 @@ def test_alternating_blanks_and_stops_beyond_the_limit_do_not_grow_the_queue():
         deadline = time.monotonic() + 10.0
         while server.stats["replaced_by_a_later_one"] < 198 and time.monotonic() < deadline:
             time.sleep(0.02)
-        waiting = len(server._jobs)
+        waiting = len(server._queue)
         acks = [f.result(timeout=20.0) for f in flood]
     assert waiting <= 4 + 2
     assert acks[-1].accepted and acks[-2].accepted  # the last stop and the last blank
@@ -501,8 +501,8 @@ def test_blanks_another_clients_commands_kept_apart_fold_when_it_leaves():
                 time.sleep(0.05)
             time.sleep(0.05)
         with server._lock:
-            waiting = [job[1].kind for job in server._jobs if job is not None]
-            server._jobs.clear()  # (not to wait for the tilts)
+            waiting = [job[1].kind for job in server._queue if job is not None]
+            server._queue.drop(lambda _client, _command: True, "dropped_by_the_test")  # (not to wait for the tilts)
     assert waiting.count("blank") == 1 and waiting[-1] == "blank"  # (12 were sent, each beside another's tilt)
     assert len(waiting) <= bound + 1
 
