@@ -113,6 +113,7 @@ class RunState:
     travel_nm: float = 0.0
     status: str = "running"
     reason: str = ""
+    beam_blank: str = ""  # how the blank on the way out ended (see Loop._shutdown); "" while running
     last: Observation | None = None
     frames_received: int = 0  # = frames_analysed + sum(frames_skipped.values()), always
     frames_analysed: int = 0
@@ -642,33 +643,59 @@ class Loop:
         return True
 
     def _shutdown(self, status: str, reason: str) -> None:
-        """Blank the beam (bounded wait) and write the stop record."""
-        blanked = "blank" in self._kinds() and any(self._blank(attempt) for attempt in range(2))
+        """Blank the beam (bounded wait) and write the stop record.
+
+        The record's ``beam_blank`` says how the blank ended: ``acknowledged``; ``unacknowledged`` (sent,
+        no ack within ``stop_timeout_s``, twice: the instrument may be inside a long command, and a
+        server carries a blank out however late); ``refused`` (by the instrument or its server);
+        ``failed`` (not sent: no link); ``unsupported`` (the instrument has no blank).  ``beam_blanked``
+        is true only for ``acknowledged``.
+        """
+        blank = self._blank_on_the_way_out()
+        blanked = blank == "acknowledged"
+        if not blanked:
+            logger.warning("the beam was not confirmed blanked on the way out: %s", blank)
         self._perceiver.shutdown(wait=False, cancel_futures=True)  # a hung model's thread is left behind
         s = self.state
-        s.status, s.reason = status, reason
+        s.status, s.reason, s.beam_blank = status, reason, blank
         timings_ms = self.timings.summary()
         counters = {**s.counters(), "link": self._link_counters(timings_ms), "recorder": self.recorder.counters()}
         self._record_if_possible(lambda: self.recorder.write(
-            "stop", status=status, reason=reason, beam_blanked=blanked, steps=s.steps_done,
+            "stop", status=status, reason=reason, beam_blanked=blanked, beam_blank=blank, steps=s.steps_done,
             timings_ms=timings_ms, errors=s.errors, frames=counters["frames"], counters=counters,
         ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
 
-    def _blank(self, attempt: int) -> bool:
-        """Send a blank (the one command sent even when it could not be recorded); True once acknowledged.
+    def _blank_on_the_way_out(self) -> str:
+        """Blank the beam, twice at most; how it ended (see :meth:`_shutdown`)."""
+        if "blank" not in self._kinds():
+            return "unsupported"
+        outcomes: list[str] = []
+        for attempt in range(2):
+            outcomes.append(self._blank(attempt))
+            if outcomes[-1] == "acknowledged":
+                return "acknowledged"
+        return "unacknowledged" if "unacknowledged" in outcomes else outcomes[-1]
 
-        Tried twice, each bounded by ``stop_timeout_s``: a lost ack must not leave the question open.
+    def _blank(self, attempt: int) -> str:
+        """Send a blank (the one command sent even when it could not be recorded); how it ended.
+
+        Bounded by ``stop_timeout_s``: a lost ack must not leave the question open.
         """
         blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
         self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
         try:
-            self._send_counted(blank, self.config.stop_timeout_s)
-            return True
+            ack = self._send_counted(blank, self.config.stop_timeout_s)
         except (DriverError, OSError) as exc:
-            message = f"could not blank the beam (attempt {attempt + 1}): {exc}"
+            outcome = _BLANK_OUTCOMES.get(type(exc), "failed")
+            if isinstance(exc, CommandRefused):
+                refusal = exc.ack
+                self._record_if_possible(lambda: self.recorder.ack(refusal, self.state.issued))
+            message = f"could not blank the beam (attempt {attempt + 1}, {outcome}): {exc}"
             self._record_if_possible(lambda: self._error("blank_failed", message))
-            return False
+            return outcome
+        self._record_if_possible(lambda: self.recorder.ack(ack, self.state.issued))
+        return "acknowledged"
 
     def _link_counters(self, timings_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
         """The driver's own counters (sequence gaps, stale acks, reconnects...) and the command round trip."""
@@ -692,6 +719,10 @@ class Loop:
     def _kinds(self) -> tuple[str, ...]:
         cap = _capabilities_now(self.driver)
         return tuple(cap.command_kinds) if cap is not None else ()
+
+
+#: How a blank on the way out ended, by what the driver raised (anything else: ``failed``).
+_BLANK_OUTCOMES: dict[type[Exception], str] = {DriverTimeout: "unacknowledged", CommandRefused: "refused"}
 
 
 def _capabilities_now(driver: Driver) -> Capabilities | None:

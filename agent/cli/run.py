@@ -120,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         f"travel {summary['travel_nm']:.0f} nm; latency p50 {latency.get('p50', float('nan')):.0f} ms",
         file=sys.stderr,
     )
+    if state.beam_blank not in ("acknowledged", "unsupported"):
+        print(f"the beam was NOT confirmed blanked ({state.beam_blank}): check the instrument", file=sys.stderr)
     if record:
         print(f"session recorded in {record} (autoscope report {record})", file=sys.stderr)
     return {"completed": 0, "exhausted": 0, "interrupted": EXIT_INTERRUPTED, "held": EXIT_HELD}.get(state.status, 1)

@@ -78,7 +78,11 @@ def _inspect(args: argparse.Namespace) -> int:
     for kind, n in summary["by_type"].items():
         print(f"  {kind:<12} {n}")
     stop = summary["stop"]
-    print("  stop: " + (f"status {stop.get('status')}, {stop.get('reason')}" if stop else "none (session cut short)"))
+    if stop is None:
+        print("  stop: none (session cut short)")
+    else:
+        blank = f"; beam blank {stop['beam_blank']}" if "beam_blank" in stop else ""  # (older sessions: none)
+        print(f"  stop: status {stop.get('status')}, {stop.get('reason')}{blank}")
     for group, values in (summary["counters"] or {}).items():
         print(f"  {group}: {_flat(values)}")
     if summary["problem"]:

@@ -199,3 +199,62 @@ def test_an_instrument_that_disappears_ends_the_run_safely(segmenter, tmp_path):
     assert state.status == "failed" and "instrument lost" in state.reason and state.steps_done == 2
     stop = records(tmp_path)[-1]
     assert stop["type"] == "stop" and not stop["beam_blanked"] and stop["errors"]["disconnected"] >= 1
+    assert stop["beam_blank"] == "failed"  # (no link: not sent)
+
+
+class _Blanker(SimulatedDriver):
+    """A simulated instrument whose blanker refuses, or takes ``slow_s`` to confirm, once ``armed``."""
+
+    def __init__(self, refuses: bool = False, slow_s: float = 0.0) -> None:
+        super().__init__(specimen_seed=2)
+        self.refuses, self.slow_s, self.armed = refuses, slow_s, False
+
+    def send(self, command, timeout_s: float = 5.0):
+        if command.kind == "blank" and self.armed:
+            if self.refuses:
+                raise CommandRefused(Ack.refusal(command, "refused", "the blanker is in maintenance mode"))
+            import time
+
+            time.sleep(self.slow_s)
+        return super().send(command, timeout_s)
+
+
+def _arm_after_two(driver: _Blanker):
+    def arm(loop_: Loop) -> None:
+        driver.armed = loop_.state.steps_done >= 2
+
+    return arm
+
+
+def test_the_stop_record_says_how_the_blank_on_the_way_out_ended(segmenter, tmp_path):
+    loop = make_loop(SimulatedDriver(specimen_seed=2), segmenter, tmp_path / "ok", steps=2)
+    loop.run()
+    assert records(tmp_path / "ok")[-1]["beam_blank"] == "acknowledged"
+    driver = _Blanker(refuses=True)
+    loop = make_loop(driver, segmenter, tmp_path, steps=2)
+    loop.on_step = _arm_after_two(driver)
+    loop.run()
+    stop = records(tmp_path)[-1]
+    assert (stop["beam_blank"], stop["beam_blanked"]) == ("refused", False) and not driver.state.blanked
+    refusals = [r for r in records(tmp_path) if r["type"] == "ack" and r["ack"]["kind"] == "blank"]
+    assert [r["ack"]["code"] for r in refusals] == ["refused", "refused"]  # (tried twice, both recorded)
+
+
+def test_a_blank_confirmed_too_late_is_recorded_unacknowledged_and_the_server_still_carries_it_out(segmenter, tmp_path):
+    import time
+
+    driver = _Blanker(slow_s=1.5)
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0").start()
+    try:
+        with RemoteDriver(server.endpoint) as remote:
+            loop = make_loop(remote, segmenter, tmp_path, steps=2, stop_timeout_s=0.2)
+            loop.on_step = _arm_after_two(driver)
+            state = loop.run()
+        stop = records(tmp_path)[-1]
+        assert state.status == "completed" and (stop["beam_blank"], stop["beam_blanked"]) == ("unacknowledged", False)
+        deadline = time.monotonic() + 10.0
+        while not driver.state.blanked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.state.blanked  # the agent gone, its late blank ran all the same
+    finally:
+        server.stop()

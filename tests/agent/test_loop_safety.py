@@ -249,7 +249,7 @@ def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_
     assert main(["sessions", "inspect", str(tmp_path / "session")]) == 0
     out = capsys.readouterr().out
     assert "frames: received 3, analysed 3, recorded 3" in out and "commands: sent 5, acked 5" in out
-    assert "link: " in out and "recorder: records" in out
+    assert "link: " in out and "recorder: records" in out and "beam blank acknowledged" in out
 
 
 class _LostAcks(SimulatedDriver):

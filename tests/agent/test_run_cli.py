@@ -108,6 +108,7 @@ def test_sigterm_blanks_the_beam_and_stops_within_5_s(sim_server, tmp_path, smal
     stop = [r for r in read_session(record).records if r["type"] == "stop"][-1]
     assert stop["status"] == "interrupted" and "SIGTERM" in stop["reason"]
     assert stop["beam_blanked"] is instrument_alive
+    assert ("NOT confirmed blanked" in err) is not instrument_alive  # (the operator is told)
 
 
 def test_the_baseline_policies_run_without_importing_torch(small_config):
