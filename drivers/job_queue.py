@@ -195,6 +195,8 @@ class JobQueue:
         """
         jobs = list(self._jobs)
         last = max((i for i, job in enumerate(jobs) if job is not None and job[1].kind in URGENT), default=-1)
+        if last < 0:  # (the worker asks every 50 ms of a scan: nothing to rebuild, nothing to count)
+            return [], []
         head, tail = jobs[: last + 1], jobs[last + 1 :]
         urgent = [job for job in head if job is not None and job[1].kind in URGENT]
         superseded = [job for job in head if job is not None and job[1].kind not in URGENT]
@@ -217,8 +219,13 @@ class JobQueue:
         """A forgotten client said ``bye``: blank the beam if its commands may have left it on."""
         return self.deadman(identity, "a commanding client said bye") if identity in self.watches else []
 
-    def check_deadman(self) -> list[Answer]:
-        """The dead-man's tick: blank for every watched client silent too long, and again when a blank is owed."""
+    def check_deadman(self) -> list[tuple[bytes, str]]:
+        """The dead-man's tick: the blank owed queued again when its pause is over; the silent watched clients.
+
+        Returns each watched client silent for longer than ``deadman_s``, with why, for :meth:`deadman`
+        to be called on in turn (its answers sent before the next: a reply that fails forgets a client,
+        and the queue is folded then, before the next blank).
+        """
         if self.deadman_s is None:
             return []
         if self.blank_owed and self._clock() >= self._owed_again_at and not self._held[None]:
@@ -226,12 +233,12 @@ class JobQueue:
             self.stats["deadman_blanks_again"] += 1
             logger.warning("the server's blank failed; blanking the beam again")
             self.blank_next("deadman-again")
-        answers: list[Answer] = []
         now = self._clock()
-        for identity, watch in list(self.watches.items()):
-            if now - watch.heard > self.deadman_s:
-                answers += self.deadman(identity, f"no message from a commanding client for {now - watch.heard:.1f} s")
-        return answers
+        return [
+            (identity, f"no message from a commanding client for {now - watch.heard:.1f} s")
+            for identity, watch in self.watches.items()
+            if now - watch.heard > self.deadman_s
+        ]
 
     def deadman(self, lost: bytes, why: str) -> list[Answer]:
         """Blank the beam for a watched client gone silent (or saying ``bye``).

@@ -237,13 +237,27 @@ class InstrumentServer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
-        self.deadman_s = deadman_s
         #: The commands waiting for the driver and the clients' dead-man watches (used under the lock).
         self._queue = JobQueue(
             max_jobs_per_client, max_jobs_total, deadman_s, self._clients.__contains__, self.stats, self._wake_worker
         )
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
+
+    @property
+    def deadman_s(self) -> float | None:
+        """The dead-man time, s (``None``: off)."""
+        return self._queue.deadman_s
+
+    @property
+    def max_jobs_per_client(self) -> int:
+        """Commands of one client that may wait for the driver (blanks and stops beyond it fold)."""
+        return self._queue.max_per_client
+
+    @property
+    def max_jobs_total(self) -> int:
+        """Commands of all clients that may wait for the driver."""
+        return self._queue.max_total
 
     def _socket(self, kind: int, curve: CurveServerKeys | None) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(kind)
@@ -599,13 +613,18 @@ class InstrumentServer:
         self._send_answers(self._queue.offer(identity, command))
 
     def _send_answers(self, answers: list[Answer]) -> None:
-        """Send the queue's refusals, now that it is whole (a reply that fails forgets its client, re-entrantly)."""
+        """Send the queue's refusals, now that it is whole (a reply that fails forgets its client, re-entrantly).
+
+        A client forgotten meanwhile (an earlier reply to it failed) is not tried again.
+        """
         for identity, ack in answers:
-            self._reply(identity, encode_ack(ack))
+            if identity in self._clients:
+                self._reply(identity, encode_ack(ack))
 
     # -- clients gone, the dead-man timer -----------------------------------------------------------
     def _check_deadman(self) -> None:
-        self._send_answers(self._queue.check_deadman())
+        for identity, why in self._queue.check_deadman():
+            self._send_answers(self._queue.deadman(identity, why))
 
     def _said_bye(self, identity: bytes) -> None:
         """A client said ``bye``: forget it, and blank the beam if its commands may have left it on."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from drivers.base import (
     Ack,
@@ -68,6 +68,13 @@ class _Rig:
         """Forget a client as the server does: no longer registered, then its moves dropped."""
         self.clients.discard(identity)
         return self.queue.client_gone(identity)
+
+    def tick(self) -> list[tuple[bytes, str]]:
+        """The dead-man's tick, as the server runs it: the refusals to send."""
+        answers = []
+        for identity, why in self.queue.check_deadman():
+            answers += [(who, ack.code) for who, ack in self.queue.deadman(identity, why)]
+        return answers
 
     def waiting(self) -> list[tuple[bytes | None, str]]:
         return [(job[0], job[1].kind) for job in self.queue if job is not None]
@@ -161,9 +168,9 @@ def test_the_dead_man_answers_the_commands_it_drops_of_a_client_still_connected(
     rig.register(b"A")
     rig.send(b"A", UnblankCommand())
     rig.send(b"A", _tilt())
-    assert not rig.queue.check_deadman()  # (not silent yet)
+    assert not rig.tick()  # (not silent yet)
     rig.clock.now_s += 10.0  # silent for 10 s, still registered (not yet forgotten)
-    answers = [(who, ack.code) for who, ack in rig.queue.check_deadman()]
+    answers = rig.tick()
     assert answers == [(b"A", "refused"), (b"A", "refused")] and rig.waiting() == [(None, "blank")]
 
 
@@ -173,7 +180,7 @@ def test_a_client_heard_from_is_not_blanked_for(rig):
     for _ in range(5):
         rig.clock.now_s += 1.5
         rig.queue.heard(b"A")
-        rig.queue.check_deadman()
+        rig.tick()
     assert rig.waiting() == [(b"A", "unblank")] and rig.queue.stats["deadman_blanks"] == 0
 
 
@@ -187,7 +194,7 @@ def test_another_client_commanding_does_not_take_the_watch_over_the_first(rig):
     rig.send(b"B", _tilt())
     rig.forget(b"A")  # A dies: forgotten, then silent past the dead-man time
     rig.clock.now_s += 1.0
-    rig.queue.check_deadman()
+    rig.tick()
     assert rig.waiting()[0] == (None, "blank") and rig.queue.stats["deadman_blanks"] == 1
 
 
@@ -229,10 +236,10 @@ def test_the_servers_blank_is_owed_after_it_fails_and_tried_again_ever_more_slow
         assert own is not None and own[0] is None
         rig.queue.carried_out(own[1], accepted=False)  # the blanker does not read back
         pauses.append(rig.queue.owed_pause_s)
-        rig.queue.check_deadman()
+        rig.tick()
         assert not rig.queue  # (not before its pause)
         rig.clock.now_s += rig.queue.owed_pause_s
-        rig.queue.check_deadman()
+        rig.tick()
     assert pauses == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0] and rig.queue.stats["deadman_blanks_again"] == 6
     while rig.queue:
         rig.queue.popleft()
@@ -242,8 +249,29 @@ def test_the_servers_blank_is_owed_after_it_fails_and_tried_again_ever_more_slow
     rig.queue.carried_out(unblank, accepted=True)  # the beam is on at a watched client's word: nothing owed
     rig.clock.now_s += 5.0
     rig.queue.heard(b"A")
-    rig.queue.check_deadman()
+    rig.tick()
     assert not rig.queue and b"A" in rig.queue.watches and not rig.queue.blank_owed
+
+
+def test_an_owed_blank_is_not_queued_again_while_one_of_the_servers_own_waits(rig):
+    rig.register(b"A", b"B")
+    rig.queue.deadman(b"A", "A silent")
+    own = rig.queue.popleft()
+    assert own is not None
+    rig.queue.carried_out(own[1], accepted=False)  # owed from now on
+    rig.queue.deadman(b"B", "B silent")  # another blank of the server's is queued meanwhile
+    rig.clock.now_s += 10.0
+    rig.tick()
+    assert rig.waiting() == [(None, "blank")] and rig.queue.stats["deadman_blanks_again"] == 0
+
+
+def test_at_stop_every_waiting_command_is_dropped_and_the_servers_blank_runs_last(rig):
+    rig.register(b"A")
+    rig.send(b"A", UnblankCommand())
+    rig.send(b"A", BlankCommand())
+    rig.queue.close()
+    assert rig.waiting() == [(None, "blank")] and list(rig.queue)[-1] is None  # (the end marker)
+    assert rig.queue.stats["dropped_at_stop"] == 2
 
 
 def test_a_clients_blank_never_takes_the_place_of_the_servers_own():
@@ -272,57 +300,63 @@ _BEAM = ("blank", "stop", "unblank")
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Clients send, fall silent, come back, say bye or vanish; the worker carries jobs out; time passes.
+    """Clients send, fall silent, vanish, say bye or come back; the worker carries jobs out; time passes.
 
-    The instrument fails only the server's own blanks (a client's failed blank is its client's to answer
-    for).  Checked after every step: whoever turned the beam on is watched unless a blank of the server's
-    is coming or owed; no client holds more than its bound beyond one blank and one stop per run; all
-    clients together no more than the total beyond one blank and one stop; no move of a gone client
-    waits; nothing answered still waits.  At the end, the queue run out: the beam is blanked if the last
-    beam command taken was a blank or stop, or the dead-man's blank came after it.
+    The worker either takes the job at the front or sits inside a scan, during which waiting blanks and
+    stops are carried out at once (and the commands before them refused).  Blanks may fail.  Replies
+    to a vanished client fail and forget it, re-entrantly, as in the server.  Checked after every step:
+    whoever turned the beam on is watched unless a blank of the server's is coming or owed; each
+    client's bound and the total hold, beyond one blank and one stop per run; no move of a gone client
+    waits; nothing answered waits; a registered client's blank or stop leaves the queue only carried
+    out or answered; the per-client counts are exact.  At the end, with the queue run out: the beam is
+    blanked if the last beam command taken was a blank or stop (or the dead-man's blank came after it)
+    and no blank failed since.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.rig = _Rig(max_per_client=2, max_total=5)
+        self.unreachable: set[bytes] = set()  # (vanished from the socket, not yet forgotten)
+        self.in_scan = False
         self.blanked = True  # (the beam starts blanked)
         self.turned_on_by: bytes | None = None
         self.last = ""  # the kind of the last blank, stop or unblank taken ("blank" too for the dead-man's)
+        self.failed_since_last = False
         self.answered: set[str] = set()
-        self.worker_busy = False
         self.urgent_of_clients: set[str] = set()  # blanks and stops of registered clients taken, not carried out
 
     # -- rules -----------------------------------------------------------------------------------------
-    @initialize(worker_in_a_long_scan=st.booleans())
-    def worker(self, worker_in_a_long_scan: bool) -> None:
-        """In half the runs the worker is inside one long acquisition until the end: everything waits."""
-        self.worker_busy = worker_in_a_long_scan
-
     @rule(client=st.sampled_from(_CLIENTS), kind=st.sampled_from([*_BEAM, "tilt"]))
     def send(self, client: bytes, kind: str) -> None:
         self.rig.register(client)
+        self.unreachable.discard(client)
         self.rig.queue.heard(client)
         command = _KINDS[kind]() if kind in _KINDS else SetTiltCommand(tilt_deg=1.0)
-        self._answered(self.rig.queue.offer(client, command))
-        if kind in _BEAM and command.id not in self.answered:
-            self.last = kind
-        if kind in URGENT and command.id not in self.answered:
+        self._deliver(self.rig.queue.offer(client, command))
+        taken = any(job is not None and job[1].id == command.id for job in self.rig.queue)
+        if kind in _BEAM and taken:
+            self.last, self.failed_since_last = kind, False
+        if kind in URGENT and taken and client in self.rig.clients:
             self.urgent_of_clients.add(command.id)
 
-    @precondition(lambda self: not self.worker_busy)
-    @rule(own_blank_works=st.booleans())
-    def carry_out_the_front(self, own_blank_works: bool) -> None:
+    @precondition(lambda self: not self.in_scan)
+    @rule(works=st.booleans())
+    def carry_out_the_front(self, works: bool) -> None:
         if self.rig.queue:
             job = self.rig.queue.popleft()
             if job is not None:
-                self._carry_out(job[0], job[1], accepted=job[0] is not None or own_blank_works)
+                self._carry_out(job[0], job[1], accepted=works or job[1].kind not in URGENT)
 
-    @precondition(lambda self: not self.worker_busy)
     @rule()
-    def blanks_and_stops_during_a_scan(self) -> None:
+    def a_scan_starts_or_ends(self) -> None:
+        self.in_scan = not self.in_scan
+
+    @precondition(lambda self: self.in_scan)
+    @rule(works=st.booleans())
+    def blanks_and_stops_during_the_scan(self, works: bool) -> None:
         urgent, superseded = self.rig.queue.take_urgent_run()
         for owner, command in urgent:
-            self._carry_out(owner, command, accepted=True)
+            self._carry_out(owner, command, accepted=works)
         self.answered.update(command.id for _, command in superseded)
 
     @rule(seconds=st.sampled_from([0.5, 1.5, 3.0]), silent=st.sampled_from([None, *_CLIENTS]))
@@ -331,21 +365,23 @@ class QueueMachine(RuleBasedStateMachine):
         self.rig.clock.now_s += seconds
         for client in self.rig.clients - {silent}:
             self.rig.queue.heard(client)
-        before = self.rig.queue.stats["deadman_blanks"] + self.rig.queue.stats["deadman_blanks_again"]
-        self._answered(self.rig.queue.check_deadman())
-        if self.rig.queue.stats["deadman_blanks"] + self.rig.queue.stats["deadman_blanks_again"] > before:
+        before = self.rig.queue.stats["deadman_blanks_again"]
+        for identity, why in self.rig.queue.check_deadman():
+            self._deliver(self.rig.queue.deadman(identity, why))
+            self._dead_man_blanked()
+        if self.rig.queue.stats["deadman_blanks_again"] > before:
             self._dead_man_blanked()
 
-    @rule(client=st.sampled_from(_CLIENTS), says_bye=st.booleans())
-    def goes(self, client: bytes, says_bye: bool) -> None:
-        """Forgotten (silent past three heartbeats, unreachable), or saying ``bye``."""
-        if client in self.rig.clients:
-            # (a gone client's blank or stop may fold into an earlier one of its kind, unanswered)
-            self.urgent_of_clients -= {job[1].id for job in self.rig.queue if job is not None and job[0] == client}
-            self._answered(self.rig.forget_answers(client))
-        if says_bye:
+    @rule(client=st.sampled_from(_CLIENTS), how=st.sampled_from(["forgotten", "bye", "vanishes"]))
+    def goes(self, client: bytes, how: str) -> None:
+        """Forgotten (silent past three heartbeats), saying ``bye``, or gone from the socket unnoticed."""
+        if how == "vanishes":
+            self.unreachable.add(client)
+            return
+        self._forget(client)
+        if how == "bye":
             before = self.rig.queue.stats["deadman_blanks"]
-            self._answered(self.rig.queue.said_bye(client))
+            self._deliver(self.rig.queue.said_bye(client))
             if self.rig.queue.stats["deadman_blanks"] > before:
                 self._dead_man_blanked()
 
@@ -353,7 +389,8 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def whoever_turned_the_beam_on_is_watched(self) -> None:
         queue = self.rig.queue
-        assert self.blanked or queue.held_by(None) or queue.blank_owed or self.turned_on_by in queue.watches
+        own_waits = any(job is not None and job[0] is None for job in queue)
+        assert self.blanked or own_waits or queue.blank_owed or self.turned_on_by in queue.watches
 
     @invariant()
     def the_queue_stays_bounded(self) -> None:
@@ -378,7 +415,12 @@ class QueueMachine(RuleBasedStateMachine):
             owner, command = job
             assert owner is None or owner in self.rig.clients or command.kind in URGENT
             assert command.id not in self.answered
-            assert owner is None or self.rig.queue.held_by(owner) > 0
+
+    @invariant()
+    def the_counts_per_client_are_exact(self) -> None:
+        owners = [job[0] for job in self.rig.queue if job is not None]
+        for owner in {None, *_CLIENTS}:
+            assert self.rig.queue.held_by(owner) == owners.count(owner)
 
     @invariant()
     def a_registered_clients_blank_or_stop_waits_until_carried_out_or_answered(self) -> None:
@@ -390,7 +432,7 @@ class QueueMachine(RuleBasedStateMachine):
             job = self.rig.queue.popleft()
             if job is not None:
                 self._carry_out(job[0], job[1], accepted=True)
-        if self.last in URGENT:
+        if self.last in URGENT and not self.failed_since_last:
             assert self.blanked or self.rig.queue.blank_owed
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -398,17 +440,30 @@ class QueueMachine(RuleBasedStateMachine):
         if command.kind in _BEAM and accepted:
             self.blanked = command.kind != "unblank"
             self.turned_on_by = None if self.blanked else owner
+        if command.kind in URGENT and not accepted:
+            self.failed_since_last = True
         if command.kind in _BEAM:
             self.rig.queue.carried_out(command, accepted)
         self.urgent_of_clients.discard(command.id)
 
-    def _answered(self, answers: list) -> None:
+    def _forget(self, client: bytes) -> None:
+        if client in self.rig.clients:
+            # (a gone client's blank or stop may fold into an earlier one of its kind, unanswered)
+            self.urgent_of_clients -= {job[1].id for job in self.rig.queue if job is not None and job[0] == client}
+            self.unreachable.discard(client)
+            self._deliver(self.rig.forget_answers(client))
+
+    def _deliver(self, answers: list[tuple[bytes, Ack]]) -> None:
+        """Send refusals as the server does: to registered clients only; one that fails forgets its client."""
         self.answered.update(ack.command_id for _, ack in answers)
+        for who, _ in answers:
+            if who in self.unreachable:
+                self._forget(who)
 
     def _dead_man_blanked(self) -> None:
         """The server's blank went to the front: the last beam command unless one of a client waits after it."""
         if not [job for job in self.rig.queue if job is not None and job[0] is not None and job[1].kind in _BEAM]:
-            self.last = "blank"
+            self.last, self.failed_since_last = "blank", False
 
 
 QueueMachine.TestCase.settings = settings(max_examples=2000, stateful_step_count=30, deadline=None)
@@ -450,6 +505,18 @@ def test_a_busy_answer_to_an_unreachable_client_does_not_bring_back_its_dropped_
     server._accept(b"A", BlankCommand())  # folded; the busy answer fails and A is forgotten meanwhile
     assert b"A" not in server._clients
     assert [job[1].kind for job in server._queue if job is not None] == ["blank"]  # its unblank and scan stay dropped
+
+
+def test_a_client_forgotten_by_one_failed_reply_is_not_tried_again_in_the_same_step(server):
+    _register(server, b"A")  # (no such peer: replies to it fail)
+    for command in (BlankCommand(), SetTiltCommand(tilt_deg=1.0), StopCommand(), BlankCommand()):
+        server._accept(b"A", command)
+    server._queue.watches[b"A"].heard -= 10.0
+    server._check_deadman()  # its blanks fold (the busy answer fails: forgotten); its tilt's refusal is not sent
+    assert server.stats["undeliverable"] == 1 and b"A" not in server._clients
+    assert [(job[0], job[1].kind) for job in server._queue if job is not None] == [
+        (None, "blank"), (b"A", "blank"), (b"A", "stop")
+    ]  # fmt: skip
 
 
 def test_the_servers_own_blank_is_carried_out_however_long_it_waited(server, monkeypatch):
