@@ -11,11 +11,12 @@ from typing import Any
 from agent.config import ConfigError, RunConfig
 from agent.guard import Guard, half_extent_nm, intersect, limits_beyond_instrument
 from agent.live import LiveView
-from agent.loop import Loop, LoopConfig, RunState
+from agent.loop import Loop
 from agent.perception import Perception
 from agent.policies import AcquisitionConfig, FieldTemplate, Policy, PolicyContext, Region, ScoreWeights, make_policy
 from agent.recorder import SessionRecorder, claim_session_dir
 from agent.reward import Reward
+from agent.run_state import LoopConfig, RunState
 from agent.summary import run_summary
 from drivers.base import Capabilities, Disconnected, Driver, Range
 from drivers.recording import RecordingError

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.frame_checks import frame_age_s, is_strict_replay, readback_problem
@@ -23,6 +23,7 @@ from agent.observation import Observation
 from agent.perception import Perception
 from agent.policies import Policy
 from agent.recorder import SessionRecorder
+from agent.run_state import Interrupted, LoopConfig, RunState, StopLoop, bump
 from agent.scoring import TruthScorer
 from agent.timings import StageTimings
 from drivers.base import (
@@ -48,101 +49,12 @@ from models.segmenter import ModelOutputError
 logger = logging.getLogger(__name__)
 
 
-class Interrupted(BaseException):
-    """Raised in the loop's thread by a SIGINT/SIGTERM handler: stop now, safely."""
-
-
-class StopLoop(Exception):
-    """Ends the run with ``status`` and ``reason``."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """Fault tolerance and timing of the loop.
-
-    Attributes
-    ----------
-    steps : frames to analyse.
-    frame_timeout_s : wait for a frame beyond its nominal scan time.
-    command_timeout_s : wait for an ack.
-    max_failures : consecutive failed steps (lost frames, bad frames, refusals) before giving up.
-    reconnect_grace_s : how long a lost instrument may take to come back.
-    stop_timeout_s : how long blanking the beam may take on the way out.
-    readback_tolerance_nm : a frame whose header puts it (centre or field of view) further than this
-        from what was commanded puts the loop in safe hold.
-    max_frame_age_s : frames whose acquisition ended longer ago than this are skipped, never analysed
-        (instrument and agent clocks must agree to well within it).
-    perception_timeout_s : a model that takes longer on one frame is declared hung: safe hold.
-    """
-
-    steps: int
-    frame_timeout_s: float = 30.0
-    command_timeout_s: float = 5.0
-    max_failures: int = 20
-    reconnect_grace_s: float = 10.0
-    stop_timeout_s: float = 1.0
-    readback_tolerance_nm: float = 0.5
-    max_frame_age_s: float = 60.0
-    perception_timeout_s: float = 60.0
-
-
 @dataclass
 class _InFlight:
     step: int
     decision: Decision
     command: ScanCommand
     sent_s: float
-
-
-@dataclass
-class RunState:
-    """What the loop has done so far (read by the live view and the summary)."""
-
-    steps_done: int = 0
-    issued: int = 0
-    failures_in_row: int = 0
-    refusals: list[dict[str, Any]] = field(default_factory=list)  # the latest 1000
-    refusal_count: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-    fields: list[tuple[float, float, float]] = field(default_factory=list)
-    atoms_found: int = 0
-    travel_nm: float = 0.0
-    status: str = "running"
-    reason: str = ""
-    beam_blank: str = ""  # how the blank on the way out ended (see Loop._shutdown); "" while running
-    last: Observation | None = None
-    frames_received: int = 0  # = frames_analysed + sum(frames_skipped.values()), always
-    frames_analysed: int = 0
-    frames_recorded: int = 0
-    frames_skipped: dict[str, int] = field(default_factory=dict)
-    commands: dict[str, int] = field(default_factory=dict)  # sent, acked, refused_locally, refused_remotely...
-    model_failures: dict[str, int] = field(default_factory=dict)
-    fallback_decisions: int = 0
-
-    def skip(self, reason: str) -> None:
-        """Count a received frame that was not analysed."""
-        _bump(self.frames_skipped, reason)
-
-    def counters(self) -> dict[str, Any]:
-        """The run's counters as the stop record and ``autoscope sessions inspect`` show them."""
-        frames = {
-            "received": self.frames_received, "analysed": self.frames_analysed, "recorded": self.frames_recorded,
-            "skipped": dict(self.frames_skipped),
-        }  # fmt: skip
-        return {
-            "frames": frames,
-            "commands": dict(self.commands),
-            "model_failures": dict(self.model_failures),
-            "fallback_decisions": self.fallback_decisions,
-        }
-
-
-def _bump(counter: dict[str, int], key: str, n: int = 1) -> None:
-    counter[key] = counter.get(key, 0) + n
 
 
 class Loop:
@@ -382,7 +294,7 @@ class Loop:
     def _model_failed(self, job: _InFlight, frame: Frame, exc: Exception) -> None:
         """Withhold the decision the frame would have fed; the fallback policy takes the next one."""
         reason = exc.reason if isinstance(exc, ModelOutputError) else f"raised_{type(exc).__name__}"
-        _bump(self.state.model_failures, reason)
+        bump(self.state.model_failures, reason)
         self.state.skip("model_failed")
         self._record_frame(frame, job.step)
         fallback = self.fallback.name if self.fallback is not None else None
@@ -473,19 +385,19 @@ class Loop:
 
     def _send_counted(self, command: Command, timeout_s: float) -> Ack:
         """Send a command, counting it as sent, then as acked or by how it failed."""
-        _bump(self.state.commands, "sent")
+        bump(self.state.commands, "sent")
         try:
             ack = self.driver.send(command, timeout_s=timeout_s)
         except CommandRefused as exc:
-            _bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
+            bump(self.state.commands, f"refused_remotely_{exc.ack.code or 'refused'}")
             raise
         except DriverTimeout:
-            _bump(self.state.commands, "ack_timeouts")
+            bump(self.state.commands, "ack_timeouts")
             raise
         except DriverError as exc:
-            _bump(self.state.commands, "disconnected" if isinstance(exc, Disconnected) else "failed")
+            bump(self.state.commands, "disconnected" if isinstance(exc, Disconnected) else "failed")
             raise
-        _bump(self.state.commands, "acked")
+        bump(self.state.commands, "acked")
         return ack
 
     def _send_simple(self, command: BlankCommand | UnblankCommand) -> None:
@@ -556,7 +468,7 @@ class Loop:
 
     def _refused(self, decision: Decision, source: str, reason: str) -> None:
         if source != "instrument":
-            _bump(self.state.commands, "refused_locally")
+            bump(self.state.commands, "refused_locally")
         self.state.refusal_count += 1
         self.state.refusals.append({"step": self.state.issued, "source": source, "reason": reason})
         del self.state.refusals[:-1000]  # bounded: the count is kept below

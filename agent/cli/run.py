@@ -57,12 +57,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`~agent.loop.Interrupted` in the loop, which then stops safely.
+    """SIGINT and SIGTERM raise :class:`~agent.run_state.Interrupted` in the loop, which then stops safely.
 
     Only the first signal does: a second one (an impatient Ctrl-C) must not break off the shutdown that
     blanks the beam and writes the stop record; it is reported and ignored.
     """
-    from agent.loop import Interrupted
+    from agent.run_state import Interrupted
 
     fired: list[int] = []
 

@@ -179,7 +179,7 @@ def test_a_second_signal_does_not_break_off_the_safe_shutdown(capsys):
     import time
 
     from agent.cli.run import _signals_interrupt
-    from agent.loop import Interrupted
+    from agent.run_state import Interrupted
 
     with _signals_interrupt():
         with pytest.raises(Interrupted, match="SIGTERM"):
