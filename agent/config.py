@@ -110,12 +110,32 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _limits_for_real_instruments(self) -> RunConfig:
         missing = [f"guard.{name}" for name in REQUIRED_LIMITS if getattr(self.guard, name) is None]
+        current_given = "probe_current_pa" in self.guard.model_fields_set
+        if not current_given:  # the guard's dose is only as right as the current it is computed from
+            missing.append("guard.probe_current_pa")
         if self.instrument != "sim" and missing:
             raise ValueError(
                 f"driving {self.instrument} needs its limits configured; missing: {', '.join(missing)} "
-                "(set them in the [guard] table, within what the instrument reports)"
+                "(set them in the [guard] table, within what the instrument reports, and the probe current "
+                "the instrument runs at)"
+            )
+        if (
+            self.instrument == "sim"
+            and current_given
+            and self.guard.probe_current_pa != self.simulator.probe_current_pa
+        ):
+            raise ValueError(
+                f"guard.probe_current_pa={self.guard.probe_current_pa:g} differs from the simulator's "
+                f"simulator.probe_current_pa={self.simulator.probe_current_pa:g}: the guard would count the dose "
+                "of another beam (leave guard.probe_current_pa out to take the simulator's)"
             )
         return self
+
+    def guard_config(self) -> GuardConfig:
+        """The guard's configuration; with the simulator, at the simulator's probe current."""
+        if self.instrument == "sim":
+            return self.guard.model_copy(update={"probe_current_pa": self.simulator.probe_current_pa})
+        return self.guard
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:

@@ -146,7 +146,7 @@ class Experiment:
                 raise ConfigError("the configuration does not fit the instrument: " + "; ".join(beyond))
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
-            self.guard = Guard(cap, config.guard)
+            self.guard = Guard(cap, config.guard_config())
             self.previous_session: dict[str, Any] | None = None
             self.record_dir = config.record
             if recorder is None and config.record is not None:

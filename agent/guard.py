@@ -121,7 +121,10 @@ class Guard:
     def __init__(self, capabilities: Capabilities, config: GuardConfig | None = None) -> None:
         self.config = config or GuardConfig()
         self._take_limits(capabilities)
+        #: Where the last scan known to have run put the field (None before the first).
         self.position: tuple[float, float] | None = None
+        #: Scans sent since whose outcome is unknown (no ack: they may or may not have run).
+        self._unsure: list[tuple[float, float]] = []
         self._fields = FieldIndex()  # every accepted scan, binned: checks cost the same however many there are
         self._doses: list[float] = []
 
@@ -152,9 +155,10 @@ class Guard:
         return problems
 
     def frame_dose_e_per_a2(self, d: Decision) -> float:
-        """Dose one frame of ``d`` delivers: ``I * t_dwell / (e * pixel area)``."""
+        """Dose one frame of ``d`` delivers: ``I * t_dwell / (e * pixel area)`` (inf for a field of no area)."""
         electrons = self.config.probe_current_pa * 1e-12 * d.dwell_us * 1e-6 / 1.602176634e-19
-        return electrons / (d.fov_nm / d.cols * 10.0) ** 2
+        pixel_area_a2 = (d.fov_nm / d.cols * 10.0) ** 2 if d.cols > 0 else 0.0
+        return electrons / pixel_area_a2 if pixel_area_a2 > 0 else math.inf
 
     def _out_of_limits(self, d: Decision, names: tuple[str, ...]) -> str | None:
         for name in names:
@@ -194,15 +198,16 @@ class Guard:
         problem = self._out_of_limits(d, ("x_nm", "y_nm", "fov_nm", "rows", "cols", "dwell_us"))
         if problem:
             return problem
+        if not (d.fov_nm > 0 and d.rows >= 1 and d.cols >= 1 and d.fov_nm / d.cols * 10.0 > 0):
+            return f"a field of fov_nm={d.fov_nm:g} over {d.rows:g} x {d.cols:g} pixels has no area"
         if not (math.isfinite(d.rotation_deg) and -360.0 <= d.rotation_deg <= 360.0):
             return f"rotation_deg={d.rotation_deg!r} is outside [-360, 360]"
         problem = self._field_off_stage(d)
         if problem:
             return problem
-        if self.position is not None:
-            step = math.hypot(d.x_nm - self.position[0], d.y_nm - self.position[1])
-            if step > self.config.max_step_nm:
-                return f"step of {step:.1f} nm exceeds max_step_nm={self.config.max_step_nm:g}"
+        problem = self._step_problem(d)
+        if problem:
+            return problem
         dose = self.frame_dose_e_per_a2(d)
         if dose > self.max_frame_dose:
             return f"frame dose {dose:.3g} e/A^2 exceeds the instrument's maximum {self.max_frame_dose:.3g}"
@@ -215,6 +220,19 @@ class Guard:
             for r in self._fields.overlapping(d.x_nm, d.y_nm, tol):
                 if math.hypot(d.x_nm - r.x_nm, d.y_nm - r.y_nm) <= tol and abs(d.fov_nm - r.fov_nm) <= tol:
                     return f"repeat of the field already scanned at ({r.x_nm:g}, {r.y_nm:g}) nm, fov {r.fov_nm:g} nm"
+        return None
+
+    def _step_problem(self, d: Decision) -> str | None:
+        """A step longer than ``max_step_nm`` from where the stage is, or may be.
+
+        From the last scan known to have run, and from every scan sent since whose outcome is unknown:
+        the stage may be at any of them.
+        """
+        for here, what in [(self.position, "the last scan"), *((p, "a scan that may have run") for p in self._unsure)]:
+            if here is not None:
+                step = math.hypot(d.x_nm - here[0], d.y_nm - here[1])
+                if step > self.config.max_step_nm:
+                    return f"step of {step:.1f} nm from {what} exceeds max_step_nm={self.config.max_step_nm:g}"
         return None
 
     def check(self, d: Decision) -> Command | Refusal:
@@ -249,8 +267,13 @@ class Guard:
         """Dose of each scan let through, in order."""
         return list(self._doses)
 
-    def commit(self, command: Command) -> None:
-        """Remember a command that was sent: its position, field and dose count from now on."""
+    def commit(self, command: Command, ran: bool = True) -> None:
+        """Remember a scan that was sent: its field and dose count from now on.
+
+        ``ran``: acknowledged, so the stage is at its field now.  Otherwise (no ack, a lost link) it may
+        or may not have run: its dose counts all the same (the safe side), and later steps must be
+        within ``max_step_nm`` of it as well as of the last scan known to have run.
+        """
         if isinstance(command, ScanCommand):
             d = Decision(
                 "scan",
@@ -262,7 +285,11 @@ class Guard:
                 command.dwell_us,
                 command.rotation_deg,
             )
-            self.position = (command.x_nm, command.y_nm)
+            if ran:
+                self.position = (command.x_nm, command.y_nm)
+                self._unsure.clear()
+            else:
+                self._unsure.append((command.x_nm, command.y_nm))
             half = _half_diagonal_nm(command.fov_nm, command.rows, command.cols)
             dose = self.frame_dose_e_per_a2(d)
             self._fields.add(FieldRecord(command.x_nm, command.y_nm, half, command.fov_nm, dose))

@@ -359,18 +359,25 @@ class Loop:
             ack = self._send_counted(command, timeout_s)
         except CommandRefused as exc:
             self.recorder.ack(exc.ack, step)
-            self._refused(decision, "instrument", exc.ack.reason or exc.ack.code or "refused")
+            reason = exc.ack.reason or exc.ack.code or "refused"
             if exc.ack.code == "refused":  # our limits let it through and the instrument did not: stop moving
+                self._count_refusal("instrument", reason)  # (the hold first: a failure count must not pre-empt it)
                 self._hold(f"the instrument refused a move: {exc.ack.reason}")
+            self._refused(decision, "instrument", reason)
             return False
         except DriverTimeout as exc:
-            self.guard.commit(command)  # it may have run: its dose counts (the conservative side)
+            self.guard.commit(command, ran=False)  # it may have run: its dose counts (the conservative side)
             self._error("ack_timeout", str(exc), step=step)
             self._failed(decision, "no ack")
             return False
         except Disconnected as exc:
-            self.guard.commit(command)  # it may have reached the instrument before the link broke
+            self.guard.commit(command, ran=False)  # it may have reached the instrument before the link broke
             self._instrument_lost(exc)
+            return False
+        except DriverError as exc:  # an error reply naming it (hello_first: the server forgot us), a driver failing
+            self.guard.commit(command, ran=False)  # (not known not to have run)
+            self._error("command_failed", f"{type(exc).__name__}: {exc}", step=step)
+            self._failed(decision, f"the instrument did not take it: {exc}")
             return False
         self._lost_since = None
         self.timings.add("send", 1e3 * (time.perf_counter() - t0))
@@ -467,6 +474,10 @@ class Loop:
         self.recorder.write("error", kind=kind, message=message, **fields)
 
     def _refused(self, decision: Decision, source: str, reason: str) -> None:
+        self._count_refusal(source, reason)
+        self._failed(decision, reason)
+
+    def _count_refusal(self, source: str, reason: str) -> None:
         if source != "instrument":
             bump(self.state.commands, "refused_locally")
         self.state.refusal_count += 1
@@ -474,7 +485,6 @@ class Loop:
         del self.state.refusals[:-1000]  # bounded: the count is kept below
         self.state.errors[f"refused_by_{source}"] = self.state.errors.get(f"refused_by_{source}", 0) + 1
         self.recorder.write("refusal", step=self.state.issued, source=source, reason=reason)
-        self._failed(decision, reason)
 
     def _failed(self, decision: Decision, reason: str) -> None:
         self._call_policy("reject", lambda: self.policy.reject(decision, reason))

@@ -48,3 +48,33 @@ def test_a_scalar_where_a_table_is_needed_is_a_config_error(tmp_path):
 def test_a_seed_beyond_64_bits_is_refused_at_start():
     with pytest.raises(ConfigError, match="seed"):
         load_config(None, {"seed": 2**64})
+
+
+_LIMITS = (
+    "[guard]\nstage_x_nm = { low = -100.0, high = 100.0 }\nstage_y_nm = { low = -100.0, high = 100.0 }\n"
+    "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 1024 }\ndwell_us = { low = 0.1, high = 100.0 }\n"
+)
+
+
+def test_a_real_instrument_needs_the_probe_current_the_dose_is_counted_at(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('instrument = "tcp://127.0.0.1:5555"\n' + _LIMITS)
+    with pytest.raises(ConfigError, match=r"missing: guard\.probe_current_pa"):
+        load_config(path, {})
+    path.write_text('instrument = "tcp://127.0.0.1:5555"\n' + _LIMITS + "probe_current_pa = 150.0\n")
+    assert load_config(path, {}).guard_config().probe_current_pa == 150.0
+
+
+def test_with_the_simulator_the_guard_counts_the_dose_of_the_simulators_beam(tmp_path):
+    from agent.guard import Decision, Guard
+    from drivers.base import ScanCommand
+    from drivers.simulated import SimulatedDriver
+
+    config = load_config(None, {"simulator.probe_current_pa": 200.0})
+    driver = SimulatedDriver(probe_current_pa=config.simulator.probe_current_pa)
+    guard = Guard(driver.capabilities(), config.guard_config())
+    scan = ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=2.56, rows=128, cols=128, dwell_us=10.0)
+    decision = Decision("scan", 0.0, 0.0, 2.56, 128, 128, 10.0)
+    assert guard.frame_dose_e_per_a2(decision) == pytest.approx(driver._dose(scan), rel=1e-9)  # (what it delivers)
+    with pytest.raises(ConfigError, match="differs from the simulator's"):
+        load_config(None, {"simulator.probe_current_pa": 200.0, "guard.probe_current_pa": 20.0})

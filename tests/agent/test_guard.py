@@ -119,7 +119,7 @@ def test_steps_repeats_and_dose_budget():
     guard = Guard(DEFAULT_CAPABILITIES, CONFIG)
     first = guard.check(_scan())
     guard.commit(first)
-    assert "step of 200.0 nm exceeds" in guard.check(_scan(x_nm=200.0)).reason
+    assert "step of 200.0 nm from the last scan exceeds" in guard.check(_scan(x_nm=200.0)).reason
     assert "repeat of the field" in guard.check(_scan(x_nm=0.2)).reason
     # Long dwells on one spot: the budget runs out, however the fields shift a little.
     accepted = 0
@@ -188,3 +188,26 @@ def test_limits_wider_than_the_protocol_give_refusals_not_exceptions():
         assert isinstance(out, Refusal) and "outside what the protocol carries" in out.reason
     tilt = guard.check(Decision("set_tilt", tilt_deg=120.0))
     assert isinstance(tilt, Refusal) and "tilt_deg" in tilt.reason
+
+
+def test_a_scan_that_may_not_have_run_keeps_later_steps_within_reach_of_wherever_the_stage_is():
+    guard = Guard(DEFAULT_CAPABILITIES, CONFIG)  # max_step_nm 150
+    guard.commit(guard.check(_scan(x_nm=0.0)))
+    unsure = guard.check(_scan(x_nm=140.0))
+    guard.commit(unsure, ran=False)  # no ack: the stage is at 0 or at 140 nm
+    assert guard.position == (0.0, 0.0)
+    out = guard.check(_scan(x_nm=280.0))  # 140 nm from the unsure scan, 280 nm from the last known one
+    assert isinstance(out, Refusal) and "280.0 nm from the last scan" in out.reason
+    assert not isinstance(guard.check(_scan(x_nm=70.0)), Refusal)  # within reach of both
+    guard.commit(guard.check(_scan(x_nm=70.0)))  # acknowledged: the stage is there now
+    assert guard.position == (70.0, 0.0) and not isinstance(guard.check(_scan(x_nm=210.0)), Refusal)
+    assert len(guard.doses_e_per_a2) == 3  # (the unsure scan's dose counts all the same)
+
+
+@pytest.mark.parametrize(("fov_nm", "cols"), [(10.0, 0), (0.0, 16), (1e-170, 16)])
+def test_a_field_of_no_area_is_refused_not_raised(fov_nm, cols):
+    open_ended = DEFAULT_CAPABILITIES.model_copy(
+        update={"fov_nm": Range(low=0, high=100), "pixels": Range(low=0, high=512)}
+    )
+    out = Guard(open_ended, GuardConfig()).check(_scan(fov_nm=fov_nm, rows=16, cols=cols))
+    assert isinstance(out, Refusal) and ("no area" in out.reason or "frame dose inf" in out.reason)

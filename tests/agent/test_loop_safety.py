@@ -15,7 +15,7 @@ import pytest
 from agent.guard import Guard, GuardConfig
 from agent.loop import LoopConfig
 from agent.policies import PolicyContext, make_policy
-from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, Range, ScanCommand
+from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, ProtocolError, Range, ScanCommand
 from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -65,6 +65,33 @@ def test_a_refused_move_or_an_off_readback_holds_and_blanks(segmenter, tmp_path,
     assert "safe_hold" in kinds and kinds[-1] == "stop"
     assert records(tmp_path)[-1]["beam_blanked"]
     assert state.steps_done <= 2
+
+
+def test_a_refused_move_holds_even_when_it_is_the_failure_that_reaches_the_limit(segmenter, tmp_path):
+    driver = _Misbehaving("refuse", at=0)
+    state = make_loop(driver, segmenter, tmp_path, policy="defects", steps=4, max_failures=1).run()
+    assert state.status == "held" and "vendor interlock" in state.reason
+    assert "safe_hold" in [r["type"] for r in records(tmp_path)]
+
+
+class _RejectsOneScan(SimulatedDriver):
+    """Answers its second scan with an error reply (as a server that forgot the client does: hello_first)."""
+
+    def __init__(self) -> None:
+        super().__init__(specimen_seed=2)
+        self.scans = 0
+
+    def send(self, command, timeout_s: float = 5.0) -> Ack:
+        if isinstance(command, ScanCommand):
+            self.scans += 1
+            if self.scans == 2:
+                raise ProtocolError("hello_first", "no hello on this connection (or forgotten since): not accepted")
+        return super().send(command, timeout_s)
+
+
+def test_a_command_the_instrument_answers_with_an_error_is_a_failed_step_not_a_crash(segmenter, tmp_path):
+    state = make_loop(_RejectsOneScan(), segmenter, tmp_path, policy="defects", steps=3).run()
+    assert state.status == "completed" and state.steps_done == 3 and state.errors["command_failed"] == 1
 
 
 @pytest.mark.parametrize("fault", ["nan", "shape", "stale", "lost", ""])

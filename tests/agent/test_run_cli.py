@@ -17,6 +17,7 @@ from drivers.recording import read_session
 SMALL = "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n" + (
     "[guard]\nstage_x_nm = { low = -100.0, high = 100.0 }\nstage_y_nm = { low = -100.0, high = 100.0 }\n"
     "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 1024 }\ndwell_us = { low = 0.1, high = 100.0 }\n"
+    "probe_current_pa = 20.0\n"
 )  # a real instrument's limits must be configured (tcp runs need them)
 
 

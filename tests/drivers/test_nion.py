@@ -177,6 +177,7 @@ LIMITS = (
     "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n[guard]\n"
     "stage_x_nm = { low = -20.0, high = 20.0 }\nstage_y_nm = { low = -20.0, high = 20.0 }\n"
     "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 512 }\ndwell_us = { low = 0.1, high = 20.0 }\n"
+    "probe_current_pa = 20.0\n"
 )
 
 

@@ -33,6 +33,7 @@ CONFIG = (
     "[field]\nfov_nm = 2.56\npixels = 64\ndwell_us = 1.0\n[policies]\nlength_nm = 5.0\n[guard]\n"
     "stage_x_nm = { low = -100.0, high = 100.0 }\nstage_y_nm = { low = -100.0, high = 100.0 }\n"
     "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 512 }\ndwell_us = { low = 0.1, high = 20.0 }\n"
+    "probe_current_pa = 20.0\n"
 )
 
 
