@@ -173,12 +173,16 @@ class RemoteDriver:
         DriverTimeout
             No ack within ``timeout_s``; the command may or may not have executed.
         Disconnected
-            The server is gone; the command was not sent.
+            The server is gone: the command was not sent, or was sent and its ack lost with the
+            connection (then it may have run).
         ProtocolError
-            The server rejected the message as malformed.
+            The server rejected the message (malformed, or ``hello_first``: it had forgotten this
+            client); the command did not run.
+        ValueError
+            ``timeout_s`` is not a positive finite number (nothing is sent).
         """
-        if not math.isfinite(timeout_s):
-            raise ValueError(f"timeout_s must be a finite number of seconds, not {timeout_s!r}")
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive finite number of seconds, not {timeout_s!r}")
         pending = self.submit(command)
         try:
             answer = pending.result(timeout=timeout_s)
@@ -195,7 +199,9 @@ class RemoteDriver:
 
         This lets a caller keep scans in flight (send the next while the current frame travels).  The
         future fails with :class:`Disconnected` or :class:`ProtocolError` as :meth:`send` would raise;
-        a caller that gives up on it should still expect the command to have run.
+        a caller that gives up on it should still expect the command to have run.  Callbacks added to
+        the future run on the driver's I/O thread: they must be quick and must not call :meth:`send`
+        or :meth:`close` (heartbeats wait for them, and the ack they would wait for with them).
 
         Raises
         ------
@@ -206,7 +212,7 @@ class RemoteDriver:
         parts = encode_command(command)
         with self._lock:  # checked and tagged together: a loss in between would let it out on the next connection
             if self._stop.is_set() or not self._connected.is_set():
-                raise Disconnected(f"instrument server at {self.endpoint} is not connected")
+                raise Disconnected(f"instrument server at {self.endpoint} is not connected{self._for_good()}")
             if command.id in self._waiters:
                 raise ValueError(f"command {command.id} is already waiting for its ack: ids are unique per command")
             self._waiters[command.id] = pending
@@ -243,10 +249,14 @@ class RemoteDriver:
             if isinstance(item, ProtocolError):
                 raise item
             gone = not self._connected.is_set() and self._frames.empty() and self._caps is not None
-            if gone and (not self.reconnect or self._stop.is_set()):
-                raise Disconnected(f"instrument server at {self.endpoint} is gone")
+            if gone and (not self.reconnect or self._stop.is_set() or self._fatal is not None):
+                raise Disconnected(f"instrument server at {self.endpoint} is gone{self._for_good()}")
             if time.monotonic() >= deadline:
                 raise DriverTimeout(f"no frame within {timeout_s} s")
+
+    def _for_good(self) -> str:
+        """Why no reconnection is tried any more (a server of another protocol version), if that is so."""
+        return f" and will not be reconnected to: {self._fatal}" if self._fatal is not None else ""
 
     def close(self) -> None:
         """Say goodbye, stop the I/O thread and release the sockets (idempotent)."""
@@ -278,7 +288,10 @@ class RemoteDriver:
     def _wake(self) -> None:
         with self._lock:
             if not self._wake_tx.closed:
-                self._wake_tx.send(b"", NOBLOCK)
+                try:
+                    self._wake_tx.send(b"", NOBLOCK)
+                except zmq.Again:  # wake-ups the I/O thread has not read yet: one waiting is enough
+                    pass
 
     def _new_socket(self) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(zmq.DEALER)
@@ -300,6 +313,7 @@ class RemoteDriver:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stop.is_set():
+            welcomes = self.stats["welcomes"]
             sock = self._new_socket()
             try:
                 self._session(sock)
@@ -307,6 +321,8 @@ class RemoteDriver:
                 sock.close(linger=0)
             if self._stop.is_set() or not self.reconnect or self._fatal is not None:
                 break
+            if self.stats["welcomes"] > welcomes:  # a session that worked: the next outage starts afresh
+                backoff = 0.1
             self.stats["reconnects"] += 1
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 2.0)
@@ -511,6 +527,7 @@ class RemoteDriver:
             self._keepalive_s = keepalive_s(obj, self.heartbeat_s)
             self._liveness_s = liveness_s(obj, self.heartbeat_s)
             self._expected_seq = 0
+            self.stats["welcomes"] += 1
             self._connected.set()
             self._settled.set()
         elif kind == "ack":

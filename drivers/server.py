@@ -564,6 +564,8 @@ class InstrumentServer:
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
             elif kind == "heartbeat":
                 self.stats["heartbeats_in"] += 1
+                if not self._clients[identity].welcomed:  # forgotten (a stall): its session and commands are gone
+                    raise ProtocolError("hello_first", "this client was forgotten (silent too long): say hello again")
                 self._keep_echo(identity, obj.get("t"))
             elif kind == "bye":
                 self._said_bye(identity)

@@ -424,3 +424,77 @@ def test_an_ack_inside_a_frame_answers_its_scan_even_when_the_frame_is_dropped(f
         assert [a.command_id for a in acks] == [dropped.id, delivered.id] and all(a.accepted for a in acks)
         assert frame.header.shape == (16, 16)
         assert remote.stats["error_too_large"] == 1 and remote.stats["frames"] == 1
+
+
+def test_a_burst_of_wake_ups_the_io_thread_has_not_read_never_raises():
+    with InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        with RemoteDriver(server.endpoint) as remote:
+            held = threading.Event()
+            pending = remote.submit(UnblankCommand())
+            pending.add_done_callback(lambda _f: held.wait(2.0))  # (runs on the I/O thread: it reads nothing)
+            pending.result(timeout=5.0)
+            for _ in range(5000):  # beyond the wake socket's high-water mark
+                remote._wake()
+            held.set()
+            assert remote.send(BlankCommand(), timeout_s=5.0).accepted
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0])
+def test_a_send_that_would_not_wait_is_refused_before_anything_is_sent(timeout_s):
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0") as server, RemoteDriver(server.endpoint) as remote:
+        with pytest.raises(ValueError, match="positive"):
+            remote.send(UnblankCommand(), timeout_s=timeout_s)
+        time.sleep(0.2)
+    assert not [c for c in driver.commands if c.kind == "unblank"]
+
+
+def test_a_client_the_server_forgot_during_a_stall_notices_and_its_dropped_command_fails():
+    from drivers.base import SetTiltCommand
+
+    class SlowTilt(InMemoryDriver):
+        def send(self, command, timeout_s: float = 5.0):
+            if command.kind == "set_tilt" and command.tilt_deg == 5.0:
+                time.sleep(2.0)
+            return super().send(command, timeout_s)
+
+    with InstrumentServer(SlowTilt(), "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        with RemoteDriver(server.endpoint) as remote:  # (its own heartbeat 1 s: the server's 0.2 s rules)
+            remote.submit(SetTiltCommand(tilt_deg=5.0))  # 2 s in the driver
+            behind = remote.submit(SetTiltCommand(tilt_deg=6.0))  # waits behind it on the server
+            late = remote.submit(SetTiltCommand(tilt_deg=7.0, deadline_unix_s=time.time() - 1))  # answered at once
+            late.add_done_callback(lambda _f: time.sleep(1.2))  # the client's I/O thread stalls: forgotten
+            with pytest.raises(Disconnected):
+                behind.result(timeout=6.0)
+            assert server.stats["clients_lost"] >= 1 and remote.stats["disconnects"] >= 1
+            deadline = time.monotonic() + 5.0
+            while not remote.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert remote.send(SetTiltCommand(tilt_deg=8.0), timeout_s=5.0).accepted  # a fresh session
+
+
+def test_a_server_of_another_version_met_on_reconnection_is_reported_not_waited_for():
+    driver = InMemoryDriver()
+    server = InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.2)
+    try:
+        server.stop()
+        ctx = zmq.Context()
+        newer = ctx.socket(zmq.ROUTER)
+        newer.setsockopt(zmq.LINGER, 0)
+        newer.bind(endpoint)  # a server speaking another protocol version comes up on the port
+        refusal = {"v": PROTOCOL_VERSION + 1, "type": "error", "code": "version", "reason": "v2 only"}
+        deadline = time.monotonic() + 5.0
+        while remote._fatal is None and time.monotonic() < deadline:
+            if newer.poll(50):
+                identity, *_ = newer.recv_multipart()
+                newer.send_multipart([identity, json.dumps(refusal).encode()])
+        newer.close()
+        ctx.term()
+        with pytest.raises(Disconnected, match="will not be reconnected to: version"):
+            remote.next_frame(1.0)
+        with pytest.raises(Disconnected, match="version"):
+            remote.send(BlankCommand(), timeout_s=1.0)
+    finally:
+        remote.close()
