@@ -14,8 +14,17 @@ def is_strict_replay(frame: Frame) -> bool:
     return isinstance(replayed, dict) and replayed.get("mode") == "strict"
 
 
+#: How much longer than commanded a read-back dwell may be (instruments round pixel times to their clock).
+DWELL_TOLERANCE = 0.05
+
+
 def readback_problem(command: ScanCommand, header: FrameHeader, tolerance_nm: float) -> str | None:
-    """Why the frame's header does not show the commanded field (centre and field of view), or None."""
+    """Why the frame's header does not show the commanded field, or None.
+
+    Centre and field of view within ``tolerance_nm``, the commanded pixels, and a dwell at most
+    ``DWELL_TOLERANCE`` longer than commanded (a longer one, a pixel time taken in other units say,
+    delivers more dose than the guard counted; a shorter one less).
+    """
     off_nm = math.hypot(header.x_nm - command.x_nm, header.y_nm - command.y_nm)
     if not off_nm <= tolerance_nm:
         return (
@@ -24,6 +33,13 @@ def readback_problem(command: ScanCommand, header: FrameHeader, tolerance_nm: fl
         )
     if not abs(header.fov_nm - command.fov_nm) <= tolerance_nm:
         return f"field of view read back as {header.fov_nm:g} nm, commanded {command.fov_nm:g} nm"
+    if tuple(header.shape) != (command.rows, command.cols):
+        return f"{header.shape[0]} x {header.shape[1]} pixels read back, commanded {command.rows} x {command.cols}"
+    if not header.dwell_us <= command.dwell_us * (1.0 + DWELL_TOLERANCE):
+        return (
+            f"dwell read back as {header.dwell_us:g} us, commanded {command.dwell_us:g} us: more dose than the "
+            "guard counted"
+        )
     return None
 
 

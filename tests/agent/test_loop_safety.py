@@ -49,10 +49,12 @@ class _Misbehaving(SimulatedDriver):
                 update["metadata"] = {**frame.header.metadata, "replay": {"mode": "strict"}}
             header = frame.header.model_copy(update=update)
             return Frame(header, frame.image)
+        if self.fault == "dwell_in_ms" and self.executed.count("scan") - 1 == self.at:  # a pixel time in ms
+            return Frame(frame.header.model_copy(update={"dwell_us": frame.header.dwell_us * 1000.0}), frame.image)
         return frame
 
 
-@pytest.mark.parametrize("fault", ["refuse", "misplaced", "misplaced_as_replay"])
+@pytest.mark.parametrize("fault", ["refuse", "misplaced", "misplaced_as_replay", "dwell_in_ms"])
 @pytest.mark.parametrize("policy", ["raster", "defects"])
 def test_a_refused_move_or_an_off_readback_holds_and_blanks(segmenter, tmp_path, fault, policy):
     driver = _Misbehaving(fault, at=1)
