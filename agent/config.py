@@ -119,23 +119,27 @@ class RunConfig(BaseModel):
                 "(set them in the [guard] table, within what the instrument reports, and the probe current "
                 "the instrument runs at)"
             )
-        if (
-            self.instrument == "sim"
-            and current_given
-            and self.guard.probe_current_pa != self.simulator.probe_current_pa
-        ):
-            raise ValueError(
-                f"guard.probe_current_pa={self.guard.probe_current_pa:g} differs from the simulator's "
-                f"simulator.probe_current_pa={self.simulator.probe_current_pa:g}: the guard would count the dose "
-                "of another beam (leave guard.probe_current_pa out to take the simulator's)"
-            )
         return self
 
-    def guard_config(self) -> GuardConfig:
-        """The guard's configuration; with the simulator, at the simulator's probe current."""
-        if self.instrument == "sim":
-            return self.guard.model_copy(update={"probe_current_pa": self.simulator.probe_current_pa})
-        return self.guard
+    @model_validator(mode="before")
+    @classmethod
+    def _simulators_current_for_the_guard(cls, data: Any) -> Any:
+        """With the simulator, the guard counts the dose at the simulator's probe current unless given one.
+
+        (Written into the configuration, so a session's record holds the current its guard used, and its
+        replay uses that again.  A given one that differs from the simulator's is refused where the
+        simulator is opened: :func:`agent.experiment.open_instrument`.)
+        """
+        if not isinstance(data, dict) or data.get("instrument", "sim") != "sim":
+            return data
+        guard, simulator = data.get("guard"), data.get("simulator")
+        if not (guard is None or isinstance(guard, dict)) or "probe_current_pa" in (guard or {}):
+            return data
+        if isinstance(simulator, dict):
+            current = simulator.get("probe_current_pa", SimulatorConfig.model_fields["probe_current_pa"].default)
+        else:
+            current = getattr(simulator, "probe_current_pa", SimulatorConfig.model_fields["probe_current_pa"].default)
+        return {**data, "guard": {**(guard or {}), "probe_current_pa": current}}
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:

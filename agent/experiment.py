@@ -42,6 +42,12 @@ def open_instrument(config: RunConfig, curve: CurveClientKeys | None = None) -> 
         from drivers.simulated import SimulatedDriver
 
         sim = config.simulator
+        if config.guard.probe_current_pa != sim.probe_current_pa:
+            raise ConfigError(
+                f"guard.probe_current_pa={config.guard.probe_current_pa:g} differs from the simulator's "
+                f"simulator.probe_current_pa={sim.probe_current_pa:g}: the guard would count the dose of another "
+                "beam (leave guard.probe_current_pa out to take the simulator's)"
+            )
         return SimulatedDriver(
             specimen_seed=sim.specimen_seed,
             lattice=sim.lattice,
@@ -146,7 +152,7 @@ class Experiment:
                 raise ConfigError("the configuration does not fit the instrument: " + "; ".join(beyond))
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
-            self.guard = Guard(cap, config.guard_config())
+            self.guard = Guard(cap, config.guard)
             self.previous_session: dict[str, Any] | None = None
             self.record_dir = config.record
             if recorder is None and config.record is not None:

@@ -375,7 +375,8 @@ class Loop:
             self._instrument_lost(exc)
             return False
         except DriverError as exc:  # an error reply naming it (hello_first: the server forgot us), a driver failing
-            self.guard.commit(command, ran=False)  # (not known not to have run)
+            if not isinstance(exc, ProtocolError):  # (an error reply: it did not run; anything else may have)
+                self.guard.commit(command, ran=False)
             self._error("command_failed", f"{type(exc).__name__}: {exc}", step=step)
             self._failed(decision, f"the instrument did not take it: {exc}")
             return False

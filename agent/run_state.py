@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,13 @@ class LoopConfig:
     readback_tolerance_nm: float = 0.5
     max_frame_age_s: float = 60.0
     perception_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("frame_timeout_s", "command_timeout_s", "reconnect_grace_s", "stop_timeout_s",
+                     "max_frame_age_s", "perception_timeout_s"):  # fmt: skip
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"LoopConfig.{name} must be a positive number of seconds (got {value!r})")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import ConfigError, load_config
+from agent.experiment import open_instrument
 
 
 def test_toml_is_read_and_flags_override_it(tmp_path):
@@ -62,7 +63,7 @@ def test_a_real_instrument_needs_the_probe_current_the_dose_is_counted_at(tmp_pa
     with pytest.raises(ConfigError, match=r"missing: guard\.probe_current_pa"):
         load_config(path, {})
     path.write_text('instrument = "tcp://127.0.0.1:5555"\n' + _LIMITS + "probe_current_pa = 150.0\n")
-    assert load_config(path, {}).guard_config().probe_current_pa == 150.0
+    assert load_config(path, {}).guard.probe_current_pa == 150.0
 
 
 def test_with_the_simulator_the_guard_counts_the_dose_of_the_simulators_beam(tmp_path):
@@ -72,9 +73,25 @@ def test_with_the_simulator_the_guard_counts_the_dose_of_the_simulators_beam(tmp
 
     config = load_config(None, {"simulator.probe_current_pa": 200.0})
     driver = SimulatedDriver(probe_current_pa=config.simulator.probe_current_pa)
-    guard = Guard(driver.capabilities(), config.guard_config())
+    guard = Guard(driver.capabilities(), config.guard)
     scan = ScanCommand(x_nm=0.0, y_nm=0.0, fov_nm=2.56, rows=128, cols=128, dwell_us=10.0)
     decision = Decision("scan", 0.0, 0.0, 2.56, 128, 128, 10.0)
     assert guard.frame_dose_e_per_a2(decision) == pytest.approx(driver._dose(scan), rel=1e-9)  # (what it delivers)
+    mismatched = load_config(None, {"simulator.probe_current_pa": 200.0, "guard.probe_current_pa": 20.0})
     with pytest.raises(ConfigError, match="differs from the simulator's"):
-        load_config(None, {"simulator.probe_current_pa": 200.0, "guard.probe_current_pa": 20.0})
+        open_instrument(mismatched)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current_pa"),
+    [
+        ({"instrument": "tcp://127.0.0.1:5555", "guard": {"probe_current_pa": 150.0}}, 150.0),  # a real instrument
+        ({"simulator": {"probe_current_pa": 200.0}, "guard": {"probe_current_pa": 200.0}}, 200.0),  # recorded now
+        ({"simulator": {"probe_current_pa": 200.0}, "guard": {"probe_current_pa": 20.0}}, 20.0),  # before: as it ran
+        ({"simulator": {"probe_current_pa": 200.0}}, 200.0),  # an imported session: the simulator's
+    ],
+)
+def test_a_replay_counts_the_dose_at_the_current_its_session_was_recorded_with(recorded, current_pa):
+    from agent.replay import recorded_config
+
+    assert recorded_config({"config": recorded}, {}).guard.probe_current_pa == current_pa

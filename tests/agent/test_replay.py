@@ -324,3 +324,15 @@ def test_a_nion_frame_s_scan_rotation_is_read_from_its_nion_metadata():
     assert _rotation(Frame.of(image, 0.02, metadata={"nion": {"rotation_deg": 30.0}})) == 30.0
     assert _rotation(Frame.of(image, 0.02, metadata={"rotation_deg": 12.0, "nion": {"rotation_deg": 30.0}})) == 12.0
     assert _rotation(Frame.of(image, 0.02, metadata={"nion": {"rotation_deg": None}})) == 0.0
+
+
+def test_a_session_at_another_probe_current_replays_with_the_dose_counted_as_recorded(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[field]\nfov_nm = 2.56\npixels = 128\n[policies]\nlength_nm = 5.0\n[simulator]\nprobe_current_pa = 200.0\n"
+    )
+    argv = ["run", "--policy", "raster", "--steps", "3", "--config", str(config), "--quiet"]
+    assert main([*argv, "--record", str(tmp_path / "s")]) == 0
+    start = next(r for r in read_session(tmp_path / "s").records if r["type"] == "start")
+    assert start["config"]["guard"]["probe_current_pa"] == 200.0  # the guard counted the simulator's beam
+    assert main(["replay", str(tmp_path / "s"), "--quiet"]) == 0
