@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
     run.add_argument("--inpaint-model", type=Path, help="inpainting manifest (default: the bundled one)")
     run.add_argument("--tilts", type=int, default=20)
     run.add_argument("--range-deg", type=float, nargs=2, default=(-70.0, 70.0), metavar=("LOW", "HIGH"))
+    run.add_argument(
+        "--probe-current-pa", type=float,
+        help="the probe current the instrument runs at (needed for a tcp:// instrument: the guard computes each "
+        "projection's dose, and so the series' dose budget, from it)",
+    )  # fmt: skip
+    run.add_argument("--dose-budget-e-per-a2", type=float, help="the series' dose budget (default: the guard's)")
     run.add_argument("--phantom-seed", type=int, default=0)
     run.add_argument("--size-px", type=int, default=64, help="simulated phantom edge in voxels (in-process sim)")
     run.add_argument("--record", type=Path, help="record the session into this new directory")
@@ -116,6 +122,37 @@ def _chooser(args: argparse.Namespace, inpainter: Any, holder: Any = None) -> An
     return PlannedTilts(args.policy, args.tilts, tuple(args.range_deg))
 
 
+def _guard_config(args: argparse.Namespace) -> Any:
+    """The guard of a tilt series: the tilts within ``--range-deg``, the dose at the instrument's current.
+
+    Raises
+    ------
+    ValueError
+        A tcp:// (or ipc://) instrument without ``--probe-current-pa``, or a current or budget that is not a
+        positive number.
+    """
+    import math
+
+    from agent.guard import GuardConfig
+    from drivers.base import Range
+
+    options: dict[str, Any] = {
+        "allow_revisits": True,
+        "tilt_deg": Range(low=min(args.range_deg), high=max(args.range_deg)),
+    }
+    for flag, key in (("--probe-current-pa", "probe_current_pa"), ("--dose-budget-e-per-a2", "dose_budget_e_per_a2")):
+        value = getattr(args, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a positive number (got {value!r})")
+        if value is not None:
+            options[key] = value
+    if str(args.instrument).startswith(("tcp://", "ipc://")) and args.probe_current_pa is None:
+        raise ValueError(
+            f"driving {args.instrument} needs --probe-current-pa: the guard computes each projection's dose from it"
+        )
+    return GuardConfig(**options)
+
+
 def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
     """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
     from drivers.replay import ReplayDriver
@@ -142,6 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     from drivers.replay import ReplayDriver
 
     check_output_file(args.json, "--json")
+    guard_config = _guard_config(args)  # (before anything is opened)
     curve = client_keys(args)
     inpainter = _inpainter(args)  # (before anything is opened: it may refuse the policy)
     driver = _open_driver(args, curve)
@@ -156,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         capabilities = driver.capabilities()
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
         chooser = _chooser(args, inpainter, capabilities.tilt_deg)
-        series = acquire_series(driver, chooser, args.tilts, recorder, timings)
+        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config=guard_config)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:
         recorder.close()

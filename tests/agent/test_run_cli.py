@@ -256,5 +256,5 @@ def test_tomo_run_takes_client_keys_for_a_tcp_instrument_only(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tomo", "run", "--instrument", "sim", *client]) == 2
     assert "are for a tcp:// instrument" in capsys.readouterr().err
-    assert main(["tomo", "run", "--instrument", "tcp://127.0.0.1:1", client[2], client[3]]) == 2
+    assert main(["tomo", "run", "--instrument", "tcp://127.0.0.1:1", "--probe-current-pa", "20", *client[2:]]) == 2
     assert "--server-public needs --client-key" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agent.cli import main
+from agent.cli import tomo as tomo_cli
 from agent.policies.tilt import TILT_SCHEMES, tilt_plan
 from drivers.recording import read_session
 
@@ -74,7 +75,8 @@ def test_tomo_run_over_tcp_against_a_simulated_holder(tmp_path):
     try:
         assert "tomography holder" in proc.stdout.readline()
         summary_path = tmp_path / "SUMMARY.json"
-        argv = ["tomo", "run", "--instrument", endpoint, "--policy", "dose-symmetric", "--tilts", "9"]
+        argv = ["tomo", "run", "--instrument", endpoint, "--policy", "dose-symmetric", "--tilts", "9",
+                "--probe-current-pa", "20"]  # fmt: skip
         assert main([*argv, "--json", str(summary_path)]) == 0
         summary = json.loads(summary_path.read_text())
         assert summary["angles_deg"][0] == 0.0 and summary["psnr_db"]["wbp"] > 10  # scored from the seed
@@ -134,7 +136,8 @@ def test_an_adaptive_run_chooses_within_the_holder_and_a_run_with_no_projection_
     got = json.loads(summary.read_text())  # it used to propose the same refused angle 4 times and fail
     assert len(got["angles_deg"]) == 5 and got["refusals"] == []
     assert main([*argv, "--policy", "sequential", "--range-deg", "75", "85"]) == 2
-    assert "0 projection(s) acquired, at least 2 are needed (refused: tilt_deg=75 is outside" in capsys.readouterr().err
+    refused = "0 projection(s) acquired, at least 2 are needed (refused: tilt_deg: no value is allowed"
+    assert refused in capsys.readouterr().err  # (the holder's range and --range-deg do not overlap)
 
 
 def test_reconstruct_will_not_overwrite_its_own_input(tmp_path, capsys):
@@ -181,7 +184,8 @@ def test_a_tomo_run_that_cannot_record_closes_its_connection(tmp_path, capsys):
     SessionWriter(tmp_path / "taken").close()  # --record names a directory that holds a session already
     holder = SimulatedTiltDriver(phantom_seed=0, size_px=32)
     with InstrumentServer(holder, "tcp://127.0.0.1:0", deadman_s=None) as server:
-        argv = ["tomo", "run", "--instrument", server.endpoint, "--tilts", "3", "--record", str(tmp_path / "taken")]
+        argv = ["tomo", "run", "--instrument", server.endpoint, "--tilts", "3", "--record", str(tmp_path / "taken"),
+                "--probe-current-pa", "20"]  # fmt: skip
         assert main(argv) == 2
         assert "already" in capsys.readouterr().err
         end = time.monotonic() + 3.0
@@ -189,3 +193,40 @@ def test_a_tomo_run_that_cannot_record_closes_its_connection(tmp_path, capsys):
             time.sleep(0.05)
         assert server.clients == 0
     holder.close()
+
+
+def test_a_tomo_run_on_a_real_instrument_needs_the_probe_current_its_dose_is_counted_at(capsys):
+    argv = ["tomo", "run", "--instrument", "tcp://127.0.0.1:9", "--tilts", "3"]
+    assert main(argv) == 2  # refused before any connection is tried
+    assert "needs --probe-current-pa" in capsys.readouterr().err
+    assert main([*argv, "--probe-current-pa", "-5"]) == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_the_series_dose_is_counted_at_the_given_current(tmp_path):
+    from agent.guard import Decision, Guard, GuardConfig
+    from agent.recorder import SessionRecorder
+    from agent.timings import StageTimings
+    from agent.tomo import PlannedTilts, acquire_series
+    from drivers.simulated_tomo import SimulatedTiltDriver
+
+    driver = SimulatedTiltDriver(phantom_seed=0, size_px=32)
+    cap = driver.capabilities()
+    side = int(cap.pixels.low)
+    projection = Decision("scan", 0.0, 0.0, cap.fov_nm.low, side, side, 1.0)
+    per_pa = Guard(cap, GuardConfig(probe_current_pa=1.0)).frame_dose_e_per_a2(projection)
+    current_pa = 1000.0 / (2.5 * per_pa)  # each projection 40 % of a budget of 1000: two fit (all five at 20 pA)
+    args = _Args(instrument="sim", range_deg=(-60.0, 60.0), probe_current_pa=current_pa, dose_budget_e_per_a2=1000.0)
+    try:
+        series = acquire_series(
+            driver, PlannedTilts("sequential", 5, (-60.0, 60.0)), 5, SessionRecorder(None), StageTimings(),
+            guard_config=tomo_cli._guard_config(args),
+        )  # fmt: skip
+    finally:
+        driver.close()
+    assert len(series.projections) == 2 and "dose budget" in series.refusals[-1]
+
+
+class _Args:
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
