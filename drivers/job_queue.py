@@ -98,12 +98,12 @@ class JobQueue:
         self._seen: OrderedDict[str, None] = OrderedDict()  # (the oldest is forgotten first)
         #: The watched clients (kept once the client is forgotten, until the dead-man has blanked for it).
         #: Commands are numbered as they are taken: a watch holds its client's latest command's number, and
-        #: each waiting blank or stop of a client has its own.  A blank or stop carried out ends the watches
-        #: armed before it was taken (everything taken before it has run or been refused); a failed one ends
-        #: nothing.
+        #: each waiting blank, stop or unblank of a client has its own.  A blank or stop carried out ends the
+        #: watches armed before it was taken (everything taken before it has run or been refused), and so
+        #: does a client's unblank of the other clients'; a failed one ends nothing.
         self.watches: dict[bytes, Watch] = {}
         self._taken = 0
-        self._blank_taken_at: dict[str, int] = {}
+        self._taken_at: dict[str, int] = {}
         #: The server's own blank failed: it is queued again (after a pause that doubles up to 5 s with each
         #: failure) until a blank or stop works, or a client's unblank does (that client is watched).
         self.blank_owed = False
@@ -148,9 +148,9 @@ class JobQueue:
             self.stats["expired"] += 1
             return [(identity, Ack.refusal(command, "expired", "deadline passed before it arrived"))]
         self._taken += 1
-        if command.kind in URGENT:
-            self._blank_taken_at[command.id] = self._taken
-        elif self.deadman_s is not None:
+        if command.kind in (*URGENT, "unblank"):
+            self._taken_at[command.id] = self._taken
+        if command.kind not in URGENT and self.deadman_s is not None:
             self.watches[identity] = Watch(self._clock(), self._taken)
         self._append((identity, command))
         across = len(self._jobs) > self.max_total
@@ -166,9 +166,12 @@ class JobQueue:
     def carried_out(self, command: Command, accepted: bool) -> None:
         """A blank, stop or unblank has run.
 
-        A blank or stop that worked ends the watch of the clients armed before it was taken.  The
-        server's own blank failing is owed: :meth:`check_deadman` queues it again (the dead-man already
-        ended the watch it was for), until a blank, stop or a client's unblank works.
+        A blank or stop that worked ends the watch of the clients armed before it was taken; so does a
+        client's unblank that worked, of the other clients (the beam is on at a watched client's word
+        now: everything taken before it has run or been refused).  Without that, a client that came back
+        on a new connection would have its beam blanked by the dead-man for its old one.  The server's
+        own blank failing is owed: :meth:`check_deadman` queues it again (the dead-man already ended the
+        watch it was for), until a blank, stop or a client's unblank works.
         """
         if command.id.startswith(SERVER_ID_PREFIX) and not accepted:
             self.blank_owed = True
@@ -176,9 +179,7 @@ class JobQueue:
             self._owed_again_at = self._clock() + self.owed_pause_s
         elif accepted:  # (a client's unblank too: the beam is on at a watched client's word now)
             self.blank_owed, self.owed_pause_s = False, 0.0
-        if command.kind == "unblank":
-            return
-        taken = self._blank_taken_at.pop(command.id, None)
+        taken = self._taken_at.pop(command.id, None)
         if not accepted or taken is None:  # (failed, or the server's own: no client's watch ends)
             return
         for identity in [who for who, watch in self.watches.items() if watch.armed_at < taken]:
@@ -203,6 +204,8 @@ class JobQueue:
         markers: list[Job] = [job for job in head if job is None]
         self._replace(markers + tail)  # (stop()'s end marker first)
         self.stats["superseded_by_stop"] += len(superseded)
+        for _, command in superseded:  # (refused: an unblank among them will not run)
+            self._taken_at.pop(command.id, None)
         return urgent, superseded
 
     # -- clients gone, the dead-man ------------------------------------------------------------------
@@ -282,7 +285,7 @@ class JobQueue:
     def close(self) -> None:
         """At the server's stop: drop every waiting command, queue the server's blank and then the end marker."""
         self.drop(lambda _owner, _command: True, "dropped_at_stop")
-        self._blank_taken_at.clear()
+        self._taken_at.clear()
         self.blank_next("stop")
         self._jobs.append(None)
 
@@ -291,6 +294,9 @@ class JobQueue:
         kept = [job for job in self._jobs if job is None or not drop(*job)]
         if len(kept) < len(self._jobs):
             self.stats[counter] += len(self._jobs) - len(kept)
+            for job in self._jobs:
+                if job is not None and drop(*job):  # (its number goes with it: an unblank dropped never runs)
+                    self._taken_at.pop(job[1].id, None)
             self._replace(kept)
 
     # -- inside --------------------------------------------------------------------------------------
@@ -366,9 +372,9 @@ class JobQueue:
         They wait in one run of blanks and stops, so every command taken before either has run or waits
         before both: the one that stays may end the watches the later number would.
         """
-        number = self._blank_taken_at.pop(gone.id, None)
+        number = self._taken_at.pop(gone.id, None)
         if number is not None:
-            self._blank_taken_at[staying.id] = max(number, self._blank_taken_at.get(staying.id, 0))
+            self._taken_at[staying.id] = max(number, self._taken_at.get(staying.id, 0))
 
     def _last_run_start(self) -> int:
         """Where the run of blanks and stops at the end of the queue begins (its length: none there)."""

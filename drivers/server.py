@@ -20,7 +20,8 @@ A dead-man timer protects the specimen from an agent that dies or freezes: once
 a client has commanded anything but ``blank``/``stop``, it must be heard from
 (heartbeats count) at least every ``deadman_s``; if it falls silent or says
 ``bye``, its queued commands but its blanks and stops are dropped and the beam is blanked.  Each
-such client is watched on its own until a blank or stop taken after its last command has worked.  A
+such client is watched on its own until a blank or stop taken after its last command has worked, or
+another client's unblank taken after it has.  A
 ``blank`` or ``stop`` never expires.
 """
 

@@ -170,8 +170,8 @@ class Bridge:
         self.scope.blanked = cmd["kind"] in ("blank", "stop")
         if self.scope.blanked:  # (carried out at once here: nothing is left on)
             self.watched.clear()
-        else:
-            self.watched.add(who)
+        else:  # the beam is on at this client's word now: the others' earlier commands no longer matter
+            self.watched = {who}
         self.ack(who, cmd, True)
 
     def handle(self, who: bytes, parts: list[bytes]) -> None:

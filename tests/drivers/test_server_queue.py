@@ -274,6 +274,36 @@ def test_at_stop_every_waiting_command_is_dropped_and_the_servers_blank_runs_las
     assert rig.queue.stats["dropped_at_stop"] == 2
 
 
+def test_a_client_back_on_a_new_connection_is_not_blanked_for_its_old_one(rig):
+    rig.register(b"old")
+    rig.send(b"old", UnblankCommand())
+    rig.send(b"old", _tilt())
+    while rig.queue:
+        rig.queue.popleft()
+    rig.forget(b"old")  # its connection went quiet; it comes back as another identity and unblanks
+    rig.clock.now_s += 1.0
+    rig.register(b"new")
+    unblank = UnblankCommand()
+    rig.send(b"new", unblank)
+    rig.queue.popleft()
+    rig.queue.carried_out(unblank, accepted=True)  # the beam is on at the new connection's word
+    rig.clock.now_s += 1.5  # the old one silent past the dead-man time, the new one heard
+    rig.queue.heard(b"new")
+    assert not rig.tick() and not rig.queue and set(rig.queue.watches) == {b"new"}
+
+
+def test_an_unblank_refused_or_dropped_ends_no_watch(rig):
+    rig.register(b"A", b"B")
+    rig.send(b"A", _tilt())
+    unblank = UnblankCommand()
+    rig.send(b"B", unblank)
+    rig.queue.carried_out(unblank, accepted=False)
+    assert b"A" in rig.queue.watches
+    rig.send(b"B", UnblankCommand())
+    rig.forget(b"B")  # its unblank is dropped: it never runs
+    assert b"A" in rig.queue.watches and not rig.queue._taken_at
+
+
 def test_a_clients_blank_never_takes_the_place_of_the_servers_own():
     rig = _Rig(max_total=3)
     rig.register(b"A")
