@@ -131,7 +131,8 @@ class JobQueue:
     # -- taking commands -----------------------------------------------------------------------------
     def offer(self, identity: bytes, command: Command, now_unix_s: float | None = None) -> list[Answer]:
         """A client's command: take it, or refuse it (``duplicate``, ``busy``, ``expired``); the refusals to send."""
-        if command.id in self._seen:
+        if command.id in self._seen or command.id in self._taken_at:  # (the latter: still waiting, forgotten by
+            # the former after 100 000 other ids; a blank, stop or unblank's number must stay its own)
             self.stats["duplicates"] += 1
             return [(identity, Ack.refusal(command, "duplicate", "a command with this id was already received; "
                                            "it is not executed again"))]  # fmt: skip

@@ -304,6 +304,15 @@ def test_an_unblank_refused_or_dropped_ends_no_watch(rig):
     assert b"A" in rig.queue.watches and not rig.queue._taken_at
 
 
+def test_an_id_still_waiting_is_a_duplicate_even_once_the_id_memory_has_let_it_go(rig):
+    rig.register(b"A")
+    unblank = UnblankCommand()
+    rig.send(b"A", unblank)
+    rig.queue._seen.clear()  # (as after 100 000 other ids)
+    assert rig.send(b"A", BlankCommand(id=unblank.id)) == [(b"A", "duplicate")]
+    assert rig.waiting() == [(b"A", "unblank")]
+
+
 def test_a_clients_blank_never_takes_the_place_of_the_servers_own():
     rig = _Rig(max_total=3)
     rig.register(b"A")
