@@ -135,10 +135,11 @@ class RunConfig(BaseModel):
         guard, simulator = data.get("guard"), data.get("simulator")
         if not (guard is None or isinstance(guard, dict)) or "probe_current_pa" in (guard or {}):
             return data
-        if isinstance(simulator, dict):
-            current = simulator.get("probe_current_pa", SimulatorConfig.model_fields["probe_current_pa"].default)
-        else:
-            current = getattr(simulator, "probe_current_pa", SimulatorConfig.model_fields["probe_current_pa"].default)
+        if isinstance(simulator, SimulatorConfig):
+            current = simulator.probe_current_pa
+        else:  # (a table, or nothing: the simulator's default)
+            default = SimulatorConfig.model_fields["probe_current_pa"].default
+            current = (simulator if isinstance(simulator, dict) else {}).get("probe_current_pa", default)
         return {**data, "guard": {**(guard or {}), "probe_current_pa": current}}
 
 

@@ -610,7 +610,7 @@ class Loop:
         try:
             ack = self._send_counted(blank, self.config.stop_timeout_s)
         except (DriverError, OSError) as exc:
-            outcome = _BLANK_OUTCOMES.get(type(exc), "failed")
+            outcome = _blank_outcome(exc)
             if isinstance(exc, CommandRefused):
                 refusal = exc.ack
                 self._record_if_possible(lambda: self.recorder.ack(refusal, self.state.issued))
@@ -644,8 +644,11 @@ class Loop:
         return tuple(cap.command_kinds) if cap is not None else ()
 
 
-#: How a blank on the way out ended, by what the driver raised (anything else: ``failed``).
-_BLANK_OUTCOMES: dict[type[Exception], str] = {DriverTimeout: "unacknowledged", CommandRefused: "refused"}
+def _blank_outcome(exc: Exception) -> str:
+    """How a blank on the way out ended, by what the driver raised."""
+    if isinstance(exc, DriverTimeout):
+        return "unacknowledged"
+    return "refused" if isinstance(exc, CommandRefused) else "failed"
 
 
 def _capabilities_now(driver: Driver) -> Capabilities | None:

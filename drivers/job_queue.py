@@ -13,9 +13,10 @@ The rules, in short (docs/PROTOCOL.md has them in full):
   in the same run of blanks and stops (the older is answered ``busy``); beyond the total, blanks and
   stops fold across clients.  The server's own blanks never fold into a client's.
 - A client whose other command was taken is watched (the dead-man) until a blank or stop taken after
-  its last command has been carried out.  When a watched client falls silent or says ``bye``, its
-  moves are dropped, its blanks and stops keep their places, and the server's own blank goes to the
-  front; if the instrument fails that blank, the blank is owed and tried again ever more slowly.
+  its last command has been carried out, or another client's unblank taken after it has.  When a
+  watched client falls silent or says ``bye``, its moves are dropped, its blanks and stops keep their
+  places, and the server's own blank goes to the front; if the instrument fails that blank, the blank
+  is owed and tried again ever more slowly.
 """
 
 from __future__ import annotations
@@ -254,12 +255,7 @@ class JobQueue:
         watched on their own.
         """
         self.watches.pop(lost, None)
-
-        def dropped(owner: bytes | None, command: Command) -> bool:
-            return owner == lost and command.kind not in URGENT
-
-        refused = [job for job in self._jobs if job is not None and dropped(*job)]
-        self.drop(dropped, "dropped_by_deadman")
+        refused = self.drop(lambda owner, command: owner == lost and command.kind not in URGENT, "dropped_by_deadman")
         answers = self._fold_urgent_runs()  # (blanks and stops the dropped moves kept apart may now wait side by side)
         self.stats["deadman_blanks"] += 1
         logger.warning("dead-man timer: %s; blanking the beam", why)
@@ -290,15 +286,21 @@ class JobQueue:
         self.blank_next("stop")
         self._jobs.append(None)
 
-    def drop(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> None:
-        """Remove the queued jobs ``drop(identity, command)`` picks, counting them in ``stats[counter]``."""
-        kept = [job for job in self._jobs if job is None or not drop(*job)]
-        if len(kept) < len(self._jobs):
-            self.stats[counter] += len(self._jobs) - len(kept)
-            for job in self._jobs:
-                if job is not None and drop(*job):  # (its number goes with it: an unblank dropped never runs)
-                    self._taken_at.pop(job[1].id, None)
+    def drop(self, drop: Callable[[bytes | None, Command], bool], counter: str) -> list[Queued]:
+        """Remove the queued jobs ``drop(identity, command)`` picks, counting them in ``stats[counter]``; those."""
+        kept: list[Job] = []
+        dropped: list[Queued] = []
+        for job in self._jobs:
+            if job is not None and drop(*job):
+                dropped.append(job)
+            else:
+                kept.append(job)
+        if dropped:
+            self.stats[counter] += len(dropped)
+            for _, command in dropped:  # (its number goes with it: an unblank dropped never runs)
+                self._taken_at.pop(command.id, None)
             self._replace(kept)
+        return dropped
 
     # -- inside --------------------------------------------------------------------------------------
     def _append(self, job: Queued) -> None:

@@ -141,7 +141,7 @@ class InstrumentServer:
     deadman_s
         Blank the beam when a client whose commands may have left it on has been silent this long
         (``None``: never).  Each such client is watched until a blank or stop taken after its last
-        command has worked.
+        command has worked, or another client's unblank taken after it has.
     max_queued_per_client
         Replies (acks, heartbeats, frames) held for one client before further ones are dropped and
         counted (the ROUTER's send high-water mark; libzmq's default).  It counts messages, not bytes:
