@@ -3,8 +3,10 @@
 ``--sim`` puts :class:`drivers.simulated.SimulatedDriver` behind the instrument server
 until interrupted, logging each command; ``--replay DIR`` does the same with a recorded session
 (:class:`drivers.replay.ReplayDriver`), ``--nion-usim`` with Nion's own simulated STEM driven through
-:class:`drivers.nion.NionDriver`.  ``--check ENDPOINT`` connects, prints the
-capabilities, acquires one frame and prints its header.  ``--make-keys DIR`` writes
+:class:`drivers.nion.NionDriver`.  ``--check ENDPOINT`` connects and prints the
+capabilities; with ``--at X_NM,Y_NM`` it also acquires one small frame there (the position is the
+user's to choose: an instrument does not report where it is, and with a stage positioner a scan
+moves the stage) and prints its header.  ``--make-keys DIR`` writes
 CURVE certificates for a server and one client.
 """
 
@@ -14,10 +16,20 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+#: ``--check --at``'s frame options, small and short by default: flag, type, default, unit, what it sets, and
+#: the :class:`~drivers.base.Capabilities` range it must lie in.
+_CHECK_FRAME: tuple[tuple[str, type, float, str, str, str], ...] = (
+    ("--fov-nm", float, 10.0, "nm", "field of view", "fov_nm"),
+    ("--pixels", int, 256, "px", "pixels a side", "pixels"),
+    ("--dwell-us", float, 1.0, "us", "pixel dwell", "dwell_us"),
+)
 
 
 def option_value(args: argparse.Namespace, flag: str) -> Any:
@@ -35,7 +47,9 @@ def register(sub: Any) -> None:
         "--nion-usim", action="store_true",
         help="serve Nion's own STEM simulator (nionswift-usim, headless) through the Nion driver",
     )  # fmt: skip
-    mode.add_argument("--check", metavar="ENDPOINT", help="connect, print capabilities, acquire one frame")
+    mode.add_argument(
+        "--check", metavar="ENDPOINT", help="connect and print the capabilities (with --at: acquire one frame too)"
+    )
     mode.add_argument("--make-keys", metavar="DIR", type=Path, help="write CURVE certificates (server, client)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="command endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--pub", default=None, help="optional endpoint streaming every frame to observers")
@@ -64,6 +78,12 @@ def register(sub: Any) -> None:
     add_client_key_args(p, "--check")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
     p.add_argument("--timeout-s", type=float, default=10.0, help="--check: connection and frame timeout")
+    p.add_argument(
+        "--at", metavar="X_NM,Y_NM", type=_position, default=None,
+        help="--check: acquire one frame centred here (specimen coordinates, nm; within the reported stage range)",
+    )  # fmt: skip
+    for flag, kind, default, unit, what, _ in _CHECK_FRAME:
+        p.add_argument(flag, type=kind, default=None, help=f"--check --at: {what} (default {default:g} {unit})")
     p.set_defaults(handler=_run)
 
 
@@ -241,24 +261,73 @@ def _nion_usim(args: argparse.Namespace) -> tuple[Any, str]:
     return driver, f"Nion usim ({args.scan_data} scan data, {args.positioner} positioner)"
 
 
+def _position(text: str) -> tuple[float, float]:
+    """``X_NM,Y_NM`` as two finite floats (argparse type of ``--at``)."""
+    parts = text.split(",")
+    try:
+        x, y = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X_NM,Y_NM (two numbers, nm)") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise argparse.ArgumentTypeError(f"{text!r}: the position must be finite")
+    return x, y
+
+
+def check_scan(args: argparse.Namespace, cap: Any) -> Any:
+    """The :class:`~drivers.base.ScanCommand` of ``--check --at`` (None without ``--at``).
+
+    Raises
+    ------
+    ValueError
+        The position or a frame parameter given outside what the instrument reports (named, with its
+        range); nothing has been sent.  A frame parameter not given takes its default, brought within
+        that range.
+    """
+    from drivers.base import ScanCommand
+
+    if args.at is None:
+        return None
+    x, y = args.at
+    _within("--at x", x, cap.stage_x_nm, "nm", cap.instrument)
+    _within("--at y", y, cap.stage_y_nm, "nm", cap.instrument)
+    values = []
+    for flag, _, default, unit, _, attribute in _CHECK_FRAME:
+        allowed, value = getattr(cap, attribute), option_value(args, flag)
+        if value is None:  # the default, brought within what the instrument accepts
+            value = min(max(default, allowed.low), allowed.high)
+        _within(flag, value, allowed, unit, cap.instrument)
+        values.append(value)
+    fov_nm, pixels, dwell_us = values
+    side = int(pixels)
+    return ScanCommand(x_nm=x, y_nm=y, fov_nm=fov_nm, rows=side, cols=side, dwell_us=dwell_us)
+
+
+def _within(flag: str, value: float, allowed: Any, unit: str, instrument: str) -> None:
+    """Refuse ``value`` outside ``allowed`` (a :class:`~drivers.base.Range`), naming the flag and the range."""
+    if not allowed.low <= value <= allowed.high:  # also refuses NaN
+        raise ValueError(
+            f"{flag} {value:g} {unit} is outside what {instrument} accepts "
+            f"({allowed.low:g} to {allowed.high:g} {unit}); nothing was sent"
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
-    """Connect, print the capabilities, unblank, scan one frame, print its header, blank again."""
-    from drivers.base import DriverError, ScanCommand, UnblankCommand
+    """Connect and print the capabilities; with ``--at``: unblank, scan one frame, print its header, blank again."""
+    from drivers.base import DriverError, UnblankCommand
     from drivers.remote import RemoteDriver
 
     with RemoteDriver(args.check, connect_timeout_s=args.timeout_s, curve=client_keys(args)) as remote:
         cap = remote.capabilities()
         print(json.dumps({"capabilities": cap.model_dump(mode="json")}, indent=2))
-        x = 0.5 * (cap.stage_x_nm.low + cap.stage_x_nm.high)
-        y = 0.5 * (cap.stage_y_nm.low + cap.stage_y_nm.high)
-        fov = min(max(cap.fov_nm.low, 10.0), cap.fov_nm.high)
-        side = int(min(max(cap.pixels.low, 256), cap.pixels.high))
-        dwell = min(max(cap.dwell_us.low, 1.0), cap.dwell_us.high)
+        scan = check_scan(args, cap)
+        if scan is None:
+            print("no frame acquired: give --at X_NM,Y_NM to scan one field there", file=sys.stderr)
+            return 0
         if "unblank" in cap.command_kinds:  # the server blanks the beam when a client goes: unblank to scan
             remote.send(UnblankCommand())
         try:
-            remote.send(ScanCommand(x_nm=x, y_nm=y, fov_nm=fov, rows=side, cols=side, dwell_us=dwell))
-            frame = remote.next_frame(args.timeout_s + side * side * dwell * 1e-6)
+            remote.send(scan)
+            frame = remote.next_frame(args.timeout_s + scan.rows * scan.cols * scan.dwell_us * 1e-6)
         except BaseException:
             with contextlib.suppress(DriverError):  # the scan's error is the one to report
                 _blank(remote)
@@ -299,9 +368,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _refuse_keys_of_the_other_side(args: argparse.Namespace, serving: bool) -> None:
-    """Server keys are for serving, client keys for ``--check``: one given to the other would be ignored."""
+    """Server keys are for serving, client keys and ``--at`` for ``--check``: one given to the other is refused."""
     flags = ("--client-key", "--server-public") if serving else ("--server-key", "--allow-clients")
     given = [f for f in flags if option_value(args, f) is not None]
     if given:
         mode = "--check" if serving else "serving (--sim, --replay, --nion-usim)"
         raise ValueError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} only for {mode}")
+    frame = [f for f, *_ in _CHECK_FRAME if option_value(args, f) is not None]
+    if (serving and args.at is not None) or (frame and args.at is None):
+        raise ValueError(f"{' and '.join(frame) or '--at'} only for --check --at X_NM,Y_NM (the frame it acquires)")

@@ -21,13 +21,14 @@ def _free_port() -> int:
 
 def test_check_prints_capabilities_and_a_frame_header(sim_server, capsys):
     endpoint, proc = sim_server
-    assert main(["instrument", "--check", endpoint]) == 0
+    assert main(["instrument", "--check", endpoint, "--at", "12.5,-3"]) == 0
     out = capsys.readouterr().out
     cap_text, header_text = out.split('{\n  "frame_header"')
     caps = json.loads(cap_text)["capabilities"]
     header = json.loads('{"frame_header"' + header_text)["frame_header"]
     assert caps["instrument"].startswith("simulated STEM") and "scan" in caps["command_kinds"]
     assert header["shape"] == [256, 256] and header["dtype"] == "float32" and header["sequence"] == 0
+    assert (header["x_nm"], header["y_nm"], header["fov_nm"], header["dwell_us"]) == (12.5, -3.0, 10.0, 1.0)
     # The server logs every command and stops cleanly on SIGINT, printing its counters.
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
@@ -142,11 +143,59 @@ def test_a_key_option_without_its_partner_is_refused(tmp_path, capsys):
 
 def test_check_unblanks_to_scan_and_blanks_again_so_it_can_be_repeated(sim_server, capsys):
     endpoint, proc = sim_server
-    assert main(["instrument", "--check", endpoint]) == 0
-    assert main(["instrument", "--check", endpoint]) == 0  # the server blanked the beam when the first one left
+    at = ["--at", "0,0", "--pixels", "64", "--fov-nm", "4", "--dwell-us", "2"]
+    assert main(["instrument", "--check", endpoint, *at]) == 0
+    assert main(["instrument", "--check", endpoint, *at]) == 0  # the server blanked the beam when the first one left
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
     commands = [
         line.split("command ")[1].split()[0] for line in err.splitlines() if "INFO drivers.server: command" in line
     ]
     assert commands == ["unblank", "scan", "blank"] * 2
+
+
+def test_check_without_at_prints_the_capabilities_and_sends_nothing(sim_server, capsys):
+    """An instrument does not report where it is: the check scans only where the user says (--at)."""
+    endpoint, proc = sim_server
+    assert main(["instrument", "--check", endpoint]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["capabilities"]["command_kinds"] and "give --at X_NM,Y_NM" in err
+    proc.send_signal(signal.SIGINT)
+    _, server_log = proc.communicate(timeout=10)
+    assert "drivers.server: command" not in server_log  # no unblank, no scan, no blank
+
+
+def test_check_refuses_a_frame_outside_what_the_instrument_reports(sim_server, capsys):
+    endpoint, proc = sim_server
+    cases = [
+        (["--at", "1e9,0"], "--at x 1e+09 nm is outside"),
+        (["--at", "0,-1e9"], "--at y -1e+09 nm is outside"),
+        (["--at", "0,0", "--pixels", "1"], "--pixels 1 px is outside"),
+        (["--at", "0,0", "--dwell-us", "nan"], "--dwell-us nan us is outside"),
+        (["--at", "0,0", "--fov-nm", "1e6"], "--fov-nm 1e+06 nm is outside"),
+    ]
+    for argv, message in cases:
+        assert main(["instrument", "--check", endpoint, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "nothing was sent" in err, (argv, err)
+    proc.send_signal(signal.SIGINT)
+    _, server_log = proc.communicate(timeout=10)
+    assert "drivers.server: command" not in server_log
+
+
+def test_frame_options_belong_to_check_at(capsys):
+    cases = [
+        (["--check", "tcp://127.0.0.1:1", "--pixels", "64"], "--pixels only for --check --at"),
+        (["--sim", "--at", "0,0"], "--at only for --check --at"),
+    ]
+    for argv, message in cases:
+        assert main(["instrument", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    for bad in ("1,2,3", "x,1", "inf,0"):
+        try:
+            main(["instrument", "--check", "tcp://127.0.0.1:1", "--at", bad])
+        except SystemExit as exc:  # argparse: usage error
+            assert exc.code == 2
+        else:
+            raise AssertionError(bad)
+        assert "--at" in capsys.readouterr().err

@@ -224,6 +224,9 @@ def test_instrument_replay_serves_a_recording_to_any_client(tmp_path, capsys):
     try:
         assert "replay of" in proc.stdout.readline()
         assert main(["instrument", "--check", endpoint]) == 0
+        caps = json.loads(capsys.readouterr().out)["capabilities"]
+        x, y = (0.5 * (caps[k]["low"] + caps[k]["high"]) for k in ("stage_x_nm", "stage_y_nm"))
+        assert main(["instrument", "--check", endpoint, "--at", f"{x},{y}"]) == 0
         out = capsys.readouterr().out
         assert '"instrument": "replay of session' in out and '"shape": [\n      400,\n      380\n    ]' in out
     finally:
