@@ -40,6 +40,9 @@ MESSAGE_TYPES = ("hello", "welcome", "command", "ack", "frame", "heartbeat", "er
 ACK_IN_FRAME = "ack_in_frame"
 CLIENT_OPTIONS = (ACK_IN_FRAME,)
 MIN_KEEPALIVE_S = 0.05  # a client never heartbeats more often than this, whatever a server asks
+#: The slowest server heartbeat a client waits on: a server announcing a slower one (or a bridge with a bad
+#: value) is declared gone after three of these all the same, not after hours of silence.
+MAX_SERVER_HEARTBEAT_S = 30.0
 
 
 def finite_number(value: Any) -> float | None:
@@ -131,10 +134,11 @@ def liveness_s(welcome: dict[str, Any], heartbeat_s: float) -> float:
     """How long a client hears nothing before it declares the server gone.
 
     Three of the slower of the two heartbeats: a server beating every 5 s is not dead after three of a
-    client's 1 s beats.
+    client's 1 s beats.  The server's counts up to ``MAX_SERVER_HEARTBEAT_S`` only.
     """
     server = finite_number(welcome.get("heartbeat_s"))
-    return 3 * max(heartbeat_s, server if server is not None and server > 0 else 0.0)
+    server = min(server, MAX_SERVER_HEARTBEAT_S) if server is not None and server > 0 else 0.0
+    return 3 * max(heartbeat_s, server)
 
 
 def client_options(hello: dict[str, Any]) -> frozenset[str]:

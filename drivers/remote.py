@@ -38,6 +38,7 @@ from drivers.base import (
 )
 from drivers.codec import (
     ACK_IN_FRAME,
+    MAX_SERVER_HEARTBEAT_S,
     MIN_KEEPALIVE_S,
     decode_ack,
     decode_capabilities,
@@ -526,6 +527,11 @@ class RemoteDriver:
             self._caps = decode_capabilities(obj)
             self._keepalive_s = keepalive_s(obj, self.heartbeat_s)
             self._liveness_s = liveness_s(obj, self.heartbeat_s)
+            if (finite_number(obj.get("heartbeat_s")) or 0.0) > MAX_SERVER_HEARTBEAT_S:
+                logger.warning(
+                    "the server announces a heartbeat every %s s; it is declared gone after %g s of silence",
+                    obj.get("heartbeat_s"), self._liveness_s,
+                )  # fmt: skip
             self._expected_seq = 0
             self.stats["welcomes"] += 1
             self._connected.set()

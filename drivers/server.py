@@ -55,6 +55,7 @@ from drivers.base import (
 )
 from drivers.codec import (
     ACK_IN_FRAME,
+    MAX_SERVER_HEARTBEAT_S,
     MIN_KEEPALIVE_S,
     client_options,
     decode_command,
@@ -197,6 +198,10 @@ class InstrumentServer:
         if heartbeat_s < MIN_KEEPALIVE_S:  # clients beat at most this often: they would all be forgotten
             raise ValueError(
                 f"heartbeat_s={heartbeat_s:g} is shorter than clients beat ({MIN_KEEPALIVE_S:g} s at least)"
+            )
+        if heartbeat_s > MAX_SERVER_HEARTBEAT_S:  # clients would declare the server gone between its beats
+            raise ValueError(
+                f"heartbeat_s={heartbeat_s:g} is longer than clients wait ({MAX_SERVER_HEARTBEAT_S:g} s at most)"
             )
         if deadman_s is not None and deadman_s < MIN_DEADMAN_S:
             raise ValueError(

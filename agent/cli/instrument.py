@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
     p.add_argument("--tomo", action="store_true", help="--sim: a tomography holder projecting a 3-D phantom")
     p.add_argument("--phantom-seed", type=int, default=0, help="--sim --tomo: phantom seed")
     p.add_argument("--size-px", type=int, default=64, help="--sim --tomo: phantom edge in voxels")
-    p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
+    p.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s, 0.05 to 30 s)")
     p.add_argument(
         "--deadman-s", type=float, default=2.0,
         help="blank the beam when the commanding agent is silent this long (default 2 s; 0 disables)",

@@ -21,6 +21,7 @@ from drivers.codec import (
     encode_frame,
     encode_welcome,
     keepalive_s,
+    liveness_s,
 )
 from drivers.memory import DEFAULT_CAPABILITIES
 
@@ -164,3 +165,14 @@ def test_an_integral_double_is_an_integer_as_json_schema_says():
     wire = ScanCommand(x_nm=0, y_nm=0, fov_nm=4, rows=32, cols=32, dwell_us=1).model_dump(mode="json")
     command = decode_command({"command": wire | {"rows": 512.0, "cols": 256.0}})
     assert (command.rows, command.cols) == (512, 256) and type(command.rows) is int
+
+
+@pytest.mark.parametrize(
+    ("server_heartbeat_s", "expected_s"),
+    [(0.5, 3.0), (5.0, 15.0), (30.0, 90.0), (1e6, 90.0), (float("inf"), 3.0), (None, 3.0), (-1.0, 3.0)],
+)
+def test_a_client_waits_three_of_the_slower_heartbeats_but_not_longer_than_three_of_the_bound(
+    server_heartbeat_s, expected_s
+):
+    welcome = {} if server_heartbeat_s is None else {"heartbeat_s": server_heartbeat_s}
+    assert liveness_s(welcome, 1.0) == pytest.approx(expected_s)

@@ -31,13 +31,14 @@ from drivers.server import InstrumentServer
 class FakeServer:
     """A ROUTER that welcomes clients and sends whatever the test scripts, nothing more."""
 
-    def __init__(self, heartbeat: bool = True) -> None:
+    def __init__(self, heartbeat: bool = True, announced_heartbeat_s: float = 0.2) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind("tcp://127.0.0.1:0")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.heartbeat = heartbeat
+        self.announced_heartbeat_s = announced_heartbeat_s
         self.client: bytes | None = None
         self.outgoing: list[list] = []
         self.lock = threading.Lock()
@@ -52,7 +53,9 @@ class FakeServer:
                 identity, *parts = self.sock.recv_multipart()
                 if json.loads(parts[0])["type"] == "hello":
                     self.client = identity
-                    self.sock.send_multipart([identity, *encode_welcome(DEFAULT_CAPABILITIES, 0.2, time.time())])
+                    self.sock.send_multipart(
+                        [identity, *encode_welcome(DEFAULT_CAPABILITIES, self.announced_heartbeat_s, time.time())]
+                    )
             with self.lock:
                 out, self.outgoing = self.outgoing, []
             for parts in out:
@@ -125,6 +128,24 @@ def test_silent_server_is_declared_gone_within_three_heartbeats():
         assert time.monotonic() - t0 < 0.2 * 3 + 0.4
         with pytest.raises(Disconnected):
             remote.send(BlankCommand())
+        remote.close()
+    finally:
+        fake.close()
+
+
+def test_a_server_announcing_a_very_slow_heartbeat_is_still_declared_gone_in_bounded_time(monkeypatch, caplog):
+    import drivers.codec
+
+    monkeypatch.setattr(drivers.codec, "MAX_SERVER_HEARTBEAT_S", 0.3)  # the bound, shortened for the test
+    fake = FakeServer(heartbeat=False, announced_heartbeat_s=1e6)  # "wait eleven days for my next beat"
+    try:
+        with caplog.at_level("WARNING", logger="drivers.remote"):
+            remote = RemoteDriver(fake.endpoint, heartbeat_s=0.1, reconnect=False)
+        t0 = time.monotonic()
+        while remote.connected and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        assert not remote.connected and time.monotonic() - t0 < 3 * 0.3 + 0.5
+        assert "heartbeat every 1000000.0 s" in caplog.text
         remote.close()
     finally:
         fake.close()

@@ -595,12 +595,14 @@ def test_a_connection_closed_during_the_handshake_is_retried_not_taken_for_refus
             server.stop()
 
 
-def test_a_server_heartbeat_faster_than_clients_beat_is_refused_and_an_unstarted_server_blanks_on_stop():
+def test_a_server_heartbeat_faster_or_slower_than_clients_allow_is_refused_and_an_unstarted_server_blanks_on_stop():
     from drivers.base import BlankCommand
     from drivers.memory import InMemoryDriver
 
     with pytest.raises(ValueError, match="shorter than clients beat"):
         InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.01)
+    with pytest.raises(ValueError, match="longer than clients wait"):  # they would declare it gone between beats
+        InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=31.0)
     driver = InMemoryDriver()
     driver.send(UnblankCommand())
     InstrumentServer(driver, "tcp://127.0.0.1:0").stop()  # created, never started
