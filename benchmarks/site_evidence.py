@@ -15,9 +15,11 @@ the best pooled recall at precision >= 0.9, per lattice and over all:
 * ``network``: the bundled ensemble's class shares in a Gaussian-weighted disc (sigma one native
   pixel) at the planted position.
 
-Also given: the same on the columns clear of holes and contamination only, and how many planted
+Also given: the same on the columns clear of holes and contamination only, how many planted
 defects none of the network's detections matches (as ``benchmarks/quality.py`` matches them; the
-network's own figures at its detections are ``benchmarks/ideal_observer.py``'s).
+network's own figures at its detections are ``benchmarks/ideal_observer.py``'s), and, per lattice and
+band of frame dose, the recall each observer reaches there at its pooled operating point (the
+threshold that gives precision 0.9 over all frames): where in dose each observer loses its defects.
 
     python benchmarks/site_evidence.py [--frames 52] [--seed S] [--out F]
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from decision_rules import centre_shares
@@ -47,6 +50,8 @@ SIGMAS_PX = np.geomspace(0.7, 9.0, 14)
 #: Same-site neighbours whose median amplitude is a column's intact reference.
 NEIGHBOURS = 12
 OBSERVERS = ("ideal", "empirical", "network")
+#: Edges of the frame-dose bands of the by-dose split, e/A^2 (the last band is open).
+DOSE_EDGES_E_PER_A2 = (0.0, 2e4, 4e4, 8e4, 1.6e5)
 
 
 def _design(shape: tuple[int, int], row: np.ndarray, col: np.ndarray, sigma_px: float) -> sparse.csr_matrix:
@@ -133,9 +138,13 @@ def _clear(frame: SimulatedFrame, truth: ColumnTruth) -> np.ndarray:
     return frame.truth.region_mask[r, c] == 0
 
 
+def _cat(rows: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
+    return np.concatenate([r[key] for r in rows])
+
+
 def _recalls(rows: list[dict[str, np.ndarray]], select: str | None) -> dict[str, dict[str, float]]:
     def cat(key: str) -> np.ndarray:
-        return np.concatenate([r[key] for r in rows])
+        return _cat(rows, key)
 
     keep = cat(select) if select else np.ones(len(cat("truth")), bool)
     out: dict[str, dict[str, float]] = {}
@@ -146,6 +155,35 @@ def _recalls(rows: list[dict[str, np.ndarray]], select: str | None) -> dict[str,
             out[name] = {o: recall_at_precision(cat(f"{o}_{name}")[keep], positive, PRECISION)[0] for o in OBSERVERS}
             out[name]["n_planted"] = int(positive.sum())
             out[name]["n_not_detected_by_the_network"] = int((positive & cat("undetected")[keep]).sum())
+    return out
+
+
+def _band_recalls(rows: list[dict[str, np.ndarray]], cls: ColumnClass, threshold: dict[str, float]) -> dict[str, Any]:
+    """Planted defects of class ``cls`` per dose band of ``rows``, and the share each observer calls."""
+    name = cls.name.lower()
+    positive = _cat(rows, "truth") == cls
+    band = np.searchsorted(DOSE_EDGES_E_PER_A2, _cat(rows, "dose"), side="right") - 1
+    called = {o: _cat(rows, f"{o}_{name}") >= threshold[o] for o in OBSERVERS}
+    out: dict[str, Any] = {}
+    for b, low in enumerate(DOSE_EDGES_E_PER_A2):
+        here = positive & (band == b)
+        if here.any():
+            out[f"from_{low:g}"] = {
+                "n_planted": int(here.sum()),
+                **{o: float(called[o][here].mean()) for o in OBSERVERS},
+            }
+    return out
+
+
+def _by_dose(rows: dict[str, list[dict[str, np.ndarray]]]) -> dict[str, dict[str, Any]]:
+    """Recall per lattice and dose band at each observer's pooled operating point (precision 0.9 over all)."""
+    every = [r for lattice_rows in rows.values() for r in lattice_rows]
+    out: dict[str, dict[str, Any]] = {}
+    for cls in (ColumnClass.VACANCY, ColumnClass.DOPANT):
+        positive = _cat(every, "truth") == cls
+        name = cls.name.lower()
+        threshold = {o: recall_at_precision(_cat(every, f"{o}_{name}"), positive)[1] for o in OBSERVERS}
+        out[name] = {lattice: _band_recalls(r, cls, threshold) for lattice, r in sorted(rows.items())}
     return out
 
 
@@ -174,6 +212,7 @@ def main() -> None:
                 "empirical_dopant": dopant,
                 "network_vacancy": shares[:, 1],
                 "network_dopant": shares[:, 2],
+                "dose": np.full(len(ideal.truth_class), frame.dose_e_per_a2),
             }
         )
     every = [r for lattice_rows in rows.values() for r in lattice_rows]
@@ -190,6 +229,8 @@ def main() -> None:
             }
             for suffix, select in (("", None), ("_clear_film_only", "clear"))
         },
+        "recall_by_dose_at_the_pooled_operating_point": _by_dose(rows),
+        "dose_band_edges_e_per_a2": list(DOSE_EDGES_E_PER_A2),
     }
     emit(result, args.out)
 
