@@ -112,6 +112,7 @@ class RemoteDriver:
         self.max_frame_bytes = max_frame_bytes
         self.reconnect = reconnect
         self.stats: Counter[str] = Counter()
+        self._auth_refused_said = 0  # stats["auth_refused"] when the last welcome came: a warning per outage
         self._rtts_ms: deque[float] = deque(maxlen=1000)
         self._curve = curve
         self._ctx = zmq.Context()
@@ -396,6 +397,8 @@ class RemoteDriver:
                     )
                     return
                 if event & _HANDSHAKE_FAILED:  # (a peer closing mid-handshake, a restarting server): retry
+                    if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # welcomed before: the allow-list may have changed
+                        self._auth_refused_again()
                     if self._connected.is_set():
                         self._lost("the connection to the server dropped during a handshake")
                     return
@@ -405,6 +408,15 @@ class RemoteDriver:
                 if self._caps is not None:
                     return  # a reconnect attempt whose connection dropped before the welcome
         self._flush_outbox(sock)
+
+    def _auth_refused_again(self) -> None:
+        """A server that welcomed this client before refuses its CURVE keys now: counted, and said once per outage."""
+        self.stats["auth_refused"] += 1
+        if self.stats["auth_refused"] == self._auth_refused_said + 1:
+            logger.warning(
+                "the server at %s refuses this client's CURVE keys on reconnection (was its allow-list changed?);"
+                " still retrying", self.endpoint,
+            )  # fmt: skip
 
     def _try_send(self, sock: zmq.Socket[bytes], parts: list[bytes]) -> bool:
         try:
@@ -534,6 +546,7 @@ class RemoteDriver:
                 )  # fmt: skip
             self._expected_seq = 0
             self.stats["welcomes"] += 1
+            self._auth_refused_said = self.stats["auth_refused"]  # a later refusal is a new outage: said again
             self._connected.set()
             self._settled.set()
         elif kind == "ack":

@@ -305,6 +305,30 @@ def test_curve_admits_only_allowed_client_keys():
         server.stop()
 
 
+def test_a_restarted_server_that_no_longer_allows_the_client_is_reported_not_retried_in_silence(caplog):
+    server_pub, server_sec = new_keypair()
+    client_pub, client_sec = new_keypair()
+    other_pub, _ = new_keypair()
+    allowed = CurveServerKeys(server_pub, server_sec, frozenset({client_pub}))
+    server = InstrumentServer(InMemoryDriver(), "tcp://127.0.0.1:0", heartbeat_s=0.2, curve=allowed).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.2, curve=CurveClientKeys(client_pub, client_sec, server_pub))
+    try:
+        server.stop()
+        changed = CurveServerKeys(server_pub, server_sec, frozenset({other_pub}))  # the allow-list lost this client
+        server = InstrumentServer(InMemoryDriver(), endpoint, heartbeat_s=0.2, curve=changed)
+        with caplog.at_level("WARNING", logger="drivers.remote"):
+            server.start()
+            deadline = time.monotonic() + 10
+            while remote.stats["auth_refused"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert remote.stats["auth_refused"] >= 2 and not remote.connected
+        assert caplog.text.count("refuses this client's CURVE keys on reconnection") == 1  # said once, counted on
+    finally:
+        remote.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5555", "tcp://192.0.2.7:5555", "tcp://*:5555"])
 def test_non_loopback_bind_needs_keys_or_insecure(endpoint):
     with pytest.raises(ValueError, match="refusing to bind"):
