@@ -19,7 +19,7 @@ from agent.guard import Decision, Guard, GuardConfig, Refusal
 from agent.policies.tilt import tilt_plan
 from agent.recorder import SessionRecorder
 from agent.timings import StageTimings
-from drivers.base import Driver, UnblankCommand, deadline_in
+from drivers.base import Capabilities, Driver, UnblankCommand, deadline_in
 from models.tomo import psnr_db, reconstruct
 
 
@@ -49,21 +49,46 @@ class PlannedTilts:
     asked = 0
 
 
+@dataclass(frozen=True)
+class ProjectionField:
+    """Where and how every projection of a series is scanned.
+
+    Attributes
+    ----------
+    x_nm, y_nm : field centre on the specimen, nm (an instrument does not report where it is: for one, the
+        user gives it).  fov_nm, pixels : field of view and pixels a side; None takes the instrument's
+        smallest (a simulated holder reports exactly one).  dwell_us : pixel dwell.
+    """
+
+    x_nm: float = 0.0
+    y_nm: float = 0.0
+    fov_nm: float | None = None
+    pixels: int | None = None
+    dwell_us: float = 1.0
+
+    def decision(self, cap: Capabilities, angle_deg: float) -> Decision:
+        """The projection scan at ``angle_deg`` (for the guard to check)."""
+        side = int(cap.pixels.low if self.pixels is None else self.pixels)
+        fov_nm = cap.fov_nm.low if self.fov_nm is None else self.fov_nm
+        why = {"projection_at_tilt_deg": angle_deg}
+        return Decision("scan", self.x_nm, self.y_nm, fov_nm, side, side, self.dwell_us, rationale=why)
+
+
 def acquire_series(
     driver: Driver, chooser: Any, n_tilts: int, recorder: SessionRecorder, timings: StageTimings,
-    dwell_us: float = 1.0, guard_config: GuardConfig | None = None,
+    guard_config: GuardConfig | None = None, where: ProjectionField | None = None,
 ) -> TiltSeries:  # fmt: skip
     """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped.
 
-    A refused projection scan (its dose, or the series' dose budget) ends the series: every later
-    projection is of the same field.  ``guard_config`` defaults to :class:`GuardConfig` with revisits
-    allowed.
+    A refused projection scan (its field, its dose, or the series' dose budget) ends the series: every
+    later projection is of the same field (``where``; default :class:`ProjectionField`).
+    ``guard_config`` defaults to :class:`GuardConfig` with revisits allowed.
     """
+    where = where or ProjectionField()
     cap = driver.capabilities()
     guard = Guard(cap, guard_config or GuardConfig(allow_revisits=True))
     driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
     series = TiltSeries()
-    side = int(cap.pixels.low)
     refused: set[float] = set()
     for step in range(n_tilts):
         t0 = time.perf_counter()
@@ -84,9 +109,7 @@ def acquire_series(
             series.refusals.append(checked.reason)
             recorder.write("refusal", step=step, source="guard", reason=checked.reason)
             continue
-        projection = Decision(
-            "scan", 0.0, 0.0, cap.fov_nm.low, side, side, dwell_us, rationale={"projection_at_tilt_deg": angle}
-        )
+        projection = where.decision(cap, angle)
         scan = guard.check(projection)
         if isinstance(scan, Refusal):
             series.refusals.append(scan.reason)

@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
     p.add_argument("--timeout-s", type=float, default=10.0, help="--check: connection and frame timeout")
     p.add_argument(
-        "--at", metavar="X_NM,Y_NM", type=_position, default=None,
+        "--at", metavar="X_NM,Y_NM", type=position_nm, default=None,
         help="--check: acquire one frame centred here (specimen coordinates, nm; within the reported stage range)",
     )  # fmt: skip
     for flag, kind, default, unit, what, _ in _CHECK_FRAME:
@@ -261,7 +261,7 @@ def _nion_usim(args: argparse.Namespace) -> tuple[Any, str]:
     return driver, f"Nion usim ({args.scan_data} scan data, {args.positioner} positioner)"
 
 
-def _position(text: str) -> tuple[float, float]:
+def position_nm(text: str) -> tuple[float, float]:
     """``X_NM,Y_NM`` as two finite floats (argparse type of ``--at``)."""
     parts = text.split(",")
     try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.instrument import add_client_key_args, client_keys
+from agent.cli.instrument import add_client_key_args, client_keys, position_nm
 
 
 def register(sub: Any) -> None:
@@ -45,6 +45,13 @@ def register(sub: Any) -> None:
         "projection's dose, and so the series' dose budget, from it)",
     )  # fmt: skip
     run.add_argument("--dose-budget-e-per-a2", type=float, help="the series' dose budget (default: the guard's)")
+    run.add_argument(
+        "--at", metavar="X_NM,Y_NM", type=position_nm,
+        help="the projections' field centre, nm (needed for a tcp:// instrument; default 0,0 for the simulator)",
+    )  # fmt: skip
+    run.add_argument("--fov-nm", type=float, help="projection field of view (default: the instrument's smallest)")
+    run.add_argument("--pixels", type=int, help="projection pixels a side (default: the instrument's fewest)")
+    run.add_argument("--dwell-us", type=float, default=1.0, help="projection pixel dwell (default 1 us)")
     run.add_argument("--phantom-seed", type=int, default=0)
     run.add_argument("--size-px", type=int, default=64, help="simulated phantom edge in voxels (in-process sim)")
     run.add_argument("--record", type=Path, help="record the session into this new directory")
@@ -153,6 +160,23 @@ def _guard_config(args: argparse.Namespace) -> Any:
     return GuardConfig(**options)
 
 
+def _projection_field(args: argparse.Namespace) -> Any:
+    """The projections' :class:`~agent.tomo.ProjectionField` from ``--at``, ``--fov-nm``, ``--pixels``, ``--dwell-us``.
+
+    Raises
+    ------
+    ValueError
+        A tcp:// (or ipc://) instrument without ``--at`` (it does not report where it is, and with a stage
+        positioner a scan moves the stage: only the user picks the place).
+    """
+    from agent.tomo import ProjectionField
+
+    if str(args.instrument).startswith(("tcp://", "ipc://")) and args.at is None:
+        raise ValueError(f"driving {args.instrument} needs --at X_NM,Y_NM: the field every projection is scanned at")
+    x_nm, y_nm = args.at if args.at is not None else (0.0, 0.0)
+    return ProjectionField(x_nm, y_nm, args.fov_nm, args.pixels, args.dwell_us)
+
+
 def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
     """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
     from drivers.replay import ReplayDriver
@@ -180,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
 
     check_output_file(args.json, "--json")
     guard_config = _guard_config(args)  # (before anything is opened)
+    where = _projection_field(args)
     curve = client_keys(args)
     inpainter = _inpainter(args)  # (before anything is opened: it may refuse the policy)
     driver = _open_driver(args, curve)
@@ -194,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         capabilities = driver.capabilities()
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
         chooser = _chooser(args, inpainter, capabilities.tilt_deg)
-        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config=guard_config)
+        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where)
         recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
     finally:
         recorder.close()

@@ -256,5 +256,6 @@ def test_tomo_run_takes_client_keys_for_a_tcp_instrument_only(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tomo", "run", "--instrument", "sim", *client]) == 2
     assert "are for a tcp:// instrument" in capsys.readouterr().err
-    assert main(["tomo", "run", "--instrument", "tcp://127.0.0.1:1", "--probe-current-pa", "20", *client[2:]]) == 2
+    tcp = ["--instrument", "tcp://127.0.0.1:1", "--probe-current-pa", "20", "--at", "0,0"]
+    assert main(["tomo", "run", *tcp, *client[2:]]) == 2
     assert "--server-public needs --client-key" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def test_tomo_run_over_tcp_against_a_simulated_holder(tmp_path):
         assert "tomography holder" in proc.stdout.readline()
         summary_path = tmp_path / "SUMMARY.json"
         argv = ["tomo", "run", "--instrument", endpoint, "--policy", "dose-symmetric", "--tilts", "9",
-                "--probe-current-pa", "20"]  # fmt: skip
+                "--probe-current-pa", "20", "--at", "0,0"]  # fmt: skip
         assert main([*argv, "--json", str(summary_path)]) == 0
         summary = json.loads(summary_path.read_text())
         assert summary["angles_deg"][0] == 0.0 and summary["psnr_db"]["wbp"] > 10  # scored from the seed
@@ -185,7 +185,7 @@ def test_a_tomo_run_that_cannot_record_closes_its_connection(tmp_path, capsys):
     holder = SimulatedTiltDriver(phantom_seed=0, size_px=32)
     with InstrumentServer(holder, "tcp://127.0.0.1:0", deadman_s=None) as server:
         argv = ["tomo", "run", "--instrument", server.endpoint, "--tilts", "3", "--record", str(tmp_path / "taken"),
-                "--probe-current-pa", "20"]  # fmt: skip
+                "--probe-current-pa", "20", "--at", "0,0"]  # fmt: skip
         assert main(argv) == 2
         assert "already" in capsys.readouterr().err
         end = time.monotonic() + 3.0
@@ -201,6 +201,31 @@ def test_a_tomo_run_on_a_real_instrument_needs_the_probe_current_its_dose_is_cou
     assert "needs --probe-current-pa" in capsys.readouterr().err
     assert main([*argv, "--probe-current-pa", "-5"]) == 2
     assert "positive" in capsys.readouterr().err
+    assert main([*argv, "--probe-current-pa", "20"]) == 2  # nor without the field the projections are scanned at
+    assert "needs --at X_NM,Y_NM" in capsys.readouterr().err
+
+
+def test_every_projection_is_scanned_at_the_field_given_and_one_the_guard_refuses_ends_the_series():
+    from agent.recorder import SessionRecorder
+    from agent.timings import StageTimings
+    from agent.tomo import PlannedTilts, ProjectionField, acquire_series
+    from drivers.simulated_tomo import SimulatedTiltDriver
+
+    def series_at(where):
+        driver = SimulatedTiltDriver(phantom_seed=0, size_px=32)
+        frames = []
+        next_frame = driver.next_frame
+        driver.next_frame = lambda timeout_s: frames.append(next_frame(timeout_s)) or frames[-1]  # type: ignore
+        try:
+            tilts = PlannedTilts("sequential", 3, (-30.0, 30.0))
+            return acquire_series(driver, tilts, 3, SessionRecorder(None), StageTimings(), where=where), frames
+        finally:
+            driver.close()
+
+    series, frames = series_at(ProjectionField(0.0, 0.0, dwell_us=2.0))  # the holder's one field, a longer dwell
+    assert len(series.projections) == 3 and {f.header.dwell_us for f in frames} == {2.0}
+    series, frames = series_at(ProjectionField(3.0, -2.0))  # the 16 nm field reaches past the holder's +-8 nm
+    assert not frames and len(series.refusals) == 1 and "beyond the allowed" in series.refusals[0]
 
 
 def test_the_series_dose_is_counted_at_the_given_current(tmp_path):
