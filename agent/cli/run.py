@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.cli.instrument import add_client_key_args, client_keys
+from agent.cli.options import add_client_key_args, client_keys
 
 EXIT_INTERRUPTED = 130
 EXIT_HELD = 4  # safe hold: the beam is blanked; an operator checks the instrument before a new run

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.instrument import add_client_key_args, client_keys, position_nm
+from agent.cli.options import add_client_key_args, client_keys, position_nm
 
 
 def register(sub: Any) -> None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.instrument import option_value
+from agent.cli.options import option_value
 
 #: ``export``'s options that shape a new manifest, with their defaults (``--bias-frames``: as
 #: models.training.calibrate.VALIDATION_FRAMES, which importing here would load the models at start-up).

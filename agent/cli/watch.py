@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.instrument import add_client_key_args, client_keys, option_value
+from agent.cli.options import add_client_key_args, client_keys, option_value
 from agent.cli.run import EXIT_INTERRUPTED
 
 

@@ -1,0 +1,127 @@
+"""Options the subcommands share: long-option values, positions, and CURVE keys from certificate files."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+
+def option_value(args: argparse.Namespace, flag: str) -> Any:
+    """The parsed value of the long option ``flag`` (``--client-key`` is ``args.client_key``)."""
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
+
+
+def position_nm(text: str) -> tuple[float, float]:
+    """``X_NM,Y_NM`` as two finite floats (argparse type of ``--at``)."""
+    parts = text.split(",")
+    try:
+        x, y = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X_NM,Y_NM (two numbers, nm)") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise argparse.ArgumentTypeError(f"{text!r}: the position must be finite")
+    return x, y
+
+
+def add_client_key_args(p: argparse.ArgumentParser, where: str) -> None:
+    """``--client-key`` and ``--server-public``: CURVE keys for reaching a server that requires them."""
+    p.add_argument(
+        "--client-key", type=Path, default=None,
+        help=f"{where}: this client's CURVE secret certificate (zmq.auth format; needs --server-public)",
+    )  # fmt: skip
+    p.add_argument(
+        "--server-public", type=Path, default=None,
+        help=f"{where}: the server's public CURVE certificate (needs --client-key)",
+    )  # fmt: skip
+
+
+def client_keys(args: argparse.Namespace) -> Any:
+    """The :class:`~drivers.security.CurveClientKeys` of ``--client-key`` and ``--server-public``, or None.
+
+    Raises
+    ------
+    ValueError
+        One given without the other, or a certificate that is missing or holds no key (named).
+    """
+    why = "a CURVE client needs its own secret certificate and the server's public one"
+    if not _both_or_neither(args, "--client-key", "--server-public", why):
+        return None
+    from drivers.security import CurveClientKeys
+
+    public, secret = _certificate(args.client_key, "--client-key")
+    if secret is None:
+        raise ValueError(f"--client-key {args.client_key} holds no secret key (give the .key_secret certificate)")
+    server_public, _ = _certificate(args.server_public, "--server-public")
+    return CurveClientKeys(public, secret, server_public)
+
+
+def server_keys(args: argparse.Namespace) -> Any:
+    """The server's CURVE keys and allow-list, or None (then the server runs unauthenticated).
+
+    Raises
+    ------
+    ValueError
+        One of ``--server-key`` and ``--allow-clients`` without the other, or a bad certificate (named).
+    """
+    why = "a CURVE server needs its secret certificate and a directory of allowed client certificates"
+    if not _both_or_neither(args, "--server-key", "--allow-clients", why):
+        return None
+    from drivers.security import load_server_keys
+
+    _certificate(args.server_key, "--server-key")
+    if not args.allow_clients.is_dir():
+        raise ValueError(f"--allow-clients {args.allow_clients} is not a directory of client public certificates")
+    try:
+        return load_server_keys(args.server_key, args.allow_clients)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--server-key {args.server_key}, --allow-clients {args.allow_clients}: {exc}") from None
+
+
+def _both_or_neither(args: argparse.Namespace, first: str, second: str, why: str) -> bool:
+    """True when both options are given, False when neither.
+
+    Raises
+    ------
+    ValueError
+        Only one is given (it is named, with ``why``).
+    """
+    a, b = (option_value(args, flag) is not None for flag in (first, second))
+    if a != b:
+        given, missing = (first, second) if a else (second, first)
+        raise ValueError(f"{given} needs {missing}: {why}")
+    return a
+
+
+def _certificate(path: Path, flag: str) -> tuple[bytes, bytes | None]:
+    """The (public, secret) keys of a zmq.auth certificate file.
+
+    Raises
+    ------
+    ValueError
+        A missing file, a directory, or a file that holds no key (named with its option).
+    """
+    import zmq.auth
+
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: {'a directory' if path.is_dir() else 'no such file'}, not a certificate")
+    try:
+        return zmq.auth.load_certificate(str(path))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag} {path} is not a CURVE certificate: {exc}") from None
+
+
+def make_keys(directory: Path) -> int:
+    """Write CURVE certificates for a server and one client into ``directory`` (``clients/``: the allow-list)."""
+    import zmq.auth
+
+    (directory / "clients").mkdir(parents=True, exist_ok=True)
+    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
+    Path(client_public).replace(directory / "clients" / Path(client_public).name)
+    print(
+        f"server: {server_secret} (keep private), {server_public}\nclient: {client_secret} (keep private), "
+        f"{directory / 'clients' / Path(client_public).name} (allow-list)"
+    )
+    return 0
