@@ -434,6 +434,7 @@ class Loop:
                 self._error("acquisition", f"step {job.step}: {exc}", step=job.step)
                 return None
             except Disconnected as exc:
+                self._forget_in_flight("the link was lost", waiting=job)
                 self._instrument_lost(exc)
                 return None
             self.state.frames_received += 1
@@ -505,7 +506,7 @@ class Loop:
         itself connected for a few heartbeats after its peer died, and every send meanwhile fails.
         """
         self._error("disconnected", str(exc))
-        self._in_flight.clear()  # their frames will not come
+        self._forget_in_flight("the link was lost")
         now = time.monotonic()
         self._lost_since = self._lost_since or now
         deadline = self._lost_since + self.config.reconnect_grace_s
@@ -516,6 +517,15 @@ class Loop:
                 self._seen_generation = self._link_generation()
                 return
         raise StopLoop("failed", f"instrument lost: {exc}")
+
+    def _forget_in_flight(self, why: str, waiting: _InFlight | None = None) -> None:
+        """Forget the scans in flight on a lost link, and the one ``waiting`` for its frame: recorded, counted."""
+        lost = [*([waiting] if waiting else []), *self._in_flight]
+        self._in_flight.clear()
+        if lost:
+            steps = ", ".join(str(j.step) for j in lost)
+            self._error("frames_lost_with_link", f"{why}: the frames of step(s) {steps} will not come")
+            self.state.frames_lost_with_link += len(lost)
 
     def _driver_stats(self) -> dict[str, Any]:
         """The driver's own counters, if it keeps any (the remote driver does)."""
@@ -537,7 +547,7 @@ class Loop:
             return
         self._seen_generation = generation
         self._error("reconnected", "the instrument connection was re-established since the last command")
-        self._in_flight.clear()
+        self._forget_in_flight("the link was re-established")
         if not self._resume():  # lost again meanwhile: wait for it as for any loss
             self._instrument_lost(Disconnected("the instrument was lost again while its state was read back"))
 

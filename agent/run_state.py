@@ -79,6 +79,7 @@ class RunState:
     frames_analysed: int = 0
     frames_recorded: int = 0
     frames_skipped: dict[str, int] = field(default_factory=dict)
+    frames_lost_with_link: int = 0  # scans in flight when the connection was lost: their frames never came
     commands: dict[str, int] = field(default_factory=dict)  # sent, acked, refused_locally, refused_remotely...
     model_failures: dict[str, int] = field(default_factory=dict)
     fallback_decisions: int = 0
@@ -91,7 +92,7 @@ class RunState:
         """The run's counters as the stop record and ``autoscope sessions inspect`` show them."""
         frames = {
             "received": self.frames_received, "analysed": self.frames_analysed, "recorded": self.frames_recorded,
-            "skipped": dict(self.frames_skipped),
+            "skipped": dict(self.frames_skipped), "lost_with_link": self.frames_lost_with_link,
         }  # fmt: skip
         return {
             "frames": frames,

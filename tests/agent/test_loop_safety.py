@@ -15,7 +15,7 @@ import pytest
 from agent.guard import Guard, GuardConfig
 from agent.loop import LoopConfig
 from agent.policies import PolicyContext, make_policy
-from drivers.base import Ack, CommandRefused, DriverTimeout, Frame, ProtocolError, Range, ScanCommand
+from drivers.base import Ack, CommandRefused, Disconnected, DriverTimeout, Frame, ProtocolError, Range, ScanCommand
 from drivers.recording import read_session
 from drivers.remote import RemoteDriver
 from drivers.server import InstrumentServer
@@ -106,7 +106,10 @@ def test_every_frame_received_is_analysed_or_counted_as_skipped(segmenter, tmp_p
     assert (skipped > 0) == (fault in ("nan", "shape", "stale"))
     stop = records(tmp_path)[-1]
     recorded = state.frames_recorded
-    expected = {"received": state.frames_received, "analysed": 5, "recorded": recorded, "skipped": state.frames_skipped}
+    expected = {
+        "received": state.frames_received, "analysed": 5, "recorded": recorded, "skipped": state.frames_skipped,
+        "lost_with_link": 0,
+    }  # fmt: skip
     assert stop["frames"] == expected == stop["counters"]["frames"]
     assert recorded == len(read_session(tmp_path / "session").frames)  # every recorded frame is on disk
 
@@ -345,3 +348,37 @@ def test_a_reconnection_during_the_analysis_is_resumed_before_the_next_move(segm
     reconnected = next(i for i, r in enumerate(log) if r["type"] == "reconnected")
     later_scans = [i for i, r in enumerate(log) if r["type"] == "command" and r["command"]["kind"] == "scan"]
     assert any(i > reconnected for i in later_scans) and later_scans[1] > reconnected
+
+
+class _DropsLinkOnce(SimulatedDriver):
+    """Loses its link once, while the loop waits for the ``at``-th frame: every frame not yet delivered is gone,
+    and it is back at once (as a remote driver after a reconnection: ``connected``, ``stats['reconnects']``)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(specimen_seed=2)
+        self.at, self.waits, self.stats = at, 0, {"reconnects": 0}
+        self.connected = True
+
+    def next_frame(self, timeout_s: float) -> Frame:
+        self.waits += 1
+        if self.waits == self.at:
+            undelivered = 0
+            while True:
+                try:
+                    super().next_frame(0.2)
+                    undelivered += 1
+                except DriverTimeout:
+                    break
+            self.stats["reconnects"] += 1
+            raise Disconnected(f"the link dropped with {undelivered} frame(s) undelivered")
+        return super().next_frame(timeout_s)
+
+
+def test_the_frames_a_lost_link_takes_with_it_are_counted_and_recorded(segmenter, tmp_path):
+    driver = _DropsLinkOnce(at=3)
+    state = make_loop(driver, segmenter, tmp_path, policy="raster", steps=4).run()  # raster: scans ahead
+    assert state.status == "completed" and state.steps_done == 4, state.reason
+    lost = [r for r in records(tmp_path) if r.get("kind") == "frames_lost_with_link"]
+    assert len(lost) == 1 and state.errors["frames_lost_with_link"] == 1
+    assert state.frames_lost_with_link == lost[0]["message"].count(",") + 1 >= 2  # the awaited one and the next
+    assert records(tmp_path)[-1]["counters"]["frames"]["lost_with_link"] == state.frames_lost_with_link
