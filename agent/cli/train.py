@@ -42,6 +42,10 @@ def register(sub: Any) -> None:
         default=(),
         help="channels per U-Net level, full resolution first, e.g. 8,16,48,96 (overrides --width and --depth)",
     )
+    t.add_argument(
+        "--global-context", action="store_true",
+        help="condition the lowest-resolution U-Net features on their mean over the whole input",
+    )  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="member seeds are derived from it (default 0)")
     t.add_argument("--data-seed", type=int, default=0, help="seed of the simulated dataset (default 0)")
     t.add_argument(
@@ -156,25 +160,29 @@ def _lattice_weights(text: str) -> tuple[float, ...]:
     return values
 
 
-def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...]]:
-    """(width, depth, widths) from the options, or from the parent run when fine-tuning.
+def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...], bool]:
+    """(width, depth, widths, global_context) from the options, or from the parent run when fine-tuning.
 
     A fine-tune that is resumed takes them from its own configuration, so it no longer needs the parent.
     """
     if args.init_from is None:
         if args.widths:
-            return args.widths[0], len(args.widths) - 1, args.widths
-        return (8 if args.width is None else args.width), (3 if args.depth is None else args.depth), ()
+            return args.widths[0], len(args.widths) - 1, args.widths, args.global_context
+        width, depth = (8 if args.width is None else args.width), (3 if args.depth is None else args.depth)
+        return width, depth, (), args.global_context
     from models.training.train import read_run_config
 
-    if args.widths or args.width is not None or args.depth is not None:
-        raise ValueError("--init-from keeps the parent's architecture: leave out --width, --depth and --widths")
+    if args.widths or args.width is not None or args.depth is not None or args.global_context:
+        raise ValueError(
+            "--init-from keeps the parent's architecture: leave out --width, --depth, --widths and --global-context"
+        )
     own = args.out / "config.json"
     config_path = own if args.resume and own.exists() else args.init_from / "config.json"
     if not config_path.exists():
         raise ValueError(f"--init-from {args.init_from}: not a training run (no config.json)")
     config = read_run_config(config_path)
-    return int(config["width"]), int(config["depth"]), tuple(int(w) for w in config.get("widths") or ())
+    widths = tuple(int(w) for w in config.get("widths") or ())
+    return int(config["width"]), int(config["depth"]), widths, bool(config.get("global_context", False))
 
 
 def _recorded_command(args: argparse.Namespace) -> str:
@@ -201,7 +209,7 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"autoscope train: --resume: no run in {args.out} yet, starting a new one", file=sys.stderr)
     from models.training.data import SampleSpec
 
-    width, depth, widths = _architecture(args)
+    width, depth, widths, global_context = _architecture(args)
     config = TrainConfig(
         members=args.members,
         steps=args.steps,
@@ -209,6 +217,7 @@ def _run_train(args: argparse.Namespace) -> int:
         width=width,
         depth=depth,
         widths=widths,
+        global_context=global_context,
         learning_rate=args.learning_rate,
         samples=args.samples,
         seed=args.seed,

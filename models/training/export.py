@@ -75,7 +75,10 @@ def members_from_bundle(path: Path) -> list[UNet]:
     bundle = torch.load(path, weights_only=False)
     members = []
     for state in bundle["members"]:
-        net = UNet(bundle["n_classes"], bundle["width"], bundle["depth"], widths=bundle.get("widths", ()))
+        net = UNet(
+            bundle["n_classes"], bundle["width"], bundle["depth"], widths=bundle.get("widths", ()),
+            global_context=bool(bundle.get("global_context", False)),
+        )  # fmt: skip
         net.load_state_dict(state)
         members.append(net.eval())
     return members
@@ -235,6 +238,7 @@ def _export_staged(
             "width": int(config["width"]),
             "depth": depth,
             "widths": [int(w) for w in config.get("widths") or ()],
+            "global_context": bool(config.get("global_context", False)),
         },
         out.with_suffix(".members.pt"),
     )

@@ -39,6 +39,8 @@ class TrainConfig:
     depth: int = 3
     # Channels per U-Net level (full resolution first); empty: width * 2**level for depth + 1 levels.
     widths: tuple[int, ...] = ()
+    # Condition the lowest-resolution features on their mean over the whole input (unet.GlobalContext).
+    global_context: bool = False
     learning_rate: float = 2e-3
     samples: int = 3000
     data_seed: int = 0
@@ -71,10 +73,11 @@ def unet_from_config(config: dict[str, Any]) -> UNet:
         width=int(config["width"]),
         depth=int(config["depth"]),
         widths=tuple(int(w) for w in config.get("widths") or ()),
+        global_context=bool(config.get("global_context", False)),
     )
 
 
-ARCHITECTURE_KEYS = ("width", "depth", "widths", "class_weights")
+ARCHITECTURE_KEYS = ("width", "depth", "widths", "global_context", "class_weights")
 
 
 def check_parent(config: TrainConfig) -> dict[str, Any]:
@@ -123,8 +126,9 @@ def _differing_keys(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (a run's or a sample spec's JSON) without options left at a default that older runs lack."""
     out = json.loads(json.dumps(config))
-    if not out.get("init_from"):
-        out.pop("init_from", None)
+    for key in ("init_from", "global_context"):  # runs from before these options lack them
+        if not out.get(key):
+            out.pop(key, None)
     sample = out.get("sample", out)
     if not sample.get("lattice_weights"):
         sample.pop("lattice_weights", None)

@@ -33,6 +33,27 @@ def level_widths(width: int, depth: int, widths: Sequence[int] = ()) -> list[int
     return [int(w) for w in widths]
 
 
+class GlobalContext(nn.Module):
+    """Condition feature maps on the whole input: a scale and shift per channel from their spatial mean.
+
+    What a column looks like in a frame (its contrast, the probe, the noise) is a property of the whole
+    frame, which the convolutions see only as far as their receptive field reaches.  Starts as the
+    identity (the last layer is zero-initialised).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        last = nn.Linear(channels, 2 * channels)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, C, H, W) scaled and shifted per channel by its own mean over H and W."""
+        scale, shift = self.mlp(x.mean(dim=(2, 3))).chunk(2, dim=1)
+        return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
 class UNet(nn.Module):
     """U-Net: ``depth`` down-sampling stages, channel widths ``width * 2**level`` (or ``widths``).
 
@@ -50,6 +71,9 @@ class UNet(nn.Module):
         Channels per level, full resolution first (overrides ``width`` and ``depth``): the
         low-resolution levels cost a sixteenth and a sixty-fourth of the full-resolution one per
         channel pair, so widening them buys capacity cheaply.
+    global_context
+        Condition the lowest-resolution features on their mean over the whole input
+        (:class:`GlobalContext`).
 
     Notes
     -----
@@ -57,7 +81,13 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, n_classes: int = 4, width: int = 12, depth: int = 3, in_channels: int = 1, widths: Sequence[int] = ()
+        self,
+        n_classes: int = 4,
+        width: int = 12,
+        depth: int = 3,
+        in_channels: int = 1,
+        widths: Sequence[int] = (),
+        global_context: bool = False,
     ) -> None:
         super().__init__()
         widths = level_widths(width, depth, widths)
@@ -70,6 +100,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
         self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in range(depth)])
         self.head = nn.Conv2d(widths[0], n_classes, 1)
+        self.context = GlobalContext(widths[-1]) if global_context else None
 
     @property
     def multiple(self) -> int:
@@ -83,6 +114,8 @@ class UNet(nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
+        if self.context is not None:
+            x = self.context(x)
         for i in reversed(range(self.depth)):
             x = self.merge[i](torch.cat([self.up[i](x), skips.pop()], dim=1))
         return self.head(x)

@@ -327,3 +327,70 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match=r"member_0\.pt was trained with another configuration \(differs in steps\)"):
         train_ensemble(tmp_path, TrainConfig(**{**TINY, "members": 1, "steps": 4}), threads=1)
+
+
+def test_a_global_context_member_is_trained_and_reloaded_and_its_conditioning_acts(tmp_path):
+    config = TrainConfig(members=1, steps=2, batch=2, width=4, depth=2, samples=4, global_context=True,
+                         sample=SampleSpec(patch_px=32))  # fmt: skip
+    train_ensemble(tmp_path, config, threads=1)
+    members, saved = load_members(tmp_path)
+    net = members[0]
+    assert saved["global_context"] is True and net.context is not None
+    with torch.no_grad():  # the same patch beside a brighter one gets other logits: the frame conditions it
+        net.context.mlp[2].weight.normal_(0, 0.5)
+        x = torch.rand(1, 1, 32, 64)
+        brighter = x.clone()
+        brighter[..., 32:] += 1.0
+        assert not torch.allclose(net(x)[..., :32], net(brighter)[..., :32], atol=1e-4)
+
+
+def test_a_global_context_ensemble_exports_with_parity_and_its_bundle_reloads(tmp_path):
+    import onnxruntime as ort
+
+    from models.training.ensemble import EnsembleWithUncertainty
+    from models.training.export import export_onnx, members_from_bundle
+    from models.training.unet import UNet
+
+    torch.manual_seed(3)
+    members = [UNet(4, 4, 2, global_context=True).eval() for _ in range(2)]
+    for m in members:
+        torch.nn.init.normal_(m.context.mlp[2].weight, 0, 0.3)  # not the identity it starts as
+    ensemble = EnsembleWithUncertainty(members).eval()
+    onnx = tmp_path / "gc.onnx"
+    export_onnx(ensemble, onnx, multiple=4)
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    for shape in ((32, 32), (48, 80)):
+        x = np.random.default_rng(1).normal(0.4, 0.3, (1, 1, *shape)).astype(np.float32)
+        with torch.no_grad():
+            expected = ensemble(torch.from_numpy(x))
+        for a, b in zip(session.run(None, {"image": x}), expected, strict=True):
+            assert np.abs(a - b.numpy()).max() <= 1e-4
+    bundle = {"members": [m.state_dict() for m in members], "n_classes": 4, "width": 4, "depth": 2, "widths": [],
+              "global_context": True}  # fmt: skip
+    torch.save(bundle, tmp_path / "gc.members.pt")
+    reloaded = members_from_bundle(tmp_path / "gc.members.pt")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reloaded[1](x), members[1](x))
+
+
+def test_runs_from_before_global_context_compare_equal_and_load_without_it(tmp_path):
+    config = TrainConfig(members=1, steps=2, batch=2, width=4, depth=2, samples=4, sample=SampleSpec(patch_px=32))
+    train_ensemble(tmp_path, config, threads=1)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["global_context"]  # a run written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train_ensemble(tmp_path, config, threads=1)  # resumed with the same options: not "another configuration"
+    members, _ = load_members(tmp_path)
+    assert members[0].context is None
+
+
+def test_train_command_takes_global_context_and_a_fine_tune_refuses_it(tmp_path, capsys):
+    from agent.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--members", "1", "--steps", "2", "--samples", "4", "--batch", "2", "--threads", "1"]
+    assert main([*args, "--width", "4", "--depth", "2", "--global-context", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["global_context"] is True
+    assert main([*args, "--init-from", str(out), "--global-context", "--out", str(tmp_path / "tune")]) == 2
+    assert "leave out --width, --depth, --widths and --global-context" in capsys.readouterr().err
