@@ -135,7 +135,11 @@ class RemoteDriver:
         self._check_endpoint()
         self._thread = threading.Thread(target=self._run, name="remote-driver-io", daemon=True)
         self._thread.start()
-        self._settled.wait(connect_timeout_s)
+        try:
+            self._settled.wait(connect_timeout_s)
+        except BaseException:  # Ctrl-C while connecting: no I/O thread left saying hello to the server
+            self.close()
+            raise
         if not self._connected.is_set():
             self.close()
             if self._fatal is not None:
