@@ -125,8 +125,9 @@ def test_ctrl_c_exits_130_without_a_traceback():
         port = silent.bind_to_random_port("tcp://127.0.0.1")
         argv = ["instrument", "--check", f"tcp://127.0.0.1:{port}", "--timeout-s", "30"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+            [sys.executable, "-m", "agent.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_sigint_as_at_a_terminal,
+        )  # fmt: skip
         silent.poll(10_000)  # the client's hello: it is waiting for the welcome now
         _, err = _interrupt(proc)
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
@@ -252,7 +253,7 @@ def test_ctrl_c_ends_a_watch_with_its_summary_and_a_stop_record(tmp_path):
         argv = [*WATCH, "--frames", endpoint, "--duration-s", "60", "--record", str(record)]
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_sigint_as_at_a_terminal,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 30
@@ -269,21 +270,19 @@ def test_ctrl_c_ends_a_watch_with_its_summary_and_a_stop_record(tmp_path):
 
 
 def _interrupt(proc: subprocess.Popen) -> tuple[str, str]:
-    """Ctrl-C ``proc`` and collect its output; a second (third) Ctrl-C if it has not ended 10 s after one.
+    """Ctrl-C ``proc`` and collect its output."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=20)
 
-    Two full-suite runs of 2026-12-07 saw a process still running 20 s after a single SIGINT (not
-    reproduced alone; see the closing note of that session): the test asserts the outcome of the
-    interrupt, and a lost first signal is retried rather than waited out.
+
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default action, as at a terminal.
+
+    A shell starts a background job with SIGINT ignored (POSIX), pytest's children inherit that, and a
+    Python started with SIGINT ignored keeps ignoring it: a suite run in the background would see these
+    processes ignore the Ctrl-C under test.
     """
-    for _ in range(3):
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-    proc.kill()
-    _, err = proc.communicate(timeout=10)
-    raise AssertionError(f"still running after three Ctrl-C; stderr: {err[-2000:]}")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _has(record, record_type: str) -> bool:
