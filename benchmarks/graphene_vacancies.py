@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from report import emit
-from site_evidence import MARGIN_PX, _clear, network_shares
+from site_evidence import MARGIN_PX, network_shares, on_clean_film
 
 from models.segmenter import Segmenter
 from models.training.evaluate import EVAL_SEED, away_from_edge, eval_specimen_frames
@@ -43,7 +43,7 @@ def collect(models: list[Segmenter], frames: int, seed: int) -> dict[str, np.nda
         row = {
             "vacancy": ideal.truth_class == ColumnClass.VACANCY,
             "dose": np.full(len(truth), frame.dose_e_per_a2),
-            "clear": _clear(frame, truth),
+            "clear": on_clean_film(frame, truth),
             "ideal": ideal.vacancy,
         }
         for i, model in enumerate(models):

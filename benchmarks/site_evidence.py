@@ -131,7 +131,7 @@ def network_shares(segmenter: Segmenter, frame: SimulatedFrame, truth: ColumnTru
     return shares, undetected[away_from_edge(frame.truth.columns, frame.image.shape, MARGIN_PX)]
 
 
-def _clear(frame: SimulatedFrame, truth: ColumnTruth) -> np.ndarray:
+def on_clean_film(frame: SimulatedFrame, truth: ColumnTruth) -> np.ndarray:
     """Columns on clean film: not in a hole, not under contamination."""
     r = np.clip(np.rint(truth.row).astype(int), 0, frame.image.shape[0] - 1)
     c = np.clip(np.rint(truth.col).astype(int), 0, frame.image.shape[1] - 1)
@@ -204,7 +204,7 @@ def main() -> None:
         rows.setdefault(frame.lattice, []).append(
             {
                 "truth": ideal.truth_class,
-                "clear": _clear(frame, truth),
+                "clear": on_clean_film(frame, truth),
                 "undetected": undetected,
                 "ideal_vacancy": ideal.vacancy,
                 "ideal_dopant": ideal.dopant,

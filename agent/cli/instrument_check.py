@@ -76,16 +76,16 @@ def check(args: argparse.Namespace) -> int:
             frame = remote.next_frame(args.timeout_s + scan.rows * scan.cols * scan.dwell_us * 1e-6)
         except BaseException:
             with contextlib.suppress(DriverError):  # the scan's error is the one to report
-                _blank(remote)
+                _blank(remote, cap)
             raise
-        _blank(remote)
+        _blank(remote, cap)
         print(json.dumps({"frame_header": frame.header.model_dump(mode="json")}, indent=2))
     return 0
 
 
-def _blank(remote: Any) -> None:
-    """Leave the beam blanked after the check, as the server leaves it when a client goes."""
+def _blank(remote: Any, cap: Any) -> None:
+    """Leave the beam blanked after the check, as the server does when a client goes (``cap``: its capabilities)."""
     from drivers.base import BlankCommand
 
-    if "blank" in remote.capabilities().command_kinds:
+    if "blank" in cap.command_kinds:
         remote.send(BlankCommand())
