@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 CALIBRATION_SEED = 10_007
 #: Largest difference of any output a graph exported again may show against the graph it replaces.
 REGRAPH_TOLERANCE = 1e-5
+#: Largest difference of any output the members' eager forward may show against the graph they were exported
+#: to (the parity tolerance of the export: onnxruntime and torch do not round alike).
+EAGER_TOLERANCE = 1e-4
 #: Input sizes (native pixels) the two graphs are compared on: square, wide and tall.
 _REGRAPH_SHAPES = ((64, 64), (96, 160), (224, 32))
 
@@ -90,8 +93,10 @@ def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
     For a model exported before a graph rewrite (:mod:`models.training.graph`) existed, when its run
     directory is gone: the members' weights are those of the export.  Everything the manifest holds
     (classes, calibration, decision rule, validation figures) stays valid only if the new graph computes
-    what the old one did, so both run on random inputs of several sizes and the new graph replaces the old
-    only if no output differs by more than :data:`REGRAPH_TOLERANCE`; the manifest then gets the new
+    what the old one did: the members' eager outputs are first compared with the old graph's (members of
+    another model are refused before the export is spent on them, :data:`EAGER_TOLERANCE`), then both graphs
+    run on random inputs of several sizes and the new graph replaces the old only if no output differs by
+    more than :data:`REGRAPH_TOLERANCE`; the manifest then gets the new
     sha256 and this command appended to its training record.
 
     Returns
@@ -113,10 +118,17 @@ def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
     members = members_from_bundle(bundle)
     if len(members) != manifest.members:
         raise ValueError(f"{bundle} holds {len(members)} members, the manifest says {manifest.members}")
+    ensemble = EnsembleWithUncertainty(members).eval()
+    eager = _eager_difference(ensemble, onnx_path, manifest.input_multiple)
+    if not eager <= EAGER_TOLERANCE:  # checked before the export, which takes a while
+        raise ValueError(
+            f"the members in {bundle} compute outputs {eager:.3g} away from {onnx_path}'s (more than"
+            f" {EAGER_TOLERANCE:g}): the members are not those of the export; {onnx_path} is left as it was"
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".{onnx_path.stem}.regraph-", dir=onnx_path.parent))
     try:
         staged = staging / onnx_path.name
-        export_onnx(EnsembleWithUncertainty(members).eval(), staged, manifest.input_multiple)
+        export_onnx(ensemble, staged, manifest.input_multiple)
         worst = _largest_difference(onnx_path, staged, manifest.input_multiple)
         if not worst <= REGRAPH_TOLERANCE:
             raise ValueError(
@@ -132,6 +144,19 @@ def refresh_graph(manifest_path: Path) -> tuple[ModelManifest, float]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest, worst
+
+
+def _eager_difference(ensemble: EnsembleWithUncertainty, onnx_path: Path, multiple: int) -> float:
+    """The largest absolute difference of any output of ``ensemble`` (torch) and a graph, on one random input."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    h, w = _REGRAPH_SHAPES[0]
+    x = np.random.default_rng(0).random((1, 1, -(-h // multiple) * multiple, -(-w // multiple) * multiple), np.float32)
+    graph = session.run(list(OUTPUT_NAMES), {session.get_inputs()[0].name: x})
+    with torch.inference_mode():
+        eager = ensemble(torch.from_numpy(x))
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(graph, eager, strict=True))
 
 
 def _largest_difference(old: Path, new: Path, multiple: int) -> float:

@@ -189,6 +189,15 @@ def test_refresh_graph_exports_the_graph_again_from_the_members_and_keeps_the_ma
     assert list(tmp_path.glob("model/.*")) == []  # no staging folder left behind
 
 
+def test_the_graphs_compared_after_a_refresh_differ_by_nothing_when_alike_and_by_much_when_not(exported, tiny_model):
+    """The check behind a refreshed graph (the members passed the eager check before its export)."""
+    from models.training.export import REGRAPH_TOLERANCE, _largest_difference
+
+    _, onnx, _, _ = exported
+    assert _largest_difference(onnx, onnx, multiple=4) == 0.0
+    assert _largest_difference(onnx, tiny_model.onnx, multiple=4) > 100 * REGRAPH_TOLERANCE  # another model
+
+
 def test_refresh_graph_refuses_members_of_another_model_and_leaves_the_model_as_it_was(
     exported, tmp_path, monkeypatch, capsys
 ):

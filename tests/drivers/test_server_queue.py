@@ -505,8 +505,20 @@ class QueueMachine(RuleBasedStateMachine):
             self.last, self.failed_since_last = "blank", False
 
 
-QueueMachine.TestCase.settings = settings(max_examples=2000, stateful_step_count=30, deadline=None)
-TestQueueUnderAnySequence = QueueMachine.TestCase
+def _check_queue(examples: int) -> None:
+    machine = QueueMachine.TestCase
+    machine.settings = settings(max_examples=examples, stateful_step_count=30, deadline=None)
+    machine().runTest()
+
+
+def test_the_queue_keeps_its_invariants_under_any_sequence() -> None:
+    _check_queue(examples=500)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_queue_keeps_its_invariants_over_2000_sequences() -> None:
+    _check_queue(examples=2000)
 
 
 # -- the server around it: replies and the driver ------------------------------------------------------
