@@ -9,18 +9,38 @@ method and, when the phantom is known (a simulation), scored against it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from agent.frame_checks import is_strict_replay, tilt_readback_problem
 from agent.guard import Decision, Guard, GuardConfig, Refusal
 from agent.policies.tilt import tilt_plan
 from agent.recorder import SessionRecorder
 from agent.timings import StageTimings
-from drivers.base import Capabilities, Driver, UnblankCommand, deadline_in
+from drivers.base import (
+    BlankCommand,
+    Capabilities,
+    Command,
+    CommandRefused,
+    Driver,
+    DriverError,
+    DriverTimeout,
+    Frame,
+    ScanCommand,
+    UnblankCommand,
+    deadline_in,
+)
 from models.tomo import psnr_db, reconstruct
+
+logger = logging.getLogger(__name__)
+
+#: How long past its scan time a projection's frame is waited for (s).
+FRAME_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -31,6 +51,9 @@ class TiltSeries:
     projections: list[np.ndarray] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Why the instrument's answers ended the series (a refused projection, no frame, a read-back off): a safe
+    #: hold, after which an operator checks the instrument; None when it did what it was told.
+    held: str | None = None
 
 
 class PlannedTilts:
@@ -81,53 +104,144 @@ def acquire_series(
     """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped.
 
     A refused projection scan (its field, its dose, or the series' dose budget) ends the series: every
-    later projection is of the same field (``where``; default :class:`ProjectionField`).
+    later projection is of the same field (``where``; default :class:`ProjectionField`).  A tilt the
+    holder refuses is skipped like one the guard refuses; a projection the instrument refuses, one whose
+    frame does not come, or one read back off the commanded field or tilt
+    (:func:`~agent.frame_checks.tilt_readback_problem`) ends the series in a safe hold
+    (:attr:`TiltSeries.held`).  The beam is blanked when the series ends, however it ends.
     ``guard_config`` defaults to :class:`GuardConfig` with revisits allowed.
     """
-    where = where or ProjectionField()
     cap = driver.capabilities()
     guard = Guard(cap, guard_config or GuardConfig(allow_revisits=True))
+    run = _Acquisition(driver, chooser, recorder, timings, guard, cap, where or ProjectionField())
     driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
-    series = TiltSeries()
-    refused: set[float] = set()
-    for step in range(n_tilts):
+    try:
+        for step in range(n_tilts):
+            if not run.step(step):
+                break
+    finally:
+        run.blank(n_tilts)
+    return run.series
+
+
+@dataclass
+class _Acquisition:
+    """One tilt series being acquired: a tilt and its projection per step."""
+
+    driver: Driver
+    chooser: Any
+    recorder: SessionRecorder
+    timings: StageTimings
+    guard: Guard
+    cap: Capabilities
+    where: ProjectionField
+    series: TiltSeries = field(default_factory=TiltSeries)
+    refused: set[float] = field(default_factory=set)
+
+    def step(self, step: int) -> bool:
+        """Choose a tilt, go there and record its projection; False when the series ends here."""
         t0 = time.perf_counter()
-        density = [_density(p, series.metadata) for p in series.projections]
-        angle, why = chooser.next_angle(series.angles_deg, density)
+        density = [_density(p, self.series.metadata) for p in self.series.projections]
+        angle, why = self.chooser.next_angle(self.series.angles_deg, density)
         decision = Decision("set_tilt", tilt_deg=angle, rationale=why)
-        if angle in refused:  # the chooser is stuck on an angle the guard refuses: asking again changes nothing
+        if angle in self.refused:  # the chooser is stuck on an angle that was refused: asking again changes nothing
+            self.recorder.decision(decision, step)
             reason = f"the chooser proposed {angle:g} deg again after it was refused; no further tilts"
-            series.refusals.append(reason)
-            recorder.decision(decision, step)
-            recorder.write("refusal", step=step, source="loop", reason=reason)
-            break
-        checked = guard.check(decision)
-        timings.add("decide", 1e3 * (time.perf_counter() - t0))
-        recorder.decision(decision, step)
+            return self._end(step, "loop", reason, reason)
+        checked = self.guard.check(decision)
+        self.timings.add("decide", 1e3 * (time.perf_counter() - t0))
+        self.recorder.decision(decision, step)
         if isinstance(checked, Refusal):
-            refused.add(angle)
-            series.refusals.append(checked.reason)
-            recorder.write("refusal", step=step, source="guard", reason=checked.reason)
-            continue
-        projection = where.decision(cap, angle)
-        scan = guard.check(projection)
+            return self._skip(step, angle, "guard", checked.reason)
+        projection = self.where.decision(self.cap, angle)
+        scan = self.guard.check(projection)
         if isinstance(scan, Refusal):
-            series.refusals.append(scan.reason)
-            recorder.decision(projection, step)
-            recorder.write("refusal", step=step, source="guard", reason=f"projection: {scan.reason}; no further tilts")
-            break
-        recorder.command(checked, step)
-        recorder.ack(driver.send(checked), step)
-        recorder.command(scan, step)
-        recorder.ack(driver.send(scan), step)
-        guard.commit(scan)
-        frame = driver.next_frame(30.0)
-        recorder.frame(frame, step)
-        series.angles_deg.append(float(frame.header.tilt_deg))
-        series.projections.append(np.asarray(frame.image, dtype=np.float32))
-        series.metadata = dict(frame.header.metadata)
-        timings.add("step", 1e3 * (time.perf_counter() - t0))
-    return series
+            self.recorder.decision(projection, step)
+            return self._end(step, "guard", scan.reason, f"projection: {scan.reason}; no further tilts")
+        if (why_not := self._send(checked, step)) is not None:
+            return self._skip(step, angle, "instrument", f"the holder refused tilt {angle:g} deg: {why_not}")
+        if (why_not := self._send(scan, step)) is not None:
+            return self._hold(step, f"the instrument refused the projection at {angle:g} deg: {why_not}")
+        assert isinstance(scan, ScanCommand)  # (what the guard makes of a scan decision)
+        self.guard.commit(scan)
+        if not self._project(step, scan, angle):
+            return False
+        self.timings.add("step", 1e3 * (time.perf_counter() - t0))
+        return True
+
+    def _project(self, step: int, scan: ScanCommand, angle: float) -> bool:
+        """Take the scan's frame into the series once its read-back matches what was commanded."""
+        frame = self._frame_of(step, scan)
+        if frame is None:
+            return self._hold(step, f"no projection came at {angle:g} deg within {self._frame_wait_s(scan):g} s")
+        self.recorder.frame(frame, step)
+        problem = None if is_strict_replay(frame) else tilt_readback_problem(scan, angle, frame.header)
+        if problem is not None:
+            return self._hold(step, f"the projection at {angle:g} deg was read back off: {problem}")
+        self.series.angles_deg.append(float(frame.header.tilt_deg))
+        self.series.projections.append(np.asarray(frame.image, dtype=np.float32))
+        self.series.metadata = dict(frame.header.metadata)
+        return True
+
+    def _send(self, command: Command, step: int) -> str | None:
+        """Record and send ``command``, record its ack; why it was refused, or None when it was accepted."""
+        self.recorder.command(command, step)
+        try:
+            ack = self.driver.send(command)
+        except CommandRefused as exc:
+            ack = exc.ack
+        self.recorder.ack(ack, step)
+        return None if ack.accepted else ack.reason or ack.code
+
+    @staticmethod
+    def _frame_wait_s(scan: ScanCommand) -> float:
+        return FRAME_TIMEOUT_S + scan.rows * scan.cols * scan.dwell_us * 1e-6
+
+    def _frame_of(self, step: int, scan: ScanCommand) -> Frame | None:
+        """The scan's frame (frames of earlier scans, delivered late, are recorded as errors), or None."""
+        deadline = time.monotonic() + self._frame_wait_s(scan)
+        while True:
+            try:
+                frame = self.driver.next_frame(max(deadline - time.monotonic(), 0.0))
+            except DriverTimeout:
+                return None
+            if frame.header.command_id in (None, scan.id):
+                return frame
+            message = f"a frame answering {frame.header.command_id} arrived for {scan.id}"
+            self.recorder.write("error", kind="stale_frame", message=message, step=step)
+
+    def _skip(self, step: int, angle: float, source: str, reason: str) -> bool:
+        """A refused tilt: recorded, never proposed again; the series goes on."""
+        self.refused.add(angle)
+        self.series.refusals.append(reason)
+        self.recorder.write("refusal", step=step, source=source, reason=reason)
+        return True
+
+    def _end(self, step: int, source: str, reason: str, recorded: str) -> bool:
+        self.series.refusals.append(reason)
+        self.recorder.write("refusal", step=step, source=source, reason=recorded)
+        return False
+
+    def _hold(self, step: int, reason: str) -> bool:
+        """The instrument did not do what it was told: no further tilts (a safe hold)."""
+        self.series.held = reason
+        return self._end(step, "instrument", reason, f"safe hold: {reason}")
+
+    def blank(self, step: int) -> None:
+        """Blank the beam at the end of the series (also after an error: the blank is tried whatever happens)."""
+        if "blank" not in self.cap.command_kinds:
+            return
+        blank = BlankCommand(deadline_unix_s=deadline_in(5.0))
+        try:
+            self.recorder.command(blank, step)
+        finally:
+            try:
+                ack = self.driver.send(blank)
+            except DriverError as exc:  # gone, refused: nothing more can be done from here
+                logger.warning("the beam could not be blanked after the tilt series: %s", exc)
+            else:
+                with contextlib.suppress(Exception):  # (a recorder that failed has said so already)
+                    self.recorder.ack(ack, step)
 
 
 def _density(projection: np.ndarray, m: dict[str, Any]) -> np.ndarray:

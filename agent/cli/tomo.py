@@ -197,6 +197,7 @@ def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.cli import check_output_file
+    from agent.cli.run import EXIT_HELD
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
     from agent.tomo import acquire_series, reconstruct_all, score
@@ -220,10 +221,18 @@ def _run(args: argparse.Namespace) -> int:
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
         chooser = _chooser(args, inpainter, capabilities.tilt_deg)
         series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where)
-        recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
+        if series.held is None:
+            recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
+        else:
+            recorder.write("stop", status="held", reason=f"safe hold: {series.held}")
     finally:
         recorder.close()
         driver.close()
+    if len(series.projections) < 2 and series.held is not None:
+        n = len(series.projections)
+        print(f"safe hold (the beam is blanked; check the instrument): {series.held}; {n} projection(s), "
+              "none reconstructed", file=sys.stderr)  # fmt: skip
+        return EXIT_HELD
     if len(series.projections) < 2:
         why = "; ".join(sorted(set(series.refusals))) or "none was asked for"
         raise ValueError(f"{len(series.projections)} projection(s) acquired, at least 2 are needed (refused: {why})")
@@ -234,6 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         "angles_deg": [round(a, 4) for a in series.angles_deg],
         "decision_ms": {"p50": decision.get("p50"), "p99": decision.get("p99")},
         "refusals": series.refusals,
+        "held": series.held,
     }
     seed = series.metadata.get("phantom_seed")
     if series.metadata.get("simulated") and isinstance(seed, int):
@@ -252,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
             save_central_slices(
                 vol, stem.with_suffix(".png"), f"{args.policy}, {len(series.angles_deg)} tilts, {method}"
             )
-    status = 0
+    status = 0 if series.held is None else EXIT_HELD
     if isinstance(driver, ReplayDriver):
         from agent.replay import compare_decisions
 
@@ -262,9 +272,11 @@ def _run(args: argparse.Namespace) -> int:
         for d in summary["divergences"][:20]:
             print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
         print(f"  {len(summary['divergences'])} of {len(recorded)} tilt decisions diverged", file=sys.stderr)
-        status = 3 if summary["divergences"] else 0
+        status = 3 if summary["divergences"] else status
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
+    if series.held is not None:
+        print(f"safe hold (the beam is blanked; check the instrument): {series.held}", file=sys.stderr)
     return status

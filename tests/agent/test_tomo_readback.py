@@ -1,0 +1,125 @@
+"""A tilt series holds the instrument to what it was told: refusals, late and missing frames, read-back."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.cli import main
+from agent.recorder import SessionRecorder
+from agent.timings import StageTimings
+from agent.tomo import PlannedTilts, TiltSeries, acquire_series
+from drivers.base import Ack, Command, CommandRefused, Frame, ScanCommand, SetTiltCommand
+from drivers.recording import read_session
+from drivers.simulated_tomo import SimulatedTiltDriver
+
+
+class FaultyHolder(SimulatedTiltDriver):
+    """A simulated holder with one fault: it settles ``off_deg`` from the tilt it is sent to (a slipping
+    goniometer), refuses tilts beyond ``stuck_beyond_deg``, loses every frame, or delivers a frame of an
+    earlier scan late, before the first projection's own."""
+
+    def __init__(
+        self, off_deg: float = 0.0, stuck_beyond_deg: float = 90.0, loses_frames: bool = False, late: bool = False
+    ) -> None:
+        super().__init__(phantom_seed=0, size_px=32)
+        self.off_deg, self.stuck_beyond_deg, self.loses_frames, self.late = (
+            off_deg,
+            stuck_beyond_deg,
+            loses_frames,
+            late,
+        )
+
+    def send(self, command: Command, timeout_s: float = 5.0) -> Ack:
+        if isinstance(command, SetTiltCommand):
+            if abs(command.tilt_deg) > self.stuck_beyond_deg:
+                raise CommandRefused(Ack.refusal(command, "refused", "the goniometer is stuck"))
+            command = command.model_copy(update={"tilt_deg": command.tilt_deg + self.off_deg})
+        ack = super().send(command, timeout_s)
+        if isinstance(command, ScanCommand) and self.loses_frames:
+            self._frames.get(0.0)
+        return ack
+
+    def _acquire(self, command: ScanCommand) -> Frame:
+        frame = super()._acquire(command)
+        if self.late:
+            self.late = False
+            self._frames.put(Frame(frame.header.model_copy(update={"command_id": "an-earlier-scan"}), frame.image))
+        return frame
+
+
+def _series(holder: FaultyHolder, tmp_path, n: int = 3) -> tuple[TiltSeries, list[dict]]:
+    recorder = SessionRecorder(tmp_path / "session")
+    try:
+        series = acquire_series(holder, PlannedTilts("sequential", n, (-60.0, 60.0)), n, recorder, StageTimings())
+    finally:
+        recorder.close()
+        holder.close()
+    return series, read_session(tmp_path / "session").records
+
+
+def _blanked_last(holder: FaultyHolder, records: list[dict]) -> bool:
+    """The holder's last command was a blank, and the session recorded it before it was sent."""
+    commands = [r["command"] for r in records if r["type"] == "command"]
+    return holder.commands[-1].kind == "blank" and commands[-1]["id"] == holder.commands[-1].id
+
+
+def test_a_tilt_read_back_off_holds_the_series_and_blanks_the_beam(tmp_path):
+    holder = FaultyHolder(off_deg=2.0)
+    series, records = _series(holder, tmp_path)
+    assert series.projections == [] and series.held is not None
+    assert "tilt read back as -58 deg, commanded -60 deg" in series.held
+    assert [r["type"] for r in records].count("frame") == 1  # the projection that was off is kept in the record
+    assert any(r["type"] == "refusal" and r["reason"].startswith("safe hold") for r in records)
+    assert _blanked_last(holder, records)
+
+
+def test_a_tilt_within_tolerance_is_taken_at_the_angle_read_back(tmp_path):
+    series, _ = _series(FaultyHolder(off_deg=0.2), tmp_path)
+    assert series.held is None and series.angles_deg == pytest.approx([-59.8, 0.2, 60.2])
+
+
+def test_tilts_the_holder_refuses_are_skipped_and_the_series_goes_on(tmp_path):
+    holder = FaultyHolder(stuck_beyond_deg=40.0)
+    series, records = _series(holder, tmp_path, n=5)  # -60, -30, 0, 30, 60
+    assert series.held is None and series.angles_deg == [-30.0, 0.0, 30.0]
+    assert [r for r in series.refusals if "the goniometer is stuck" in r] == series.refusals and len(
+        series.refusals
+    ) == 2
+    refused = [r for r in records if r["type"] == "ack" and not r["ack"]["accepted"]]
+    assert len(refused) == 2 and all(r["ack"]["kind"] == "set_tilt" for r in refused)
+    assert _blanked_last(holder, records)
+
+
+def test_a_projection_whose_frame_never_comes_holds_the_series(tmp_path, monkeypatch):
+    import agent.tomo
+
+    monkeypatch.setattr(agent.tomo, "FRAME_TIMEOUT_S", 0.2)
+    holder = FaultyHolder(loses_frames=True)
+    series, records = _series(holder, tmp_path)
+    assert series.projections == [] and series.held is not None and "no projection came" in series.held
+    assert _blanked_last(holder, records)
+
+
+def test_a_frame_of_an_earlier_scan_is_recorded_and_passed_over(tmp_path):
+    series, records = _series(FaultyHolder(late=True), tmp_path)
+    assert series.held is None and len(series.projections) == 3
+    (stale,) = [r for r in records if r["type"] == "error"]
+    assert stale["kind"] == "stale_frame" and "an-earlier-scan" in stale["message"]
+
+
+def test_tomo_run_over_tcp_ends_in_a_safe_hold_when_the_holder_slips(tmp_path, capsys):
+    from drivers.server import InstrumentServer
+
+    holder = FaultyHolder(off_deg=-1.5)
+    summary = tmp_path / "summary.json"
+    with InstrumentServer(holder, "tcp://127.0.0.1:0", deadman_s=None) as server:
+        argv = ["tomo", "run", "--instrument", server.endpoint, "--tilts", "3", "--probe-current-pa", "20",
+                "--at", "0,0", "--record", str(tmp_path / "s"), "--json", str(summary)]  # fmt: skip
+        status = main(argv)
+    holder.close()
+    err = capsys.readouterr().err
+    assert status == 4 and "safe hold" in err and "tilt read back as -1.5 deg, commanded 0 deg" in err
+    assert not summary.exists()  # nothing reconstructed
+    records = read_session(tmp_path / "s").records
+    assert [r["status"] for r in records if r["type"] == "stop"] == ["held"]
+    assert [r["command"]["kind"] for r in records if r["type"] == "command"][-1] == "blank"  # ours, not the server's
