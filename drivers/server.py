@@ -23,19 +23,19 @@ a client has commanded anything but ``blank``/``stop``, it must be heard from
 such client is watched on its own until a blank or stop taken after its last command has worked, or
 another client's unblank taken after it has.  A
 ``blank`` or ``stop`` never expires.
+
+The worker's calls into the driver are :class:`drivers.server_driver.DriverCalls`; what the server keeps
+of each client is :class:`drivers.server_clients.Client`; the queue of commands waiting for the driver,
+with the dead-man watches, is :class:`drivers.job_queue.JobQueue`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any
 
 import zmq
@@ -44,10 +44,7 @@ from drivers.base import (
     Ack,
     BlankCommand,
     Command,
-    CommandRefused,
     Driver,
-    DriverError,
-    DriverTimeout,
     Frame,
     ProtocolError,
     ScanCommand,
@@ -69,6 +66,8 @@ from drivers.codec import (
 )
 from drivers.job_queue import NEVER_UNIX_S, SERVER_ID_PREFIX, URGENT, Answer, JobQueue
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
+from drivers.server_clients import Client, command_id_of, held
+from drivers.server_driver import DriverCalls
 from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
 
 logger = logging.getLogger(__name__)
@@ -81,43 +80,9 @@ _DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartb
 _YIELD_S = 0.001
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
-# While it waits for a frame the worker looks this often for a blank or stop to carry out at once, and after
-# one it waits at most this long for the stopped scan's frame (a driver that aborts delivers none).
-_FRAME_SLICE_S = 0.05
-_STOPPED_FRAME_GRACE_S = 1.0
 # A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
 # blank the beam under a healthy client.
 MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
-# Bad messages logged per client per window; beyond that they are counted, and summed up in one line when
-# the client's next bad message opens a new window (a flood must not cost a log record per message).
-_BAD_LOGGED_PER_WINDOW = 5
-_BAD_LOG_WINDOW_S = 10.0
-
-
-@dataclass
-class _Client:
-    last_seen: float
-    delivery_seq: int = 0
-    welcomed: bool = False  # said hello on this connection (since it was last forgotten)
-    ack_in_frame: bool = False  # its hello accepts a scan's ack inside the frame message
-    #: The client's last heartbeat time stamp and when it arrived (monotonic), echoed in our next beat.
-    echo: tuple[float, float] | None = None
-    #: Frames handed to ZeroMQ for this client and not yet written out: (tracker, bytes), oldest first.
-    unsent: deque[tuple[zmq.MessageTracker, int]] = field(default_factory=deque)
-    unsent_bytes: int = 0
-    #: The current window of bad-message warnings: when it opened, and the bad messages seen in it.
-    bad_window: tuple[float, int] = (-float("inf"), 0)
-
-    def frame_bytes_held(self) -> int:
-        """Bytes of this client's frames still held by ZeroMQ (frames written out are let go first)."""
-        while self.unsent and self.unsent[0][0].done:
-            self.unsent_bytes -= self.unsent.popleft()[1]
-        return self.unsent_bytes
-
-    def hold(self, tracker: zmq.MessageTracker, nbytes: int) -> None:
-        """Count a frame of ``nbytes`` handed to ZeroMQ until ``tracker`` says it was written out."""
-        self.unsent.append((tracker, nbytes))
-        self.unsent_bytes += nbytes
 
 
 class InstrumentServer:
@@ -214,9 +179,9 @@ class InstrumentServer:
             check_bind(ep, curve, insecure)
         self.driver = driver
         self.heartbeat_s = heartbeat_s
-        self.frame_timeout_s = frame_timeout_s
         self.max_frame_bytes_per_client = max_frame_bytes_per_client
         self.stats: Counter[str] = Counter()
+        self._calls = DriverCalls(driver, self.stats, frame_timeout_s)
         self._ctx = zmq.Context()
         self._auth: Any = None
         self._pub: zmq.Socket[bytes] | None = None
@@ -239,7 +204,7 @@ class InstrumentServer:
         self._wake_tx.connect(f"inproc://wake-{id(self)}")
         self._worker_ident: int | None = None
         self._busy_since: float | None = None  # when the worker went into the driver; None while it is not
-        self._clients: dict[bytes, _Client] = {}
+        self._clients: dict[bytes, Client] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pub_seq = 0
@@ -310,14 +275,15 @@ class InstrumentServer:
         """
         if not self._threads:  # never started: no worker to run the blank, so it runs here
             self._stop.set()
-            self._execute(BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=NEVER_UNIX_S))
-        with _held(self._lock, timeout_s=5.0):
+            own = BlankCommand(id=f"{SERVER_ID_PREFIX}stop:{new_command_id()}", deadline_unix_s=NEVER_UNIX_S)
+            self._calls.execute(own)
+        with held(self._lock, timeout_s=5.0):
             self._queue.close()  # the worker runs the server's blank, then ends at the marker after it
             self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
         stuck = any(t.is_alive() for t in self._threads)
-        with _held(self._lock, timeout_s=1.0):  # a stuck worker that comes back finds the sockets closed
+        with held(self._lock, timeout_s=1.0):  # a stuck worker that comes back finds the sockets closed
             for sock in (self._router, self._pub, self._wake_rx, self._wake_tx):
                 if sock is not None:
                     sock.close(linger=0)
@@ -363,7 +329,7 @@ class InstrumentServer:
 
     def _run(self, identity: bytes | None, command: Command) -> None:
         """Execute one job on the driver (outside the lock) and answer it."""
-        ack = self._execute(command)
+        ack = self._calls.execute(command)
         if command.kind in (*URGENT, "unblank"):
             with self._lock:
                 self._queue.carried_out(command, ack.accepted)
@@ -372,12 +338,12 @@ class InstrumentServer:
             return
         # A frame already there goes out with its ack; otherwise the ack goes out at once and the
         # frame follows when the acquisition ends.
-        ready = self._acquire(command, wait_s=0.0)
+        ready = self._calls.acquire(command, self._run_urgent_jobs, wait_s=0.0)
         if ready is not None:
             self._post(identity, command.id, ack, ready)
             return
         self._post(identity, command.id, ack)
-        outcome = self._acquire(command)
+        outcome = self._calls.acquire(command, self._run_urgent_jobs)
         self._post(identity, command.id, outcome if outcome is not None else ProtocolError("acquisition", "no frame"))
 
     def _post(self, identity: bytes | None, command_id: str, *items: Ack | Frame | ProtocolError) -> None:
@@ -394,55 +360,6 @@ class InstrumentServer:
                 self.stats["internal_errors"] += 1
                 logger.exception("the answer to %s could not be sent", command_id)
             self._drain_router()  # sending may have taken the descriptor's signal of what came meanwhile
-
-    def _execute(self, command: Command) -> Ack:
-        """Run one command on the driver; whatever the driver raises becomes a refusal (the worker lives on).
-
-        A ``blank`` or ``stop`` never expires: however long it waited, running it late is safe and not
-        running it is not, so the driver gets it without a deadline.
-        """
-        if command.kind in URGENT:
-            command = command.model_copy(update={"deadline_unix_s": NEVER_UNIX_S})
-        elif time.time() > command.deadline_unix_s:
-            self.stats["expired"] += 1
-            return Ack.refusal(command, "expired", "deadline passed while queued")
-        try:
-            return self.driver.send(command)
-        except CommandRefused as exc:
-            self.stats["refused"] += 1
-            return exc.ack
-        except DriverError as exc:
-            self.stats["driver_errors"] += 1
-            return Ack.refusal(command, "error", str(exc))
-        except Exception as exc:  # a vendor API failing in an unforeseen way must not kill the worker
-            self.stats["driver_exceptions"] += 1
-            logger.exception("the driver raised on %s", command.kind)
-            return Ack.refusal(command, "error", f"the instrument failed: {type(exc).__name__}: {exc}")
-
-    def _acquire(self, command: ScanCommand, wait_s: float | None = None) -> Frame | ProtocolError | None:
-        """The frame of an accepted scan, an error when none came, or None if ``wait_s`` passed first.
-
-        Waiting the whole budget (``wait_s`` None), the worker carries out a ``blank`` or ``stop`` that
-        arrives meanwhile at once, not after the frame (the beam would stay on for the rest of the
-        scan); the stopped scan's frame is then waited for a short grace only.  A frame of another
-        scan (one a driver delivered after its scan was given up) is dropped and counted.
-        """
-        if wait_s is not None:
-            return self._next_frame(command, wait_s)
-        budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
-        deadline = time.monotonic() + budget
-        stopped = False
-        while (left := deadline - time.monotonic()) > 0:
-            outcome = self._next_frame(command, min(left, _FRAME_SLICE_S))
-            if outcome is not None:
-                return outcome
-            if not stopped and self._run_urgent_jobs():
-                stopped = True
-                deadline = min(deadline, time.monotonic() + _STOPPED_FRAME_GRACE_S)
-        self.stats["frames_missing"] += 1
-        if stopped:
-            return ProtocolError("acquisition", "the scan was stopped (stop or blank) before its frame came")
-        return ProtocolError("acquisition", f"scan was accepted but no frame came within {budget:.1f} s")
 
     def _run_urgent_jobs(self) -> bool:
         """Carry out the queued ``blank`` and ``stop`` jobs now, during an acquisition (the worker).
@@ -462,24 +379,6 @@ class InstrumentServer:
         for identity, command in superseded:
             self._post(identity, command.id, Ack.refusal(command, "refused", reason))
         return True
-
-    def _next_frame(self, command: ScanCommand, timeout_s: float) -> Frame | ProtocolError | None:
-        """One wait for the scan's frame: the frame, an error, or None when ``timeout_s`` passed."""
-        try:
-            frame = self.driver.next_frame(timeout_s)
-        except DriverTimeout:
-            return None
-        except DriverError as exc:
-            self.stats["frames_missing"] += 1
-            return ProtocolError("acquisition", f"scan was accepted but no frame came: {exc}")
-        except Exception as exc:  # as in _execute: the worker must live on
-            self.stats["driver_exceptions"] += 1
-            logger.exception("the driver raised while acquiring")
-            return ProtocolError("acquisition", f"the instrument failed: {type(exc).__name__}: {exc}")
-        if frame.header.command_id not in (None, command.id):  # a given-up scan's frame, delivered late
-            self.stats["stale_frames"] += 1
-            return None
-        return frame
 
     # -- timekeeper: heartbeats, the dead-man, and commands while the worker is in the driver ------
     def _timekeeper(self) -> None:
@@ -534,7 +433,7 @@ class InstrumentServer:
             self.stats["malformed"] += 1
             return
         identity, body = parts[0], parts[1:]
-        self._clients.setdefault(identity, _Client(time.monotonic())).last_seen = time.monotonic()
+        self._clients.setdefault(identity, Client(time.monotonic())).last_seen = time.monotonic()
         self._queue.heard(identity)
         try:
             self._handle(identity, body)
@@ -587,32 +486,13 @@ class InstrumentServer:
         except ProtocolError as exc:
             self.stats[f"error_{exc.code}"] += 1
             self._warn_bad(identity, exc)
-            self._reply(identity, encode_error(exc.code, str(exc), _command_id_of(body)))
+            self._reply(identity, encode_error(exc.code, str(exc), command_id_of(body)))
 
     def _warn_bad(self, identity: bytes, exc: ProtocolError) -> None:
-        """Log a bad message: the first few per client in each window, then one line of how many more."""
+        """Log a bad message (a few per client and window: :meth:`Client.warn_bad`)."""
         client = self._clients.get(identity)
-        if client is None:  # (forgotten meanwhile: nothing to count against)
-            return
-        now = time.monotonic()
-        opened, seen = client.bad_window
-        if now - opened >= _BAD_LOG_WINDOW_S:
-            if seen > _BAD_LOGGED_PER_WINDOW:
-                logger.warning(
-                    "%d more bad messages from client %s were not logged (counted in stats['error_*'])",
-                    seen - _BAD_LOGGED_PER_WINDOW,
-                    identity.hex()[:8],
-                )
-            opened, seen = now, 0
-        client.bad_window = (opened, seen + 1)
-        if seen < _BAD_LOGGED_PER_WINDOW:
-            logger.warning("bad message from client %s: %s", identity.hex()[:8], exc)
-        if seen + 1 == _BAD_LOGGED_PER_WINDOW:
-            logger.warning(
-                "client %s: further bad messages in the next %.0f s are counted, not logged",
-                identity.hex()[:8],
-                _BAD_LOG_WINDOW_S,
-            )
+        if client is not None:  # (forgotten meanwhile: nothing to count against)
+            client.warn_bad(identity.hex()[:8], exc)
 
     def _accept(self, identity: bytes, command: Command) -> None:
         self.stats["commands"] += 1
@@ -710,7 +590,7 @@ class InstrumentServer:
                 self.stats["clients_lost"] += 1
                 self._forget(identity)
             else:
-                self._reply(identity, [envelope("heartbeat", t=time.time(), **self._echo(client, now))])
+                self._reply(identity, [envelope("heartbeat", t=time.time(), **client.take_echo(now))])
 
     def _keep_echo(self, identity: bytes, t: object) -> None:
         """Keep a client's heartbeat time stamp (a finite number, else ignored) to echo back."""
@@ -718,37 +598,7 @@ class InstrumentServer:
         if client is not None and stamp is not None:
             client.echo = (stamp, time.monotonic())
 
-    @staticmethod
-    def _echo(client: _Client, now: float) -> dict[str, float]:
-        """``echo_t`` and ``held_s`` for the client's round trip: its own stamp and how long we held it."""
-        if client.echo is None:
-            return {}
-        t, arrived = client.echo
-        client.echo = None
-        return {"echo_t": t, "held_s": now - arrived}
-
     @property
     def clients(self) -> int:
         """Clients heard from within the last three heartbeats."""
         return len(self._clients)
-
-
-@contextlib.contextmanager
-def _held(lock: threading.Lock, timeout_s: float) -> Iterator[None]:
-    """Hold ``lock`` if it can be had within ``timeout_s``; go on without it otherwise (a thread stuck holding it)."""
-    locked = lock.acquire(timeout=timeout_s)
-    try:
-        yield
-    finally:
-        if locked:
-            lock.release()
-
-
-def _command_id_of(body: list[bytes]) -> str | None:
-    """The command id of a rejected message, when one can be read (so the sender can match the error)."""
-    try:
-        obj = json.loads(bytes(body[0]))
-        cid = obj["command"]["id"]
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
-        return None
-    return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None

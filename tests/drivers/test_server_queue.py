@@ -29,7 +29,8 @@ from drivers.base import (
 )
 from drivers.job_queue import URGENT, JobQueue
 from drivers.memory import InMemoryDriver
-from drivers.server import InstrumentServer, _Client
+from drivers.server import InstrumentServer
+from drivers.server_clients import Client
 
 
 def _tilt() -> SetTiltCommand:
@@ -530,7 +531,7 @@ def server() -> Iterator[InstrumentServer]:
 
 
 def _register(server: InstrumentServer, identity: bytes) -> None:
-    client = _Client(time.monotonic())
+    client = Client(time.monotonic())
     client.welcomed = True
     server._clients[identity] = client
 
@@ -574,7 +575,7 @@ def test_the_servers_own_blank_is_carried_out_however_long_it_waited(server, mon
     own = server._queue.blank_next("deadman")
     hour_later = time.time() + 3600.0  # (behind a driver call that took an hour)
     monkeypatch.setattr(time, "time", lambda: hour_later)
-    ack = server._execute(own)
+    ack = server._calls.execute(own)
     assert ack.accepted and server.driver.state.blanked
 
 
@@ -585,7 +586,7 @@ def test_a_clients_blank_is_carried_out_however_long_it_waited_or_late_it_came(s
     assert [job[1].kind for job in server._queue if job is not None] == ["blank", "stop"]
     hour_later = time.time() + 3600.0
     monkeypatch.setattr(time, "time", lambda: hour_later)
-    acks = [server._execute(job[1]) for job in server._queue if job is not None]
+    acks = [server._calls.execute(job[1]) for job in server._queue if job is not None]
     assert all(ack.accepted for ack in acks) and server.driver.state.blanked
 
 
