@@ -17,6 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from agent.exit_blank import blank_on_the_way_out, capabilities_now, record_if_possible
 from agent.frame_checks import frame_age_s, is_strict_replay, readback_problem
 from agent.guard import Decision, Guard, Refusal
 from agent.observation import Observation
@@ -29,7 +30,6 @@ from agent.timings import StageTimings
 from drivers.base import (
     Ack,
     BlankCommand,
-    Capabilities,
     Command,
     CommandRefused,
     Disconnected,
@@ -92,7 +92,7 @@ class Loop:
         self._fallback_due = False
         self.paused = False
         self._seen_generation = self._link_generation()
-        cap = _capabilities_now(driver)  # a strict replay is said once by the driver, not by each frame
+        cap = capabilities_now(driver)  # a strict replay is said once by the driver, not by each frame
         self._replaying = cap is not None and cap.serves_recorded_fields
         self.config = config
         self.recorder = recorder or SessionRecorder(None)
@@ -144,14 +144,14 @@ class Loop:
         """Operator pause: blank the beam and send nothing more until :meth:`resume` (scans in flight finish)."""
         if self.running and not self.paused and self._guarded(lambda: self._send_simple(self._blank_command())):
             self.paused = True
-            self._record_if_possible(lambda: self.recorder.write("paused", step=self.state.issued))
+            record_if_possible(lambda: self.recorder.write("paused", step=self.state.issued))
 
     def resume(self) -> None:
         """End a pause: unblank, then steps go on."""
         if self.running and self.paused:
             self.paused = False
             if self._guarded(lambda: self._send_simple(self._unblank_command())):
-                self._record_if_possible(lambda: self.recorder.write("resumed", step=self.state.issued))
+                record_if_possible(lambda: self.recorder.write("resumed", step=self.state.issued))
 
     def abort(self, reason: str) -> None:
         """End the run now (an operator's stop): blank, stop record with ``reason``."""
@@ -578,13 +578,12 @@ class Loop:
     def _shutdown(self, status: str, reason: str) -> None:
         """Blank the beam (bounded wait) and write the stop record.
 
-        The record's ``beam_blank`` says how the blank ended: ``acknowledged``; ``unacknowledged`` (sent,
-        no ack within ``stop_timeout_s``, twice: the instrument may be inside a long command, and a
-        server carries a blank out however late); ``refused`` (by the instrument or its server);
-        ``failed`` (not sent: no link); ``unsupported`` (the instrument has no blank).  ``beam_blanked``
+        The record's ``beam_blank`` says how the blank ended (:func:`agent.exit_blank.blank_on_the_way_out`:
+        ``acknowledged``, ``unacknowledged``, ``refused``, ``failed``, ``unsupported``); ``beam_blanked``
         is true only for ``acknowledged``.
         """
-        blank = self._blank_on_the_way_out()
+        blank = blank_on_the_way_out(self.driver, self.recorder, self._send_counted, self._error,
+                                     self.config.stop_timeout_s, self.state.issued)  # fmt: skip
         blanked = blank == "acknowledged"
         if not blanked:
             logger.warning("the beam was not confirmed blanked on the way out: %s", blank)
@@ -593,42 +592,11 @@ class Loop:
         s.status, s.reason, s.beam_blank = status, reason, blank
         timings_ms = self.timings.summary()
         counters = {**s.counters(), "link": self._link_counters(timings_ms), "recorder": self.recorder.counters()}
-        self._record_if_possible(lambda: self.recorder.write(
+        record_if_possible(lambda: self.recorder.write(
             "stop", status=status, reason=reason, beam_blanked=blanked, beam_blank=blank, steps=s.steps_done,
             timings_ms=timings_ms, errors=s.errors, frames=counters["frames"], counters=counters,
         ))  # fmt: skip
         logger.info("run %s: %s", status, reason)
-
-    def _blank_on_the_way_out(self) -> str:
-        """Blank the beam, twice at most; how it ended (see :meth:`_shutdown`)."""
-        if "blank" not in self._kinds():
-            return "unsupported"
-        outcomes: list[str] = []
-        for attempt in range(2):
-            outcomes.append(self._blank(attempt))
-            if outcomes[-1] == "acknowledged":
-                return "acknowledged"
-        return "unacknowledged" if "unacknowledged" in outcomes else outcomes[-1]
-
-    def _blank(self, attempt: int) -> str:
-        """Send a blank (the one command sent even when it could not be recorded); how it ended.
-
-        Bounded by ``stop_timeout_s``: a lost ack must not leave the question open.
-        """
-        blank = BlankCommand(deadline_unix_s=deadline_in(self.config.stop_timeout_s))
-        self._record_if_possible(lambda: self.recorder.command(blank, self.state.issued))
-        try:
-            ack = self._send_counted(blank, self.config.stop_timeout_s)
-        except (DriverError, OSError) as exc:
-            outcome = _blank_outcome(exc)
-            if isinstance(exc, CommandRefused):
-                refusal = exc.ack
-                self._record_if_possible(lambda: self.recorder.ack(refusal, self.state.issued))
-            message = f"could not blank the beam (attempt {attempt + 1}, {outcome}): {exc}"
-            self._record_if_possible(lambda: self._error("blank_failed", message))
-            return outcome
-        self._record_if_possible(lambda: self.recorder.ack(ack, self.state.issued))
-        return "acknowledged"
 
     def _link_counters(self, timings_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
         """The driver's own counters (sequence gaps, stale acks, reconnects...) and the command round trip."""
@@ -640,30 +608,3 @@ class Loop:
         if send is not None:  # a scan sent and its ack back: the link's round trip as the loop sees it
             link["command_round_trip_ms"] = send
         return link
-
-    @staticmethod
-    def _record_if_possible(write: Callable[[], None]) -> None:
-        """On the way out a recording failure is logged, not raised: blanking comes first."""
-        try:
-            write()
-        except RecordingError as exc:
-            logger.error("not recorded: %s", exc)
-
-    def _kinds(self) -> tuple[str, ...]:
-        cap = _capabilities_now(self.driver)
-        return tuple(cap.command_kinds) if cap is not None else ()
-
-
-def _blank_outcome(exc: Exception) -> str:
-    """How a blank on the way out ended, by what the driver raised."""
-    if isinstance(exc, DriverTimeout):
-        return "unacknowledged"
-    return "refused" if isinstance(exc, CommandRefused) else "failed"
-
-
-def _capabilities_now(driver: Driver) -> Capabilities | None:
-    """The driver's capabilities, or None if it cannot say now (not connected)."""
-    try:
-        return driver.capabilities()
-    except DriverError:
-        return None
