@@ -43,23 +43,6 @@ def readback_problem(command: ScanCommand, header: FrameHeader, tolerance_nm: fl
     return None
 
 
-#: How far a projection's read-back tilt may be from the commanded tilt (deg); a goniometer reads back within
-#: about a tenth of a degree of where it settled.
-TILT_TOLERANCE_DEG = 0.5
-#: How far a projection's read-back centre and field of view may be from the commanded ones (nm).
-PROJECTION_TOLERANCE_NM = 0.5
-
-
-def tilt_readback_problem(command: ScanCommand, tilt_deg: float, header: FrameHeader) -> str | None:
-    """Why a projection's header does not show the commanded field (:func:`readback_problem`) or tilt, or None."""
-    problem = readback_problem(command, header, PROJECTION_TOLERANCE_NM)
-    if problem is None and not abs(header.tilt_deg - tilt_deg) <= TILT_TOLERANCE_DEG:
-        problem = (
-            f"tilt read back as {header.tilt_deg:g} deg, commanded {tilt_deg:g} deg (tolerance {TILT_TOLERANCE_DEG:g})"
-        )
-    return problem
-
-
 def frame_age_s(frame: Frame, now_unix_s: float | None = None) -> float:
     """Seconds since the frame's acquisition ended (by the instrument's clock)."""
     return (time.time() if now_unix_s is None else now_unix_s) - frame.header.acquisition_end_unix_s

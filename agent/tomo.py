@@ -9,7 +9,6 @@ method and, when the phantom is known (a simulation), scored against it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,20 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from agent.frame_checks import is_strict_replay, tilt_readback_problem
+from agent.exit_blank import blank_on_the_way_out
+from agent.frame_checks import is_strict_replay, readback_problem
 from agent.guard import Decision, Guard, GuardConfig, Refusal
 from agent.policies.tilt import tilt_plan
 from agent.recorder import SessionRecorder
 from agent.timings import StageTimings
 from drivers.base import (
-    BlankCommand,
     Capabilities,
     Command,
     CommandRefused,
     Driver,
-    DriverError,
     DriverTimeout,
     Frame,
+    ProtocolError,
     ScanCommand,
     UnblankCommand,
     deadline_in,
@@ -51,9 +50,38 @@ class TiltSeries:
     projections: list[np.ndarray] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: How the blank at the end went (:func:`agent.exit_blank.blank_on_the_way_out`); None before the end.
+    beam_blank: str | None = None
     #: Why the instrument's answers ended the series (a refused projection, no frame, a read-back off): a safe
     #: hold, after which an operator checks the instrument; None when it did what it was told.
     held: str | None = None
+
+
+@dataclass(frozen=True)
+class Readback:
+    """How far a projection may be read back from what was commanded before the series is held.
+
+    Parameters
+    ----------
+    tolerance_nm : the field's centre and field of view (also its pixels, and a dwell at most 5 % longer:
+        :func:`~agent.frame_checks.readback_problem`).  Not checked on a strict replay's frames, which are
+        the recorded fields wherever a scan asks.
+    tilt_tolerance_deg : the tilt (a goniometer reads back within about a tenth of a degree of where it
+        settled).  Checked on a strict replay too: its frames carry the recorded tilt.
+    """
+
+    tolerance_nm: float = 0.5
+    tilt_tolerance_deg: float = 0.5
+
+    def problem(self, scan: ScanCommand, tilt_deg: float, frame: Frame) -> str | None:
+        """Why ``frame`` is not the projection of ``scan`` at ``tilt_deg``, or None."""
+        header = frame.header
+        if not abs(header.tilt_deg - tilt_deg) <= self.tilt_tolerance_deg:
+            return (
+                f"tilt read back as {header.tilt_deg:g} deg, commanded {tilt_deg:g} deg "
+                f"(tolerance {self.tilt_tolerance_deg:g})"
+            )
+        return None if is_strict_replay(frame) else readback_problem(scan, header, self.tolerance_nm)
 
 
 class PlannedTilts:
@@ -99,28 +127,30 @@ class ProjectionField:
 
 def acquire_series(
     driver: Driver, chooser: Any, n_tilts: int, recorder: SessionRecorder, timings: StageTimings,
-    guard_config: GuardConfig | None = None, where: ProjectionField | None = None,
+    guard_config: GuardConfig | None = None, where: ProjectionField | None = None, readback: Readback | None = None,
 ) -> TiltSeries:  # fmt: skip
     """Ask ``chooser.next_angle`` ``n_tilts`` times; refused tilts are recorded and skipped.
 
     A refused projection scan (its field, its dose, or the series' dose budget) ends the series: every
     later projection is of the same field (``where``; default :class:`ProjectionField`).  A tilt the
-    holder refuses is skipped like one the guard refuses; a projection the instrument refuses, one whose
-    frame does not come, or one read back off the commanded field or tilt
-    (:func:`~agent.frame_checks.tilt_readback_problem`) ends the series in a safe hold
-    (:attr:`TiltSeries.held`).  The beam is blanked when the series ends, however it ends.
+    holder refuses is skipped like one the guard refuses; a refused unblank or projection, a projection
+    whose frame does not come, or one read back off the commanded tilt or field (``readback``; default
+    :class:`Readback`) ends the series in a safe hold (:attr:`TiltSeries.held`).  The beam is blanked
+    when the series ends, however it ends (:attr:`TiltSeries.beam_blank` says how that went).
     ``guard_config`` defaults to :class:`GuardConfig` with revisits allowed.
     """
     cap = driver.capabilities()
     guard = Guard(cap, guard_config or GuardConfig(allow_revisits=True))
-    run = _Acquisition(driver, chooser, recorder, timings, guard, cap, where or ProjectionField())
-    driver.send(UnblankCommand(deadline_unix_s=deadline_in(5.0)))
+    run = _Acquisition(
+        driver, chooser, recorder, timings, guard, cap, where or ProjectionField(), readback or Readback()
+    )
     try:
-        for step in range(n_tilts):
-            if not run.step(step):
-                break
+        if run.unblank():
+            for step in range(n_tilts):
+                if not run.step(step):
+                    break
     finally:
-        run.blank(n_tilts)
+        run.series.beam_blank = run.blank()
     return run.series
 
 
@@ -135,12 +165,22 @@ class _Acquisition:
     guard: Guard
     cap: Capabilities
     where: ProjectionField
+    readback: Readback
     series: TiltSeries = field(default_factory=TiltSeries)
     refused: set[float] = field(default_factory=set)
+    last_step: int = 0
+
+    def unblank(self) -> bool:
+        """Unblank for the series (recorded first); False, a safe hold, when the instrument refuses."""
+        if "unblank" not in self.cap.command_kinds:
+            return True
+        why_not = self._send(UnblankCommand(deadline_unix_s=deadline_in(5.0)), 0)
+        return why_not is None or self._hold(0, f"the instrument refused to unblank: {why_not}")
 
     def step(self, step: int) -> bool:
         """Choose a tilt, go there and record its projection; False when the series ends here."""
         t0 = time.perf_counter()
+        self.last_step = step
         density = [_density(p, self.series.metadata) for p in self.series.projections]
         angle, why = self.chooser.next_angle(self.series.angles_deg, density)
         decision = Decision("set_tilt", tilt_deg=angle, rationale=why)
@@ -172,10 +212,10 @@ class _Acquisition:
     def _project(self, step: int, scan: ScanCommand, angle: float) -> bool:
         """Take the scan's frame into the series once its read-back matches what was commanded."""
         frame = self._frame_of(step, scan)
-        if frame is None:
-            return self._hold(step, f"no projection came at {angle:g} deg within {self._frame_wait_s(scan):g} s")
+        if isinstance(frame, str):
+            return self._hold(step, f"no projection came at {angle:g} deg: {frame}")
         self.recorder.frame(frame, step)
-        problem = None if is_strict_replay(frame) else tilt_readback_problem(scan, angle, frame.header)
+        problem = self.readback.problem(scan, angle, frame)
         if problem is not None:
             return self._hold(step, f"the projection at {angle:g} deg was read back off: {problem}")
         self.series.angles_deg.append(float(frame.header.tilt_deg))
@@ -197,14 +237,17 @@ class _Acquisition:
     def _frame_wait_s(scan: ScanCommand) -> float:
         return FRAME_TIMEOUT_S + scan.rows * scan.cols * scan.dwell_us * 1e-6
 
-    def _frame_of(self, step: int, scan: ScanCommand) -> Frame | None:
-        """The scan's frame (frames of earlier scans, delivered late, are recorded as errors), or None."""
-        deadline = time.monotonic() + self._frame_wait_s(scan)
+    def _frame_of(self, step: int, scan: ScanCommand) -> Frame | str:
+        """The scan's frame, or why none came (frames of earlier scans, delivered late, are recorded as errors)."""
+        wait_s = self._frame_wait_s(scan)
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 frame = self.driver.next_frame(max(deadline - time.monotonic(), 0.0))
             except DriverTimeout:
-                return None
+                return f"none within {wait_s:g} s"
+            except ProtocolError as exc:  # the server's word that the acquisition failed (a lost link propagates)
+                return str(exc)
             if frame.header.command_id in (None, scan.id):
                 return frame
             message = f"a frame answering {frame.header.command_id} arrived for {scan.id}"
@@ -227,21 +270,13 @@ class _Acquisition:
         self.series.held = reason
         return self._end(step, "instrument", reason, f"safe hold: {reason}")
 
-    def blank(self, step: int) -> None:
-        """Blank the beam at the end of the series (also after an error: the blank is tried whatever happens)."""
-        if "blank" not in self.cap.command_kinds:
-            return
-        blank = BlankCommand(deadline_unix_s=deadline_in(5.0))
-        try:
-            self.recorder.command(blank, step)
-        finally:
-            try:
-                ack = self.driver.send(blank)
-            except DriverError as exc:  # gone, refused: nothing more can be done from here
-                logger.warning("the beam could not be blanked after the tilt series: %s", exc)
-            else:
-                with contextlib.suppress(Exception):  # (a recorder that failed has said so already)
-                    self.recorder.ack(ack, step)
+    def blank(self) -> str:
+        """Blank the beam at the end of the series, however it ended; how that went (``acknowledged``...)."""
+
+        def error(kind: str, message: str) -> None:
+            self.recorder.write("error", kind=kind, message=message, step=self.last_step)
+
+        return blank_on_the_way_out(self.driver, self.recorder, self.driver.send, error, 5.0, self.last_step)
 
 
 def _density(projection: np.ndarray, m: dict[str, Any]) -> np.ndarray:

@@ -27,7 +27,17 @@ from typing import Any, Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from drivers.base import Ack, Capabilities, Command, CommandRefused, Disconnected, Frame, Range, ScanCommand
+from drivers.base import (
+    Ack,
+    Capabilities,
+    Command,
+    CommandRefused,
+    Disconnected,
+    Frame,
+    Range,
+    ScanCommand,
+    SetTiltCommand,
+)
 from drivers.local import BeamState, FrameQueue
 from drivers.recording import read_session
 
@@ -76,6 +86,9 @@ class ReplayDriver:
             for r in result.records
             if r.get("type") == "command" and isinstance(r.get("command"), dict) and r["command"].get("kind") == "scan"
         ]
+        # Strict mode: the fate of each recorded set_tilt, in order (a tilt refused then is refused now).
+        self._tilt_acks = _recorded_tilt_acks(result.records)
+        self._next_tilt = 0
         self._frame_of: dict[str, int] = {}
         for i, f in enumerate(result.frames):
             if f.header.command_id is not None:
@@ -97,6 +110,8 @@ class ReplayDriver:
             raise Disconnected("replay is closed")
         with self._lock:
             self.state.admit(self._cap, command)
+            if isinstance(command, SetTiltCommand) and self.mode == "strict":
+                self._as_recorded_tilt(command)
             if not isinstance(command, ScanCommand):
                 self.state.apply(command)
                 return Ack.accept(command)
@@ -140,6 +155,14 @@ class ReplayDriver:
         index = self._frame_of.get(self._scan_ids[self._next])
         self._next += 1
         return None if index is None else self._as_recorded(index, command)
+
+    def _as_recorded_tilt(self, command: SetTiltCommand) -> None:
+        """Refuse the n-th tilt if the recorded session's n-th tilt was refused (its scans follow in step)."""
+        recorded = self._tilt_acks[self._next_tilt] if self._next_tilt < len(self._tilt_acks) else None
+        self._next_tilt += 1
+        if recorded is not None and recorded.get("accepted") is False:
+            why = f"refused in the recorded session ({recorded.get('code')}): {recorded.get('reason', '')}"
+            raise CommandRefused(Ack.refusal(command, "refused", why))
 
     def _strict_next(self, command: ScanCommand) -> Frame:
         if self._next >= len(self.frames):
@@ -376,3 +399,17 @@ def _capabilities_spanning(frames: list[Frame], name: str) -> Capabilities:
         pixels=Range(low=8, high=8192), dwell_us=Range(low=0.01, high=1e4), tilt_deg=Range(low=-90, high=90),
         max_dose_e_per_a2=1e12,
     )  # fmt: skip
+
+
+def _recorded_tilt_acks(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """The ack recorded for each recorded ``set_tilt`` command, in order (None where none was recorded)."""
+    acks = {
+        r["ack"].get("command_id"): r["ack"]
+        for r in records
+        if r.get("type") == "ack" and isinstance(r.get("ack"), dict)
+    }
+    return [
+        acks.get(r["command"].get("id"))
+        for r in records
+        if r.get("type") == "command" and isinstance(r.get("command"), dict) and r["command"].get("kind") == "set_tilt"
+    ]

@@ -52,6 +52,14 @@ def register(sub: Any) -> None:
     run.add_argument("--fov-nm", type=float, help="projection field of view (default: the instrument's smallest)")
     run.add_argument("--pixels", type=int, help="projection pixels a side (default: the instrument's fewest)")
     run.add_argument("--dwell-us", type=float, default=1.0, help="projection pixel dwell (default 1 us)")
+    run.add_argument(
+        "--readback-tolerance-nm", type=float, default=0.5,
+        help="a projection read back further than this from its commanded field: safe hold (default 0.5)",
+    )  # fmt: skip
+    run.add_argument(
+        "--tilt-tolerance-deg", type=float, default=0.5,
+        help="a projection read back further than this from its commanded tilt: safe hold (default 0.5)",
+    )  # fmt: skip
     run.add_argument("--phantom-seed", type=int, default=0)
     run.add_argument("--size-px", type=int, default=64, help="simulated phantom edge in voxels (in-process sim)")
     run.add_argument("--record", type=Path, help="record the session into this new directory")
@@ -177,6 +185,19 @@ def _projection_field(args: argparse.Namespace) -> Any:
     return ProjectionField(x_nm, y_nm, args.fov_nm, args.pixels, args.dwell_us)
 
 
+def _readback(args: argparse.Namespace) -> Any:
+    """The read-back tolerances ``--readback-tolerance-nm`` and ``--tilt-tolerance-deg`` give."""
+    import math
+
+    from agent.tomo import Readback
+
+    for flag, value in (("--readback-tolerance-nm", args.readback_tolerance_nm),
+                        ("--tilt-tolerance-deg", args.tilt_tolerance_deg)):  # fmt: skip
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a positive number (got {value:g})")
+    return Readback(args.readback_tolerance_nm, args.tilt_tolerance_deg)
+
+
 def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
     """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
     from drivers.replay import ReplayDriver
@@ -200,12 +221,13 @@ def _run(args: argparse.Namespace) -> int:
     from agent.cli.run import EXIT_HELD
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
-    from agent.tomo import acquire_series, reconstruct_all, score
+    from agent.tomo import acquire_series
     from drivers.replay import ReplayDriver
 
     check_output_file(args.json, "--json")
     guard_config = _guard_config(args)  # (before anything is opened)
     where = _projection_field(args)
+    readback = _readback(args)
     curve = client_keys(args)
     inpainter = _inpainter(args)  # (before anything is opened: it may refuse the policy)
     driver = _open_driver(args, curve)
@@ -220,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         capabilities = driver.capabilities()
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
         chooser = _chooser(args, inpainter, capabilities.tilt_deg)
-        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where)
+        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where, readback)
         if series.held is None:
             recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
         else:
@@ -228,15 +250,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         recorder.close()
         driver.close()
-    if len(series.projections) < 2 and series.held is not None:
-        n = len(series.projections)
-        print(f"safe hold (the beam is blanked; check the instrument): {series.held}; {n} projection(s), "
-              "none reconstructed", file=sys.stderr)  # fmt: skip
-        return EXIT_HELD
-    if len(series.projections) < 2:
+    if len(series.projections) < 2 and series.held is None:
         why = "; ".join(sorted(set(series.refusals))) or "none was asked for"
         raise ValueError(f"{len(series.projections)} projection(s) acquired, at least 2 are needed (refused: {why})")
-    volumes = reconstruct_all(series, inpainter)
     decision = timings.summary().get("decide", {})
     summary: dict[str, Any] = {
         "policy": args.policy,
@@ -244,7 +260,36 @@ def _run(args: argparse.Namespace) -> int:
         "decision_ms": {"p50": decision.get("p50"), "p99": decision.get("p99")},
         "refusals": series.refusals,
         "held": series.held,
+        "beam_blank": series.beam_blank,
     }
+    if len(series.projections) >= 2:
+        _reconstruct_series(args, series, inpainter, summary)
+    status = 0 if series.held is None else EXIT_HELD
+    if isinstance(driver, ReplayDriver):
+        status = _compare_with_recording(driver, recorder.decisions, summary) or status
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
+    if series.held is not None:
+        print(f"safe hold ({_beam_said(series.beam_blank)}; check the instrument): {series.held}", file=sys.stderr)
+    return status
+
+
+def _beam_said(outcome: str | None) -> str:
+    """The beam's state after the series, in words (``outcome``: how its blank ended)."""
+    if outcome == "acknowledged":
+        return "the beam is blanked"
+    if outcome == "unsupported":
+        return "the instrument has no blank"
+    return f"the beam was NOT confirmed blanked: {outcome}"
+
+
+def _reconstruct_series(args: argparse.Namespace, series: Any, inpainter: Any, summary: dict[str, Any]) -> None:
+    """Reconstruct with every method, score against the phantom when it is known, write ``--out``."""
+    from agent.tomo import reconstruct_all, score
+
+    volumes = reconstruct_all(series, inpainter)
     seed = series.metadata.get("phantom_seed")
     if series.metadata.get("simulated") and isinstance(seed, int):
         from simulators.phantom import PhantomConfig, make_phantom
@@ -262,21 +307,16 @@ def _run(args: argparse.Namespace) -> int:
             save_central_slices(
                 vol, stem.with_suffix(".png"), f"{args.policy}, {len(series.angles_deg)} tilts, {method}"
             )
-    status = 0 if series.held is None else EXIT_HELD
-    if isinstance(driver, ReplayDriver):
-        from agent.replay import compare_decisions
 
-        recorded = [r for r in driver.records if r.get("type") == "decision"]
-        summary["divergences"] = compare_decisions(recorded, recorder.decisions)
-        summary["replay"] = driver.report
-        for d in summary["divergences"][:20]:
-            print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
-        print(f"  {len(summary['divergences'])} of {len(recorded)} tilt decisions diverged", file=sys.stderr)
-        status = 3 if summary["divergences"] else status
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
-    if series.held is not None:
-        print(f"safe hold (the beam is blanked; check the instrument): {series.held}", file=sys.stderr)
-    return status
+
+def _compare_with_recording(driver: Any, decisions: list[dict[str, Any]], summary: dict[str, Any]) -> int:
+    """A strict replay's decisions against the recorded ones, printed and put in ``summary``; 3 if any diverged."""
+    from agent.replay import compare_decisions
+
+    recorded = [r for r in driver.records if r.get("type") == "decision"]
+    summary["divergences"] = compare_decisions(recorded, decisions)
+    summary["replay"] = driver.report
+    for d in summary["divergences"][:20]:
+        print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
+    print(f"  {len(summary['divergences'])} of {len(recorded)} tilt decisions diverged", file=sys.stderr)
+    return 3 if summary["divergences"] else 0

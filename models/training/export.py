@@ -155,8 +155,13 @@ def _eager_difference(ensemble: EnsembleWithUncertainty, onnx_path: Path, multip
     x = np.random.default_rng(0).random((1, 1, -(-h // multiple) * multiple, -(-w // multiple) * multiple), np.float32)
     graph = session.run(list(OUTPUT_NAMES), {session.get_inputs()[0].name: x})
     with torch.inference_mode():
-        eager = ensemble(torch.from_numpy(x))
-    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(graph, eager, strict=True))
+        eager = [e.numpy() for e in ensemble(torch.from_numpy(x))]
+    if [e.shape for e in eager] != [g.shape for g in graph]:
+        raise ValueError(
+            f"the members give outputs of shapes {[e.shape for e in eager]}, {onnx_path} of "
+            f"{[g.shape for g in graph]}: the members are not those of the export; {onnx_path} is left as it was"
+        )
+    return max(float(np.abs(g - e).max()) for g, e in zip(graph, eager, strict=True))
 
 
 def _largest_difference(old: Path, new: Path, multiple: int) -> float:

@@ -163,7 +163,7 @@ def test_projection_scans_pass_the_guard_and_the_dose_budget_ends_the_series():
     config = GuardConfig(allow_revisits=True, dose_budget_e_per_a2=2.5 * one)
     sent = []
     send = driver.send
-    driver.send = lambda command: sent.append(command.kind) or send(command)  # type: ignore[method-assign]
+    driver.send = lambda command, *rest: sent.append(command.kind) or send(command, *rest)  # type: ignore[method-assign]
     try:
         series = acquire_series(
             driver, PlannedTilts("sequential", 5, (-60.0, 60.0)), 5, SessionRecorder(None), StageTimings(),
