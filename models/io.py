@@ -191,8 +191,12 @@ def read_image(path: str | Path) -> LoadedImage:
         For a missing file, an unknown extension, or content that is not a 2-D image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path} is a directory, not an image file")
     if not path.is_file():
         raise ImageReadError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path} is empty (0 bytes)")
     ext = path.suffix.lower()
     try:
         if ext == ".npy":

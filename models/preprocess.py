@@ -87,14 +87,18 @@ def check_native_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: 
         When the resampled image would be smaller than ``MIN_NATIVE_SIDE_PX`` on a side (a pixel size far
         below the model's) or larger than ``MAX_NATIVE_PIXELS`` (far above it).
     """
-    native = resampled_shape(shape, pixel_size_nm, native_nm)
-    if min(native) < MIN_NATIVE_SIDE_PX or native[0] * native[1] > MAX_NATIVE_PIXELS:
+    scale = pixel_size_nm / native_nm
+    rows, cols = shape[0] * scale, shape[1] * scale  # (floats: an absurd pixel size is never rounded to int)
+    if (
+        not rows * cols <= MAX_NATIVE_PIXELS
+        or min(resampled_shape(shape, pixel_size_nm, native_nm)) < MIN_NATIVE_SIDE_PX
+    ):
         raise ImageError(
-            f"at {pixel_size_nm:g} nm per pixel the {shape[0]} x {shape[1]} image becomes {native[0]} x"
-            f" {native[1]} at the model's {native_nm:g} nm per pixel: outside {MIN_NATIVE_SIDE_PX} px a side to"
+            f"at {pixel_size_nm:g} nm per pixel the {shape[0]} x {shape[1]} image becomes {rows:.4g} x {cols:.4g}"
+            f" px at the model's {native_nm:g} nm per pixel: outside {MIN_NATIVE_SIDE_PX} px a side to"
             f" {MAX_NATIVE_PIXELS} px in all (is the pixel size in nm?)"
         )
-    return native
+    return resampled_shape(shape, pixel_size_nm, native_nm)
 
 
 def resampled_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:

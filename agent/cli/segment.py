@@ -103,6 +103,30 @@ def _png_paths(png: Path, images: list[Path]) -> list[Path]:
     ]
 
 
+def _check_outputs(out: Path, pngs: list[Path | None], images: list[Path]) -> None:
+    """Refuse, before any work, outputs that cannot be written or would overwrite an input or each other.
+
+    Raises
+    ------
+    ValueError
+        Naming the output and what it would overwrite (or why it cannot be written).
+    """
+    from agent.cli import check_output_file
+
+    check_output_file(out, "--out")
+    for png in pngs:
+        check_output_file(png, "--png")
+    inputs = {image.resolve(): image for image in images}
+    written: dict[Path, str] = {}
+    for flag, path in [("--out", out), *(("--png", png) for png in pngs if png is not None)]:
+        where = path.resolve()
+        if where in inputs:
+            raise ValueError(f"{flag} {path} would overwrite the input image {inputs[where]}: choose another name")
+        if where in written:
+            raise ValueError(f"{flag} {path} and {written[where]} name the same file: choose another name")
+        written[where] = f"{flag} {path}"
+
+
 def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, float]]:
     """Every image read and checked, with its pixel size, before any is segmented.
 
@@ -138,12 +162,15 @@ def _run(args: argparse.Namespace) -> int:
     from models.segmenter import ModelOutputError, Segmenter
     from simulators.allocator import tune_allocator
 
+    pngs: list[Path | None] = (
+        [*_png_paths(args.png, args.images)] if args.png is not None else [None] * len(args.images)
+    )
+    _check_outputs(args.out, pngs, args.images)  # before any work
     tune_allocator()  # as autoscope run does: localisation's per-pixel temporaries then cost no page faults
     names = [p.strip().lower() for p in args.providers.split(",")]  # "cpu, CUDA" as "cpu,cuda"
     providers = names if len(names) > 1 else names[0]
     segmenter = Segmenter(args.model, providers)
     loaded = _load_all(args, segmenter.manifest.native_pixel_size_nm)  # fail before any work
-    pngs = _png_paths(args.png, args.images) if args.png is not None else [None] * len(loaded)
     results: list[dict[str, Any]] = []
     for path, (item, size), png in zip(args.images, loaded, pngs, strict=True):
         try:

@@ -125,7 +125,36 @@ def test_every_unusable_image_is_named_before_any_work(tiny_model, frame_npz, tm
     assert "stack.npy: image must be 2-D" in err and "missing.npy: no such file" in err
     assert not out.exists() and not list(tmp_path.glob("ov*.png"))  # the good frame was not segmented either
     assert _segment(tiny_model, str(tmp_path / "tiny_px.npy"), "--pixel-size-nm", "0.0001", "--out", str(out)) == 2
-    assert "becomes 1 x 1 at the model's 0.03 nm per pixel" in capsys.readouterr().err
+    assert "becomes 0.2133 x 0.2133 px at the model's 0.03 nm per pixel" in capsys.readouterr().err
+    assert _segment(tiny_model, str(tmp_path / "tiny_px.npy"), "--pixel-size-nm=1e308", "--out", str(out)) == 2
+    assert "becomes inf x inf px" in capsys.readouterr().err  # (an absurd pixel size is named, not an overflow)
+
+
+def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_any_work(
+    tiny_model, frame_npz, tmp_path, capsys
+):
+    frame = tmp_path / "frame.npy"
+    np.save(frame, np.random.default_rng(0).poisson(3.0, (96, 96)).astype(np.uint16))
+    before = frame.read_bytes()
+    cases = [
+        (["--out", str(frame)], "--out"),
+        (["--out", str(tmp_path / "o.json"), "--png", str(frame)], "--png"),
+        (["--out", str(tmp_path / "same"), "--png", str(tmp_path / "same")], "name the same file"),
+        (["--out", str(tmp_path)], "is a directory"),
+    ]
+    for extra, said in cases:
+        assert _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", *extra) == EXIT_USAGE
+        assert said in capsys.readouterr().err
+    assert frame.read_bytes() == before and not list(tmp_path.glob("o.json")) and not (tmp_path / "same").exists()
+
+
+def test_a_directory_or_an_empty_file_given_as_an_image_is_named_as_such(tiny_model, tmp_path, capsys):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "empty.png").touch()
+    images = [str(tmp_path / "adir"), str(tmp_path / "empty.png")]
+    assert _segment(tiny_model, *images, "--pixel-size-nm", "0.02", "--out", str(tmp_path / "o.json")) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "adir is a directory, not an image file" in err and "empty.png is empty (0 bytes)" in err
 
 
 def test_overlays_of_images_that_share_a_name_do_not_overwrite_each_other(tiny_model, frame_npz, tmp_path):

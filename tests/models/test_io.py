@@ -65,7 +65,7 @@ def test_generic_hdf5_takes_the_largest_image(tmp_path, image):
 def test_stack_missing_and_corrupt_files_are_refused(tmp_path):
     np.save(tmp_path / "stack.npy", np.zeros((3, 20, 20)))
     (tmp_path / "bad.dm3").write_bytes(b"not a dm3 file at all")
-    (tmp_path / "x.xyz").write_bytes(b"")
+    (tmp_path / "x.xyz").write_bytes(b"not an image")
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.tif")
     with pytest.raises(ImageReadError, match=r"cannot read .*bad\.dm3"):
