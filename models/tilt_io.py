@@ -92,6 +92,8 @@ def read_tilt_series(path: str | Path, angles_file: str | Path | None = None) ->
         A missing or unreadable file, no angles anywhere, or angles not matching the projections.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TomoError(f"{path} is a directory, not a tilt-series file")
     if not path.is_file():
         raise TomoError(f"no such file: {path}")
     try:
@@ -105,9 +107,12 @@ def read_tilt_series(path: str | Path, angles_file: str | Path | None = None) ->
     if angles is None:
         raise TomoError(f"{path} records no tilt angles: give them with --angles FILE (one per line)")
     angles = np.asarray(angles, dtype=np.float64)
-    if series.ndim != 3 or angles.ndim != 1 or len(angles) != series.shape[0]:
-        n = series.shape[0] if series.ndim == 3 else f"? (a {series.ndim}-D array)"
-        raise TomoError(f"{path}: {n} projections but {angles.size} angles")
+    if series.ndim != 3:
+        raise TomoError(
+            f"{path}: a tilt series is (n_tilts, rows, cols); this holds a {series.ndim}-D array {series.shape}"
+        )
+    if angles.ndim != 1 or len(angles) != series.shape[0]:
+        raise TomoError(f"{path}: {series.shape[0]} projections but {angles.size} angles")
     return TiltSeriesFile(series, angles, px)
 
 
@@ -129,19 +134,26 @@ def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | Non
         series = data.astype(np.float32)
         angles = _sidecar(path)
     elif ext == ".npy":
-        series = np.load(path, allow_pickle=False).astype(np.float32)
+        series = _real_float32(np.load(path, allow_pickle=False), path)
         angles = _sidecar(path)
     elif ext == ".npz":
         with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:  # fh closes even if np.load fails
             if "series" not in z.files:
                 raise TomoError(f"{path} has no array named 'series' (found {', '.join(z.files)})")
-            series = z["series"].astype(np.float32)
+            series = _real_float32(z["series"], path)
             angles = z["angles"].astype(np.float64) if "angles" in z.files else None
     elif ext in (".h5", ".hdf5", ".hdf", ".nxs"):
         series, angles = _hdf5(path)
     else:
         raise TomoError(f"unknown tilt-series format {ext!r} ({path})")
     return series, angles, px
+
+
+def _real_float32(array: np.ndarray, path: Path) -> np.ndarray:
+    """``array`` as float32 if it holds real numbers (integers or floats), else a :class:`TomoError`."""
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TomoError(f"{path}: projections must be real numbers, not {array.dtype}")
+    return array.astype(np.float32)
 
 
 def write_volume(volume: np.ndarray, out: Path, voxel_nm: float | None) -> list[Path]:

@@ -22,13 +22,18 @@ class TomoError(ValueError):
     """A tilt series or its angles that cannot be reconstructed (the problem is named)."""
 
 
+#: Fewest detector pixels across the tilt axis a projection may have (a volume is that wide).
+MIN_DETECTOR_PX = 4
+
+
 def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate and return ``(series float32, angles float64)``.
 
     Raises
     ------
     TomoError
-        Not 3-D, angles not matching the first axis, non-finite values, repeated angles, fewer than 2 tilts,
+        Not 3-D, angles not matching the first axis, fewer than 2 tilts, complex or non-numeric values,
+        projections narrower than ``MIN_DETECTOR_PX`` or without rows, non-finite values, repeated angles,
         angles outside [-180, 360] degrees, or five or more angles all within +-pi (radians, surely).
     """
     series = np.asarray(series)
@@ -39,6 +44,13 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
         raise TomoError(f"{series.shape[0]} projections but {angles.size} angles")
     if series.shape[0] < 2:
         raise TomoError("at least 2 projections are needed")
+    if not (np.issubdtype(series.dtype, np.integer) or np.issubdtype(series.dtype, np.floating)):
+        raise TomoError(f"projections must be real numbers, not {series.dtype}")
+    if series.shape[1] < 1 or series.shape[2] < MIN_DETECTOR_PX:
+        raise TomoError(
+            f"projections of {series.shape[1]} x {series.shape[2]} pixels: at least 1 row and "
+            f"{MIN_DETECTOR_PX} pixels across the tilt axis are needed"
+        )
     if not np.isfinite(angles).all() or not np.isfinite(series).all():
         raise TomoError("the tilt series or its angles contain NaN or Inf")
     if len(np.unique(np.round(angles, 6))) != len(angles):

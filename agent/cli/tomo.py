@@ -77,16 +77,25 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from scipy.ndimage import shift
 
     from models.tilt_io import read_tilt_series, save_central_slices, write_volume
-    from models.tomo import reconstruct
+    from models.tomo import check_series, reconstruct
 
     _refuse_overwriting_inputs(args)
     loaded = read_tilt_series(args.series, args.angles)
     series, angles = loaded.series, loaded.angles_deg
     if args.range_deg:
-        keep = (angles >= args.range_deg[0]) & (angles <= args.range_deg[1])
+        low, high = args.range_deg
+        keep = (angles >= low) & (angles <= high)
+        if not low < high or keep.sum() < 2:
+            raise ValueError(f"--range-deg {low:g} {high:g} keeps {int(keep.sum())} of the {len(angles)} tilts "
+                             f"({angles.min():g} to {angles.max():g} deg): at least 2 are needed")  # fmt: skip
         series, angles = series[keep], angles[keep]
     if args.tilt_axis == "cols":
         series = series.transpose(0, 2, 1)
+    series, angles = check_series(series, angles)  # (reconstruct checks too: here, before the shift is checked)
+    if not abs(args.axis_shift_px) < series.shape[2]:  # (NaN too)
+        raise ValueError(
+            f"--axis-shift-px {args.axis_shift_px:g} is not a shift within the {series.shape[2]} px projections"
+        )
     if args.axis_shift_px:
         series = np.stack([shift(p, (0, args.axis_shift_px), order=1, mode="nearest") for p in series])
     volume = reconstruct(series, angles, args.method)

@@ -149,6 +149,39 @@ def test_reconstruct_will_not_overwrite_its_own_input(tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "s.npy"), series)
 
 
+def test_reconstruct_names_each_bad_series_or_option_and_writes_nothing(tmp_path, capsys):
+    angles = tmp_path / "a.txt"
+    angles.write_text("\n".join(str(a) for a in (-40, -20, 0, 20, 40)))
+    good = tmp_path / "good.npy"
+    np.save(good, np.random.default_rng(0).random((5, 16, 16)).astype(np.float32))
+    bad = {
+        "rows0.npy": np.zeros((5, 0, 16), np.float32),
+        "narrow.npy": np.zeros((5, 16, 1), np.float32),
+        "complex.npy": np.zeros((5, 16, 16), np.complex64),
+        "flat.npy": np.zeros((16, 16), np.float32),
+    }
+    for name, array in bad.items():
+        np.save(tmp_path / name, array)
+    (tmp_path / "adir").mkdir()
+    out = tmp_path / "v" / "vol"
+    cases = [
+        (["rows0.npy"], "at least 1 row"),
+        (["narrow.npy"], "pixels across the tilt axis"),
+        (["complex.npy"], "must be real numbers, not complex64"),
+        (["flat.npy"], "this holds a 2-D array"),
+        (["adir"], "adir is a directory"),
+        (["good.npy", "--axis-shift-px", "nan"], "--axis-shift-px nan is not a shift"),
+        (["good.npy", "--axis-shift-px", "1e9"], "--axis-shift-px 1e+09 is not a shift"),
+        (["good.npy", "--range-deg", "10", "5"], "--range-deg 10 5 keeps 0 of the 5 tilts"),
+        (["good.npy", "--range-deg", "-1", "1"], "keeps 1 of the 5 tilts (-40 to 40 deg): at least 2"),
+    ]
+    for (name, *extra), said in cases:
+        argv = ["tomo", "reconstruct", str(tmp_path / name), "--angles", str(angles), "--out", str(out), *extra]
+        assert main(argv) == 2, name
+        assert said in capsys.readouterr().err
+    assert not out.parent.exists()
+
+
 def test_projection_scans_pass_the_guard_and_the_dose_budget_ends_the_series():
     from agent.guard import Decision, Guard, GuardConfig
     from agent.recorder import SessionRecorder
