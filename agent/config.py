@@ -45,6 +45,21 @@ class SimulatorConfig(BaseModel):
     probe_current_pa: float = Field(20.0, gt=0.0)
     specimen: dict[str, Any] = Field(default_factory=dict, description="Extra SpecimenConfig fields.")
 
+    @model_validator(mode="after")
+    def _specimen_fields(self) -> SimulatorConfig:
+        """The extra specimen fields, checked now as the simulator will take them (not when it is opened)."""
+        from simulators import SpecimenConfig
+
+        if "seed" in self.specimen or "lattice" in self.specimen:
+            raise ValueError(
+                "simulator.specimen: set the seed and lattice with simulator.specimen_seed and simulator.lattice"
+            )
+        try:
+            SpecimenConfig(seed=self.specimen_seed, lattice=self.lattice, **self.specimen)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_named(e, "simulator", "specimen") for e in exc.errors())) from None
+        return self
+
 
 class PolicyConfig(BaseModel):
     """Options of the adaptive policies (each uses those that concern it)."""
@@ -155,7 +170,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from None
     for key, value in overrides.items():
         if value is None:
@@ -171,9 +186,17 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            where = ".".join(str(p) for p in e["loc"])
-            problems.append(f"unknown key '{where}'" if e["type"] == "extra_forbidden" else f"{where}: {e['msg']}")
+        problems = [_named(e) for e in exc.errors()]
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems)) from None
+
+
+def _named(error: Any, *prefix: str) -> str:
+    """One pydantic error as ``key.path: message`` (an unknown key as such)."""
+    where = ".".join([*prefix, *(str(p) for p in error["loc"])])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not where or message.startswith(f"{where}.") or f"'{where}." in message:  # (it names the key itself)
+        return message
+    return f"{where}: {message}"

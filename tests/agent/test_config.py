@@ -30,12 +30,22 @@ def test_toml_is_read_and_flags_override_it(tmp_path):
         ("steps = 0\n", "steps"),
         ("[field]\nfov_nm = nan\n", "fov_nm"),
         ("steps = \n", "cannot read"),
+        ("[simulator.specimen]\nbogus = 1\n", r"unknown key 'simulator\.specimen\.bogus'"),
+        ("[simulator.specimen]\nwidth_nm = -5\n", r"simulator\.specimen\.width_nm: Input should be greater than 0"),
+        ("[simulator.specimen]\nseed = 3\n", r"simulator\.specimen: set the seed and lattice with"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path, toml, message):
     path = tmp_path / "run.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
+        load_config(path, {})
+
+
+def test_a_configuration_file_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_bytes(b"\x9e\x80 steps = 3\n")
+    with pytest.raises(ConfigError, match=r"cannot read configuration .*run\.toml: 'utf-8' codec"):
         load_config(path, {})
 
 
