@@ -139,9 +139,14 @@ def replay(
     requested = driver.stats["served"] + driver.stats["refused_no_data"]
     report["replay"]["served_fraction"] = round(driver.stats["served"] / requested, 4) if requested else None
     if mode == "strict":
-        divergences = compare_decisions(recorded, recorder.decisions) if recorded else []
+        # A replay that completed the steps it was asked for (fewer --steps, or a log cut after a decision
+        # but before its frame) has nothing to compare the recorded decisions beyond its own with.
+        made = len(recorder.decisions)
+        compared = recorded[:made] if state.status == "completed" and made < len(recorded) else recorded
+        divergences = compare_decisions(compared, recorder.decisions) if compared else []
         recorded_sha = ((driver.start or {}).get("model") or {}).get("sha256")
         report["divergences"] = divergences
-        report["recorded_decisions"] = len(recorded)
+        report["recorded_decisions"] = len(compared)
+        report["recorded_decisions_not_replayed"] = len(recorded) - len(compared)
         report["model_matches_recording"] = recorded_sha in (None, model_sha)
     return report

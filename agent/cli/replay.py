@@ -51,6 +51,19 @@ def parse_speed(text: str) -> float | None:
     return value
 
 
+def _check_steps(steps: int | None, frames: int, strict: bool) -> None:
+    """Refuse ``--steps`` under 1, or, replaying strictly, more steps than the recording holds frames."""
+    if steps is None:
+        return
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1 (got {steps})")
+    if strict and steps > frames:
+        raise ValueError(
+            f"--steps {steps}: the recording holds {frames} frames, and a strict replay serves each once "
+            "(give at most that many, or --policy for a what-if replay)"
+        )
+
+
 def _replay(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.replay import recorded_config, replay
@@ -67,6 +80,8 @@ def _replay(args: argparse.Namespace) -> int:
     if not frames:
         damage = f" (the log is damaged: {session.problem})" if session.problem else ""
         raise ValueError(f"{args.directory} holds no recorded frames to replay{damage}")
+    recorded_policy = ((start or {}).get("config") or {}).get("policy")
+    _check_steps(args.steps, frames, strict=args.policy in (None, recorded_policy))
     overrides = {
         "policy": args.policy,
         "steps": args.steps or frames,
@@ -81,7 +96,7 @@ def _replay(args: argparse.Namespace) -> int:
     config = recorded_config(start, overrides)
     if args.config is not None:
         config = load_config(args.config, {**overrides, "policy": args.policy or config.policy})
-    what_if = args.policy is not None and args.policy != ((start or {}).get("config") or {}).get("policy")
+    what_if = args.policy is not None and args.policy != recorded_policy
     mode: Mode = "instrument" if what_if else "strict"
     report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
     if args.json:
@@ -103,6 +118,9 @@ def _replay(args: argparse.Namespace) -> int:
     for d in divergences[:20]:
         print(f"  step {d['step']}: recorded {d['recorded']} new {d['new']}: {d['why']}", file=sys.stderr)
     print(f"  {len(divergences)} of {report['recorded_decisions']} decisions diverged", file=sys.stderr)
+    if report["recorded_decisions_not_replayed"]:
+        print(f"  {report['recorded_decisions_not_replayed']} recorded decisions of later steps were not replayed "
+              "(fewer --steps, or a log cut before their frames)", file=sys.stderr)  # fmt: skip
     if report["status"] == "failed":  # nothing to compare is no pass
         return EXIT_REPLAY_FAILED
     return 0 if not divergences or args.allow_divergence else EXIT_DIVERGED

@@ -147,6 +147,33 @@ def test_a_damaged_recording_replays_from_the_cli_and_says_what_was_lost(recorde
     assert "damaged" in err and "bytes valid" in err
 
 
+def test_a_log_cut_before_the_last_frame_replays_what_it_holds_without_divergence(recorded, tmp_path, capsys):
+    log = (recorded / "session.log").read_bytes()
+    types = [r["type"] for r in read_session(recorded).records]
+    last_frame = len(types) - 1 - types[::-1].index("frame")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "session.log").write_bytes(log[: _record_offsets(log)[last_frame - 1]])  # its decision kept, no frame
+    out = tmp_path / "r.json"
+    assert main(["replay", str(cut), "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["divergences"] == [] and report["recorded_decisions"] == 5
+    assert report["recorded_decisions_not_replayed"] == 1
+    assert "1 recorded decisions of later steps were not replayed" in capsys.readouterr().err
+
+
+def test_fewer_steps_replay_the_first_ones_and_more_than_recorded_or_none_are_refused(recorded, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["replay", str(recorded), "--quiet", "--steps", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["divergences"] == [] and report["recorded_decisions"] == 3
+    assert report["recorded_decisions_not_replayed"] == 3
+    assert main(["replay", str(recorded), "--quiet", "--steps", "7"]) == 2
+    assert "the recording holds 6 frames" in capsys.readouterr().err
+    assert main(["replay", str(recorded), "--quiet", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
+
+
 def test_import_builds_a_session_that_replays(tmp_path, capsys):
     rng = np.random.default_rng(1)
     names = []
