@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from drivers.base import Frame
 from drivers.recording import SessionWriter
@@ -143,11 +144,15 @@ def frame_of(path: Path, row: PositionRow, sequence: int) -> Frame:
     metadata: dict[str, Any] = {"imported_from": path.name, "rotation_deg": _number(cells, "rotation_deg", 0.0, where)}
     if loaded.pixel_size_nm and csv_px and not math.isclose(loaded.pixel_size_nm, csv_px, rel_tol=1e-3):
         metadata["csv_pixel_size_nm_ignored"] = csv_px
-    return Frame.of(
-        image, px, sequence=sequence, x_nm=x, y_nm=y, acquisition_start_unix_s=now, acquisition_end_unix_s=now,
-        dwell_us=_number(cells, "dwell_us", 1.0, where), tilt_deg=_number(cells, "tilt_deg", 0.0, where),
-        detector=(cells.get("detector") or "imported").strip() or "imported", metadata=metadata,
-    )  # fmt: skip
+    try:
+        return Frame.of(
+            image, px, sequence=sequence, x_nm=x, y_nm=y, acquisition_start_unix_s=now, acquisition_end_unix_s=now,
+            dwell_us=_number(cells, "dwell_us", 1.0, where), tilt_deg=_number(cells, "tilt_deg", 0.0, where),
+            detector=(cells.get("detector") or "imported").strip() or "imported", metadata=metadata,
+        )  # fmt: skip
+    except ValidationError as exc:  # a value the frame header cannot hold (a field of view beyond float range...)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SessionImportError(f"{where}: {problems}") from None
 
 
 def _refuse_same_names(images: list[Path]) -> None:
