@@ -64,3 +64,16 @@ def segmenter():
     from models.segmenter import Segmenter
 
     return Segmenter(providers="cpu", threads=1)
+
+
+@pytest.fixture(scope="session")
+def usim_scan_data():
+    """Nion usim's own sample generator, built once (its samples take about a second to build).
+
+    It draws frames from the instrument's state and the frame parameters alone, so every test's fresh
+    usim instrument can share it.
+    """
+    pytest.importorskip("nion.usim_device", reason="the Nion extra is not installed")
+    from nion.usim_device import InstrumentDevice
+
+    return InstrumentDevice.ScanDataGenerator(sample_index=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 
 import numpy as np
@@ -101,6 +102,13 @@ def test_a_fine_tune_keeps_the_parent_architecture_and_records_both_train_comman
     ]
     assert _run(monkeypatch, tune) == 0
     saved = json.loads((child / "config.json").read_text())
+    import models.training.export as export_module
+
+    def parents_graph(ensemble, path, multiple, rewrite=True):  # (what is tested here is the record, not the
+        shutil.copy(onnx_parent, path)  # graph: a real export of these members takes 10 s and is tested elsewhere)
+
+    onnx_parent = exported[1]
+    monkeypatch.setattr(export_module, "export_onnx", parents_graph)
     assert (saved["width"], saved["depth"], saved["init_from"]) == (4, 2, str(run_dir))  # inherited, not the defaults
     assert saved["learning_rate"] == 1e-4
     assert saved["sample"]["lattice_weights"] == [1.0, 2.0, 1.0, 3.0]  # MoS2, SrTiO3, WS2, graphene

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,12 +36,11 @@ def _simulated() -> SimulatedDriver:
     return SimulatedDriver(specimen_seed=1, specimen_config={"width_nm": 64.0, "height_nm": 64.0})
 
 
-def _nion() -> Driver:
-    pytest.importorskip("nion.instrumentation", reason="the Nion extra is not installed")
+def _nion(scan_data: Any) -> Driver:
     from drivers.nion import NionDriver
     from drivers.nion_usim import UsimHost
 
-    host = UsimHost()
+    host = UsimHost(scan_data)
     stem, scan = host.start()
     return NionDriver(stem, scan, on_close=host.stop)
 
@@ -48,7 +48,12 @@ def _nion() -> Driver:
 @pytest.fixture(params=["memory", "simulated", "nion", "remote-memory", "remote-simulated", "remote-nion"])
 def driver(request) -> Iterator[Driver]:
     kind = request.param
-    make = {"memory": InMemoryDriver, "simulated": _simulated, "nion": _nion}[kind.removeprefix("remote-")]
+    if kind.endswith("nion"):
+        pytest.importorskip("nion.instrumentation", reason="the Nion extra is not installed")
+        scan_data = request.getfixturevalue("usim_scan_data")
+    make = {"memory": InMemoryDriver, "simulated": _simulated, "nion": lambda: _nion(scan_data)}[
+        kind.removeprefix("remote-")
+    ]
     inner: Driver = make()
     if not kind.startswith("remote"):
         yield inner

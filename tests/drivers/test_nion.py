@@ -49,8 +49,8 @@ def _direct(scan, x_nm: float, y_nm: float, fov_nm: float, size: int, dwell_us: 
 
 
 @pytest.fixture
-def usim():
-    host = UsimHost()
+def usim(usim_scan_data):
+    host = UsimHost(usim_scan_data)
     stem, scan = host.start()
     driver = NionDriver(stem, scan)
     driver.send(UnblankCommand())

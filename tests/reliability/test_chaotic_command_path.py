@@ -98,7 +98,7 @@ def _chaotic_run(segmenter, tmp_path, seconds: float) -> None:
 
 
 def test_the_loop_through_a_chaotic_command_path_keeps_invariants_1_and_2(segmenter, tmp_path):
-    _chaotic_run(segmenter, tmp_path, seconds=20.0)
+    _chaotic_run(segmenter, tmp_path, seconds=30.0)
 
 
 @pytest.mark.slow
