@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from agent.cli import instrument, replay, report, run, segment, sessions, simulate, tomo, train, watch
 
@@ -79,23 +78,6 @@ def os_error_message(exc: OSError) -> str:
         return str(exc)
     paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
     return f"{paths}: {exc.strerror or exc}"
-
-
-def check_output_file(path: Path | None, flag: str) -> None:
-    """Refuse, before any work, an output file that could not be written: a directory, or under a file.
-
-    Raises
-    ------
-    ValueError
-        ``path`` is a directory, or one of its parents is a file (named with ``flag``).
-    """
-    if path is None:
-        return
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a directory: give a file name")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"{flag} {path}: {blocking} is a file, not a directory")
 
 
 if __name__ == "__main__":  # pragma: no cover

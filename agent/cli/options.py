@@ -125,3 +125,20 @@ def make_keys(directory: Path) -> int:
         f"{directory / 'clients' / Path(client_public).name} (allow-list)"
     )
     return 0
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a directory, or under a file.
+
+    Raises
+    ------
+    ValueError
+        ``path`` is a directory, or one of its parents is a file (named with ``flag``).
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a directory")

@@ -22,7 +22,7 @@ def default_out(session: Path) -> Path:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from agent.cli import check_output_file
+    from agent.cli.options import check_output_file
     from agent.report import render
 
     out = args.out or default_out(args.directory)

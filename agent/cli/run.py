@@ -89,7 +89,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.cli import check_output_file
+    from agent.cli.options import check_output_file
     from agent.config import load_config
     from agent.experiment import Experiment
 

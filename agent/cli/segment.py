@@ -111,7 +111,7 @@ def _check_outputs(out: Path, pngs: list[Path | None], images: list[Path]) -> No
     ValueError
         Naming the output and what it would overwrite (or why it cannot be written).
     """
-    from agent.cli import check_output_file
+    from agent.cli.options import check_output_file
 
     check_output_file(out, "--out")
     for png in pngs:

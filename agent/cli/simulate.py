@@ -122,7 +122,7 @@ def _npz_path(out: Path) -> Path:
     ValueError
         ``out`` is a directory, or lies under a file.
     """
-    from agent.cli import check_output_file
+    from agent.cli.options import check_output_file
 
     check_output_file(out, "--out")
     npz = out if out.suffix.lower() == ".npz" else out.with_name(out.name + ".npz")
@@ -132,7 +132,7 @@ def _npz_path(out: Path) -> Path:
 
 def _png_path(png: Path | None) -> Path | None:
     """``--png``, checked before anything is written: a .png file name."""
-    from agent.cli import check_output_file
+    from agent.cli.options import check_output_file
 
     if png is not None:
         check_output_file(png, "--png")

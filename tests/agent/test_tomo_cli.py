@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.cli import main
-from agent.cli import tomo as tomo_cli
+from agent.cli import tomo_run as tomo_cli
 from agent.policies.tilt import TILT_SCHEMES, tilt_plan
 from drivers.recording import read_session
 
