@@ -127,6 +127,17 @@ def _check_outputs(out: Path, pngs: list[Path | None], images: list[Path]) -> No
         written[where] = f"{flag} {path}"
 
 
+def _image_problems(image: Any) -> list[str]:
+    """What is wrong with the image itself (shape, dtype, NaN...), whatever its pixel size."""
+    from models.preprocess import ImageError, validate_image
+
+    try:
+        validate_image(image, 1.0)
+    except ImageError as exc:
+        return [str(exc)]
+    return []
+
+
 def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, float]]:
     """Every image read and checked, with its pixel size, before any is segmented.
 
@@ -143,8 +154,9 @@ def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, flo
         try:
             item = read_image(path)
             size = item.pixel_size_nm if item.pixel_size_nm is not None else args.pixel_size_nm
-            if size is None:
-                raise ValueError("records no pixel size: pass --pixel-size-nm")
+            if size is None:  # said with whatever is wrong with the image itself, so one pass names it all
+                said = [*_image_problems(item.image), "records no pixel size: pass --pixel-size-nm"]
+                raise ValueError("; ".join(said))
             check_native_shape(validate_image(item.image, size).shape, size, native_nm)
             loaded.append((item, float(size)))
         except ValueError as exc:  # ImageReadError and ImageError are ValueErrors

@@ -148,6 +148,12 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     assert frame.read_bytes() == before and not list(tmp_path.glob("o.json")) and not (tmp_path / "same").exists()
 
 
+def test_a_stack_without_a_pixel_size_is_named_for_both_at_once(tiny_model, tmp_path, capsys):
+    np.save(tmp_path / "stack.npy", np.zeros((3, 64, 64)))
+    assert _segment(tiny_model, str(tmp_path / "stack.npy"), "--out", str(tmp_path / "o.json")) == EXIT_USAGE
+    assert "image must be 2-D (rows, cols), got shape (3, 64, 64); records no pixel size" in capsys.readouterr().err
+
+
 def test_a_directory_or_an_empty_file_given_as_an_image_is_named_as_such(tiny_model, tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     (tmp_path / "empty.png").touch()
