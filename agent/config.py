@@ -45,21 +45,6 @@ class SimulatorConfig(BaseModel):
     probe_current_pa: float = Field(20.0, gt=0.0)
     specimen: dict[str, Any] = Field(default_factory=dict, description="Extra SpecimenConfig fields.")
 
-    @model_validator(mode="after")
-    def _specimen_fields(self) -> SimulatorConfig:
-        """The extra specimen fields, checked now as the simulator will take them (not when it is opened)."""
-        from simulators import SpecimenConfig
-
-        if "seed" in self.specimen or "lattice" in self.specimen:
-            raise ValueError(
-                "simulator.specimen: set the seed and lattice with simulator.specimen_seed and simulator.lattice"
-            )
-        try:
-            SpecimenConfig(seed=self.specimen_seed, lattice=self.lattice, **self.specimen)
-        except ValidationError as exc:
-            raise ValueError("; ".join(_named(e, "simulator", "specimen") for e in exc.errors())) from None
-        return self
-
 
 class PolicyConfig(BaseModel):
     """Options of the adaptive policies (each uses those that concern it)."""
@@ -189,6 +174,31 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> RunConfig:
         problems = [_named(e) for e in exc.errors()]
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{source}: " + "; ".join(problems)) from None
+
+
+def check_specimen_fields(simulator: SimulatorConfig) -> None:
+    """Check the extra specimen fields as the simulator will take them.
+
+    Called where the simulator is opened, not when a configuration is read: a tcp:// run or a replay
+    never opens it, and must not be refused for fields it does not use.
+
+    Raises
+    ------
+    ConfigError
+        Naming each key (``simulator.specimen.KEY``) ``SpecimenConfig`` refuses.
+    """
+    from simulators import SpecimenConfig
+
+    if "seed" in simulator.specimen or "lattice" in simulator.specimen:
+        raise ConfigError(
+            "invalid configuration: simulator.specimen: set the seed and lattice with simulator.specimen_seed "
+            "and simulator.lattice"
+        )
+    try:
+        SpecimenConfig(seed=simulator.specimen_seed, lattice=simulator.lattice, **simulator.specimen)
+    except ValidationError as exc:
+        problems = "; ".join(_named(e, "simulator", "specimen") for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
 
 
 def _named(error: Any, *prefix: str) -> str:

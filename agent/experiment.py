@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.config import ConfigError, RunConfig
+from agent.config import ConfigError, RunConfig, check_specimen_fields
 from agent.guard import Guard, half_extent_nm, intersect, limits_beyond_instrument
 from agent.live import LiveView
 from agent.loop import Loop
@@ -48,6 +48,7 @@ def open_instrument(config: RunConfig, curve: CurveClientKeys | None = None) -> 
                 f"simulator.probe_current_pa={sim.probe_current_pa:g}: the guard would count the dose of another "
                 "beam (leave guard.probe_current_pa out to take the simulator's)"
             )
+        check_specimen_fields(sim)
         return SimulatedDriver(
             specimen_seed=sim.specimen_seed,
             lattice=sim.lattice,

@@ -109,6 +109,25 @@ def data_region(driver: ReplayDriver, config: RunConfig) -> Region:
     return Region(x0, x1, y0, y1)
 
 
+def _comparable(
+    driver: ReplayDriver, recorded: list[dict[str, Any]], made: int, status: str, steps: int
+) -> list[dict[str, Any]]:
+    """The recorded decisions a strict replay can be held to.
+
+    All of them, but for two cases where the recording holds decisions the replay was never meant to
+    make: fewer steps asked for than the recording holds frames (a completed replay is compared with the
+    first as many recorded decisions as it made), and a log cut short (the decisions recorded after its
+    last frame, whose frames were lost in the cut, are left out).
+    """
+    if status == "completed" and steps < len(driver.frames) and made < len(recorded):
+        return recorded[:made]
+    if driver.problem is None and any(r.get("type") == "stop" for r in driver.records):
+        return recorded
+    last_frame = max((i for i, r in enumerate(driver.records) if r.get("type") == "frame"), default=-1)
+    kept = {id(r) for r in driver.records[:last_frame]}
+    return [r for r in recorded if id(r) in kept]
+
+
 def replay(
     directory: Path,
     config: RunConfig,
@@ -139,10 +158,7 @@ def replay(
     requested = driver.stats["served"] + driver.stats["refused_no_data"]
     report["replay"]["served_fraction"] = round(driver.stats["served"] / requested, 4) if requested else None
     if mode == "strict":
-        # A replay that completed the steps it was asked for (fewer --steps, or a log cut after a decision
-        # but before its frame) has nothing to compare the recorded decisions beyond its own with.
-        made = len(recorder.decisions)
-        compared = recorded[:made] if state.status == "completed" and made < len(recorded) else recorded
+        compared = _comparable(driver, recorded, len(recorder.decisions), state.status, config.steps)
         divergences = compare_decisions(compared, recorder.decisions) if compared else []
         recorded_sha = ((driver.start or {}).get("model") or {}).get("sha256")
         report["divergences"] = divergences

@@ -89,16 +89,15 @@ def check_native_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: 
     """
     scale = pixel_size_nm / native_nm
     rows, cols = shape[0] * scale, shape[1] * scale  # (floats: an absurd pixel size is never rounded to int)
-    if (
-        not rows * cols <= MAX_NATIVE_PIXELS
-        or min(resampled_shape(shape, pixel_size_nm, native_nm)) < MIN_NATIVE_SIDE_PX
-    ):
+    # (rounded as the resampling rounds; far beyond the bound, not rounded at all: inf has no int)
+    native = resampled_shape(shape, pixel_size_nm, native_nm) if rows * cols <= 2 * MAX_NATIVE_PIXELS else (0, 0)
+    if min(native) < MIN_NATIVE_SIDE_PX or native[0] * native[1] > MAX_NATIVE_PIXELS:
         raise ImageError(
             f"at {pixel_size_nm:g} nm per pixel the {shape[0]} x {shape[1]} image becomes {rows:.4g} x {cols:.4g}"
             f" px at the model's {native_nm:g} nm per pixel: outside {MIN_NATIVE_SIDE_PX} px a side to"
             f" {MAX_NATIVE_PIXELS} px in all (is the pixel size in nm?)"
         )
-    return resampled_shape(shape, pixel_size_nm, native_nm)
+    return native
 
 
 def resampled_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:

@@ -131,7 +131,7 @@ def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | Non
             data, px = read_mrc(path)
         except ImageReadError as exc:
             raise TomoError(str(exc)) from None
-        series = data.astype(np.float32)
+        series = _real_float32(data, path)
         angles = _sidecar(path)
     elif ext == ".npy":
         series = _real_float32(np.load(path, allow_pickle=False), path)
@@ -153,7 +153,7 @@ def _real_float32(array: np.ndarray, path: Path) -> np.ndarray:
     """``array`` as float32 if it holds real numbers (integers or floats), else a :class:`TomoError`."""
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise TomoError(f"{path}: projections must be real numbers, not {array.dtype}")
-    return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
 
 
 def write_volume(volume: np.ndarray, out: Path, voxel_nm: float | None) -> list[Path]:

@@ -60,7 +60,7 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
     if len(angles) >= 5 and np.abs(angles).max() <= math.pi + 1e-9:
         widest = np.abs(angles).max()
         raise TomoError(f"{len(angles)} tilts within +-{widest:.3g} deg: are they in radians? autoscope reads degrees")
-    return series.astype(np.float32), angles
+    return series.astype(np.float32, copy=False), angles
 
 
 def reconstruct(
@@ -83,9 +83,9 @@ def reconstruct(
     """
     if method not in METHODS:
         raise TomoError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if tilt_axis == "cols" and np.ndim(series) == 3:  # (before the check: the detector is then along rows)
+        series = np.asarray(series).transpose(0, 2, 1)
     series, angles = check_series(series, angles_deg)
-    if tilt_axis == "cols":
-        series = series.transpose(0, 2, 1)
     order = np.argsort(angles)
     series, angles = series[order], angles[order]
     _, rows, cols = series.shape

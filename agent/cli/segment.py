@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -120,8 +121,10 @@ def _check_outputs(out: Path, pngs: list[Path | None], images: list[Path]) -> No
     written: dict[Path, str] = {}
     for flag, path in [("--out", out), *(("--png", png) for png in pngs if png is not None)]:
         where = path.resolve()
-        if where in inputs:
-            raise ValueError(f"{flag} {path} would overwrite the input image {inputs[where]}: choose another name")
+        linked = [i for i in images if where.exists() and i.exists() and os.path.samefile(where, i)]  # hard links
+        if where in inputs or linked:
+            image = inputs.get(where) or linked[0]
+            raise ValueError(f"{flag} {path} would overwrite the input image {image}: choose another name")
         if where in written:
             raise ValueError(f"{flag} {path} and {written[where]} name the same file: choose another name")
         written[where] = f"{flag} {path}"
@@ -183,6 +186,8 @@ def _run(args: argparse.Namespace) -> int:
     providers = names if len(names) > 1 else names[0]
     segmenter = Segmenter(args.model, providers)
     loaded = _load_all(args, segmenter.manifest.native_pixel_size_nm)  # fail before any work
+    for folder in {p.parent for p in pngs if p is not None}:
+        folder.mkdir(parents=True, exist_ok=True)  # (as --out's folder is made: not found after all the work)
     results: list[dict[str, Any]] = []
     for path, (item, size), png in zip(args.images, loaded, pngs, strict=True):
         try:

@@ -30,9 +30,6 @@ def test_toml_is_read_and_flags_override_it(tmp_path):
         ("steps = 0\n", "steps"),
         ("[field]\nfov_nm = nan\n", "fov_nm"),
         ("steps = \n", "cannot read"),
-        ("[simulator.specimen]\nbogus = 1\n", r"unknown key 'simulator\.specimen\.bogus'"),
-        ("[simulator.specimen]\nwidth_nm = -5\n", r"simulator\.specimen\.width_nm: Input should be greater than 0"),
-        ("[simulator.specimen]\nseed = 3\n", r"simulator\.specimen: set the seed and lattice with"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path, toml, message):
@@ -40,6 +37,24 @@ def test_bad_configuration_names_the_key(tmp_path, toml, message):
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         load_config(path, {})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[simulator.specimen]\nbogus = 1\n", r"unknown key 'simulator\.specimen\.bogus'"),
+        ("[simulator.specimen]\nwidth_nm = -5\n", r"simulator\.specimen\.width_nm: Input should be greater than 0"),
+        ("[simulator.specimen]\nseed = 3\n", r"simulator\.specimen: set the seed and lattice with"),
+    ],
+)
+def test_specimen_fields_the_simulator_refuses_are_named_before_it_opens(tmp_path, toml, message):
+    from agent.experiment import open_instrument
+
+    path = tmp_path / "run.toml"
+    path.write_text(toml)
+    config = load_config(path, {})  # read: a tcp:// run or a replay never opens the simulator
+    with pytest.raises(ConfigError, match=message):
+        open_instrument(config)
 
 
 def test_a_configuration_file_that_is_not_text_is_named(tmp_path):

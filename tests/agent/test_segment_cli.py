@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -145,6 +146,9 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     for extra, said in cases:
         assert _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", *extra) == EXIT_USAGE
         assert said in capsys.readouterr().err
+    os.link(frame, tmp_path / "hard.npy")  # a hard link to the input is the input
+    assert _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", "--out", str(tmp_path / "hard.npy")) == 2
+    assert "would overwrite the input image" in capsys.readouterr().err
     assert frame.read_bytes() == before and not list(tmp_path.glob("o.json")) and not (tmp_path / "same").exists()
 
 

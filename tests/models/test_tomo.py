@@ -100,3 +100,11 @@ def test_truncated_series_files_are_named_not_tracebacks(tmp_path, phantom):
         read_tilt_series(tmp_path / "s.npz")
     with pytest.raises(TomoError, match=r"s\.mrc is truncated or corrupt"):
         read_tilt_series(tmp_path / "s.mrc")
+
+
+def test_a_series_with_the_tilt_axis_along_cols_is_checked_as_it_is_reconstructed():
+    angles = np.array([-40.0, -20.0, 0.0, 20.0, 40.0])
+    series = np.random.default_rng(0).random((5, 32, 3)).astype(np.float32)  # 32 px across the axis, 3 slices
+    assert reconstruct(series, angles, tilt_axis="cols").shape == (32, 3, 32)
+    with pytest.raises(TomoError, match="pixels across the tilt axis"):
+        reconstruct(series.transpose(0, 2, 1)[:, :, :2], angles, tilt_axis="rows")
