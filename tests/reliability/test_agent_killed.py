@@ -6,7 +6,8 @@ before sent); a new run asked to record into the same directory marks the old se
 records a new one linked to it, reading the instrument's state before any move.  Each agent of a chain
 resumes the session its killed predecessor left, so every trial checks both halves.  Agents are forked
 from a pre-imported zygote (``zygote.py``) so that 100 kills fit in the default run (dead-man 0.5 s,
-heartbeat 0.1 s, two chains side by side); 1000 kills with the default dead-man (2 s) are marked slow.
+heartbeat 0.1 s, three chains side by side; the blank came at most 0.55 s after a kill in a trial run
+of the 100); 1000 kills with the default dead-man (2 s), two chains, are marked slow.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def _check_killed_session(record: Path, trial: int, executed: list[Command]) -> 
 
 
 def test_the_agent_killed_at_a_hundred_random_points(tmp_path):
-    _kill_trials(tmp_path, trials=100, seed=0, deadman_s=0.5, heartbeat_s=0.1, lanes=2)
+    _kill_trials(tmp_path, trials=100, seed=0, deadman_s=0.5, heartbeat_s=0.1, lanes=3)
 
 
 @pytest.mark.slow

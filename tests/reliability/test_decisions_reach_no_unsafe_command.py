@@ -89,7 +89,7 @@ def _through_the_guard(sequence: list[Decision]) -> None:
     assert instrument.violations == []
 
 
-@settings(max_examples=1_000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(decisions, min_size=1, max_size=12))
 def test_no_decision_sequence_puts_an_out_of_limits_command_on_the_instrument(sequence):
     _through_the_guard(sequence)

@@ -245,7 +245,7 @@ def _run(segmenter, examples: int) -> None:
 
 
 def test_invariants_hold_over_random_fault_sequences(segmenter):
-    _run(segmenter, examples=15)
+    _run(segmenter, examples=10)
 
 
 @pytest.mark.slow
