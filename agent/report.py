@@ -237,7 +237,10 @@ def render(directory: Path) -> str:
         "status": f"{stop.get('status', 'no stop record: the session was cut short')} {stop.get('reason', '')}",
         "frames": len(s.frames),
         "distinct defects found": summary.get("defects_found", "?"),
-        "planted defects detected": summary.get("true_defects_found", "n/a (not a simulator)"),
+        "planted defects detected": summary.get(
+            "true_defects_found",
+            "n/a (not a simulator)" if s.summary else "n/a (no summary record: the session was cut)",
+        ),
         "travel (nm)": summary.get("travel_nm", "?"),
         "refusals": summary.get("refusals", len(s.refusals)),
         "model": f"{s.start.get('model', {}).get('name')} sha256 {str(s.start.get('model', {}).get('sha256'))[:12]}...",

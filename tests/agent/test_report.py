@@ -43,3 +43,4 @@ def test_report_of_a_cut_session_says_so(tmp_path):
     assert main(["report", str(record)]) == 0
     page = (record / "report.html").read_text()
     assert "damaged" in page and "no stop record" in page
+    assert "not a simulator" not in page and "no summary record: the session was cut" in page
