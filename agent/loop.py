@@ -420,7 +420,7 @@ class Loop:
     # -- receiving --------------------------------------------------------------------------------------
     def _await_frame(self, job: _InFlight) -> Frame | None:
         c = job.command
-        deadline = job.sent_s + c.rows * c.cols * c.dwell_us * 1e-6 + self.config.frame_timeout_s
+        deadline = job.sent_s + c.duration_s + self.config.frame_timeout_s
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

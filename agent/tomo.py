@@ -9,7 +9,6 @@ method and, when the phantom is known (a simulation), scored against it.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +34,6 @@ from drivers.base import (
     deadline_in,
 )
 from models.tomo import psnr_db, reconstruct
-
-logger = logging.getLogger(__name__)
 
 #: How long past its scan time a projection's frame is waited for (s).
 FRAME_TIMEOUT_S = 30.0
@@ -235,7 +232,7 @@ class _Acquisition:
 
     @staticmethod
     def _frame_wait_s(scan: ScanCommand) -> float:
-        return FRAME_TIMEOUT_S + scan.rows * scan.cols * scan.dwell_us * 1e-6
+        return FRAME_TIMEOUT_S + scan.duration_s
 
     def _frame_of(self, step: int, scan: ScanCommand) -> Frame | str:
         """The scan's frame, or why none came (frames of earlier scans, delivered late, are recorded as errors)."""

@@ -65,6 +65,11 @@ class ScanCommand(_Command):
     dwell_us: float = Field(gt=0.0, le=1e6)
     rotation_deg: float = Field(0.0, ge=-360.0, le=360.0)
 
+    @property
+    def duration_s(self) -> float:
+        """The scan's nominal time: every pixel for its dwell (flyback and settling not counted)."""
+        return self.rows * self.cols * self.dwell_us * 1e-6
+
 
 class SetTiltCommand(_Command):
     """Tilt the stage (single tilt axis)."""

@@ -190,7 +190,7 @@ class ReplayDriver:
             reason = f"no data: no recorded frame covers the {command.fov_nm:g} nm field at {where}"
             raise CommandRefused(Ack.refusal(command, "unsupported", reason))
         source = self.frames[index]
-        self._pace(None, command.rows * command.cols * command.dwell_us * 1e-6)
+        self._pace(None, command.duration_s)
         image = self._resample(index, command)
         h = source.header
         fields = h.model_dump()

@@ -89,7 +89,7 @@ class DriverCalls:
         """
         if wait_s is not None:
             return self.next_frame(command, wait_s)
-        budget = command.rows * command.cols * command.dwell_us * 1e-6 + self.frame_timeout_s
+        budget = command.duration_s + self.frame_timeout_s
         deadline = time.monotonic() + budget
         stopped = False
         while (left := deadline - time.monotonic()) > 0:

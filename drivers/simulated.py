@@ -118,7 +118,7 @@ class SimulatedDriver:
         )
         sim = render_frame(self.specimen, scan, self.imaging, self._rng)
         if self.realtime:
-            time.sleep(max(0.0, command.rows * command.cols * command.dwell_us * 1e-6 - (time.time() - start)))
+            time.sleep(max(0.0, command.duration_s - (time.time() - start)))
         metadata: dict[str, Any] = {
             "dose_e_per_a2": sim.dose_e_per_a2,
             "rotation_deg": command.rotation_deg,

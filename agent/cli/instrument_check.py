@@ -73,7 +73,7 @@ def check(args: argparse.Namespace) -> int:
             remote.send(UnblankCommand())
         try:
             remote.send(scan)
-            frame = remote.next_frame(args.timeout_s + scan.rows * scan.cols * scan.dwell_us * 1e-6)
+            frame = remote.next_frame(args.timeout_s + scan.duration_s)
         except BaseException:
             with contextlib.suppress(DriverError):  # the scan's error is the one to report
                 _blank(remote, cap)
