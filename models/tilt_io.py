@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.tomo import TomoError
+from models.tomo import TomoError, require_real
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,7 @@ def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray | None, float | Non
 
 def _real_float32(array: np.ndarray, path: Path) -> np.ndarray:
     """``array`` as float32 if it holds real numbers (integers or floats), else a :class:`TomoError`."""
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TomoError(f"{path}: projections must be real numbers, not {array.dtype}")
+    require_real(array.dtype, f"{path}: ")
     return array.astype(np.float32, copy=False)
 
 

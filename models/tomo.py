@@ -26,6 +26,18 @@ class TomoError(ValueError):
 MIN_DETECTOR_PX = 4
 
 
+def require_real(dtype: np.dtype, where: str = "") -> None:
+    """Refuse projections that are not real numbers (complex, bool, object...); ``where`` prefixes the message.
+
+    Raises
+    ------
+    TomoError
+        Naming the dtype.
+    """
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise TomoError(f"{where}projections must be real numbers, not {dtype}")
+
+
 def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate and return ``(series float32, angles float64)``.
 
@@ -44,8 +56,7 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
         raise TomoError(f"{series.shape[0]} projections but {angles.size} angles")
     if series.shape[0] < 2:
         raise TomoError("at least 2 projections are needed")
-    if not (np.issubdtype(series.dtype, np.integer) or np.issubdtype(series.dtype, np.floating)):
-        raise TomoError(f"projections must be real numbers, not {series.dtype}")
+    require_real(series.dtype)
     if series.shape[1] < 1 or series.shape[2] < MIN_DETECTOR_PX:
         raise TomoError(
             f"projections of {series.shape[1]} x {series.shape[2]} pixels: at least 1 row and "
