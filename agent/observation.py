@@ -9,6 +9,11 @@ import numpy as np
 
 from drivers.base import FrameHeader
 
+#: The input statistics of a segmented frame (:mod:`models.input_check`), as reward variables:
+#: ``peak_snr`` (atomic-scale contrast over noise), ``featureless`` (1 when none stands out) and
+#: ``saturated_fraction`` (share of pixels piled up at the maximum).  All 0 for an unsegmented survey.
+INPUT_VARIABLES = ("peak_snr", "featureless", "saturated_fraction")
+
 
 @dataclass(frozen=True)
 class AtomTable:
@@ -68,6 +73,7 @@ class Observation:
     timings_ms : perception time per stage.
     image : the frame's image (a reference, not a copy), which policies such as ``dkl`` read from a survey;
         a survey fine enough to be segmented is still a survey (the loop keeps only the latest observation).
+    input_check : :data:`INPUT_VARIABLES` of the frame (a featureless frame has no atoms).
     """
 
     step: int
@@ -82,6 +88,7 @@ class Observation:
     atoms_resolved: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None
+    input_check: dict[str, float] = field(default_factory=lambda: dict.fromkeys(INPUT_VARIABLES, 0.0))
 
     @classmethod
     def without_atoms(
@@ -123,6 +130,7 @@ class Observation:
             "new_defects": float(self.new_defects),
             "ood_score": _finite(self.ood_score),
             **{k: _finite(v) for k, v in self.uncertainty.items()},
+            **{k: _finite(v) for k, v in self.input_check.items()},
         }
         out.update({f"n_{name}": float(n) for name, n in self.defect_counts.items()})
         return out
@@ -143,6 +151,7 @@ class Observation:
             "uncertainty": {k: _finite(v) for k, v in self.uncertainty.items()},
             "ood_score": float(self.ood_score) if np.isfinite(self.ood_score) else None,
             "atoms_resolved": self.atoms_resolved,
+            "input_check": {k: _finite(v) for k, v in self.input_check.items()},
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "atoms": {
                 "row": np.round(self.atoms.row, 2).tolist(),

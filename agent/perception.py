@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from agent.catalog import DefectCatalog
-from agent.observation import AtomTable, Observation
+from agent.observation import INPUT_VARIABLES, AtomTable, Observation
 from drivers.base import Frame
 from models.localize import Atoms
-from models.segmenter import Segmenter
+from models.segmenter import Segmentation, Segmenter
 
 
 def pixels_to_stage(
@@ -29,6 +29,18 @@ def pixels_to_stage(
     v = (np.asarray(row, dtype=np.float64) - (rows - 1) / 2.0) * h.pixel_size_nm
     t = math.radians(rotation_deg)
     return h.x_nm + math.cos(t) * u - math.sin(t) * v, h.y_nm + math.sin(t) * u + math.cos(t) * v
+
+
+def _input_variables(seg: Segmentation) -> dict[str, float]:
+    """The frame's :data:`~agent.observation.INPUT_VARIABLES` (NaN where the check gave no verdict)."""
+    check = seg.input_check
+    if check is None:
+        return dict.fromkeys(INPUT_VARIABLES, float("nan"))
+    return {
+        "peak_snr": check.peak_snr,
+        "featureless": float(check.featureless),
+        "saturated_fraction": check.saturated_fraction,
+    }
 
 
 class Perception:
@@ -72,6 +84,7 @@ class Perception:
         """The names :meth:`Observation.variables` provides for this model (what a reward may use)."""
         fixed = {"n_atoms", "n_defects", "new_defects", "ood_score"}
         fixed |= {"mean_mutual_info", "p95_mutual_info", "mean_entropy", "atom_uncertainty", "uncertain_defects"}
+        fixed |= set(INPUT_VARIABLES)
         return fixed | {f"n_{n}" for n, d in zip(self.class_names, self._is_defect, strict=True) if d}
 
     def observe(self, frame: Frame, step: int, rotation_deg: float = 0.0) -> Observation:
@@ -132,6 +145,7 @@ class Perception:
             True,
             timings,
             frame.image,
+            _input_variables(seg),
         )
 
     def _inside(self, found: Atoms, frame: Frame) -> Atoms:

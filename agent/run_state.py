@@ -70,6 +70,7 @@ class RunState:
     errors: dict[str, int] = field(default_factory=dict)
     fields: list[tuple[float, float, float]] = field(default_factory=list)
     atoms_found: int = 0
+    featureless_frames: int = 0  # analysed frames with nothing above their noise (models.input_check)
     travel_nm: float = 0.0
     status: str = "running"
     reason: str = ""

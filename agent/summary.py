@@ -12,7 +12,8 @@ def run_summary(loop: Loop, policy: str, extra: dict[str, Any] | None = None) ->
     """The summary of a finished run.
 
     Keys: ``policy``, ``status``, ``reason``, ``steps``, ``fields`` (x_nm, y_nm, fov_nm of every scan
-    sent), ``atoms_found``, ``defects_found`` (distinct), ``latency_ms`` (p50/p99 per stage, ``total`` =
+    sent), ``atoms_found``, ``featureless_frames`` (analysed frames with nothing above their noise, so no
+    atoms), ``defects_found`` (distinct), ``latency_ms`` (p50/p99 per stage, ``total`` =
     frame to next command), ``refusals``, ``travel_nm``, ``dose``; ``true_defects_found`` when the
     instrument is a simulator that reports its ground truth.
     """
@@ -29,6 +30,7 @@ def run_summary(loop: Loop, policy: str, extra: dict[str, Any] | None = None) ->
         "steps": s.steps_done,
         "fields": fields,
         "atoms_found": s.atoms_found,
+        "featureless_frames": s.featureless_frames,
         "defects_found": len(loop.perception.catalog),
         "defects_found_by_class": _by_class(loop),
         "latency_ms": latency,

@@ -48,6 +48,13 @@ class Atoms:
     def __len__(self) -> int:
         return len(self.row)
 
+    @classmethod
+    def empty(cls) -> Atoms:
+        """No columns."""
+        e = np.empty(0)
+        f32 = e.astype(np.float32)
+        return cls(e, e, e.astype(np.int64), f32, f32, f32)
+
 
 def localize(
     mean_probs: np.ndarray,
@@ -77,9 +84,7 @@ def localize(
     mask = fg > threshold
     core, n = ndimage.label(mask, output=np.int32)
     if n == 0:
-        e = np.empty(0)
-        f32 = e.astype(np.float32)
-        return Atoms(e, e, e.astype(np.int64), f32, f32, f32)
+        return Atoms.empty()
     inside = np.flatnonzero(mask)  # only labelled pixels enter the per-region sums
     sums = _region_sums(_pixel_values(mean_probs, mutual_info, fg, inside, threshold), np.take(core.ravel(), inside), n)
     mass, row_moment, col_moment, area, mi_sum, presence_sum = sums[:_CLASS_ROW]

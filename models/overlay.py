@@ -43,7 +43,8 @@ def save_overlay(image: np.ndarray, seg: Segmentation, atoms: Atoms, manifest: M
                 label=f"{info.name} ({int(sel.sum())})",
             )
     axes[1].legend(loc="lower right", fontsize=7, framealpha=0.7)
-    axes[1].set_title(f"{len(atoms)} columns, OOD score {seg.ood_score:.2f}")
+    flags = seg.input_check.flags if seg.input_check is not None else ()
+    axes[1].set_title(f"{len(atoms)} columns, OOD score {seg.ood_score:.2f}" + "".join(f", {f}" for f in flags))
     mi = resample(seg.mutual_info, img.shape)
     shown = axes[2].imshow(mi, cmap="inferno")
     fig.colorbar(shown, ax=axes[2], shrink=0.8, label="mutual information (nats)")

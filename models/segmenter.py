@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.input_check import InputCheck, check_input
 from models.localize import Atoms, localize
 from models.manifest import ModelManifest, load_manifest
 from models.preprocess import check_native_shape, normalize, resample, validate_image
@@ -77,6 +78,7 @@ class Segmentation:
     pixel_size_nm : the input image's pixel size.  input_shape : the input image's (rows, cols).
     ood_score : frame-mean mutual information in standard deviations above the calibration mean.
     timings_ms : time per stage.
+    input_check : the input's own statistics (:mod:`models.input_check`): atomic-scale contrast, saturation.
     """
 
     mean_probs: np.ndarray
@@ -88,6 +90,12 @@ class Segmentation:
     ood_score: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     input_shape: tuple[int, int] | None = None
+    input_check: InputCheck | None = None
+
+    @property
+    def featureless(self) -> bool:
+        """Nothing in the input stands out of its noise at atomic scales (see :mod:`models.input_check`)."""
+        return self.input_check is not None and self.input_check.featureless
 
     def to_input_pixels(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map native-sampling coordinates back to the input image's pixels."""
@@ -105,12 +113,24 @@ class Segmenter:
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"`` or a list of them.
     threads
         onnxruntime intra-op threads (0: onnxruntime's choice).
+    keep_featureless
+        Locate columns in featureless frames too.  By default :meth:`atoms` finds none there: on input
+        without atomic-scale contrast (detector noise, vacuum) the ensemble still places hundreds of
+        columns, confidently, and on frames so dim that nothing stands out of the noise it gets almost
+        none right (``python benchmarks/input_check.py``).
     """
 
-    def __init__(self, model: Path | None = None, providers: str | Sequence[str] = "auto", threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: Path | None = None,
+        providers: str | Sequence[str] = "auto",
+        threads: int = 0,
+        keep_featureless: bool = False,
+    ) -> None:
         self.manifest: ModelManifest
         self.manifest, self.onnx_path = load_manifest(Path(model) if model else DEFAULT_MODEL)
         self.model = OnnxModel(self.onnx_path, providers, threads)
+        self.keep_featureless = keep_featureless
 
     @property
     def providers(self) -> list[str]:
@@ -133,6 +153,7 @@ class Segmenter:
         arr = validate_image(image, pixel_size_nm)
         assert pixel_size_nm is not None  # checked above
         shape = check_native_shape(arr.shape, pixel_size_nm, m.native_pixel_size_nm)
+        checked = check_input(arr, pixel_size_nm)
         native = normalize(resample(arr, shape), m.normalisation.low_pct, m.normalisation.high_pct)
         t1 = time.perf_counter()
         out = run_tiled(native, self.model.run, m.tile_size_px, m.tile_overlap_px, m.input_multiple)
@@ -149,6 +170,7 @@ class Segmenter:
             self._ood(mi),
             {"preprocess": 1e3 * (t1 - t0), "ensemble": 1e3 * (t2 - t1)},
             (int(arr.shape[0]), int(arr.shape[1])),
+            checked,
         )
 
     def _ood(self, mutual_info: np.ndarray) -> float:
@@ -160,8 +182,11 @@ class Segmenter:
     def atoms(self, seg: Segmentation, class_bias: Sequence[float] | None = None) -> Atoms:
         """Locate columns and return them in the input image's pixel coordinates.
 
-        ``class_bias`` overrides the manifest's fitted decision bias.
+        ``class_bias`` overrides the manifest's fitted decision bias.  A featureless frame has none
+        unless the segmenter keeps them (``keep_featureless``).
         """
+        if seg.featureless and not self.keep_featureless:
+            return Atoms.empty()
         bias = class_bias if class_bias is not None else self.manifest.decision_bias
         found = localize(seg.mean_probs, seg.mutual_info, class_bias=None if bias is None else np.asarray(bias))
         row, col = seg.to_input_pixels(found.row, found.col)

@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="refine column positions by a local 2-D Gaussian fit on the image (bright columns, e.g. HAADF)",
     )
+    p.add_argument(
+        "--keep-featureless",
+        action="store_true",
+        help="locate columns in featureless images too (nothing at atomic scales above the noise: by default"
+        " they get no atoms, as the ensemble places columns even in pure noise)",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -83,6 +89,7 @@ def result_record(
             "n_atoms": len(items),
             "n_defects": sum(a["defect"] for a in items),
             "ood_score": seg.ood_score if seg.ood_score == seg.ood_score else None,
+            "input_check": seg.input_check.summary() if seg.input_check is not None else None,
             "timings_ms": timings,
         },
     }
@@ -184,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     tune_allocator()  # as autoscope run does: localisation's per-pixel temporaries then cost no page faults
     names = [p.strip().lower() for p in args.providers.split(",")]  # "cpu, CUDA" as "cpu,cuda"
     providers = names if len(names) > 1 else names[0]
-    segmenter = Segmenter(args.model, providers)
+    segmenter = Segmenter(args.model, providers, keep_featureless=args.keep_featureless)
     loaded = _load_all(args, segmenter.manifest.native_pixel_size_nm)  # fail before any work
     for folder in {p.parent for p in pngs if p is not None}:
         folder.mkdir(parents=True, exist_ok=True)  # (as --out's folder is made: not found after all the work)
@@ -212,5 +219,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
             continue
         s = r["summary"]
-        print(f"{r['image']}: {s['n_atoms']} atoms, {s['n_defects']} defects, OOD {s['ood_score']}")
+        flags = (s["input_check"] or {}).get("flags") or []
+        said = f" ({', '.join(flags)}: see input_check)" if flags else ""
+        print(f"{r['image']}: {s['n_atoms']} atoms, {s['n_defects']} defects, OOD {s['ood_score']}{said}")
     return _EXIT_SOME_FAILED if any("error" in r for r in results) else 0

@@ -54,7 +54,9 @@ def test_segment_writes_one_record_per_image(tiny_model, frame_npz, tmp_path, ca
     for r in records:
         assert r["model"]["name"] == "tiny" and len(r["model"]["sha256"]) == 64
         assert r["providers"] == ["CPUExecutionProvider"]
-        assert set(r["summary"]) == {"n_atoms", "n_defects", "ood_score", "timings_ms"}
+        assert set(r["summary"]) == {"n_atoms", "n_defects", "ood_score", "input_check", "timings_ms"}
+        assert r["summary"]["input_check"]["flags"] == []  # a simulated lattice: contrast, no saturation
+        assert r["summary"]["input_check"]["peak_snr"] > r["summary"]["input_check"]["peak_threshold"]
         assert r["summary"]["n_atoms"] == len(r["atoms"])
         for atom in r["atoms"]:
             assert set(atom) == {"row", "col", "class", "defect", "confidence", "uncertainty", "presence_entropy"}
@@ -203,3 +205,19 @@ def test_an_image_the_model_fails_on_keeps_the_others_results(tiny_model, frame_
     assert records[1] == {"image": images[1], "pixel_size_nm": 0.025, "error": "'mean_probs' holds NaN or Inf"}
     assert records[0]["atoms"] == records[2]["atoms"] and "summary" in records[2]
     assert "plain.npy: error: 'mean_probs' holds NaN or Inf" in capsys.readouterr().err
+
+
+def test_a_featureless_image_gets_no_atoms_and_says_so(tmp_path, capsys):
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.random.default_rng(5).poisson(4.0, (256, 256)).astype(np.uint16))
+    outs = {}
+    for flag in ([], ["--keep-featureless"]):
+        out = tmp_path / f"out{len(flag)}.json"
+        args = ["segment", str(noise), "--pixel-size-nm", "0.02", "--providers", "cpu", "--out", str(out), *flag]
+        assert main(args) == 0
+        outs[bool(flag)] = json.loads(out.read_text())[0]
+    gated, kept = outs[False], outs[True]
+    assert gated["atoms"] == [] and gated["summary"]["input_check"]["flags"] == ["featureless"]
+    assert len(kept["atoms"]) > 50  # what the ensemble makes of noise when asked
+    assert kept["summary"]["input_check"] == gated["summary"]["input_check"]
+    assert "featureless: see input_check" in capsys.readouterr().out
