@@ -10,9 +10,10 @@ import numpy as np
 from drivers.base import FrameHeader
 
 #: The input statistics of a segmented frame (:mod:`models.input_check`), as reward variables:
-#: ``peak_snr`` (atomic-scale contrast over noise), ``featureless`` (1 when none stands out) and
-#: ``saturated_fraction`` (share of pixels piled up at the maximum).  All 0 for an unsegmented survey.
-INPUT_VARIABLES = ("peak_snr", "featureless", "saturated_fraction")
+#: ``peak_snr`` (atomic-scale contrast over noise), ``peak_threshold`` (what it must exceed: 11 to 17 with
+#: the frame's size and sampling), ``featureless`` (1 when nothing stands out) and ``saturated_fraction``
+#: (share of pixels piled up at the maximum).  All 0 for an unsegmented survey.
+INPUT_VARIABLES = ("peak_snr", "peak_threshold", "featureless", "saturated_fraction")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def _input_variables(seg: Segmentation) -> dict[str, float]:
         return dict.fromkeys(INPUT_VARIABLES, float("nan"))
     return {
         "peak_snr": check.peak_snr,
+        "peak_threshold": check.peak_threshold,
         "featureless": float(check.featureless),
         "saturated_fraction": check.saturated_fraction,
     }

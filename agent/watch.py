@@ -34,6 +34,7 @@ class WatchState:
 
     frames_received: int = 0
     frames_analysed: int = 0
+    featureless: int = 0  # analysed frames with nothing above their noise (models.input_check): no atoms
     frames_skipped: dict[str, int] = field(default_factory=dict)
     suggestions: int = 0
     last: Observation | None = None
@@ -120,8 +121,9 @@ class Watcher:
     def _counts(self) -> dict[str, Any]:
         """Frames received, analysed and skipped (by reason), lost by the stream, and suggestions made."""
         s = self.state
-        return {"received": s.frames_received, "analysed": s.frames_analysed, "skipped": dict(s.frames_skipped),
-                "stream_lost": int(self.frames.stats["frames_lost"]), "suggestions": s.suggestions}  # fmt: skip
+        return {"received": s.frames_received, "analysed": s.frames_analysed, "featureless": s.featureless,
+                "skipped": dict(s.frames_skipped), "stream_lost": int(self.frames.stats["frames_lost"]),
+                "suggestions": s.suggestions}  # fmt: skip
 
     def _analyse(self, frame: Frame) -> None:
         s = self.state
@@ -138,6 +140,7 @@ class Watcher:
             s.skip("model_failed")
             return
         s.frames_analysed += 1
+        s.featureless += obs.input_check.get("featureless", 0.0) == 1.0
         s.last = obs
         self.recorder.write("observation", **obs.summary())
         if self.policy is not None:

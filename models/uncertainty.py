@@ -10,9 +10,10 @@ For ``M`` members with probabilities ``p_m`` (classes c) at one pixel:
 * presence entropy (total uncertainty of "is there a column", ``f = 1 - p_background``):
   ``B[f] = -f log f - (1 - f) log(1 - f)``, at most log 2
 
-Logarithms are natural (nats); ``log`` is taken of ``p + EPS`` so that zero
-probabilities contribute zero.  The ONNX graph computes the same quantities but the
-presence entropy (``models/training/ensemble.py``); tests compare the two.  The
+Logarithms are natural (nats); ``log`` is taken of ``max(p, EPS)`` so that zero
+probabilities contribute zero (``p + EPS`` would do in numpy, but the ONNX export's optimiser removes
+an added 1e-8 as a no-op, so the graph clamps, and so does this reference).  The ONNX graph computes
+the same quantities but the presence entropy (``models/training/ensemble.py``); tests compare the two.  The
 presence entropy is computed here only, from the graph's mean probabilities.
 """
 
@@ -44,12 +45,12 @@ class EnsembleUncertainty:
 
 
 def entropy(probs: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Entropy ``-sum p log(p + EPS)`` along ``axis`` (nats)."""
-    return -np.sum(probs * np.log(probs + EPS), axis=axis)
+    """Entropy ``-sum p log(max(p, EPS))`` along ``axis`` (nats)."""
+    return -np.sum(probs * np.log(np.maximum(probs, EPS)), axis=axis)
 
 
 def binary_entropy(f: np.ndarray) -> np.ndarray:
-    """Binary entropy ``-f log(f + EPS) - (1 - f) log(1 - f + EPS)`` of probabilities ``f`` (nats, elementwise).
+    """Binary entropy ``-f log f - (1 - f) log(1 - f)`` of probabilities ``f`` (nats, elementwise; see :func:`entropy`).
 
     ``f`` is clipped to [0, 1] first: a mean probability a rounding step outside it (a reduced-precision
     provider, say) must not turn into NaN.

@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         lost = int(frames.stats["frames_lost"])
     state = watcher.state
     print(file=sys.stderr)
-    summary = {"received": state.frames_received, "analysed": state.frames_analysed,
+    summary = {"received": state.frames_received, "analysed": state.frames_analysed, "featureless": state.featureless,
                "skipped": state.frames_skipped, "stream_lost": lost, "suggestions": state.suggestions}  # fmt: skip
     print(json.dumps(summary))
     return status

@@ -32,8 +32,11 @@ class EnsembleWithUncertainty(nn.Module):
         """Mean probabilities, predictive entropy, mutual information, member variance."""
         probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members], dim=0)  # (M, B, C, H, W)
         mean = probs.mean(dim=0)
-        total = -(mean * torch.log(mean + EPS)).sum(dim=1, keepdim=True)
-        expected = -(probs * torch.log(probs + EPS)).sum(dim=2, keepdim=True).mean(dim=0)
+        # log of max(p, EPS), not of p + EPS: torch.onnx's optimiser (onnxscript's add_0 rule, which matches
+        # constants within 1e-8 of 0) drops the "+ 1e-8" from the graph, and a member probability that
+        # underflows to 0 (a hot pixel drives the logits far apart) then makes 0 * log(0) = NaN.
+        total = -(mean * torch.log(torch.clamp(mean, min=EPS))).sum(dim=1, keepdim=True)
+        expected = -(probs * torch.log(torch.clamp(probs, min=EPS))).sum(dim=2, keepdim=True).mean(dim=0)
         mutual_info = torch.clamp(total - expected, min=0.0)
         variance = ((probs - mean.unsqueeze(0)) ** 2).mean(dim=0)
         return mean, total, mutual_info, variance

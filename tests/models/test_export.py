@@ -39,6 +39,22 @@ def test_graph_uncertainty_equals_numpy_reference(tiny_model):
     np.testing.assert_allclose(var[0].numpy(), ref.variance, atol=1e-6)
 
 
+def test_the_graph_stays_finite_where_member_probabilities_underflow_to_zero(tiny_model):
+    """Far-apart logits (a hot pixel after normalisation) give probabilities of exactly 0: 0 * log 0 must not be NaN."""
+    session = ort.InferenceSession(str(tiny_model.onnx), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).normal(0.4, 0.3, (1, 1, 64, 64)).astype(np.float32)
+    x[0, 0, 20:23, 30:33] = [[1e4], [-1e4], [1e5]]
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x}), strict=True))
+    members, _ = load_members(tiny_model.run_dir)
+    with torch.no_grad():
+        member_probs = np.stack([torch.softmax(m(torch.from_numpy(x)), dim=1)[0].numpy() for m in members])
+    assert (member_probs == 0).any()  # the case in question arises
+    for name, value in outputs.items():
+        assert np.isfinite(value).all(), name
+    reference = ensemble_uncertainty(member_probs)
+    np.testing.assert_allclose(outputs["mutual_info"][0, 0], reference.mutual_info, atol=1e-4)
+
+
 def test_uncertainty_invariants():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(5, 4, 8, 8))

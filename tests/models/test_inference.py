@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from models.localize import localize
-from models.preprocess import ImageError, check_native_shape, normalize, resample, validate_image
+from models.preprocess import NORMALISED_LIMIT, ImageError, check_native_shape, normalize, resample, validate_image
 from models.segmenter import Segmenter
 from models.tiling import run_tiled
+from simulators import ImagingParams, ScanRequest, Specimen, SpecimenConfig, render_frame
 
 
 @pytest.mark.parametrize(
@@ -53,6 +54,37 @@ def test_normalisation_ignores_dose_and_offset():
     image = rng.random((64, 64)).astype(np.float32)
     np.testing.assert_allclose(normalize(image), normalize(37.0 * image + 1000.0), atol=1e-4)
     assert resample(image, (32, 32)).shape == (32, 32)
+
+
+def test_normalisation_clips_outliers_and_nothing_else():
+    rng = np.random.default_rng(2)
+    image = rng.poisson(3.0, (128, 128)).astype(np.float32)
+    plain = normalize(image)
+    assert -NORMALISED_LIMIT < plain.min() and plain.max() < NORMALISED_LIMIT  # counts of a dim frame: untouched
+    spiked = image.copy()
+    spiked[5, 5], spiked[9, 9] = 65535.0, -65535.0
+    out = normalize(spiked)
+    assert out[5, 5] == NORMALISED_LIMIT and out[9, 9] == -NORMALISED_LIMIT
+    mask = np.ones_like(image, dtype=bool)
+    mask[5, 5] = mask[9, 9] = False
+    np.testing.assert_array_equal(out[mask], plain[mask])  # (the percentiles did not move)
+
+
+def test_hot_pixels_leave_the_rest_of_the_frame_alone(segmenter):
+    """30 saturated pixels in a 512 x 512 frame (of about 3800 columns): unclipped, the ensemble lost four in five."""
+    frame = render_frame(
+        Specimen(SpecimenConfig(seed=5, lattice="graphene", width_nm=40, height_nm=40)),
+        ScanRequest(fov_nm=10.24, rows=512, cols=512, dwell_us=8.0, rotation_deg=17.0),
+        ImagingParams(track_dose=False),
+        np.random.default_rng(7),
+    )
+    counts = np.clip(np.round(frame.image), 0, None).astype(np.uint16)
+    hot = counts.copy()
+    rng = np.random.default_rng(1)
+    hot[rng.integers(0, 512, 30), rng.integers(0, 512, 30)] = 65535
+    clean_n = len(segmenter.atoms(segmenter.segment(counts, 0.02)))
+    hot_n = len(segmenter.atoms(segmenter.segment(hot, 0.02)))
+    assert clean_n > 1000 and abs(hot_n - clean_n) <= 8 * 30  # a hot pixel costs its neighbourhood at most
 
 
 def _local_mean(batch: np.ndarray) -> dict[str, np.ndarray]:

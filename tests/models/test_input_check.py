@@ -83,14 +83,35 @@ def test_low_counts_fall_off_at_the_top_and_are_not_saturation():
     assert saturated_fraction(a_binary_mask) == 0.0
 
 
-def test_a_large_frame_is_judged_on_its_central_crop():
-    """1024 x 1024 of noise with a lattice pasted in the middle: the check looks at the middle (a bounded cost)."""
+def test_every_part_of_a_large_frame_is_judged():
+    """1024 x 1024: a lattice in one corner tile is found, wherever it lies; noise everywhere is featureless."""
     rng = np.random.default_rng(3)
     image = rng.normal(0.5, 0.3, (1024, 1024)).astype(np.float32)
-    image[384:640, 384:640] += _lattice("SrTiO3", 0.02)
-    assert not check_input(image, 0.02).featureless
-    image[384:640, 384:640] = rng.normal(0.5, 0.3, (256, 256))
     assert check_input(image, 0.02).featureless
+    image[700:956, 40:296] += _lattice("SrTiO3", 0.02)
+    assert not check_input(image, 0.02).featureless
+
+
+def test_hot_pixels_do_not_hide_a_lattice():
+    """A spike is white: unclipped, ten of them lifted the noise floor over the lattice's peaks."""
+    image = _lattice("graphene", 0.02)
+    rng = np.random.default_rng(4)
+    image[rng.integers(0, 256, 10), rng.integers(0, 256, 10)] = 1000 * image.max()
+    assert not check_input(image, 0.02).featureless
+
+
+def test_blurred_noise_is_noise():
+    """The floor follows the spectrum's envelope: noise smoothed by the detector's response is still noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    blurred = [ndimage.gaussian_filter(rng.normal(size=(256, 256)), sigma) for sigma in (0.7, 1.5)]
+    assert all(check_input(image, 0.02).featureless for image in blurred)
+
+
+def test_a_pixel_size_given_as_a_numpy_scalar_is_taken():
+    image = _lattice("MoS2", 0.02)
+    assert check_input(image, np.asarray(0.02)) == check_input(image, 0.02)
 
 
 def test_the_segmenter_finds_no_columns_in_noise_unless_told_to(segmenter):
