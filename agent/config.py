@@ -84,6 +84,9 @@ class RunConfig(BaseModel):
     region_y_nm: Range | None = None
     dedup_radius_nm: float = Field(0.1, gt=0.0, description="Detections closer than this are one defect.")
     max_defect_uncertainty: float = Field(0.06, gt=0.0, description="Defects more uncertain (nats) are not counted.")
+    keep_featureless: bool = Field(
+        False, description="Locate columns in featureless frames too (models.input_check; by default they have none)."
+    )
     frame_timeout_s: float = Field(30.0, gt=0.0)
     readback_tolerance_nm: float = Field(0.5, gt=0.0, description="Readback further from the command: safe hold.")
     max_frame_age_s: float = Field(60.0, gt=0.0, description="Older frames are skipped, never analysed.")

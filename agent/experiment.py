@@ -143,7 +143,10 @@ class Experiment:
         self.config = config
         self.segmenter = segmenter or Segmenter(config.model, config.providers)
         self.perception = Perception(
-            self.segmenter, config.dedup_radius_nm, max_defect_uncertainty=config.max_defect_uncertainty
+            self.segmenter,
+            config.dedup_radius_nm,
+            max_defect_uncertainty=config.max_defect_uncertainty,
+            keep_featureless=config.keep_featureless,
         )
         self.driver = driver or open_instrument(config, curve)
         try:

@@ -63,6 +63,9 @@ class Perception:
         nats) is at most this; above it, it is an *uncertain* defect: kept with its class, counted apart,
         never catalogued.  Amorphous contamination makes the model see heavy dopants where there are
         none, and those detections carry about three times the uncertainty of real defects.
+    keep_featureless
+        Locate columns in featureless frames too (see :class:`models.segmenter.Segmenter`); by default a
+        frame with nothing above its noise has no atoms.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class Perception:
         max_pixel_size_nm: float = 0.06,
         edge_margin_nm: float = 0.1,
         max_defect_uncertainty: float = 0.06,
+        keep_featureless: bool = False,
     ) -> None:
         self.segmenter = segmenter
         self.class_names = tuple(c.name for c in segmenter.manifest.classes)
@@ -80,6 +84,7 @@ class Perception:
         self.max_pixel_size_nm = max_pixel_size_nm
         self.edge_margin_nm = edge_margin_nm
         self.max_defect_uncertainty = max_defect_uncertainty
+        self.keep_featureless = keep_featureless
 
     def variable_names(self) -> set[str]:
         """The names :meth:`Observation.variables` provides for this model (what a reward may use)."""
@@ -101,7 +106,7 @@ class Perception:
         t0 = time.perf_counter()
         seg = self.segmenter.segment(frame.image, frame.header.pixel_size_nm)
         t1 = time.perf_counter()
-        found = self._inside(self.segmenter.atoms(seg), frame)
+        found = self._inside(self.segmenter.atoms(seg, keep_featureless=self.keep_featureless), frame)
         x, y = pixels_to_stage(found.row, found.col, frame, rotation_deg)
         defect_class = self._is_defect[found.class_id] if len(found) else np.zeros(0, dtype=bool)
         defect = defect_class & (found.uncertainty <= self.max_defect_uncertainty)

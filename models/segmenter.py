@@ -179,13 +179,16 @@ class Segmenter:
             return float("nan")
         return (float(mutual_info.mean()) - cal.frame_mutual_info_mean) / cal.frame_mutual_info_std
 
-    def atoms(self, seg: Segmentation, class_bias: Sequence[float] | None = None) -> Atoms:
+    def atoms(
+        self, seg: Segmentation, class_bias: Sequence[float] | None = None, keep_featureless: bool | None = None
+    ) -> Atoms:
         """Locate columns and return them in the input image's pixel coordinates.
 
         ``class_bias`` overrides the manifest's fitted decision bias.  A featureless frame has none
-        unless the segmenter keeps them (``keep_featureless``).
+        unless ``keep_featureless`` (default: the segmenter's own setting) says to keep them.
         """
-        if seg.featureless and not self.keep_featureless:
+        keep = self.keep_featureless if keep_featureless is None else keep_featureless
+        if seg.featureless and not keep:
             return Atoms.empty()
         bias = class_bias if class_bias is not None else self.manifest.decision_bias
         found = localize(seg.mean_probs, seg.mutual_info, class_bias=None if bias is None else np.asarray(bias))

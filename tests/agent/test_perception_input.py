@@ -40,3 +40,19 @@ def test_a_survey_carries_the_input_variables_as_zero(segmenter):
     survey = Frame.of(np.zeros((64, 64), np.float32), 0.5)  # 0.5 nm per pixel: too coarse to segment
     obs = Perception(segmenter).observe(survey, step=0)
     assert not obs.atoms_resolved and obs.input_check == dict.fromkeys(INPUT_VARIABLES, 0.0)
+
+
+def test_a_run_configuration_can_keep_the_columns_of_featureless_frames(segmenter):
+    from agent.config import RunConfig
+    from agent.experiment import Experiment
+
+    noise = Frame.of(np.random.default_rng(2).poisson(3.0, (256, 256)).astype(np.float32), 0.02)
+    counts = {}
+    for keep in (False, True):
+        experiment = Experiment(RunConfig(keep_featureless=keep, steps=1), segmenter=segmenter)
+        try:
+            counts[keep] = experiment.perception.observe(noise, step=0).n_atoms
+        finally:
+            experiment.driver.close()
+    assert counts[False] == 0 and counts[True] > 50
+    assert not segmenter.keep_featureless  # the shared segmenter is left as it was
