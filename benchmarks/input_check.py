@@ -2,9 +2,9 @@
 
 Prints JSON.  Every simulator frame is segmented once; its columns are matched to the planted ones
 with the check applied (a featureless frame has no columns, the default) and without it, so the two
-sets of figures come from the same segmentations.  Pure-noise frames (Gaussian, Poisson and blurred, over the
-simulator's range of pixel sizes and doses) should all be flagged; the abTEM frames and the real
-microscope images under shared/data/real none.
+sets of figures come from the same segmentations.  Pure-noise frames (white, blurred, filtered along the
+fast scan, with scan-line offsets; over the simulator's range of pixel sizes and doses) should all be
+flagged; the abTEM frames and the real microscope images under shared/data/real none.
 
     python benchmarks/input_check.py [--frames 104] [--seed 7100001] [--noise-frames 60] [--out FILE]
 """
@@ -58,15 +58,18 @@ def simulator(segmenter: Any, frames: int, seed: int, shifted: bool) -> dict[str
 
 
 def noise(segmenter: Any, count: int, seed: int) -> dict[str, Any]:
-    """Frames of noise alone, white (Gaussian, Poisson) and blurred by a detector's response (Gaussian, 0.5 to
-    1.5 px): how many are flagged, and how many columns the ensemble finds in them without the check."""
+    """Frames of noise alone: how many are flagged, and how many columns the ensemble finds in them unchecked.
+
+    White (Gaussian, Poisson), blurred (Gaussian, 0.5 to 1.5 px), filtered along the fast scan (0.5 to
+    1.5 px) and with scan-line offsets (0.1 to 1 times the noise): what a blanked beam's frame holds.
+    """
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
-    for kind in ("gaussian", "poisson", "blurred"):
+    for kind in ("gaussian", "poisson", "blurred", "fast_scan", "row_offsets"):
         flagged, columns = 0, []
-        for _ in range(count // 3):
+        for _ in range(count // 5):
             px = float(rng.uniform(0.008, 0.03))
             side = int(rng.choice([256, 512]))
             if kind == "poisson":
@@ -75,11 +78,15 @@ def noise(segmenter: Any, count: int, seed: int) -> dict[str, Any]:
                 image = rng.normal(rng.uniform(-100, 100), rng.uniform(0.1, 10), (side, side))
             if kind == "blurred":
                 image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.5))
+            elif kind == "fast_scan":  # a detector amplifier's response along the fast scan
+                image = ndimage.gaussian_filter1d(image, rng.uniform(0.5, 1.5), axis=1)
+            elif kind == "row_offsets":  # scan-line jitter
+                image = image + rng.normal(0, rng.uniform(0.1, 1.0) * image.std(), (side, 1))
             seg = segmenter.segment(image, px)
             flagged += seg.featureless
             columns.append(len(segmenter.atoms(seg)))
         median = float(np.median(columns))
-        out[kind] = {"frames": count // 3, "flagged": flagged, "columns_without_check_median": median}
+        out[kind] = {"frames": count // 5, "flagged": flagged, "columns_without_check_median": median}
     return out
 
 
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--frames", type=int, default=104, help="simulator frames per set (in distribution, shifted)")
     parser.add_argument("--seed", type=int, default=7100001, help="seed of the simulator frame stream")
-    parser.add_argument("--noise-frames", type=int, default=60)
+    parser.add_argument("--noise-frames", type=int, default=100, help="in all, split over five kinds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     segmenter = Segmenter(args.model, "cpu", keep_featureless=True)

@@ -9,13 +9,15 @@ frames.  These checks look at the input instead of the model.
 its power over all of them.  The frame is cut into tiles of at most ``TILE_PX`` square, each clipped at
 its ``CLIP_PERCENTILES`` (hot pixels, cosmic-ray hits: a spike is white and would lift the whole noise
 floor; a pointwise clip keeps white noise white), and each tile's periodogram (Hann window) is searched
-for its strongest bin among spatial periods of ``BAND_PERIOD_NM`` (atomic spacings and their harmonics).
-The bin is counted in units of the local noise floor: the median of the ``FLOOR_BINS`` band bins nearest
-in spatial frequency, over ln 2 (the mean of white noise's exponentially distributed periodogram; a
-median is robust to the few bins a lattice occupies, and a floor that follows the spectrum's envelope
-lets blurred or 1/f noise be judged as noise too).  Over ``n`` bins of white noise the largest exceeds
-``t`` floors with probability about ``n exp(-t)``, so a frame whose strongest bin over all its tiles stays
-under ``ln n + ln(1 / FALSE_ALARM)`` is *featureless*: as likely noise as anything else.
+for its strongest bin among spatial periods of ``BAND_PERIOD_NM`` (atomic spacings and their harmonics),
+away from the spectrum's axes (``AXIS_BINS``: scan-line offsets put their power there; a lattice has
+peaks off them too).  The bin is counted in units of the local noise floor: the median of the
+``FLOOR_BINS`` band bins nearest in spatial frequency, over ln 2 (the mean of white noise's exponentially
+distributed periodogram; a median is robust to the few bins a lattice occupies, and a floor that follows
+the spectrum's radial envelope lets noise blurred by up to about a pixel be judged as noise too).  Over
+``n`` bins of white noise the largest exceeds ``t`` floors with probability about ``n exp(-t)``, so a
+frame whose strongest bin over all its tiles stays under ``ln n + ln(1 / FALSE_ALARM)`` is *featureless*:
+as likely noise as anything else.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ TILE_PX = 512
 CLIP_PERCENTILES = (0.1, 99.9)
 #: Band bins per noise-floor estimate (grouped by spatial frequency); a band of fewer has one floor.
 FLOOR_BINS = 2048
+#: Bins this close to the spectrum's axes are not searched (scan-line offsets put their power there).
+AXIS_BINS = 1
 #: Chance that pure white noise passes as structured (its largest bin above the threshold).
 FALSE_ALARM = 1e-3
 #: Fewer bins in the band than this (a tiny crop, a pixel size far from atomic scales): no verdict.
@@ -151,13 +155,16 @@ def _window(shape: tuple[int, int]) -> np.ndarray:
 def _band(shape: tuple[int, int], pixel_size_nm: float) -> tuple[np.ndarray, int]:
     """The band's rfft2 bins (flat indices) of a ``shape`` tile by spatial frequency, and their group count.
 
-    The bins are those of periods in ``BAND_PERIOD_NM``; the groups hold at least ``FLOOR_BINS`` each
-    (cached; read only).
+    The bins are those of periods in ``BAND_PERIOD_NM`` more than ``AXIS_BINS`` off the axes; the groups
+    hold at least ``FLOOR_BINS`` each (cached; read only).
     """
-    freq = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :]).ravel()
+    freq = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
     period_nm = pixel_size_nm / np.maximum(freq, 1e-12)
-    inside = np.flatnonzero((period_nm >= BAND_PERIOD_NM[0]) & (period_nm <= BAND_PERIOD_NM[1]))
-    order = inside[np.argsort(freq[inside], kind="stable")]
+    searched = (period_nm >= BAND_PERIOD_NM[0]) & (period_nm <= BAND_PERIOD_NM[1])
+    searched &= np.abs(np.fft.fftfreq(shape[0]) * shape[0])[:, None] > AXIS_BINS  # (row index off the axis)
+    searched &= (np.arange(freq.shape[1]) > AXIS_BINS)[None, :]
+    inside = np.flatnonzero(searched)
+    order = inside[np.argsort(freq.ravel()[inside], kind="stable")]
     return order, max(order.size // FLOOR_BINS, 1)
 
 
