@@ -64,8 +64,8 @@ class Perception:
         never catalogued.  Amorphous contamination makes the model see heavy dopants where there are
         none, and those detections carry about three times the uncertainty of real defects.
     keep_featureless
-        Locate columns in featureless frames too (see :class:`models.segmenter.Segmenter`); by default a
-        frame with nothing above its noise has no atoms.
+        Locate columns in featureless frames too (see :class:`models.segmenter.Segmenter`); None: as the
+        segmenter is set (by default a frame with nothing above its noise has no atoms).
     """
 
     def __init__(
@@ -75,7 +75,7 @@ class Perception:
         max_pixel_size_nm: float = 0.06,
         edge_margin_nm: float = 0.1,
         max_defect_uncertainty: float = 0.06,
-        keep_featureless: bool = False,
+        keep_featureless: bool | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.class_names = tuple(c.name for c in segmenter.manifest.classes)

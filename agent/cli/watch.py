@@ -31,6 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--record", type=Path, help="record observations and suggestions into this new directory")
     p.add_argument("--model", type=Path, help="segmentation model manifest (default: the bundled one)")
     p.add_argument("--providers", default="auto", help="onnxruntime providers: auto, cpu, cuda, tensorrt")
+    p.add_argument("--keep-featureless", action="store_true", help="locate columns in featureless frames too")
     add_client_key_args(p, "a frame stream that requires CURVE")
     p.set_defaults(handler=_run)
 
@@ -78,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     region = Region(*args.region_nm)
     context = PolicyContext(region, FieldTemplate(args.fov_nm, args.pixels, 10.0), seed=0)
     policy = None if args.policy == "none" else make_policy(args.policy, context)
-    perception = Perception(Segmenter(args.model, args.providers))
+    perception = Perception(Segmenter(args.model, args.providers, keep_featureless=args.keep_featureless))
     status = 0
     with FrameSubscriber(args.frames, curve=curve) as frames:  # a bad endpoint fails here, before any recording
         recorder = SessionRecorder(args.record)
