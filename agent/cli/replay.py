@@ -26,6 +26,11 @@ def register(sub: Any) -> None:
     p.add_argument("--record", type=Path, help="record the replayed session into this new directory")
     p.add_argument("--json", type=Path, help="write the replay report (summary, divergences) here")
     p.add_argument("--model", type=Path, help="segmentation model (default: the bundled one)")
+    p.add_argument(
+        "--keep-featureless",
+        action="store_true",
+        help="locate columns in featureless frames too (a session recorded before the input check replays as it ran)",
+    )
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(handler=_replay)
 
@@ -87,6 +92,7 @@ def _replay(args: argparse.Namespace) -> int:
         "steps": args.steps or frames,
         "seed": args.seed,
         "model": None if args.model is None else str(args.model),
+        "keep_featureless": True if args.keep_featureless else None,  # (None: as recorded)
     }
     if not (start or {}).get("config") and session.frames:  # imported: fields like the recorded frames
         first = session.frames[0].header

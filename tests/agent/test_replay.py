@@ -41,6 +41,16 @@ def test_strict_replay_reproduces_every_decision(recorded, tmp_path, capsys):
     assert "0 of 6 decisions diverged" in capsys.readouterr().err
 
 
+def test_keep_featureless_reaches_the_replayed_configuration(recorded, tmp_path, capsys):
+    """For sessions recorded before the input check: the replay's perception keeps featureless frames' columns."""
+    again = tmp_path / "again"
+    assert main(["replay", str(recorded), "--quiet", "--keep-featureless", "--record", str(again)]) == 0
+    start = next(r for r in read_session(again).records if r["type"] == "start")
+    assert start["config"]["keep_featureless"] is True
+    recorded_start = next(r for r in read_session(recorded).records if r["type"] == "start")
+    assert recorded_start["config"]["keep_featureless"] is False
+
+
 def test_a_different_seed_diverges_and_says_where(recorded, tmp_path, capsys):
     out = tmp_path / "replay.json"
     assert main(["replay", str(recorded), "--seed", "5", "--quiet", "--json", str(out)]) == 3
