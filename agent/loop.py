@@ -270,7 +270,7 @@ class Loop:
         s.steps_done += 1
         s.failures_in_row = 0
         s.atoms_found += obs.n_atoms
-        s.featureless_frames += obs.input_check.get("featureless", 0.0) == 1.0
+        s.featureless_frames += obs.featureless
         s.last = obs
         if self.on_step is not None:
             self.on_step(self)

@@ -123,6 +123,11 @@ class Observation:
         """Number of defect columns in this frame."""
         return int(self.atoms.defect.sum())
 
+    @property
+    def featureless(self) -> bool:
+        """The input check found nothing above the frame's noise (its columns were not located)."""
+        return self.input_check.get("featureless", 0.0) == 1.0
+
     def variables(self) -> dict[str, float]:
         """The scalar quantities a reward expression may use (see :mod:`agent.reward`)."""
         out = {

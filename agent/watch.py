@@ -140,7 +140,7 @@ class Watcher:
             s.skip("model_failed")
             return
         s.frames_analysed += 1
-        s.featureless += obs.input_check.get("featureless", 0.0) == 1.0
+        s.featureless += obs.featureless
         s.last = obs
         self.recorder.write("observation", **obs.summary())
         if self.policy is not None:

@@ -17,6 +17,7 @@ def test_a_frame_of_noise_gives_no_atoms_and_is_flagged(segmenter):
     obs = perception.observe(Frame.of(noise, 0.02), step=0)
     assert obs.atoms_resolved and obs.n_atoms == 0 and obs.new_defects == 0 and len(perception.catalog) == 0
     assert obs.input_check["featureless"] == 1.0 and obs.input_check["saturated_fraction"] == 0.0
+    assert obs.featureless
     assert 0 < obs.input_check["peak_snr"] < 20
     assert obs.summary()["input_check"] == obs.input_check
     penalised = Reward("new_defects - 10 * featureless", perception.variable_names())
@@ -32,6 +33,7 @@ def test_a_lattice_frame_is_not_flagged(segmenter):
     )
     obs = Perception(segmenter).observe(Frame.of(frame.image, 0.02), step=0)
     assert obs.input_check["featureless"] == 0.0 and obs.input_check["peak_snr"] > 100
+    assert not obs.featureless
     assert obs.n_atoms > 100
     assert set(INPUT_VARIABLES) <= set(obs.variables())
 
