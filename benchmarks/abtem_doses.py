@@ -16,10 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from report import emit
-
-ROOT = Path(__file__).resolve().parents[1]
-ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
+from report import ABTEM, emit
 
 
 def _summed(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import emit, provenance
+from report import ABTEM, SHARED_DATA, emit, provenance
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 #: Real images of the shared data with their pixel size where the file records none (nm).
 REAL_IMAGES = (
     "real/atomap/test_ADF_cropped.hdf5",
@@ -33,15 +31,14 @@ FALLBACK_PIXEL_NM = 0.02
 
 def simulator(segmenter: Any, frames: int, seed: int, shifted: bool) -> dict[str, Any]:
     """Flag rate, and detection figures with and without the check, on ``frames`` evaluation frames."""
-    from models.localize import Atoms
     from models.training.evaluate import detection_metrics, eval_frames, match_frame
 
     gated, ungated, flagged_f1, snr = [], [], [], []
     for frame in eval_frames(frames, shifted, seed=seed):
         seg = segmenter.segment(frame.image, frame.pixel_size_nm)
-        raw = match_frame(frame, seg, segmenter.atoms(seg))
+        raw = match_frame(frame, seg, segmenter.atoms(seg))  # (the segmenter keeps featureless frames' columns)
         ungated.append(raw)
-        gated.append(match_frame(frame, seg, Atoms.empty()) if seg.featureless else raw)
+        gated.append(match_frame(frame, seg, segmenter.atoms(seg, keep_featureless=False)) if seg.featureless else raw)
         snr.append(seg.input_check.peak_snr)
         if seg.featureless:
             flagged_f1.append(detection_metrics([raw])["columns_f1"])
@@ -97,13 +94,13 @@ def references(segmenter: Any) -> dict[str, Any]:
     from models.training.reference import load_reference
 
     out: dict[str, Any] = {}
-    for path in sorted((SHARED / "sim" / "abtem").glob("*.npz")):
+    for path in sorted(ABTEM.glob("*.npz")):
         ref = load_reference(str(path))
         for name, image in (("noisy", ref.image_noisy), ("clean", ref.image)):
             out[f"abtem/{path.stem}_{name}"] = segmenter.segment(image, ref.pixel_size_nm).input_check.summary()
     for rel in REAL_IMAGES:
-        if (SHARED / rel).exists():
-            loaded = read_image(SHARED / rel)
+        if (SHARED_DATA / rel).exists():
+            loaded = read_image(SHARED_DATA / rel)
             seg = segmenter.segment(loaded.image, loaded.pixel_size_nm or FALLBACK_PIXEL_NM)
             out[rel] = seg.input_check.summary()
     return out
@@ -117,7 +114,7 @@ def abtem_draws(seed: int, draws: int = 8, doses: tuple[float, ...] = (2e3, 5e3,
 
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
-    for path in sorted((SHARED / "sim" / "abtem").glob("*.npz")):
+    for path in sorted(ABTEM.glob("*.npz")):
         ref = load_reference(str(path))
         for dose in doses:
             checks = [check_input(draw_at_dose(ref, dose, rng), ref.pixel_size_nm) for _ in range(draws)]
@@ -145,7 +142,7 @@ def main() -> None:
     result["simulator_shifted"] = simulator(segmenter, args.frames, args.seed, shifted=True)
     result["noise"] = noise(segmenter, args.noise_frames, args.seed)
     result["references"] = references(segmenter)
-    if (SHARED / "sim" / "abtem").exists():
+    if ABTEM.exists():
         result["abtem_draws"] = abtem_draws(args.seed)
     emit(result, args.out)
 

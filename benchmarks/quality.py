@@ -18,10 +18,7 @@ import argparse
 import datetime
 from pathlib import Path
 
-from report import emit
-
-ROOT = Path(__file__).resolve().parents[1]
-ABTEM = ROOT.parent / "shared" / "data" / "sim" / "abtem"
+from report import ABTEM, emit
 
 
 def main() -> None:

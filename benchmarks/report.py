@@ -14,6 +14,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODEL = ROOT / "models" / "weights" / "stem_ensemble.json"
+#: The shared data beside the checkout (real images, abTEM frames); never copied into the repository.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+#: The abTEM multislice frames with planted truth.
+ABTEM = SHARED_DATA / "sim" / "abtem"
 
 
 def finite_or_none(value: Any) -> Any:
