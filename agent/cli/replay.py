@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--keep-featureless",
         action="store_true",
-        help="locate columns in featureless frames too (a session recorded before the input check replays as it ran)",
+        help="locate columns in featureless frames too (a session recorded before the input check replays without it)",
     )
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(handler=_replay)
