@@ -73,6 +73,12 @@ class RunConfig(BaseModel):
 
     model_config = _STRICT
     instrument: str = Field("sim", description="'sim' or a tcp://HOST:PORT instrument server.")
+    instrument_is_replay: bool = Field(
+        False,
+        description="The tcp:// instrument is a strict replay ('autoscope instrument --replay DIR --replay-mode "
+        "strict'): its frames are the recorded fields, not checked against the commanded ones.  Never for a "
+        "microscope; without it, an instrument that claims to be a strict replay is refused.",
+    )
     policy: Literal["raster", "random", "uncertainty", "defects", "bayes", "dkl"] = "bayes"
     steps: int = Field(20, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=2**63 - 1)  # (torch seeds are 64-bit)

@@ -148,9 +148,17 @@ class Experiment:
             max_defect_uncertainty=config.max_defect_uncertainty,
             keep_featureless=config.keep_featureless,
         )
+        # a driver handed over in process (a replay's) is this program's own; a connection must be told
+        trust_recorded_fields = driver is not None or config.instrument_is_replay
         self.driver = driver or open_instrument(config, curve)
         try:
             cap = self.driver.capabilities()
+            if cap.serves_recorded_fields and not trust_recorded_fields:
+                raise ConfigError(
+                    f"{config.instrument} says it is a strict replay (it serves recorded fields, whose readback and "
+                    "age the agent would not check); if it is one, run with --instrument-is-replay "
+                    "(instrument_is_replay = true); a microscope's bridge must never say so"
+                )
             beyond = limits_beyond_instrument(config.guard, cap)
             if beyond:  # checked on the handshake alone: no command has been sent
                 raise ConfigError("the configuration does not fit the instrument: " + "; ".join(beyond))
@@ -168,7 +176,7 @@ class Experiment:
         loop_config = LoopConfig(
             config.steps, frame_timeout_s=config.frame_timeout_s, max_failures=max_failures,
             readback_tolerance_nm=config.readback_tolerance_nm, max_frame_age_s=config.max_frame_age_s,
-            perception_timeout_s=config.perception_timeout_s,
+            perception_timeout_s=config.perception_timeout_s, trust_recorded_fields=trust_recorded_fields,
         )  # fmt: skip
         self.loop = Loop(self.driver, self.perception, self.policy, self.guard, loop_config, self.recorder,
                          LiveView() if live else None, build_fallback(config, self.region))  # fmt: skip

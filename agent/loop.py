@@ -30,6 +30,7 @@ from agent.timings import StageTimings
 from drivers.base import (
     Ack,
     BlankCommand,
+    Capabilities,
     Command,
     CommandRefused,
     Disconnected,
@@ -47,6 +48,10 @@ from models.preprocess import ImageError
 from models.segmenter import ModelOutputError
 
 logger = logging.getLogger(__name__)
+
+
+class UntrustedReplayClaim(ValueError):
+    """A driver claims to serve recorded fields and the loop was not told to trust it."""
 
 
 @dataclass
@@ -92,9 +97,9 @@ class Loop:
         self._fallback_due = False
         self.paused = False
         self._seen_generation = self._link_generation()
-        cap = capabilities_now(driver)  # a strict replay is said once by the driver, not by each frame
-        self._replaying = cap is not None and cap.serves_recorded_fields
         self.config = config
+        # a strict replay is said once by the driver, not by each frame; taken only from a trusted driver
+        self._replaying = self._replay_claim(capabilities_now(driver))
         self.recorder = recorder or SessionRecorder(None)
         self.on_step = on_step
         self.timings = StageTimings()
@@ -561,7 +566,7 @@ class Loop:
         """
         try:
             capabilities = self.driver.capabilities()
-            self._replaying = capabilities.serves_recorded_fields
+            self._replaying = self._replay_claim(capabilities)
             beyond = self.guard.refresh(capabilities)
             if beyond:
                 raise StopLoop("held", "safe hold: the reconnected instrument's limits are narrower than the "
@@ -571,10 +576,29 @@ class Loop:
             self.recorder.ack(self._send_counted(unblank, self.config.command_timeout_s), self.state.issued)
         except CommandRefused as exc:
             raise StopLoop("held", f"safe hold: the reconnected instrument refused to unblank: {exc}") from None
+        except UntrustedReplayClaim as exc:
+            raise StopLoop("held", f"safe hold: the reconnected instrument {exc}") from None
         except DriverError:
             return False
         self.recorder.write("reconnected", capabilities=capabilities.model_dump(mode="json"))
         return True
+
+    def _replay_claim(self, capabilities: Capabilities | None) -> bool:
+        """Whether the driver serves recorded fields (a strict replay), whose readback and age go unchecked.
+
+        Raises
+        ------
+        UntrustedReplayClaim
+            The driver claims it but ``config.trust_recorded_fields`` is not set: a live instrument
+            whose bridge said so would have its frames' positions taken on trust.
+        """
+        claimed = capabilities is not None and capabilities.serves_recorded_fields
+        if claimed and not self.config.trust_recorded_fields:
+            raise UntrustedReplayClaim(
+                "says it is a strict replay (serves recorded fields, whose readback and age would go unchecked), "
+                "but the run was not told to expect one (instrument_is_replay)"
+            )
+        return claimed
 
     def _shutdown(self, status: str, reason: str) -> None:
         """Blank the beam (bounded wait) and write the stop record.

@@ -38,6 +38,9 @@ class LoopConfig:
     max_frame_age_s : frames whose acquisition ended longer ago than this are skipped, never analysed
         (instrument and agent clocks must agree to well within it).
     perception_timeout_s : a model that takes longer on one frame is declared hung: safe hold.
+    trust_recorded_fields : honour a driver's claim to serve recorded fields (a strict replay, whose
+        frames' readback and age are then not checked); an untrusted claim is refused (at the start)
+        or puts the loop in safe hold (after a reconnection).
     """
 
     steps: int
@@ -49,6 +52,7 @@ class LoopConfig:
     readback_tolerance_nm: float = 0.5
     max_frame_age_s: float = 60.0
     perception_timeout_s: float = 60.0
+    trust_recorded_fields: bool = False
 
     def __post_init__(self) -> None:
         for name in ("frame_timeout_s", "command_timeout_s", "reconnect_grace_s", "stop_timeout_s",

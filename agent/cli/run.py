@@ -23,6 +23,13 @@ def register(sub: Any) -> None:
     """Add ``run`` to ``sub``."""
     p = sub.add_parser("run", help="run an automated experiment (simulated or remote instrument)")
     p.add_argument("--instrument", help="'sim' (in-process simulator) or tcp://HOST:PORT (default: sim)")
+    p.add_argument(
+        "--instrument-is-replay",
+        action="store_true",
+        default=None,
+        help="the tcp:// instrument is a strict replay (autoscope instrument --replay DIR --replay-mode strict); "
+        "never for a microscope",
+    )
     p.add_argument("--policy", help="raster, random, uncertainty, defects, bayes or dkl (default: bayes)")
     p.add_argument("--steps", type=int, help="frames to acquire and analyse (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the policy and of the simulator's noise")
@@ -42,6 +49,7 @@ def register(sub: Any) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "instrument": args.instrument,
+        "instrument_is_replay": args.instrument_is_replay,
         "policy": args.policy,
         "steps": args.steps,
         "seed": args.seed,

@@ -259,6 +259,50 @@ def test_an_instrument_back_with_narrower_limits_than_configured_means_a_safe_ho
     assert state.steps_done == 2
 
 
+def _claims_to_be_a_replay(driver: SimulatedDriver) -> SimulatedDriver:
+    driver._cap = driver._cap.model_copy(update={"serves_recorded_fields": True})
+    return driver
+
+
+def test_a_driver_claiming_to_serve_recorded_fields_is_taken_at_its_word_only_when_trusted(segmenter, tmp_path):
+    from agent.loop import UntrustedReplayClaim
+
+    with pytest.raises(UntrustedReplayClaim, match="says it is a strict replay"):
+        make_loop(_claims_to_be_a_replay(SimulatedDriver(specimen_seed=2)), segmenter, tmp_path)
+    driver = _claims_to_be_a_replay(_Misbehaving("misplaced_as_replay", at=1))
+    loop = make_loop(driver, segmenter, tmp_path / "trusted", steps=3, trust_recorded_fields=True)
+    assert loop.run().status == "completed"  # a trusted replay's frames are the recorded fields, wherever asked
+
+
+def test_an_instrument_back_claiming_to_be_a_replay_means_a_safe_hold(segmenter, tmp_path):
+    """A bridge restarted into saying its frames are recorded fields must not turn the readback checks off."""
+    server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
+    endpoint = server.endpoint
+    remote = RemoteDriver(endpoint, heartbeat_s=0.1)
+    loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=6, reconnect_grace_s=10.0)
+    restarted: list[SimulatedDriver] = []
+    servers: list[InstrumentServer] = []
+
+    def restart_as_a_replay_after_two(loop_) -> None:
+        if loop_.state.steps_done == 2 and not restarted:
+            server.stop()
+            time.sleep(0.5)
+            restarted.append(_claims_to_be_a_replay(SimulatedDriver(specimen_seed=2)))
+            servers.append(InstrumentServer(restarted[0], endpoint, heartbeat_s=0.1).start())
+
+    loop.on_step = restart_as_a_replay_after_two
+    try:
+        state = loop.run()
+        executed = restarted[0].commands_executed
+    finally:
+        remote.close()
+        for s in servers:
+            s.stop()
+    assert state.status == "held" and "says it is a strict replay" in state.reason
+    assert executed == 1 and restarted[0].state.blanked  # the hold's blank: no unblank, no move
+    assert state.steps_done == 2
+
+
 def test_the_stop_record_and_sessions_inspect_carry_the_counters(segmenter, tmp_path, capsys):
     from agent.cli import main
 

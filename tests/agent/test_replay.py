@@ -115,6 +115,27 @@ def test_a_recording_served_over_zeromq_is_the_recording(recorded):
         server.stop()
 
 
+def test_a_strict_replay_over_tcp_is_run_only_when_the_run_is_told_to_expect_one(recorded, tmp_path, capsys):
+    """Its frames say nothing of the commanded fields' readback; a tcp:// instrument may not claim that unasked."""
+    guard = (
+        "[guard]\nstage_x_nm = { low = -50.0, high = 50.0 }\nstage_y_nm = { low = -50.0, high = 50.0 }\n"
+        "fov_nm = { low = 0.5, high = 20.0 }\npixels = { low = 16, high = 1024 }\n"
+        "dwell_us = { low = 0.1, high = 100.0 }\nprobe_current_pa = 20.0\n"
+    )
+    config = tmp_path / "tcp.toml"
+    config.write_text(SMALL + guard)
+    driver = ReplayDriver(recorded, mode="strict")
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        argv = ["run", "--instrument", server.endpoint, "--policy", "bayes", "--steps", "6", "--seed", "4"]
+        argv += ["--config", str(config), "--quiet"]
+        assert main(argv) == 2
+        assert "says it is a strict replay" in capsys.readouterr().err and driver.stats["served"] == 0
+        out = tmp_path / "SUMMARY.json"
+        assert main([*argv, "--instrument-is-replay", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6 and driver.stats["served"] == 6
+
+
 def _record_offsets(log: bytes) -> list[int]:
     from drivers.recording import iter_records
 
