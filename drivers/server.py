@@ -26,12 +26,13 @@ another client's unblank taken after it has.  A
 
 The worker's calls into the driver are :class:`drivers.server_driver.DriverCalls`; what the server keeps
 of each client is :class:`drivers.server_clients.Client`; the queue of commands waiting for the driver,
-with the dead-man watches, is :class:`drivers.job_queue.JobQueue`.
+with the dead-man watches, is :class:`drivers.job_queue.JobQueue`.  The server itself is built in
+layers: its replies to clients (:mod:`drivers.server_replies`), its reading of their messages
+(:mod:`drivers.server_reading`), and here its sockets, threads and the worker.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -40,41 +41,18 @@ from typing import Any
 
 import zmq
 
-from drivers.base import (
-    Ack,
-    BlankCommand,
-    Command,
-    Driver,
-    Frame,
-    ProtocolError,
-    ScanCommand,
-    new_command_id,
-)
-from drivers.codec import (
-    ACK_IN_FRAME,
-    MAX_SERVER_HEARTBEAT_S,
-    MIN_KEEPALIVE_S,
-    client_options,
-    decode_command,
-    decode_envelope,
-    encode_ack,
-    encode_error,
-    encode_frame,
-    encode_welcome,
-    envelope,
-    finite_number,
-)
-from drivers.job_queue import NEVER_UNIX_S, SERVER_ID_PREFIX, URGENT, Answer, JobQueue
+from drivers.base import Ack, BlankCommand, Command, Driver, Frame, ProtocolError, ScanCommand, new_command_id
+from drivers.codec import MAX_SERVER_HEARTBEAT_S, MIN_KEEPALIVE_S
+from drivers.job_queue import NEVER_UNIX_S, SERVER_ID_PREFIX, URGENT, JobQueue
 from drivers.security import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
-from drivers.server_clients import Client, command_id_of, held
+from drivers.server_clients import Client, held
 from drivers.server_driver import DriverCalls
-from drivers.sockets import NOBLOCK, discard_waiting, readable, send_parts
-
-logger = logging.getLogger(__name__)
+from drivers.server_reading import _Reading
+from drivers.server_replies import logger
+from drivers.sockets import discard_waiting
 
 __all__ = ["MIN_DEADMAN_S", "SERVER_ID_PREFIX", "InstrumentServer"]
 
-_DRAIN_BATCH = 64  # messages read in a row before the reader keeps time (heartbeats, dead-man)
 # Between batches of a flood, the reader pauses this long: threading.Lock is not fair, and a thread that
 # lets it go and takes it again at once would keep a waiting thread out for as long as the flood lasts.
 _YIELD_S = 0.001
@@ -85,7 +63,27 @@ _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, c
 MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
 
 
-class InstrumentServer:
+def _check_settings(heartbeat_s: float, deadman_s: float | None, max_jobs_per_client: int, max_jobs_total: int) -> None:
+    """Refuse timings and bounds under which the server could not work (a ``ValueError`` naming the setting)."""
+    for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds (got {value!r})")
+    if heartbeat_s < MIN_KEEPALIVE_S:  # clients beat at most this often: they would all be forgotten
+        raise ValueError(f"heartbeat_s={heartbeat_s:g} is shorter than clients beat ({MIN_KEEPALIVE_S:g} s at least)")
+    if heartbeat_s > MAX_SERVER_HEARTBEAT_S:  # clients would declare the server gone between its beats
+        raise ValueError(
+            f"heartbeat_s={heartbeat_s:g} is longer than clients wait ({MAX_SERVER_HEARTBEAT_S:g} s at most)"
+        )
+    if deadman_s is not None and deadman_s < MIN_DEADMAN_S:
+        raise ValueError(
+            f"deadman_s={deadman_s:g} is shorter than a client can keep alive ({MIN_DEADMAN_S:g} s at least)"
+        )
+    for name, bound in (("max_jobs_per_client", max_jobs_per_client), ("max_jobs_total", max_jobs_total)):
+        if bound < 1:
+            raise ValueError(f"{name} must be at least 1 (got {bound!r})")
+
+
+class InstrumentServer(_Reading):
     """Serve ``driver`` on ``endpoint`` (and stream frames on ``pub_endpoint``).
 
     Parameters
@@ -157,24 +155,7 @@ class InstrumentServer:
         max_jobs_per_client: int = 1024,
         max_jobs_total: int = 8192,
     ) -> None:
-        for name, value in (("heartbeat_s", heartbeat_s), ("deadman_s", deadman_s)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds (got {value!r})")
-        if heartbeat_s < MIN_KEEPALIVE_S:  # clients beat at most this often: they would all be forgotten
-            raise ValueError(
-                f"heartbeat_s={heartbeat_s:g} is shorter than clients beat ({MIN_KEEPALIVE_S:g} s at least)"
-            )
-        if heartbeat_s > MAX_SERVER_HEARTBEAT_S:  # clients would declare the server gone between its beats
-            raise ValueError(
-                f"heartbeat_s={heartbeat_s:g} is longer than clients wait ({MAX_SERVER_HEARTBEAT_S:g} s at most)"
-            )
-        if deadman_s is not None and deadman_s < MIN_DEADMAN_S:
-            raise ValueError(
-                f"deadman_s={deadman_s:g} is shorter than a client can keep alive ({MIN_DEADMAN_S:g} s at least)"
-            )
-        for name, bound in (("max_jobs_per_client", max_jobs_per_client), ("max_jobs_total", max_jobs_total)):
-            if bound < 1:
-                raise ValueError(f"{name} must be at least 1 (got {bound!r})")
+        _check_settings(heartbeat_s, deadman_s, max_jobs_per_client, max_jobs_total)
         for ep in filter(None, (endpoint, pub_endpoint)):
             check_bind(ep, curve, insecure)
         self.driver = driver
@@ -214,11 +195,6 @@ class InstrumentServer:
         )
         self._next_beat = time.monotonic() + heartbeat_s  # the next heartbeat to the clients is due
         self._unread = False  # the last read of the command socket stopped before it was empty
-
-    @property
-    def deadman_s(self) -> float | None:
-        """The dead-man time, s (``None``: off)."""
-        return self._queue.deadman_s
 
     @property
     def max_jobs_per_client(self) -> int:
@@ -402,201 +378,6 @@ class InstrumentServer:
                 watch.poll(timeout=int(1000 * _TICK_S))  # wakes on the next arrival
             else:
                 self._stop.wait(_TICK_S)
-
-    def _keep_time(self) -> None:
-        """The dead-man check, and the heartbeats when due (under the lock)."""
-        self._check_deadman()
-        if time.monotonic() >= self._next_beat:
-            self._heartbeat()
-            self._next_beat = time.monotonic() + self.heartbeat_s
-
-    def _drain_router(self) -> None:
-        """Handle the messages waiting on the command socket, at most ``_DRAIN_BATCH`` (under the lock).
-
-        The socket's descriptor signals only new arrivals, so a reader that stops before the socket is
-        empty says so in ``_unread``: a thread about to wait on the descriptor reads again instead, and
-        the idle worker is woken too.  Bounded batches let a client sending faster than messages are
-        handled hold no one up: between batches the lock is let go (the worker runs the commands read
-        so far) and time is kept (the other clients' heartbeats, the dead-man).
-        """
-        for _ in range(_DRAIN_BATCH):
-            if not readable(self._router):
-                self._unread = False
-                return
-            self._take(self._router.recv_multipart())
-        self._unread = True
-        self._wake_worker()
-
-    def _take(self, parts: list[bytes]) -> None:
-        """Handle one message read from the command socket (under the lock)."""
-        if len(parts) < 2:
-            self.stats["malformed"] += 1
-            return
-        identity, body = parts[0], parts[1:]
-        self._clients.setdefault(identity, Client(time.monotonic())).last_seen = time.monotonic()
-        self._queue.heard(identity)
-        try:
-            self._handle(identity, body)
-        except Exception:  # a bug must not end the thread reading: log it, count it, keep serving
-            self.stats["internal_errors"] += 1
-            logger.exception("message from client %s could not be handled", identity.hex()[:8])
-
-    def _reply(self, identity: bytes, parts: list[Any], track: bool = False) -> zmq.MessageTracker | None:
-        """Send to one client without ever waiting (the lock is held): a client that reads nothing loses replies.
-
-        A full queue to the client (its high-water mark reached) drops the message and counts it in
-        ``stats["dropped_client_not_reading"]``; a lost frame also shows as a gap in its delivery sequence.
-        ``track``: return the tracker of the last part (done once ZeroMQ has written it out), if sent.
-        """
-        try:
-            return send_parts(self._router, [identity, *parts], NOBLOCK, copy=False, track=track)
-        except zmq.Again:
-            self.stats["dropped_client_not_reading"] += 1
-        except zmq.ZMQError:  # EHOSTUNREACH: the client vanished
-            self.stats["undeliverable"] += 1
-            self._forget(identity)
-        return None
-
-    def _handle(self, identity: bytes, body: list[bytes]) -> None:
-        try:
-            obj = decode_envelope(body)
-            kind = obj["type"]
-            if kind == "hello":
-                client = self._clients[identity]  # (registered on arrival, just before)
-                client.ack_in_frame = ACK_IN_FRAME in client_options(obj)
-                client.welcomed = True
-                caps = self.driver.capabilities()
-                self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
-            elif kind == "heartbeat":
-                self.stats["heartbeats_in"] += 1
-                if not self._clients[identity].welcomed:  # forgotten (a stall): its session and commands are gone
-                    raise ProtocolError("hello_first", "this client was forgotten (silent too long): say hello again")
-                self._keep_echo(identity, obj.get("t"))
-            elif kind == "bye":
-                self._said_bye(identity)
-            elif kind == "command":
-                if not self._clients[identity].welcomed:  # a client must learn the limits first
-                    raise ProtocolError("hello_first", "no hello on this connection (or forgotten since): not accepted")
-                command = decode_command(obj)
-                if command.id.startswith(SERVER_ID_PREFIX):
-                    raise ProtocolError("reserved_id", f"ids starting {SERVER_ID_PREFIX!r} are the server's own")
-                self._accept(identity, command)
-            else:
-                raise ProtocolError("type", f"a client may not send {kind!r} messages")
-        except ProtocolError as exc:
-            self.stats[f"error_{exc.code}"] += 1
-            self._warn_bad(identity, exc)
-            self._reply(identity, encode_error(exc.code, str(exc), command_id_of(body)))
-
-    def _warn_bad(self, identity: bytes, exc: ProtocolError) -> None:
-        """Log a bad message (a few per client and window: :meth:`Client.warn_bad`)."""
-        client = self._clients.get(identity)
-        if client is not None:  # (forgotten meanwhile: nothing to count against)
-            client.warn_bad(identity.hex()[:8], exc)
-
-    def _accept(self, identity: bytes, command: Command) -> None:
-        self.stats["commands"] += 1
-        if logger.isEnabledFor(logging.INFO):  # (the hex is worth skipping on every frame)
-            logger.info("command %s %s from %s", command.kind, command.id, identity.hex()[:8])
-        self._send_answers(self._queue.offer(identity, command))
-
-    def _send_answers(self, answers: list[Answer]) -> None:
-        """Send the queue's refusals, now that it is whole (a reply that fails forgets its client, re-entrantly).
-
-        A client forgotten meanwhile (an earlier reply to it failed) is not tried again.
-        """
-        for identity, ack in answers:
-            if identity in self._clients:
-                self._reply(identity, encode_ack(ack))
-
-    # -- clients gone, the dead-man timer -----------------------------------------------------------
-    def _check_deadman(self) -> None:
-        for identity, why in self._queue.check_deadman():
-            self._send_answers(self._queue.deadman(identity, why))
-
-    def _said_bye(self, identity: bytes) -> None:
-        """A client said ``bye``: forget it, and blank the beam if its commands may have left it on."""
-        self._forget(identity)
-        self._send_answers(self._queue.said_bye(identity))
-
-    def _forget(self, identity: bytes) -> None:
-        """A client gone (silent, said bye, unreachable): its queued moves are dropped, its blanks and stops kept."""
-        self._clients.pop(identity, None)
-        self._send_answers(self._queue.client_gone(identity))
-
-    def _wake_worker(self) -> None:
-        if threading.get_ident() != self._worker_ident and not self._wake_tx.closed:
-            try:
-                self._wake_tx.send(b"", NOBLOCK)
-            except zmq.Again:  # wake-ups are already waiting to be read
-                pass
-
-    def _answer(self, identity: bytes, command_id: str, items: tuple[Ack | Frame | ProtocolError, ...]) -> None:
-        client = self._clients.get(identity)
-        match items:
-            case (Ack() as ack, Frame() as frame) if client is not None and client.ack_in_frame:
-                self._send_frame(identity, frame, ack)  # a scan's ack and its frame, ready together: one message
-                return
-        for item in items:  # (an ack and an acquisition error that came at once go as two messages)
-            if isinstance(item, Ack):
-                self._reply(identity, encode_ack(item))
-            elif isinstance(item, Frame):
-                self._send_frame(identity, item)
-            else:  # an accepted scan whose frame never came: say so, naming the scan
-                self._reply(identity, encode_error(item.code, str(item), command_id))
-
-    def _send_frame(self, identity: bytes, frame: Frame, ack: Ack | None = None) -> None:
-        """Send a frame (and the ack it carries) to its client, unless it holds too many bytes of frames already.
-
-        A frame that is not sent (the byte bound, or one that cannot be encoded) still takes its delivery
-        number, so the client sees the gap, and a carried ack then goes on its own.
-        """
-        client = self._clients.get(identity)
-        if client is not None:
-            seq = client.delivery_seq
-            client.delivery_seq += 1
-            held, nbytes = client.frame_bytes_held(), frame.image.nbytes
-            if held and held + nbytes > self.max_frame_bytes_per_client:  # it has not taken what is held for it
-                self.stats["dropped_client_not_reading"] += 1
-            elif (parts := self._encoded(frame, seq, ack)) is not None:
-                tracker = self._reply(identity, parts, track=True)
-                if tracker is not None and not tracker.done:
-                    client.hold(tracker, nbytes)
-                ack = None  # (sent with the frame, or lost with it to a full queue, which is counted)
-        if ack is not None:  # a frame not sent, or no client to number it for: the ack still goes
-            self._reply(identity, encode_ack(ack))
-        self.stats["frames"] += 1
-        if self._pub is not None:
-            if (parts := self._encoded(frame, self._pub_seq, None)) is not None:
-                self._pub.send_multipart([b"frame", *parts], copy=False)
-            self._pub_seq += 1
-
-    def _encoded(self, frame: Frame, seq: int, ack: Ack | None) -> list[Any] | None:
-        """The frame's message, or None (counted per message, logged) if its free-form metadata cannot go in JSON.
-
-        (A numpy integer in the metadata, say: the header's own fields are validated.)
-        """
-        try:
-            return encode_frame(frame, seq, ack)
-        except (ValueError, TypeError, UnicodeError) as exc:  # (pydantic's serialisation error is a ValueError)
-            self.stats["frames_unencodable"] += 1
-            logger.error("frame %d could not be encoded, not sent: %s", frame.header.sequence, exc)
-            return None
-
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        for identity, client in list(self._clients.items()):
-            if now - client.last_seen > 3 * self.heartbeat_s:
-                self.stats["clients_lost"] += 1
-                self._forget(identity)
-            else:
-                self._reply(identity, [envelope("heartbeat", t=time.time(), **client.take_echo(now))])
-
-    def _keep_echo(self, identity: bytes, t: object) -> None:
-        """Keep a client's heartbeat time stamp (a finite number, else ignored) to echo back."""
-        client, stamp = self._clients.get(identity), finite_number(t)
-        if client is not None and stamp is not None:
-            client.echo = (stamp, time.monotonic())
 
     @property
     def clients(self) -> int:
