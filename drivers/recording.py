@@ -210,6 +210,12 @@ def is_being_recorded(directory: str | Path) -> bool:
     return False
 
 
+def log_path(session: str | Path) -> Path:
+    """The session log of ``session``: ``session/session.log`` for a directory (existing or not), else ``session``."""
+    path = Path(session)
+    return path if path.suffix == ".log" and not path.is_dir() else path / LOG_NAME
+
+
 def read_session(directory: str | Path) -> ReadResult:
     """Read ``directory/session.log`` (or a log file path), recovering the valid prefix.
 
@@ -219,7 +225,7 @@ def read_session(directory: str | Path) -> ReadResult:
         If the file is missing or does not start with the session magic.
     """
     path = Path(directory)
-    path = path / LOG_NAME if path.is_dir() else path
+    path = path / LOG_NAME if path.is_dir() else path  # (any file given is read as a log)
     if not path.is_file():
         raise RecordingError(f"no session log at {path}")
     data = path.read_bytes()

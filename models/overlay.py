@@ -42,7 +42,8 @@ def save_overlay(image: np.ndarray, seg: Segmentation, atoms: Atoms, manifest: M
                 linewidths=0.5,
                 label=f"{info.name} ({int(sel.sum())})",
             )
-    axes[1].legend(loc="lower right", fontsize=7, framealpha=0.7)
+    if len(atoms):  # (no columns, no legend: matplotlib would warn of an empty one)
+        axes[1].legend(loc="lower right", fontsize=7, framealpha=0.7)
     flags = seg.input_check.flags if seg.input_check is not None else ()
     axes[1].set_title(f"{len(atoms)} columns, OOD score {seg.ood_score:.2f}" + "".join(f", {f}" for f in flags))
     mi = resample(seg.mutual_info, img.shape)
@@ -52,5 +53,5 @@ def save_overlay(image: np.ndarray, seg: Segmentation, atoms: Atoms, manifest: M
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # (whatever the name says)
     plt.close(fig)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +129,16 @@ def make_keys(directory: Path) -> int:
     return 0
 
 
-def check_output_file(path: Path | None, flag: str) -> None:
-    """Refuse, before any work, an output file that could not be written: a directory, or under a file.
+def check_output_file(path: Path | None, flag: str, keep: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, an output file that could not be written or would destroy what must be kept.
+
+    ``keep``: files the command reads or records into (a session log, an input image), existing or not
+    yet: the output may not be one of them, under any name (a hard link included).
 
     Raises
     ------
     ValueError
-        ``path`` is a directory, or one of its parents is a file (named with ``flag``).
+        ``path`` is a directory, one of its parents is a file, or it is one of ``keep`` (named with ``flag``).
     """
     if path is None:
         return
@@ -142,3 +147,34 @@ def check_output_file(path: Path | None, flag: str) -> None:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"{flag} {path}: {blocking} is a file, not a directory")
+    for kept in keep:
+        if same_file(path, kept):
+            raise ValueError(f"{flag} {path} would overwrite {kept}: choose another name")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved path (existing or not), or one file linked twice."""
+    if a.resolve() == b.resolve():
+        return True
+    return a.is_file() and b.is_file() and os.path.samefile(a, b)
+
+
+def png_output(png: Path | None, flag: str = "--png") -> Path | None:
+    """The PNG file ``flag`` names, checked before any work; any suffix but ``.png`` is refused.
+
+    ``.png`` is added when the name has no suffix, as matplotlib would add it: the checks then see the
+    file that will be written.
+
+    Raises
+    ------
+    ValueError
+        Another suffix, a directory, or a name under a file.
+    """
+    if png is None:
+        return None
+    if not png.suffix:
+        png = png.with_name(png.name + ".png")
+    if png.suffix.lower() != ".png":
+        raise ValueError(f"{flag} {png}: the picture is a PNG image; give a name ending in .png")
+    check_output_file(png, flag)
+    return png

@@ -70,11 +70,14 @@ def _check_steps(steps: int | None, frames: int, strict: bool) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from agent.cli.options import check_output_file
     from agent.config import load_config
     from agent.replay import recorded_config, replay
-    from drivers.recording import read_session
+    from drivers.recording import log_path, read_session
     from drivers.replay import Mode
 
+    read = args.directory if args.directory.is_file() else log_path(args.directory)
+    check_output_file(args.json, "--json", keep=[read])  # before the replay: its report must have somewhere to go
     speed = parse_speed(args.speed)
     session = read_session(args.directory)
     start = next((r for r in session.records if r.get("type") == "start"), None)
@@ -106,6 +109,7 @@ def _replay(args: argparse.Namespace) -> int:
     mode: Mode = "instrument" if what_if else "strict"
     report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     r = report["replay"]
     print(f"{mode} replay of {args.directory}: {report['status']}, {r['served']} frames served", file=sys.stderr)

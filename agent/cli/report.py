@@ -24,9 +24,11 @@ def default_out(session: Path) -> Path:
 def _report(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
     from agent.report import render
+    from drivers.recording import log_path
 
     out = args.out or default_out(args.directory)
-    check_output_file(out, "--out")
+    read = args.directory if args.directory.is_file() else log_path(args.directory)
+    check_output_file(out, "--out", keep=[read])
     page = render(args.directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

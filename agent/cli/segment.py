@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -119,18 +118,16 @@ def _check_outputs(out: Path, pngs: list[Path | None], images: list[Path]) -> No
     ValueError
         Naming the output and what it would overwrite (or why it cannot be written).
     """
-    from agent.cli.options import check_output_file
+    from agent.cli.options import check_output_file, same_file
 
     check_output_file(out, "--out")
     for png in pngs:
         check_output_file(png, "--png")
-    inputs = {image.resolve(): image for image in images}
     written: dict[Path, str] = {}
     for flag, path in [("--out", out), *(("--png", png) for png in pngs if png is not None)]:
         where = path.resolve()
-        linked = [i for i in images if where.exists() and i.exists() and os.path.samefile(where, i)]  # hard links
-        if where in inputs or linked:
-            image = inputs.get(where) or linked[0]
+        image = next((i for i in images if same_file(path, i)), None)  # (hard links too)
+        if image is not None:
             raise ValueError(f"{flag} {path} would overwrite the input image {image}: choose another name")
         if where in written:
             raise ValueError(f"{flag} {path} and {written[where]} name the same file: choose another name")
@@ -180,13 +177,13 @@ def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, flo
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.cli.options import png_output
     from models.overlay import save_overlay
     from models.segmenter import ModelOutputError, Segmenter
     from simulators.allocator import tune_allocator
 
-    pngs: list[Path | None] = (
-        [*_png_paths(args.png, args.images)] if args.png is not None else [None] * len(args.images)
-    )
+    png = png_output(args.png)  # (".png" added when it has no suffix, as matplotlib would)
+    pngs: list[Path | None] = [*_png_paths(png, args.images)] if png is not None else [None] * len(args.images)
     _check_outputs(args.out, pngs, args.images)  # before any work
     tune_allocator()  # as autoscope run does: localisation's per-pixel temporaries then cost no page faults
     names = [p.strip().lower() for p in args.providers.split(",")]  # "cpu, CUDA" as "cpu,cuda"

@@ -131,14 +131,10 @@ def _npz_path(out: Path) -> Path:
 
 
 def _png_path(png: Path | None) -> Path | None:
-    """``--png``, checked before anything is written: a .png file name."""
-    from agent.cli.options import check_output_file
+    """``--png``, checked before anything is written: a .png file name (``.png`` added when it has none)."""
+    from agent.cli.options import png_output
 
-    if png is not None:
-        check_output_file(png, "--png")
-        if png.suffix.lower() != ".png":
-            raise ValueError(f"--png {png}: the preview is a PNG image; give a name ending in .png")
-    return png
+    return png_output(png)
 
 
 def _run_stem(args: argparse.Namespace) -> int:

@@ -168,9 +168,12 @@ def _run(args: argparse.Namespace) -> int:
     from agent.recorder import SessionRecorder
     from agent.timings import StageTimings
     from agent.tomo import acquire_series
+    from drivers.recording import log_path
     from drivers.replay import ReplayDriver
 
-    check_output_file(args.json, "--json")
+    replayed = args.instrument != "sim" and not args.instrument.startswith(("tcp://", "ipc://"))
+    kept = [log_path(p) for p in (args.record, args.instrument if replayed else None) if p is not None]
+    check_output_file(args.json, "--json", keep=kept)  # (neither this session's record nor the one replayed)
     guard_config = _guard_config(args)  # (before anything is opened)
     where = _projection_field(args)
     readback = _readback(args)

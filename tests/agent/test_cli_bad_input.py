@@ -143,6 +143,26 @@ def test_report_of_a_log_file_goes_beside_it_and_a_directory_out_is_refused(tmp_
     assert f"--out {tmp_path} is a directory" in _error(capsys)
 
 
+def test_no_output_overwrites_the_session_log_it_reads_or_records(tmp_path, image, capsys):
+    """report --out, replay --json and run --json naming a session log are refused before any work."""
+    assert _import(tmp_path, ["a.npy"], POSITIONS + "a.npy,0,0,0.02\n") == 0
+    log = tmp_path / "s" / "session.log"
+    before = log.read_bytes()
+    os.link(log, tmp_path / "linked.log")
+    attempts = [
+        ["report", str(tmp_path / "s"), "--out", str(log)],
+        ["report", str(log), "--out", str(tmp_path / "linked.log")],
+        ["replay", str(tmp_path / "s"), "--quiet", "--json", str(log)],
+        ["run", "--steps", "1", "--record", str(tmp_path / "r"), "--json", str(tmp_path / "r" / "session.log")],
+    ]
+    for argv in attempts:
+        assert main(argv) == EXIT_USAGE, argv
+        assert "would overwrite" in _error(capsys)
+    assert log.read_bytes() == before and not (tmp_path / "r").exists()
+    assert main(["replay", str(tmp_path / "s"), "--quiet", "--json", str(tmp_path)]) == EXIT_USAGE
+    assert f"--json {tmp_path} is a directory" in _error(capsys)  # (refused before the replay, not after it)
+
+
 STEM = ["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--specimen-size-nm", "32"]
 
 
@@ -157,7 +177,7 @@ def test_simulate_adds_the_npz_suffix_and_reports_the_file_it_wrote(tmp_path, ca
     [
         ("outdir", None, "--out {tmp}/outdir is a directory"),
         ("afile/f.npz", None, "--out {tmp}/afile/f.npz: {tmp}/afile is a file, not a directory"),
-        ("f.npz", "f.xyz", "--png {tmp}/f.xyz: the preview is a PNG image"),
+        ("f.npz", "f.xyz", "--png {tmp}/f.xyz: the picture is a PNG image; give a name ending in .png"),
     ],
 )
 def test_simulate_refuses_an_output_it_cannot_write_before_writing_anything(tmp_path, capsys, out, png, message):

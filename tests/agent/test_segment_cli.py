@@ -142,7 +142,7 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     cases = [
         (["--out", str(frame)], "--out"),
         (["--out", str(tmp_path / "o.json"), "--png", str(frame)], "--png"),
-        (["--out", str(tmp_path / "same"), "--png", str(tmp_path / "same")], "name the same file"),
+        (["--out", str(tmp_path / "same.png"), "--png", str(tmp_path / "same.png")], "name the same file"),
         (["--out", str(tmp_path)], "is a directory"),
     ]
     for extra, said in cases:
@@ -151,7 +151,36 @@ def test_outputs_that_would_overwrite_an_input_or_each_other_are_refused_before_
     os.link(frame, tmp_path / "hard.npy")  # a hard link to the input is the input
     assert _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", "--out", str(tmp_path / "hard.npy")) == 2
     assert "would overwrite the input image" in capsys.readouterr().err
-    assert frame.read_bytes() == before and not list(tmp_path.glob("o.json")) and not (tmp_path / "same").exists()
+    assert frame.read_bytes() == before and not list(tmp_path.glob("o.json")) and not (tmp_path / "same.png").exists()
+
+
+def test_an_overlay_name_without_a_suffix_is_the_png_written_and_other_suffixes_are_refused_up_front(
+    tiny_model, tmp_path, capsys
+):
+    """matplotlib adds .png to a bare name: ``--png frame`` beside frame.png would have overwritten the input."""
+    from PIL import Image
+
+    frame = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)).save(frame)
+    before = frame.read_bytes()
+    out = tmp_path / "o.json"
+    assert (
+        _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", "--out", str(out), "--png", str(tmp_path / "frame"))
+        == 2
+    )
+    assert "would overwrite the input image" in capsys.readouterr().err and frame.read_bytes() == before
+    assert (
+        _segment(
+            tiny_model, str(frame), "--pixel-size-nm", "0.02", "--out", str(out), "--png", str(tmp_path / "o.jpgx")
+        )
+        == 2
+    )
+    assert "give a name ending in .png" in capsys.readouterr().err and not out.exists()
+    assert (
+        _segment(tiny_model, str(frame), "--pixel-size-nm", "0.02", "--out", str(out), "--png", str(tmp_path / "ov"))
+        == 0
+    )
+    assert (tmp_path / "ov.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_stack_without_a_pixel_size_is_named_for_both_at_once(tiny_model, tmp_path, capsys):
