@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from drivers.base import Frame
+from drivers.base import FRAME_DTYPES, Frame
 from drivers.recording import SessionWriter
 from models.io import LoadedImage, read_image
 from models.preprocess import ImageError, validate_image
@@ -121,6 +121,22 @@ def _pixel_size_nm(loaded: LoadedImage, row: PositionRow) -> tuple[float, float 
     return px, csv_px
 
 
+def recordable(image: np.ndarray) -> np.ndarray:
+    """``image`` in a pixel type a frame can hold, every value as it was.
+
+    Its own type where a frame takes it; other integers as int32 where they fit, else as float64
+    (exact to 2**53: a uint32 frame offset by 2**31 keeps its few counts of contrast, which float32
+    would round away); other floats as float32 (float16) or float64.
+    """
+    if image.dtype.name in FRAME_DTYPES:
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        i32 = np.iinfo(np.int32)
+        fits = image.size == 0 or (int(image.min()) >= i32.min and int(image.max()) <= i32.max)
+        return image.astype(np.int32 if fits else np.float64)
+    return image.astype(np.float32 if image.dtype.itemsize < 4 else np.float64)
+
+
 def frame_of(path: Path, row: PositionRow, sequence: int) -> Frame:
     """The frame of one image and its CSV row.
 
@@ -135,9 +151,7 @@ def frame_of(path: Path, row: PositionRow, sequence: int) -> Frame:
         validate_image(loaded.image, px)
     except ImageError as exc:
         raise SessionImportError(f"{path}: {exc}") from None
-    image = np.asarray(loaded.image, dtype=np.float32)  # the recorded values as they are, not rescaled
-    if not np.isfinite(image).all():
-        raise SessionImportError(f"{path}: values beyond float32's range")
+    image = recordable(loaded.image)  # the recorded values as they are, not rescaled
     cells, where = row.cells, row.where
     x, y = _required(cells, "x_nm", where), _required(cells, "y_nm", where)
     now = time.time()

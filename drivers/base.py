@@ -25,6 +25,7 @@ _COORD_NM = Annotated[float, Field(ge=-1e6, le=1e6)]
 _DTYPES = Literal["uint8", "uint16", "int16", "int32", "float32", "float64"]
 # Looked up, not parsed, on every frame: parsing a dtype name or asking a dtype for its name is slow.
 _NUMPY_DTYPES = {name: np.dtype(name) for name in get_args(_DTYPES)}
+FRAME_DTYPES: frozenset[str] = frozenset(_NUMPY_DTYPES)  # the pixel types a frame may hold
 
 
 def numpy_dtype(name: str) -> np.dtype[Any]:

@@ -114,6 +114,21 @@ def test_import_reads_a_csv_with_a_byte_order_mark(tmp_path, image):
     assert [f.header.x_nm for f in read_session(tmp_path / "s").frames] == [1.5]
 
 
+@pytest.mark.parametrize(
+    ("dtype", "offset", "recorded"),
+    [("uint32", 2**31, "float64"), ("uint64", 7, "int32"), ("int8", -100, "int32"), ("float16", 0.5, "float32")],
+)
+def test_import_keeps_every_recorded_value_of_any_pixel_type(tmp_path, dtype, offset, recorded):
+    """A uint32 detector frame offset by 2**31 with tens of counts of contrast became one constant in float32."""
+    counts = np.random.default_rng(1).integers(0, 60, (64, 64))
+    original = (counts.astype(dtype) + np.asarray(offset, dtype=dtype)).astype(dtype)
+    np.save(tmp_path / "w.npy", original)
+    assert _import(tmp_path, ["w.npy"], POSITIONS + "w.npy,0,0,0.02\n") == 0
+    frame = read_session(tmp_path / "s").frames[0]
+    assert frame.image.dtype == np.dtype(recorded) and np.array_equal(frame.image, original)
+    assert np.ptp(frame.image) == np.ptp(original.astype(np.float64))
+
+
 # -- files that cannot be read or written: OSError, ZeroMQ errors, Ctrl-C -----------------------------
 def test_an_os_error_is_one_line_naming_the_path(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
