@@ -66,11 +66,11 @@ class ModelManifest(BaseModel):
     name: str
     onnx_file: str = Field(pattern=r"^[^/\\]+\.onnx$", description="A file name beside the manifest, no path.")
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    classes: list[ClassInfo]
+    classes: list[ClassInfo] = Field(min_length=2, description="Background first, then at least one class.")
     native_pixel_size_nm: float = Field(gt=0.0)
     normalisation: Normalisation = Normalisation()
-    input_multiple: int = Field(ge=1)
-    tile_size_px: int = Field(ge=16)
+    input_multiple: int = Field(ge=1, le=256)
+    tile_size_px: int = Field(ge=16, le=8192)
     tile_overlap_px: int = Field(ge=0)
     members: int = Field(ge=1)
     outputs: list[str]
@@ -80,6 +80,20 @@ class ModelManifest(BaseModel):
         None, description="Per non-background class factor on summed probabilities (fitted at export)."
     )
     validation: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _classes_and_their_bias(self) -> ModelManifest:
+        """Class names are distinct, and the decision bias has a positive factor per non-background class."""
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"classes {names} name one class twice")
+        bias = self.decision_bias
+        if bias is not None and (len(bias) != len(names) - 1 or min(bias) <= 0.0):
+            raise ValueError(
+                f"decision_bias {bias} must hold one positive factor per class after the background "
+                f"({len(names) - 1}: {', '.join(names[1:])})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tiles_step_forward(self) -> ModelManifest:
@@ -128,7 +142,7 @@ def load_manifest(path: Path) -> tuple[ModelManifest, Path]:
         raise ModelError(f"model manifest not found: {path}")
     try:
         manifest = ModelManifest.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError, RecursionError) as exc:
         raise ModelError(f"malformed model manifest {path}: {exc}") from None
     onnx_path = path.parent / manifest.onnx_file
     if not onnx_path.is_file():

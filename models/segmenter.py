@@ -17,7 +17,7 @@ import numpy as np
 
 from models.input_check import InputCheck, check_input
 from models.localize import Atoms, localize
-from models.manifest import ModelManifest, load_manifest
+from models.manifest import ModelError, ModelManifest, load_manifest
 from models.preprocess import check_native_shape, normalize, resample, validate_image
 from models.refine import fitting_radius_px, refine_gaussian
 from models.session import OnnxModel
@@ -131,6 +131,33 @@ class Segmenter:
         self.manifest, self.onnx_path = load_manifest(Path(model) if model else DEFAULT_MODEL)
         self.model = OnnxModel(self.onnx_path, providers, threads)
         self.keep_featureless = keep_featureless
+        self._check_manifest_fits_graph()
+
+    def _check_manifest_fits_graph(self) -> None:
+        """One small blank tile through the graph: the outputs the manifest promises, for its classes.
+
+        A manifest edited or paired with another graph would otherwise fail on every frame, after an
+        instrument had been driven to acquire them.
+
+        Raises
+        ------
+        ModelError
+            Naming the manifest, the graph and what does not fit.
+        """
+        m = self.manifest
+        if sorted(m.outputs) != sorted(self.model.output_names):
+            raise ModelError(f"the manifest of {self.onnx_path.name} names the outputs {m.outputs}; "
+                             f"the graph has {self.model.output_names}")  # fmt: skip
+        side = max(32, m.input_multiple) // m.input_multiple * m.input_multiple
+        try:
+            blank = np.zeros((side, side), dtype=np.float32)
+            out = run_tiled(blank, self.model.run, m.tile_size_px, m.tile_overlap_px, m.input_multiple)
+            check_outputs(out, (side, side), len(m.classes))
+        except Exception as exc:  # (onnxruntime's own errors, or check_outputs')
+            raise ModelError(
+                f"the manifest of {self.onnx_path.name} does not fit its graph ({len(m.classes)} classes, inputs a "
+                f"multiple of {m.input_multiple} px): a {side} x {side} tile gives {type(exc).__name__}: {exc}"
+            ) from None
 
     @property
     def providers(self) -> list[str]:

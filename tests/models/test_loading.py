@@ -62,6 +62,51 @@ def test_missing_and_malformed_manifests(model_copy, tmp_path):
         load_manifest(manifest)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"classes_cut": 1}, r"does not fit its graph \(3 classes.*'mean_probs' has shape \(4,"),
+        ({"input_multiple": 3}, "does not fit its graph .*multiple of 3 px"),
+        ({"outputs": ["mean_probs"]}, r"names the outputs \['mean_probs'\]; the graph has"),
+    ],
+)
+def test_a_manifest_that_does_not_fit_its_graph_is_refused_at_load(model_copy, change, message):
+    """Not on the first frame, after an instrument was driven to acquire it (as a run did 20 times)."""
+    onnx, manifest = model_copy
+    data = json.loads(manifest.read_text())
+    if "classes_cut" in change:
+        data["classes"] = data["classes"][:-1]
+        data["decision_bias"] = data["decision_bias"] and data["decision_bias"][:-1]
+    else:
+        data.update(change)
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=message):
+        Segmenter(manifest, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"decision_bias": [1.0] * 10}, "one positive factor per class after the background"),
+        ({"decision_bias": [1.0, -1.0, 1.0]}, "one positive factor per class after the background"),
+        ({"classes": [{"name": "background", "defect": False}] * 2}, "name one class twice"),
+        ({"input_multiple": 10**6, "tile_size_px": 10**7}, "less than or equal to"),
+    ],
+)
+def test_a_manifest_with_impossible_values_is_malformed(model_copy, change, message):
+    onnx, manifest = model_copy
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **change}))
+    with pytest.raises(ModelError, match=message):
+        load_manifest(manifest)
+
+
+def test_a_deeply_nested_manifest_is_malformed_not_a_crash(model_copy):
+    onnx, manifest = model_copy
+    manifest.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelError, match="malformed"):
+        load_manifest(manifest)
+
+
 def test_auto_reports_the_active_providers(tiny_model):
     model = OnnxModel(tiny_model.onnx, "auto")
     assert model.active_providers
