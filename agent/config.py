@@ -64,6 +64,12 @@ class PolicyConfig(BaseModel):
         25.0, gt=0.0, description="Smoothing length of uncertainty and defects (chosen on seeds 100-102, like beta)."
     )
     spacing_nm: float | None = Field(None, gt=0.0, description="Candidate pitch (the field of view if unset).")
+    centres_nm: list[tuple[float, float]] | None = Field(
+        None,
+        min_length=1,
+        description="Candidate field centres [[x, y], ...] in nm, in place of a grid over the region (a replay of "
+        "an imported session visits its recorded positions so).",
+    )
     survey_pixels: int = Field(512, ge=16, le=4096)
     survey_dwell_us: float = Field(2.0, gt=0.0)
 

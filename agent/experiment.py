@@ -99,7 +99,8 @@ def field_region(cap: Capabilities, config: RunConfig) -> Region:
 def _context(config: RunConfig, region: Region) -> PolicyContext:
     f, o = config.field, config.policy_options
     template = FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg)
-    return PolicyContext(region, template, config.seed, o.spacing_nm, config.guard.max_step_nm)
+    centres = None if o.centres_nm is None else tuple(o.centres_nm)
+    return PolicyContext(region, template, config.seed, o.spacing_nm, config.guard.max_step_nm, centres)
 
 
 def build_fallback(config: RunConfig, region: Region) -> Policy | None:

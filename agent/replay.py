@@ -109,6 +109,26 @@ def data_region(driver: ReplayDriver, config: RunConfig) -> Region:
     return Region(x0, x1, y0, y1)
 
 
+def visiting_recorded_fields(driver: ReplayDriver, config: RunConfig, region: Region) -> RunConfig:
+    """``config`` with the candidates at the recorded frames' centres, revisits allowed: an imported session.
+
+    It holds no decisions: its strict replay runs the agent over its frames, each served once in order.
+    A grid over their bounding box held too few fields for frames that overlap (a drift series) or
+    share a position (two detectors), and the replay stopped after the first.  Centres are brought
+    inside ``region`` (a strict replay serves its frames wherever a scan asks).
+    """
+    centres = [
+        (
+            min(max(f.header.x_nm, region.x_min_nm), region.x_max_nm),
+            min(max(f.header.y_nm, region.y_min_nm), region.y_max_nm),
+        )
+        for f in driver.frames
+    ]
+    options = config.policy_options.model_copy(update={"centres_nm": centres})
+    guard = config.guard.model_copy(update={"allow_revisits": True})
+    return config.model_copy(update={"policy_options": options, "guard": guard})
+
+
 def _comparable(
     driver: ReplayDriver, recorded: list[dict[str, Any]], made: int, status: str, steps: int
 ) -> list[dict[str, Any]]:
@@ -146,6 +166,8 @@ def replay(
     # The recorded region gives the same candidate grid as the recorded run, so a what-if policy's
     # candidates coincide with the recorded fields; an imported session has none: its data's bounding box.
     region = recorded_region(driver, config) or data_region(driver, config)
+    if mode == "strict" and not (driver.start or {}).get("config"):
+        config = visiting_recorded_fields(driver, config, region)
     recorder = SessionRecorder(record, keep_decisions=True)
     # what-if: fields without data are expected refusals, not failures that should end the run
     max_failures = 20 if mode == "strict" else 10_000

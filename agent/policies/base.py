@@ -80,12 +80,13 @@ def candidate_grid(region: Region, spacing_nm: float) -> np.ndarray:
     if not (math.isfinite(spacing_nm) and spacing_nm > 0):
         raise ValueError(f"spacing_nm must be a positive finite number (got {spacing_nm!r})")
     width, height = region.size_nm
-    nx, ny = max(1, int(width // spacing_nm) + 1), max(1, int(height // spacing_nm) + 1)
-    if nx * ny > MAX_CANDIDATES:
+    count = (width / spacing_nm + 1.0) * (height / spacing_nm + 1.0)  # (a float: inf for an absurd spacing)
+    if count > MAX_CANDIDATES:
         raise ValueError(
-            f"a {width:g} x {height:g} nm region at a spacing of {spacing_nm:g} nm is {nx * ny:.3g} candidate fields,"
+            f"a {width:g} x {height:g} nm region at a spacing of {spacing_nm:g} nm is {count:.3g} candidate fields,"
             f" more than {MAX_CANDIDATES:,}: narrow the region (region_x_nm, region_y_nm) or widen spacing_nm"
         )
+    nx, ny = max(1, int(width // spacing_nm) + 1), max(1, int(height // spacing_nm) + 1)
     # centre the grid in the region so both margins are equal
     xs = region.x_min_nm + 0.5 * (width - (nx - 1) * spacing_nm) + spacing_nm * np.arange(nx)
     ys = region.y_min_nm + 0.5 * (height - (ny - 1) * spacing_nm) + spacing_nm * np.arange(ny)
@@ -102,10 +103,28 @@ class PolicyContext:
     seed: int = 0
     spacing_nm: float | None = None  # candidate pitch; the field of view when None (fields just touch)
     max_step_nm: float | None = None  # the guard's longest stage move: farther fields are not chosen yet
+    centres_nm: tuple[tuple[float, float], ...] | None = None  # given candidates, in place of the grid
 
     def candidates(self) -> np.ndarray:
-        """The candidate field centres, shape (n, 2)."""
-        return candidate_grid(self.region, self.spacing_nm or self.field.fov_nm)
+        """The candidate field centres, shape (n, 2): the given ``centres_nm``, else a grid over the region.
+
+        Raises
+        ------
+        ValueError
+            A given centre outside the region (fields there would reach beyond the stage or the region).
+        """
+        if self.centres_nm is None:
+            return candidate_grid(self.region, self.spacing_nm or self.field.fov_nm)
+        r = self.region
+        outside = [
+            c for c in self.centres_nm if not (r.x_min_nm <= c[0] <= r.x_max_nm and r.y_min_nm <= c[1] <= r.y_max_nm)
+        ]
+        if outside:
+            raise ValueError(
+                f"field centres {outside[:3]} lie outside the region where a {self.field.fov_nm:g} nm field fits "
+                f"(x {r.x_min_nm:g} to {r.x_max_nm:g}, y {r.y_min_nm:g} to {r.y_max_nm:g} nm)"
+            )
+        return np.asarray(self.centres_nm, dtype=np.float64).reshape(-1, 2)
 
 
 class Policy(Protocol):

@@ -220,6 +220,26 @@ def test_import_builds_a_session_that_replays(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "positions", [[(0.0, 0.0), (0.5, 0.0), (1.0, 0.0)], [(0.0, 0.0), (0.0, 0.0)]], ids=["drift", "two_detectors"]
+)
+def test_an_imported_session_replays_every_frame_however_its_fields_overlap(tmp_path, positions):
+    """A drift series (fields overlapping) or two detectors at one position: one frame served, then 'exhausted'."""
+    rng = np.random.default_rng(2)
+    names, rows = [], ["image,x_nm,y_nm,pixel_size_nm"]
+    for i, (x, y) in enumerate(positions):
+        np.save(tmp_path / f"f{i}.npy", rng.random((128, 128), dtype=np.float32))
+        names.append(str(tmp_path / f"f{i}.npy"))
+        rows.append(f"f{i}.npy,{x},{y},0.02")
+    (tmp_path / "pos.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "imported"
+    assert main(["sessions", "import", *names, "--positions", str(tmp_path / "pos.csv"), "--out", str(out)]) == 0
+    assert main(["replay", str(out), "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "completed" and report["replay"]["served"] == len(positions)
+    assert [(f["x_nm"], f["y_nm"]) for f in report["summary"]["fields"]] == positions
+
+
+@pytest.mark.parametrize(
     ("csv", "message"),
     [
         ("image,x_nm,y_nm\nimg0.npy,0,0\n", "no pixel size"),

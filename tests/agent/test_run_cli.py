@@ -63,6 +63,21 @@ def test_run_against_a_simulated_instrument_over_tcp(sim_server, tmp_path, small
     assert summary["policy"] == "bayes" and summary["status"] == "completed"
 
 
+def test_given_field_centres_are_the_candidates_and_one_outside_the_region_is_refused(tmp_path, capsys):
+    config = tmp_path / "centres.toml"
+    config.write_text(
+        SMALL.replace("[policies]\n", "[policies]\ncentres_nm = [[4.0, 2.0], [-3.0, 1.0], [0.0, -5.0]]\n")
+    )
+    summary = tmp_path / "SUMMARY.json"
+    argv = ["run", "--policy", "raster", "--steps", "3", "--config", str(config), "--quiet"]
+    assert main([*argv, "--json", str(summary)]) == 0
+    fields = {(f["x_nm"], f["y_nm"]) for f in json.loads(summary.read_text())["fields"]}
+    assert fields == {(4.0, 2.0), (-3.0, 1.0), (0.0, -5.0)}
+    config.write_text(SMALL.replace("[policies]\n", "[policies]\ncentres_nm = [[4.0, 2.0], [500.0, 0.0]]\n"))
+    assert main(argv) == 2
+    assert "field centres [(500.0, 0.0)] lie outside the region" in capsys.readouterr().err
+
+
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text("[field]\npixls = 128\n")
