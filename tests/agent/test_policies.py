@@ -56,6 +56,12 @@ def test_candidate_grid_covers_the_region_with_equal_margins():
     assert len(candidate_grid(Region(0, 5, 0, 5), 10.0)) == 1
 
 
+@pytest.mark.parametrize(("spacing_nm", "said"), [(1e-3, r"1e\+10 candidate fields"), (1e-300, "inf candidate fields")])
+def test_a_grid_too_fine_is_refused_with_its_size_even_an_absurd_one(spacing_nm, said):
+    with pytest.raises(ValueError, match=said):  # (1e-300 raised OverflowError formatting the count)
+        candidate_grid(REGION, spacing_nm)
+
+
 def test_raster_sweeps_every_field_once_in_serpentine_order(obs_at):
     policy = make_policy("raster", context())
     assert policy.commits_ahead

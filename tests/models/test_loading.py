@@ -72,7 +72,7 @@ def test_missing_and_malformed_manifests(model_copy, tmp_path):
 )
 def test_a_manifest_that_does_not_fit_its_graph_is_refused_at_load(model_copy, change, message):
     """Not on the first frame, after an instrument was driven to acquire it (as a run did 20 times)."""
-    onnx, manifest = model_copy
+    _onnx, manifest = model_copy
     data = json.loads(manifest.read_text())
     if "classes_cut" in change:
         data["classes"] = data["classes"][:-1]
@@ -94,14 +94,14 @@ def test_a_manifest_that_does_not_fit_its_graph_is_refused_at_load(model_copy, c
     ],
 )
 def test_a_manifest_with_impossible_values_is_malformed(model_copy, change, message):
-    onnx, manifest = model_copy
+    _onnx, manifest = model_copy
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **change}))
     with pytest.raises(ModelError, match=message):
         load_manifest(manifest)
 
 
 def test_a_deeply_nested_manifest_is_malformed_not_a_crash(model_copy):
-    onnx, manifest = model_copy
+    _onnx, manifest = model_copy
     manifest.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ModelError, match="malformed"):
         load_manifest(manifest)
