@@ -66,12 +66,29 @@ def _from_rsciio(records: list[dict[str, Any]], path: Path) -> LoadedImage:
         if data.ndim == 2 and np.issubdtype(data.dtype, np.number):
             axes = rec.get("axes", [])
             sizes = [_to_nm(a.get("scale", 1.0), a.get("units")) for a in axes[-2:]]
-            return LoadedImage(data, sizes[-1] if sizes else None, str(path))
+            return LoadedImage(data, _square_pixel_nm(sizes, path), str(path))
         shapes.append(data.shape)
     stacks = [shape for shape in shapes if len(shape) == 3]
     if stacks:
         raise ImageReadError(f"{path} holds a stack of shape {stacks[0]}, not a 2-D image")
     raise ImageReadError(f"{path} holds no 2-D image (shapes {shapes})")
+
+
+def _square_pixel_nm(sizes: list[float | None], path: Path) -> float | None:
+    """The pixel size of (row size, col size), the last known one; refused where the two differ.
+
+    Raises
+    ------
+    ImageReadError
+        The pixels are not square (beyond 1 %): the model, and every position reported, take one size.
+    """
+    known = [s for s in sizes if s]
+    if len(known) == 2 and abs(known[0] - known[1]) > 0.01 * max(known):
+        raise ImageReadError(
+            f"{path}: its pixels are {known[1]:.4g} nm wide and {known[0]:.4g} nm tall; square pixels are "
+            "needed (resample the image to one pixel size first)"
+        )
+    return known[-1] if known else None
 
 
 def _npz_image_key(path: Path, z: Any) -> str:
@@ -118,13 +135,23 @@ def _read_tiff(path: Path) -> LoadedImage:
         size = None
         page = tif.pages[0]
         if getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB and image.ndim == 3:
+            if getattr(page, "planarconfig", None) == tifffile.PLANARCONFIG.SEPARATE:
+                image = np.moveaxis(image, 0, -1)  # colour planes first: channels last, as _colour_mean takes them
             image = _colour_mean(image)  # a colour rendering of a grey image, as PNGs often are
         ij = tif.imagej_metadata or {}
-        res = getattr(page, "tags", {}).get("XResolution")
-        if res is not None and ij.get("unit"):
-            num, den = res.value
-            size = _to_nm(den / num, ij["unit"]) if num else None
+        tags = getattr(page, "tags", {})
+        if ij.get("unit"):
+            sizes = [_tiff_pixel_nm(tags.get(name), ij["unit"]) for name in ("YResolution", "XResolution")]
+            size = _square_pixel_nm(sizes, path)
     return LoadedImage(image, size, str(path))
+
+
+def _tiff_pixel_nm(tag: Any, unit: str) -> float | None:
+    """A TIFF resolution tag (pixels per unit, a fraction) as nm per pixel; None where unset or zero."""
+    if tag is None:
+        return None
+    num, den = tag.value
+    return _to_nm(den / num, unit) if num else None
 
 
 def read_mrc(path: Path) -> tuple[np.ndarray, float | None]:

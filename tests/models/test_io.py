@@ -193,3 +193,27 @@ def test_a_stack_of_one_frame_is_its_frame():
     axes = [{"scale": 1.0, "units": ""}, {"scale": 0.01, "units": "nm"}, {"scale": 0.01, "units": "nm"}]
     loaded = _from_rsciio([{"data": np.ones((1, 32, 40)), "axes": axes}], Path("x.emd"))
     assert loaded.image.shape == (32, 40) and loaded.pixel_size_nm == pytest.approx(0.01)
+
+
+def test_a_planar_colour_tiff_is_read_as_grey_like_an_interleaved_one(tmp_path):
+    """Colour planes first (planarconfig separate): the mean was taken along the columns instead."""
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([grey] * 3), photometric="rgb", planarconfig="separate")
+    np.testing.assert_allclose(read_image(tmp_path / "planar.tif").image, grey)
+
+
+def test_pixels_that_are_not_square_are_refused_not_taken_for_square(tmp_path, image):
+    """y at twice x's pixel size: every position along y would be off by a factor of two."""
+    from models.io import _from_rsciio
+
+    meta = {"unit": "nm"}
+    tifffile.imwrite(tmp_path / "a.tif", image.astype(np.float32), imagej=True, resolution=(100.0, 50.0), metadata=meta)
+    with pytest.raises(ImageReadError, match=r"0\.01 nm wide and 0\.02 nm tall; square pixels are needed"):
+        read_image(tmp_path / "a.tif")
+    tifffile.imwrite(
+        tmp_path / "s.tif", image.astype(np.float32), imagej=True, resolution=(100.0, 100.0), metadata=meta
+    )
+    assert read_image(tmp_path / "s.tif").pixel_size_nm == pytest.approx(0.01)
+    axes = [{"scale": 0.02, "units": "nm"}, {"scale": 0.01, "units": "nm"}]
+    with pytest.raises(ImageReadError, match="square pixels are needed"):
+        _from_rsciio([{"data": np.ones((32, 40)), "axes": axes}], Path("x.emd"))
