@@ -111,10 +111,10 @@ class Reward:
         return value if math.isfinite(value) else 0.0
 
     def _eval(self, node: ast.AST, env: dict[str, float]) -> Any:
-        if isinstance(node, ast.Constant):
-            return node.value
+        if isinstance(node, ast.Constant):  # floats, all of it: 9**9**9**9 in Python integers never ends
+            return float(node.value)
         if isinstance(node, ast.Name):
-            return env.get(node.id, 0.0)
+            return float(env.get(node.id, 0.0))
         if isinstance(node, ast.BinOp):
             return _BINARY[type(node.op)](self._eval(node.left, env), self._eval(node.right, env))
         if isinstance(node, ast.UnaryOp):

@@ -69,6 +69,13 @@ def test_reward_expressions_compute_from_the_observation():
     assert Reward("(ood_score - 3) ** 0.5", NAMES)(obs) == 0.0  # a complex power gives 0, not a crash
 
 
+@pytest.mark.timeout(10)
+def test_a_power_tower_overflows_to_zero_at_once_instead_of_computing_forever():
+    """In Python integers 9**9**9**9 never finishes: the run hung at its first frame."""
+    assert Reward("9 ** 9 ** 9 ** 9", NAMES)(_observation()) == 0.0
+    assert Reward("2 ** (n_vacancy * 10000)", NAMES)(_observation()) == 0.0
+
+
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
