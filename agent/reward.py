@@ -112,6 +112,7 @@ class Reward:
 
     def _eval(self, node: ast.AST, env: dict[str, float]) -> Any:
         if isinstance(node, ast.Constant):  # floats, all of it: 9**9**9**9 in Python integers never ends
+            assert isinstance(node.value, (int, float))  # (checked when the expression was read)
             return float(node.value)
         if isinstance(node, ast.Name):
             return float(env.get(node.id, 0.0))

@@ -167,9 +167,22 @@ class ReadResult:
         return self.problem is None and self.valid_bytes == self.file_bytes
 
 
+def _record_object(record: Any) -> dict[str, Any]:
+    """``record`` if it is a record (a JSON object with a ``type``).
+
+    Raises
+    ------
+    ValueError
+        Anything else (its checksum may be fine: a log written by hand, or by a bug).
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        raise ValueError(f"a record is a JSON object with a 'type', not {str(record)[:60]!r}")
+    return record
+
+
 def _decode_frame(body: bytes) -> tuple[dict[str, Any], Frame]:
     (n,) = struct.unpack_from("<I", body)
-    record = json.loads(body[4 : 4 + n])
+    record = _record_object(json.loads(body[4 : 4 + n]))
     header = FrameHeader.model_validate(record["header"])
     image = np.frombuffer(body[4 + n :], dtype=header.dtype).reshape(header.shape)
     return record, Frame(header, image)
@@ -242,14 +255,14 @@ def read_session(directory: str | Path) -> ReadResult:
     for end, kind, body in iter_records(data):
         try:
             if kind == _KIND_JSON:
-                result.records.append(json.loads(body))
+                result.records.append(_record_object(json.loads(body)))
             elif kind == _KIND_FRAME:
                 record, frame = _decode_frame(body)
                 result.records.append(record)
                 result.frames.append(frame)
             else:
                 raise ValueError(f"unknown record kind {kind}")
-        except (ValueError, KeyError, struct.error) as exc:  # checksum fine but content bad: stop here
+        except (ValueError, KeyError, TypeError, RecursionError, struct.error) as exc:  # content bad: stop here
             result.problem = f"record at byte {result.valid_bytes} is unreadable: {exc}"
             return result
         result.valid_bytes = end

@@ -81,6 +81,9 @@ def _replay(args: argparse.Namespace) -> int:
     speed = parse_speed(args.speed)
     session = read_session(args.directory)
     start = next((r for r in session.records if r.get("type") == "start"), None)
+    recorded = (start or {}).get("config", {})
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{args.directory}: the start record's configuration is not a table: {recorded!r:.60}")
     if (start or {}).get("kind") == "tomography":
         raise ValueError(f"{args.directory} is a tomography session: replay it with "
                          f"autoscope tomo run --instrument {args.directory} --policy ... --tilts ...")  # fmt: skip

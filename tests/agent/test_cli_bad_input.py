@@ -178,6 +178,16 @@ def test_no_output_overwrites_the_session_log_it_reads_or_records(tmp_path, imag
     assert f"--json {tmp_path} is a directory" in _error(capsys)  # (refused before the replay, not after it)
 
 
+def test_a_start_record_whose_configuration_is_not_a_table_is_named(tmp_path, capsys):
+    from drivers.recording import SessionWriter
+
+    with SessionWriter(tmp_path / "s") as w:
+        w.write({"type": "start", "config": [1, 2]})
+        w.write_frame(Frame.of(np.ones((32, 32), np.float32), 0.02, sequence=0))
+    assert main(["replay", str(tmp_path / "s"), "--quiet"]) == EXIT_USAGE
+    assert "the start record's configuration is not a table: [1, 2]" in _error(capsys)
+
+
 STEM = ["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--specimen-size-nm", "32"]
 
 

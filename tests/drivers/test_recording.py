@@ -100,6 +100,33 @@ def test_ten_thousand_single_byte_flips_are_all_detected_and_never_raise(tmp_pat
         assert result.records == full[: len(result.records)]
 
 
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        (1, b"[1, 2, 3]"),
+        (1, b'"hello"'),
+        (1, b'{"no_type": 1}'),
+        (1, b"[" * 100_000 + b"]" * 100_000),
+        (2, len(b"[1]").to_bytes(4, "little") + b"[1]" + bytes(8)),
+    ],
+    ids=["list", "string", "untyped", "deeply_nested", "frame_of_a_list"],
+)
+def test_a_record_with_a_good_checksum_but_no_record_inside_ends_the_valid_prefix(tmp_path, kind, payload):
+    """Written by hand or by a bug: the readers' .get on a list or a string raised AttributeError."""
+    import zlib
+
+    from drivers.recording import _HEAD
+
+    _write_sample(tmp_path)
+    log = tmp_path / LOG_NAME
+    good = log.read_bytes()
+    body = bytes([kind]) + payload
+    log.write_bytes(good + _HEAD.pack(len(body), zlib.crc32(body)) + body)
+    result = read_session(tmp_path)
+    assert len(result.records) == 11 and result.valid_bytes == len(good)
+    assert result.problem is not None and f"record at byte {len(good)} is unreadable" in result.problem
+
+
 def test_refuses_foreign_files_and_second_writers(tmp_path):
     (tmp_path / "x.log").write_bytes(b"not a session")
     with pytest.raises(RecordingError, match="not an autoscope session log"):
