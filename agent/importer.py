@@ -110,6 +110,10 @@ def _required(row: dict[str, str], key: str, where: str) -> float:
     return value
 
 
+#: Pixel sizes a recorded frame may have: a hundredth of a picometre to ten micrometres.
+MIN_PIXEL_NM, MAX_PIXEL_NM = 1e-5, 1e4
+
+
 def _pixel_size_nm(loaded: LoadedImage, row: PositionRow) -> tuple[float, float | None]:
     """The pixel size (the file's, else the CSV's) and the CSV's own value."""
     csv_px = _number(row.cells, "pixel_size_nm", None, row.where)
@@ -118,6 +122,11 @@ def _pixel_size_nm(loaded: LoadedImage, row: PositionRow) -> tuple[float, float 
     px = loaded.pixel_size_nm or csv_px
     if px is None:
         raise SessionImportError(f"{row.where}: the file records no pixel size and the CSV gives none (pixel_size_nm)")
+    if not MIN_PIXEL_NM <= px <= MAX_PIXEL_NM:  # (1e300 overflowed the replay's dose arithmetic)
+        source = "the file's" if loaded.pixel_size_nm else "the CSV's"
+        raise SessionImportError(
+            f"{row.where}: {source} pixel size {px:g} nm is outside {MIN_PIXEL_NM:g} to {MAX_PIXEL_NM:g} nm"
+        )
     return px, csv_px
 
 

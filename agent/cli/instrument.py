@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.instrument_check import CHECK_FRAME, check
-from agent.cli.options import add_client_key_args, make_keys, option_value, position_nm, server_keys
+from agent.cli.options import add_client_key_args, make_keys, option_value, position_nm, server_keys, timeout_s
 
 
 def register(sub: Any) -> None:
@@ -64,7 +64,9 @@ def register(sub: Any) -> None:
     p.add_argument("--allow-clients", type=Path, default=None, help="directory of allowed client public certificates")
     add_client_key_args(p, "--check")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
-    p.add_argument("--timeout-s", type=float, default=10.0, help="--check: connection and frame timeout")
+    p.add_argument(
+        "--timeout-s", type=timeout_s, default=10.0, help="--check: connection and frame timeout (up to a day)"
+    )
     p.add_argument(
         "--at", metavar="X_NM,Y_NM", type=position_nm, default=None,
         help="--check: acquire one frame centred here (specimen coordinates, nm; within the reported stage range)",

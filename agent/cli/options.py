@@ -27,6 +27,17 @@ def position_nm(text: str) -> tuple[float, float]:
     return x, y
 
 
+def timeout_s(text: str) -> float:
+    """A timeout in seconds, positive and at most a day (argparse type; 1e300 overflowed the waits)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 < value <= 86_400.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a timeout is more than 0 and at most 86400 s (a day)")
+    return value
+
+
 def add_client_key_args(p: argparse.ArgumentParser, where: str) -> None:
     """``--client-key`` and ``--server-public``: CURVE keys for reaching a server that requires them."""
     p.add_argument(

@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_replay)
 
 
+MIN_SPEED, MAX_SPEED = 1e-3, 1e6  # replay pacing factors: a thousand times slower to a million times faster
+
+
 def parse_speed(text: str) -> float | None:
     """``max`` -> None, ``realtime`` -> 1.0, else a positive factor.
 
@@ -51,8 +54,10 @@ def parse_speed(text: str) -> float | None:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ValueError(f"--speed must be max, realtime or a positive factor (got {text!r})")
+    if not MIN_SPEED <= value <= MAX_SPEED:  # (a factor of 1e-320 turned a second's wait into an overflow)
+        raise ValueError(
+            f"--speed must be max, realtime or a factor from {MIN_SPEED:g} to {MAX_SPEED:g} (got {text!r})"
+        )
     return value
 
 

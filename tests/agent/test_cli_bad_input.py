@@ -188,6 +188,30 @@ def test_a_start_record_whose_configuration_is_not_a_table_is_named(tmp_path, ca
     assert "the start record's configuration is not a table: [1, 2]" in _error(capsys)
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["instrument", "--check", "tcp://127.0.0.1:1", "--timeout-s", "1e300"], "at most 86400 s"),
+        (["instrument", "--check", "tcp://127.0.0.1:1", "--timeout-s", "nan"], "at most 86400 s"),
+        (["replay", "{session}", "--quiet", "--speed", "1e-320"], "a factor from 0.001 to 1e+06"),
+        (["replay", "{session}", "--quiet", "--speed", "inf"], "a factor from 0.001 to 1e+06"),
+    ],
+)
+def test_absurd_timeouts_and_speeds_are_named_not_overflows(tmp_path, image, capsys, argv, said):
+    assert _import(tmp_path, ["a.npy"], POSITIONS + "a.npy,0,0,0.02\n") == 0
+    try:
+        code = main([a.replace("{session}", str(tmp_path / "s")) for a in argv])
+    except SystemExit as exc:  # (argparse's own refusal of an option's value)
+        code = exc.code
+    assert code == EXIT_USAGE and said in _error(capsys)
+
+
+@pytest.mark.parametrize("pixel_size_nm", ["1e300", "1e-11"])
+def test_import_refuses_a_pixel_size_no_frame_has(tmp_path, image, capsys, pixel_size_nm):
+    assert _import(tmp_path, ["a.npy"], POSITIONS + f"a.npy,0,0,{pixel_size_nm}\n") == EXIT_USAGE
+    assert "is outside 1e-05 to 10000 nm" in _error(capsys) and not (tmp_path / "s").exists()
+
+
 STEM = ["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--specimen-size-nm", "32"]
 
 
