@@ -166,6 +166,10 @@ class Experiment:
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
             self.guard = Guard(cap, config.guard)
+            field = _context(config, self.region).field.at(*self.region.center_nm)
+            problem = self.guard.field_problem(field)
+            if problem:  # checked on the handshake alone: no command has been sent
+                raise ConfigError(f"the configured [field] cannot be scanned here: {problem}")
             self.previous_session: dict[str, Any] | None = None
             self.record_dir = config.record
             if recorder is None and config.record is not None:

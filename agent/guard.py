@@ -222,6 +222,20 @@ class Guard:
                     return f"repeat of the field already scanned at ({r.x_nm:g}, {r.y_nm:g}) nm, fov {r.fov_nm:g} nm"
         return None
 
+    def field_problem(self, d: Decision) -> str | None:
+        """Why no field like ``d`` could be scanned anywhere (its size, pixels, dwell or frame dose), if so.
+
+        Checked on the configured field before a run starts: a dwell beyond the limits used to show only
+        as one refusal per step, until the run gave up.
+        """
+        problem = self._out_of_limits(d, ("fov_nm", "rows", "cols", "dwell_us"))
+        if problem:
+            return problem
+        dose = self.frame_dose_e_per_a2(d)
+        if dose > self.max_frame_dose:
+            return f"frame dose {dose:.3g} e/A^2 exceeds the instrument's maximum {self.max_frame_dose:.3g}"
+        return None
+
     def _step_problem(self, d: Decision) -> str | None:
         """A step longer than ``max_step_nm`` from where the stage is, or may be.
 

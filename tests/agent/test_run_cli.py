@@ -78,6 +78,18 @@ def test_given_field_centres_are_the_candidates_and_one_outside_the_region_is_re
     assert "field centres [(500.0, 0.0)] lie outside the region" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [("dwell_us = 1e300", "dwell_us=1e+300 is outside the allowed"), ("pixels = 4000", "frame dose")],
+)
+def test_a_field_no_scan_may_take_is_refused_at_the_start_not_step_after_step(tmp_path, capsys, field, said):
+    config = tmp_path / "f.toml"
+    config.write_text(f"steps = 2\n[field]\nfov_nm = 2.0\n{field}\n")
+    assert main(["run", "--config", str(config), "--quiet", "--record", str(tmp_path / "s")]) == 2
+    assert f"the configured [field] cannot be scanned here: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text("[field]\npixls = 128\n")
