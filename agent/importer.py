@@ -68,6 +68,9 @@ def read_positions(path: Path) -> dict[str, PositionRow]:
 
 def _rows(reader: csv.DictReader[str], path: Path) -> dict[str, PositionRow]:
     columns = list(reader.fieldnames or ())
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # (DictReader would keep the last column of a name and say nothing)
+        raise SessionImportError(f"{path}: the columns {', '.join(twice)} appear more than once")
     missing = [c for c in REQUIRED if c not in columns]
     unknown = sorted(set(columns) - set(REQUIRED) - set(OPTIONAL))
     if missing or unknown:

@@ -73,6 +73,7 @@ def test_import_names_a_positions_file_it_cannot_read(tmp_path, image, capsys, k
         (POSITIONS + "a.npy,0,0,-0.02\n", "pixel_size_nm=-0.02 must be positive"),
         (POSITIONS + "a.npy,0,0,0\n", "pixel_size_nm=0 must be positive"),
         (POSITIONS + "a.npy,0,0,1e308\n", "pos.csv line 2 (a.npy): the CSV's pixel size 1e+308 nm is outside"),
+        ("image,x_nm,y_nm,x_nm\na.npy,0,0,5\n", "pos.csv: the columns x_nm appear more than once"),
     ],
 )
 def test_import_names_the_line_and_the_cell_at_fault(tmp_path, image, capsys, csv_text, message):
