@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from agent.guard import CHECKED_LIMITS, GuardConfig
 from drivers.base import Range
 
-_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+# strict: TOML says what type a value is, so `steps = true`, `steps = "3"` or `keep_featureless = "yes"` are
+# mistakes to name, not values to coerce (they ran 1 step, 3 steps, and kept featureless frames)
+_STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
+_PATH = Annotated[Path, Strict(False)]  # (a path is written as a string)
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ class PolicyConfig(BaseModel):
         25.0, gt=0.0, description="Smoothing length of uncertainty and defects (chosen on seeds 100-102, like beta)."
     )
     spacing_nm: float | None = Field(None, gt=0.0, description="Candidate pitch (the field of view if unset).")
-    centres_nm: list[tuple[float, float]] | None = Field(
+    centres_nm: list[Annotated[tuple[float, float], Strict(False)]] | None = Field(
         None,
         min_length=1,
         description="Candidate field centres [[x, y], ...] in nm, in place of a grid over the region (a replay of "
@@ -88,9 +91,9 @@ class RunConfig(BaseModel):
     policy: Literal["raster", "random", "uncertainty", "defects", "bayes", "dkl"] = "bayes"
     steps: int = Field(20, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=2**63 - 1)  # (torch seeds are 64-bit)
-    record: Path | None = None
-    json_summary: Path | None = Field(None, alias="json")
-    model: Path | None = None
+    record: _PATH | None = None
+    json_summary: _PATH | None = Field(None, alias="json")
+    model: _PATH | None = None
     providers: str = "auto"
     region_x_nm: Range | None = Field(None, description="Where field centres may lie (default: the whole stage).")
     region_y_nm: Range | None = None

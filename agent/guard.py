@@ -37,7 +37,7 @@ def _half_diagonal_nm(fov_nm: float, rows: float, cols: float) -> float:
 class GuardConfig(BaseModel):
     """Configured limits; each is intersected with the instrument's own."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(**_STRICT, strict=True)  # (from TOML: `allow_revisits = "no"` is a mistake, not True)
     stage_x_nm: Range | None = None
     stage_y_nm: Range | None = None
     fov_nm: Range | None = None

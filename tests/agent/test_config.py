@@ -19,6 +19,16 @@ def test_toml_is_read_and_flags_override_it(tmp_path):
     assert config.policy_options.acquisition == "ei" and config.guard.max_step_nm == 50.0
 
 
+def test_what_toml_cannot_say_otherwise_is_taken_as_written(tmp_path):
+    """Strict types, but paths are strings, field centres arrays, and a whole number is a float too."""
+    path = tmp_path / "run.toml"
+    path.write_text('record = "r/s"\n[field]\nfov_nm = 5\n[policies]\ncentres_nm = [[1, 2.5]]\n')
+    config = load_config(path, {})
+    assert (
+        str(config.record) == "r/s" and config.field.fov_nm == 5.0 and config.policy_options.centres_nm == [(1.0, 2.5)]
+    )
+
+
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
@@ -30,6 +40,12 @@ def test_toml_is_read_and_flags_override_it(tmp_path):
         ("steps = 0\n", "steps"),
         ("[field]\nfov_nm = nan\n", "fov_nm"),
         ("steps = \n", "cannot read"),
+        ("steps = true\n", "steps: Input should be a valid integer"),  # (it ran one step)
+        ('steps = "3"\n', "steps: Input should be a valid integer"),
+        ("steps = 3.5\n", "steps: Input should be a valid integer"),
+        ('keep_featureless = "yes"\n', "keep_featureless: Input should be a valid boolean"),
+        ('[guard]\nallow_revisits = "on"\n', "guard.allow_revisits: Input should be a valid boolean"),
+        ('[field]\npixels = "512"\n', "field.pixels: Input should be a valid integer"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path, toml, message):
