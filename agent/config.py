@@ -45,7 +45,7 @@ class SimulatorConfig(BaseModel):
     model_config = _STRICT
     specimen_seed: int = Field(0, ge=0)
     lattice: Literal["MoS2", "WS2", "graphene", "SrTiO3"] = "MoS2"
-    probe_current_pa: float = Field(20.0, gt=0.0)
+    probe_current_pa: float = Field(20.0, gt=0.0, le=1e4)  # (the simulator's own bound: named here, by its key)
     specimen: dict[str, Any] = Field(default_factory=dict, description="Extra SpecimenConfig fields.")
 
 

@@ -46,6 +46,7 @@ def test_what_toml_cannot_say_otherwise_is_taken_as_written(tmp_path):
         ('keep_featureless = "yes"\n', "keep_featureless: Input should be a valid boolean"),
         ('[guard]\nallow_revisits = "on"\n', "guard.allow_revisits: Input should be a valid boolean"),
         ('[field]\npixels = "512"\n', "field.pixels: Input should be a valid integer"),
+        ("[simulator]\nprobe_current_pa = 1e300\n", "simulator.probe_current_pa: Input should be less than"),
     ],
 )
 def test_bad_configuration_names_the_key(tmp_path, toml, message):
