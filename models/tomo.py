@@ -74,6 +74,10 @@ def check_series(series: np.ndarray, angles_deg: np.ndarray) -> tuple[np.ndarray
     return series.astype(np.float32, copy=False), angles
 
 
+#: The largest volume reconstructed (4 GiB of float32).
+MAX_VOLUME_VOXELS = 10**9
+
+
 def reconstruct(
     series: np.ndarray,
     angles_deg: np.ndarray,
@@ -100,6 +104,12 @@ def reconstruct(
     order = np.argsort(angles)
     series, angles = series[order], angles[order]
     _, rows, cols = series.shape
+    voxels = cols * rows * cols
+    if voxels > MAX_VOLUME_VOXELS:  # (a 3 x 1 x 40000 series asked for 6 GiB, and ended in a MemoryError)
+        raise TomoError(
+            f"projections of {rows} x {cols} px make a {cols} x {rows} x {cols} volume ({4 * voxels / 2**30:.1f} GiB "
+            f"of float32), more than {MAX_VOLUME_VOXELS:.0e} voxels: crop or bin the projections first"
+        )
     weights = angular_weights(angles)
     volume = np.empty((cols, rows, cols), dtype=np.float32)
     for y in range(rows):

@@ -108,3 +108,10 @@ def test_a_series_with_the_tilt_axis_along_cols_is_checked_as_it_is_reconstructe
     assert reconstruct(series, angles, tilt_axis="cols").shape == (32, 3, 32)
     with pytest.raises(TomoError, match="pixels across the tilt axis"):
         reconstruct(series.transpose(0, 2, 1)[:, :, :2], angles, tilt_axis="rows")
+
+
+def test_a_volume_too_large_to_hold_is_refused_before_any_allocation():
+    """3 projections of 1 x 40 000 px would be a 40 000 x 1 x 40 000 volume: 6 GiB, then a MemoryError."""
+    series = np.ones((3, 1, 40_000), dtype=np.float32)
+    with pytest.raises(TomoError, match=r"40000 x 1 x 40000 volume \(6\.0 GiB of float32\)"):
+        reconstruct(series, np.array([-30.0, 0.0, 30.0]))
