@@ -372,7 +372,7 @@ def test_a_recording_without_frames_is_no_pass(recorded, tmp_path, capsys):
 
 
 def test_a_bad_pixel_outside_the_requested_field_does_not_spread_into_it():
-    from drivers.replay import _linear_weights, _separable_resample
+    from drivers.replay_fields import _linear_weights, _separable_resample
 
     image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     rows, cols = _linear_weights(np.linspace(20, 40, 16), 64), _linear_weights(np.linspace(10, 30, 16), 64)
@@ -399,7 +399,7 @@ def test_what_if_replay_of_oblong_imported_frames_serves_fields(tmp_path):
 
 def test_a_nion_frame_s_scan_rotation_is_read_from_its_nion_metadata():
     from drivers.base import Frame
-    from drivers.replay import _rotation
+    from drivers.replay_fields import _rotation
 
     image = np.zeros((16, 16), np.float32)
     assert _rotation(Frame.of(image, 0.02, metadata={"nion": {"rotation_deg": 30.0}})) == 30.0

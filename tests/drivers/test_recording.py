@@ -201,7 +201,8 @@ def test_an_instrument_replay_picks_the_same_frame_as_looking_at_every_one(tmp_p
     """The frames looked at in detail are narrowed by their circles: the choice must not change."""
     from drivers.base import Frame, ScanCommand
     from drivers.recording import SessionWriter
-    from drivers.replay import ReplayDriver, _rotation, _to_pixels
+    from drivers.replay import ReplayDriver
+    from drivers.replay_fields import RecordedFields, _rotation, _to_pixels
 
     rng = np.random.default_rng(0)
     with SessionWriter(tmp_path / "s") as writer:
@@ -212,9 +213,10 @@ def test_an_instrument_replay_picks_the_same_frame_as_looking_at_every_one(tmp_p
             header["metadata"] = {"rotation_deg": float(rng.choice([0.0, 0.0, 30.0, 90.0]))}
             writer.write_frame(Frame.of(image, float(rng.choice([0.25, 0.5, 1.0])), **header))
     driver = ReplayDriver(tmp_path / "s", mode="instrument")
+    fields = RecordedFields(driver.frames)
 
     def every_frame(command):
-        x, y = driver._corners(command)
+        x, y = fields._corners(command)
         best = None
         for i, f in enumerate(driver.frames):
             h = f.header
@@ -235,7 +237,7 @@ def test_an_instrument_replay_picks_the_same_frame_as_looking_at_every_one(tmp_p
             rows=rows, cols=cols, dwell_us=1.0, rotation_deg=float(rng.choice([0.0, 30.0, 45.0])),
         )  # fmt: skip
         expected = every_frame(command)
-        assert driver._covering(command) == expected
+        assert fields.covering(command) == expected
         found += expected is not None
     driver.close()
     assert found > 40  # the requests are not all out of reach: the test compares real choices
