@@ -18,7 +18,7 @@ from agent.recorder import SessionRecorder, claim_session_dir
 from agent.reward import Reward
 from agent.run_state import LoopConfig, RunState
 from agent.summary import run_summary
-from drivers.base import Capabilities, Disconnected, Driver, Range
+from drivers.base import Capabilities, Driver, Range
 from drivers.recording import RecordingError
 from drivers.security import CurveClientKeys
 from models.segmenter import Segmenter
@@ -56,15 +56,9 @@ def open_instrument(config: RunConfig, curve: CurveClientKeys | None = None) -> 
             probe_current_pa=sim.probe_current_pa,
             specimen_config=sim.specimen,
         )
-    from drivers.remote import RemoteDriver
+    from agent.connect import connect_remote
 
-    try:
-        return RemoteDriver(config.instrument, heartbeat_s=config.heartbeat_s, curve=curve)
-    except Disconnected as exc:
-        if curve is not None:
-            raise
-        hint = "a server that requires CURVE keys answers no client without them (--client-key, --server-public)"
-        raise Disconnected(f"{exc}; {hint}") from None
+    return connect_remote(config.instrument, curve, heartbeat_s=config.heartbeat_s)
 
 
 def field_region(cap: Capabilities, config: RunConfig) -> Region:

@@ -59,10 +59,10 @@ def _within(flag: str, value: float, allowed: Any, unit: str, instrument: str) -
 
 def check(args: argparse.Namespace) -> int:
     """Connect and print the capabilities; with ``--at``: unblank, scan one frame, print its header, blank again."""
+    from agent.connect import connect_remote
     from drivers.base import DriverError, UnblankCommand
-    from drivers.remote import RemoteDriver
 
-    with RemoteDriver(args.check, connect_timeout_s=args.timeout_s, curve=client_keys(args)) as remote:
+    with connect_remote(args.check, client_keys(args), connect_timeout_s=args.timeout_s) as remote:
         cap = remote.capabilities()
         print(json.dumps({"capabilities": cap.model_dump(mode="json")}, indent=2))
         scan = check_scan(args, cap)

@@ -129,9 +129,15 @@ def make_keys(directory: Path) -> int:
     """Write CURVE certificates for a server and one client into ``directory`` (``clients/``: the allow-list)."""
     import zmq.auth
 
+    names = ["server.key", "server.key_secret", "client.key", "client.key_secret", "clients/client.key"]
+    existing = [str(directory / n) for n in names if (directory / n).exists()]
+    if existing:  # (new keys would lock out every client holding the old server key, silently)
+        raise ValueError(f"{directory} already holds keys ({', '.join(existing)}): give another directory")
     (directory / "clients").mkdir(parents=True, exist_ok=True)
     server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
     client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
+    for secret in (server_secret, client_secret):
+        os.chmod(secret, 0o600)  # readable by their owner alone
     Path(client_public).replace(directory / "clients" / Path(client_public).name)
     print(
         f"server: {server_secret} (keep private), {server_public}\nclient: {client_secret} (keep private), "

@@ -28,10 +28,19 @@ def register(actions: Any) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from models.training.inpaint import InpaintConfig, train
 
-    config = InpaintConfig(members=args.members, steps=args.steps, phantoms=args.phantoms, width=args.width,
-                           size_px=args.size_px, seed=args.seed)  # fmt: skip
+    try:
+        config = InpaintConfig(members=args.members, steps=args.steps, phantoms=args.phantoms, width=args.width,
+                               size_px=args.size_px, seed=args.seed)  # fmt: skip
+    except ValidationError as exc:  # one line naming the flags, not pydantic's report
+        flags = ["--" + "-".join(str(p) for p in e["loc"]).replace("_", "-") for e in exc.errors()]
+        problems = [
+            f"{flag}: {e['msg']}" if flag != "--" else e["msg"] for flag, e in zip(flags, exc.errors(), strict=True)
+        ]
+        raise ValueError("; ".join(problems)) from None
     train(args.out, config, threads=args.threads)
     print(f"trained {args.members} members into {args.out}", file=sys.stderr)
     return 0

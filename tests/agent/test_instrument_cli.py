@@ -41,7 +41,8 @@ def test_check_without_a_server_fails_quickly(capsys):
     t0 = time.monotonic()
     status = main(["instrument", "--check", f"tcp://127.0.0.1:{_free_port()}", "--timeout-s", "1"])
     assert status == 1 and time.monotonic() - t0 < 5
-    assert "Disconnected" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Disconnected" in err and "a server that requires CURVE keys answers no client without them" in err
 
 
 def test_public_bind_without_keys_is_refused(capsys):
@@ -52,6 +53,11 @@ def test_public_bind_without_keys_is_refused(capsys):
 def test_make_keys_then_serve_with_curve(tmp_path, capsys):
     assert main(["instrument", "--make-keys", str(tmp_path)]) == 0
     assert (tmp_path / "server.key_secret").exists() and (tmp_path / "clients" / "client.key").exists()
+    assert (tmp_path / "server.key_secret").stat().st_mode & 0o077 == 0  # secrets: their owner's alone
+    assert (tmp_path / "client.key_secret").stat().st_mode & 0o077 == 0
+    before = (tmp_path / "server.key").read_bytes()
+    assert main(["instrument", "--make-keys", str(tmp_path)]) == 2  # never over keys clients already hold
+    assert "already holds keys" in capsys.readouterr().err and (tmp_path / "server.key").read_bytes() == before
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     proc = subprocess.Popen(
         [

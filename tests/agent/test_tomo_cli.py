@@ -288,3 +288,17 @@ def test_the_series_dose_is_counted_at_the_given_current(tmp_path):
 class _Args:
     def __init__(self, **values) -> None:
         self.__dict__.update(values)
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--members", "0"], "--members: Input should be greater than or equal to 1"),
+        (["--phantoms", "1"], "--phantoms: Input should be greater than or equal to 2"),
+        (["--size-px", "17"], "size_px (17) must be a multiple of 2**depth (8)"),
+    ],
+)
+def test_tomo_train_names_the_option_it_refuses_in_one_line(tmp_path, capsys, flags, said):
+    assert main(["tomo", "train", "--out", str(tmp_path / "t"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "pydantic.dev" not in err and len(err.strip().splitlines()) == 1
