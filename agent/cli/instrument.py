@@ -133,6 +133,9 @@ def _driver(args: argparse.Namespace) -> tuple[Any, str]:
         from drivers.replay import ReplayDriver
 
         driver = ReplayDriver(args.replay, mode=args.replay_mode, speed=parse_speed(args.speed))
+        if not driver.frames:  # (as autoscope replay refuses it: a server with nothing to serve)
+            damage = f" (the log is damaged: {driver.problem})" if driver.problem else ""
+            raise ValueError(f"{args.replay} holds no recorded frames to serve{damage}")
         return driver, f"replay of {args.replay} ({args.replay_mode}, {len(driver.frames)} frames)"
     if args.nion_usim:
         return _nion_usim(args)

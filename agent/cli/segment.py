@@ -161,6 +161,10 @@ def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, flo
         try:
             item = read_image(path)
             size = item.pixel_size_nm if item.pixel_size_nm is not None else args.pixel_size_nm
+            given = args.pixel_size_nm
+            if item.pixel_size_nm is not None and given is not None and abs(given - size) > 0.01 * size:
+                print(f"{path}: the file records {size:.4g} nm per pixel; --pixel-size-nm {given:g} is for files "
+                      "that record none, and is not used for it", file=sys.stderr)  # fmt: skip
             if size is None:  # said with whatever is wrong with the image itself, so one pass names it all
                 said = [*_image_problems(item.image), "records no pixel size: pass --pixel-size-nm"]
                 raise ValueError("; ".join(said))

@@ -213,6 +213,15 @@ def test_import_refuses_a_pixel_size_no_frame_has(tmp_path, image, capsys, pixel
     assert "is outside 1e-05 to 10000 nm" in _error(capsys) and not (tmp_path / "s").exists()
 
 
+def test_a_recording_without_frames_is_not_served_as_an_instrument(tmp_path, capsys):
+    from drivers.recording import SessionWriter
+
+    with SessionWriter(tmp_path / "s") as w:
+        w.write({"type": "start", "config": {}})
+    assert main(["instrument", "--replay", str(tmp_path / "s"), "--bind", "tcp://127.0.0.1:0"]) == EXIT_USAGE
+    assert "holds no recorded frames to serve" in _error(capsys)
+
+
 STEM = ["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--specimen-size-nm", "32"]
 
 

@@ -250,3 +250,14 @@ def test_a_featureless_image_gets_no_atoms_and_says_so(tmp_path, capsys):
     assert len(kept["atoms"]) > 50  # what the ensemble makes of noise when asked
     assert kept["summary"]["input_check"] == gated["summary"]["input_check"]
     assert "featureless: see input_check" in capsys.readouterr().out
+
+
+def test_a_pixel_size_given_for_a_file_that_records_its_own_is_said_to_be_unused(
+    tiny_model, frame_npz, tmp_path, capsys
+):
+    out = tmp_path / "o.json"
+    assert _segment(tiny_model, str(frame_npz), "--pixel-size-nm", "0.05", "--out", str(out)) == 0
+    assert "the file records 0.025 nm per pixel; --pixel-size-nm 0.05 is for files that record none" in (
+        capsys.readouterr().err
+    )
+    assert json.loads(out.read_text())[0]["pixel_size_nm"] == pytest.approx(0.025)
