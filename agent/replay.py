@@ -139,8 +139,8 @@ def _comparable(
     first as many recorded decisions as it made), and a log cut short (the decisions recorded after its
     last frame, whose frames were lost in the cut, are left out).
     """
-    if status == "completed" and steps < len(driver.frames) and made < len(recorded):
-        return recorded[:made]
+    if status == "interrupted" or (status == "completed" and steps < len(driver.frames) and made < len(recorded)):
+        return recorded[:made]  # (stopped by an operator: held to the decisions it made, no others)
     if driver.problem is None and any(r.get("type") == "stop" for r in driver.records):
         return recorded
     last_frame = max((i for i, r in enumerate(driver.records) if r.get("type") == "frame"), default=-1)

@@ -76,6 +76,7 @@ def _check_steps(steps: int | None, frames: int, strict: bool) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
+    from agent.cli.run import EXIT_INTERRUPTED, signals_interrupt
     from agent.config import load_config
     from agent.replay import recorded_config, replay
     from drivers.recording import log_path, read_session
@@ -115,7 +116,8 @@ def _replay(args: argparse.Namespace) -> int:
         config = load_config(args.config, {**overrides, "policy": args.policy or config.policy})
     what_if = args.policy is not None and args.policy != recorded_policy
     mode: Mode = "instrument" if what_if else "strict"
-    report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
+    with signals_interrupt():  # SIGINT, SIGTERM: the replay stops as a run does, its report still written
+        report = replay(args.directory, config, mode, speed, args.record, live=not args.quiet)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -129,7 +131,7 @@ def _replay(args: argparse.Namespace) -> int:
     if mode == "instrument":
         print(f"  {r['refused_no_data']} requested fields had no recorded data "
               f"(served fraction {r['served_fraction']})", file=sys.stderr)  # fmt: skip
-        return 0
+        return EXIT_INTERRUPTED if report["status"] == "interrupted" else 0
     divergences = report["divergences"]
     if not report["model_matches_recording"]:
         print("  note: the model differs from the recorded one", file=sys.stderr)
@@ -141,4 +143,6 @@ def _replay(args: argparse.Namespace) -> int:
               "(fewer --steps, or a log cut before their frames)", file=sys.stderr)  # fmt: skip
     if report["status"] == "failed":  # nothing to compare is no pass
         return EXIT_REPLAY_FAILED
+    if report["status"] == "interrupted":  # (compared as far as it went)
+        return EXIT_INTERRUPTED
     return 0 if not divergences or args.allow_divergence else EXIT_DIVERGED

@@ -64,7 +64,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextmanager
-def _signals_interrupt() -> Iterator[None]:
+def signals_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`~agent.run_state.Interrupted` in the loop, which then stops safely.
 
     Only the first signal does: a second one (an impatient Ctrl-C) must not break off the shutdown that
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     from simulators.allocator import tune_allocator
 
     tune_allocator()
-    with Experiment(config, live=not args.quiet, curve=curve) as experiment, _signals_interrupt():
+    with Experiment(config, live=not args.quiet, curve=curve) as experiment, signals_interrupt():
         state = experiment.run()
     summary = experiment.summary
     record = experiment.record_dir

@@ -164,8 +164,9 @@ def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
-    from agent.cli.run import EXIT_HELD
+    from agent.cli.run import EXIT_HELD, EXIT_INTERRUPTED, signals_interrupt
     from agent.recorder import SessionRecorder
+    from agent.run_state import Interrupted
     from agent.timings import StageTimings
     from agent.tomo import acquire_series
     from drivers.recording import log_path
@@ -191,7 +192,14 @@ def _run(args: argparse.Namespace) -> int:
         capabilities = driver.capabilities()
         recorder.write("start", kind="tomography", config=config, capabilities=capabilities.model_dump(mode="json"))
         chooser = _chooser(args, inpainter, capabilities.tilt_deg)
-        series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where, readback)
+        try:
+            with signals_interrupt():  # the series blanks the beam however it ends
+                series = acquire_series(driver, chooser, args.tilts, recorder, timings, guard_config, where, readback)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            stopped = str(exc) or "stopped by SIGINT"
+            recorder.write("stop", status="interrupted", reason=stopped)
+            print(f"{args.policy}: interrupted ({stopped}); the session's stop record says so", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if series.held is None:
             recorder.write("stop", status="completed", reason=f"{len(series.angles_deg)} tilts acquired")
         else:

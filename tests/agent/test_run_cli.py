@@ -206,10 +206,10 @@ def test_a_second_signal_does_not_break_off_the_safe_shutdown(capsys):
     import signal
     import time
 
-    from agent.cli.run import _signals_interrupt
+    from agent.cli.run import signals_interrupt
     from agent.run_state import Interrupted
 
-    with _signals_interrupt():
+    with signals_interrupt():
         with pytest.raises(Interrupted, match="SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
@@ -286,3 +286,41 @@ def test_tomo_run_takes_client_keys_for_a_tcp_instrument_only(tmp_path, capsys):
     tcp = ["--instrument", "tcp://127.0.0.1:1", "--probe-current-pa", "20", "--at", "0,0"]
     assert main(["tomo", "run", *tcp, *client[2:]]) == 2
     assert "--server-public needs --client-key" in capsys.readouterr().err
+
+
+def _interrupt_after_frames(argv: list[str], record, n: int = 2) -> tuple[int, str]:
+    """Run ``autoscope ARGV`` recording into ``record``; SIGINT once ``n`` frames are recorded."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        _wait_for_frames(record, n, timeout_s=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+def test_an_interrupted_replay_exits_130_and_reports_no_decision_it_never_reached(tmp_path, small_config):
+    """It exited 3, with the recorded decisions after the interruption reported as divergences."""
+    recorded = tmp_path / "recorded"
+    assert main(["run", "--policy", "raster", "--steps", "6", "--config", str(small_config), "--record", str(recorded),
+                 "--quiet"]) == 0  # fmt: skip
+    out, replayed = tmp_path / "replay.json", tmp_path / "replayed"
+    argv = ["replay", str(recorded), "--speed", "0.01", "--quiet", "--json", str(out), "--record", str(replayed)]
+    code, err = _interrupt_after_frames(argv, replayed)
+    report = json.loads(out.read_text())
+    assert code == 130 and report["status"] == "interrupted", err
+    assert report["divergences"] == [] and 0 < report["recorded_decisions"] < 6
+
+
+def test_an_interrupted_tilt_series_exits_130_with_a_stop_record(tmp_path):
+    record = tmp_path / "tomo"
+    code, err = _interrupt_after_frames(["tomo", "run", "--tilts", "500", "--size-px", "32", "--record", str(record)],
+                                        record)  # fmt: skip
+    assert code == 130, err
+    stop = read_session(record).records[-1]
+    assert stop["type"] == "stop" and stop["status"] == "interrupted" and "SIGINT" in stop["reason"]
