@@ -52,6 +52,9 @@ class TiltSeries:
     #: Why the instrument's answers ended the series (a refused projection, no frame, a read-back off): a safe
     #: hold, after which an operator checks the instrument; None when it did what it was told.
     held: str | None = None
+    #: Why the series stopped before its last tilt (a projection the guard refused: its dose, the budget; or
+    #: the hold above); None when every tilt was asked for.
+    ended: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,7 @@ class _Acquisition:
 
     def _end(self, step: int, source: str, reason: str, recorded: str) -> bool:
         self.series.refusals.append(reason)
+        self.series.ended = reason
         self.recorder.write("refusal", step=step, source=source, reason=recorded)
         return False
 

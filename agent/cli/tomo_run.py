@@ -217,6 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         "decision_ms": {"p50": decision.get("p50"), "p99": decision.get("p99")},
         "refusals": series.refusals,
         "held": series.held,
+        "ended_early": series.ended,
         "beam_blank": series.beam_blank,
     }
     if len(series.projections) >= 2:
@@ -228,6 +229,13 @@ def _run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.policy}: {len(series.angles_deg)} tilts; PSNR {summary.get('psnr_db', 'n/a')} dB", file=sys.stderr)
+    if series.refusals:
+        said = "; ".join(sorted(set(series.refusals)))
+        print(f"  {len(series.refusals)} refused (recorded; see refusals in --json): {said}", file=sys.stderr)
+    if series.ended is not None and series.held is None:
+        print(
+            f"  the series ended after {len(series.angles_deg)} of {args.tilts} tilts: {series.ended}", file=sys.stderr
+        )
     if series.held is not None:
         print(f"safe hold ({_beam_said(series.beam_blank)}; check the instrument): {series.held}", file=sys.stderr)
     return status

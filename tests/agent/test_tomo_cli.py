@@ -302,3 +302,13 @@ def test_tomo_train_names_the_option_it_refuses_in_one_line(tmp_path, capsys, fl
     assert main(["tomo", "train", "--out", str(tmp_path / "t"), *flags]) == 2
     err = capsys.readouterr().err
     assert said in err and "pydantic.dev" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_series_the_dose_budget_cuts_short_says_so_on_the_console_and_in_its_summary(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    argv = ["tomo", "run", "--tilts", "6", "--size-px", "32", "--dose-budget-e-per-a2", "12", "--json", str(out)]
+    assert main(argv) == 0  # the guard did its job: no hold
+    err = capsys.readouterr().err
+    assert "the series ended after 2 of 6 tilts: dose budget" in err and "1 refused" in err
+    summary = json.loads(out.read_text())
+    assert summary["ended_early"].startswith("dose budget") and summary["held"] is None
