@@ -10,6 +10,9 @@ from typing import Any
 
 from agent.cli.options import add_client_key_args, client_keys, position_nm
 
+#: What a run takes unless told otherwise; a strict replay takes the recorded session's instead.
+DEFAULTS: dict[str, Any] = {"policy": "dose-symmetric", "tilts": 20, "range_deg": (-70.0, 70.0)}
+
 
 def register(actions: Any) -> None:
     """Add ``run`` to the ``tomo`` actions."""
@@ -20,11 +23,15 @@ def register(actions: Any) -> None:
         "(strict replay: its projections in order, every tilt decision compared with the recorded one)",
     )  # fmt: skip
     run.add_argument(
-        "--policy", choices=("sequential", "dose-symmetric", "golden-ratio", "adaptive"), default="dose-symmetric"
-    )
+        "--policy", choices=("sequential", "dose-symmetric", "golden-ratio", "adaptive"),
+        help=f"tilt scheme (default: {DEFAULTS['policy']}; a replay: the recorded one)",
+    )  # fmt: skip
     run.add_argument("--inpaint-model", type=Path, help="inpainting manifest (default: the bundled one)")
-    run.add_argument("--tilts", type=int, default=20)
-    run.add_argument("--range-deg", type=float, nargs=2, default=(-70.0, 70.0), metavar=("LOW", "HIGH"))
+    run.add_argument("--tilts", type=int, help=f"tilts (default: {DEFAULTS['tilts']}; a replay: as recorded)")
+    run.add_argument(
+        "--range-deg", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="tilt range (default: -70 70; a replay: as recorded)",
+    )  # fmt: skip
     run.add_argument(
         "--probe-current-pa", type=float,
         help="the probe current the instrument runs at (needed for a tcp:// instrument: the guard computes each "
@@ -144,6 +151,30 @@ def _readback(args: argparse.Namespace) -> Any:
     return Readback(args.readback_tolerance_nm, args.tilt_tolerance_deg)
 
 
+def _take_settings(args: argparse.Namespace) -> None:
+    """Fill the tilt scheme, tilt count and range not given: a strict replay's from its recording, else defaults.
+
+    Raises
+    ------
+    ValueError
+        ``--instrument`` names a recorded session that is not a tilt series.
+    """
+    recorded: dict[str, Any] = {}
+    if args.instrument != "sim" and Path(args.instrument).is_dir():
+        from drivers.recording import read_session
+
+        start = next((r for r in read_session(args.instrument).records if r.get("type") == "start"), None) or {}
+        if start.get("kind") != "tomography":
+            raise ValueError(f"{args.instrument} is not a tomography session: replay a scan session with "
+                             f"autoscope replay {args.instrument}")  # fmt: skip
+        config = start.get("config")
+        recorded = config if isinstance(config, dict) else {}
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            value = recorded.get(name, default)
+            setattr(args, name, tuple(value) if name == "range_deg" else value)
+
+
 def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
     """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
     from drivers.replay import ReplayDriver
@@ -172,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     from drivers.recording import log_path
     from drivers.replay import ReplayDriver
 
+    _take_settings(args)
     replayed = args.instrument != "sim" and not args.instrument.startswith(("tcp://", "ipc://"))
     kept = [log_path(p) for p in (args.record, args.instrument if replayed else None) if p is not None]
     check_output_file(args.json, "--json", keep=kept)  # (neither this session's record nor the one replayed)

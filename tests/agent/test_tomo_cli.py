@@ -312,3 +312,19 @@ def test_a_series_the_dose_budget_cuts_short_says_so_on_the_console_and_in_its_s
     assert "the series ended after 2 of 6 tilts: dose budget" in err and "1 refused" in err
     summary = json.loads(out.read_text())
     assert summary["ended_early"].startswith("dose budget") and summary["held"] is None
+
+
+def test_a_strict_replay_takes_the_recorded_scheme_tilts_and_range_unless_told_otherwise(tmp_path, capsys):
+    """Without them it replayed with the defaults (dose-symmetric, 20 tilts in +-70): 5 of 6 decisions diverged."""
+    record = tmp_path / "tomo"
+    argv = ["tomo", "run", "--policy", "sequential", "--tilts", "5", "--range-deg", "-50", "50", "--size-px", "32"]
+    assert main([*argv, "--record", str(record)]) == 0
+    out = tmp_path / "replay.json"
+    assert main(["tomo", "run", "--instrument", str(record), "--json", str(out)]) == 0
+    replay = json.loads(out.read_text())
+    assert replay["divergences"] == [] and replay["policy"] == "sequential" and len(replay["angles_deg"]) == 5
+    assert main(["tomo", "run", "--instrument", str(record), "--policy", "golden-ratio"]) == 3  # told otherwise
+    scan = tmp_path / "scan"
+    assert main(["run", "--steps", "1", "--record", str(scan), "--quiet", "--policy", "raster"]) == 0
+    assert main(["tomo", "run", "--instrument", str(scan)]) == 2
+    assert "is not a tomography session: replay a scan session with autoscope replay" in capsys.readouterr().err
