@@ -92,8 +92,11 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             recorder.close()
         lost = int(frames.stats["frames_lost"])
+        problem = frames.link_problem() if not watcher.state.frames_received else None
     state = watcher.state
     print(file=sys.stderr)
+    if problem is not None:
+        print(f"no frame received from {args.frames}: {problem}", file=sys.stderr)
     summary = {"received": state.frames_received, "analysed": state.frames_analysed, "featureless": state.featureless,
                "skipped": state.frames_skipped, "stream_lost": lost, "suggestions": state.suggestions}  # fmt: skip
     print(json.dumps(summary))

@@ -382,3 +382,26 @@ def test_watch_reads_a_curve_protected_stream_with_client_keys(tmp_path, capsys)
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["analysed"] > 0
         assert main([*WATCH, "--frames", endpoint, "--duration-s", "1", client[0], client[1]]) == EXIT_USAGE
         assert "--client-key needs --server-public" in _error(capsys)
+
+
+def test_watch_says_why_no_frame_came_a_refused_key_at_once(tmp_path, capsys):
+    """It printed received 0 and exited 0, whatever kept the frames away."""
+    from drivers.security import load_server_keys
+
+    for d in ("keys", "other"):
+        assert main(["instrument", "--make-keys", str(tmp_path / d)]) == 0
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    curve = load_server_keys(keys / "server.key_secret", keys / "clients")
+    stranger = ["--client-key", str(other / "client.key_secret"), "--server-public", str(keys / "server.key")]
+    capsys.readouterr()
+    with frame_stream(curve) as endpoint:
+        t0 = time.monotonic()
+        assert main([*WATCH, "--frames", endpoint, "--duration-s", "20", *stranger]) == 1
+        assert time.monotonic() - t0 < 10 and "refused this client's CURVE keys" in _error(capsys)
+        assert main([*WATCH, "--frames", endpoint, "--duration-s", "1.5"]) == 0  # no keys at all
+        err = _error(capsys)
+        assert "no frame received from" in err and "the handshake with the server failed" in err
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as sock:
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+    assert main([*WATCH, "--frames", f"tcp://127.0.0.1:{port}", "--duration-s", "1"]) == 0
+    assert "no connection was made (nothing listening there?)" in _error(capsys)
