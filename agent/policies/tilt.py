@@ -41,9 +41,17 @@ def tilt_plan(scheme: str, n_tilts: int, low_deg: float, high_deg: float) -> lis
 
 
 def _dose_symmetric(n_tilts: int, low_deg: float, high_deg: float) -> list[float]:
-    """Hagen's scheme around 0 (or the range's centre), with one step fitting ``n_tilts`` in the range."""
+    """Hagen's scheme around 0 (or the range's centre), with one step fitting ``n_tilts`` in the range.
+
+    A range symmetric about its centre is reached at both ends: the step is its half-width over the
+    pairs of tilts either side, and an even count's last tilt fills the widest gap left.  (A step of the
+    whole range over ``n_tilts - 1`` stopped at +-66.3 of +-70 deg for 20 tilts, and left 6 tilts in
+    +-60 deg at 0, 24, 48, -24, -48, -36.)  On a lopsided range the step is that of ``n_tilts`` evenly
+    spread, so the longer side is covered too.
+    """
     centre = 0.0 if low_deg <= 0.0 <= high_deg else 0.5 * (low_deg + high_deg)
-    step = (high_deg - low_deg) / (n_tilts - 1)
+    symmetric = math.isclose(high_deg - centre, centre - low_deg, rel_tol=1e-9, abs_tol=1e-9)
+    step = (high_deg - centre) / max(1, (n_tilts - 1) // 2) if symmetric else (high_deg - low_deg) / (n_tilts - 1)
     angles, k, side = [centre], 1, 1
     while len(angles) < n_tilts and k < 4 * n_tilts:
         for j in (k, k + 1):  # two on one side, then two on the other
@@ -58,5 +66,5 @@ def _dose_symmetric(n_tilts: int, low_deg: float, high_deg: float) -> list[float
         ordered = sorted([*angles, low_deg, high_deg])
         gaps = np.diff(ordered)
         i = int(np.argmax(gaps))
-        angles.append(ordered[i] + gaps[i] / 2)
+        angles.append(float(ordered[i] + gaps[i] / 2))
     return angles

@@ -31,6 +31,14 @@ def test_dose_symmetric_starts_at_zero_and_alternates_in_pairs():
     assert angles[:5] == [0.0, step, 2 * step, -step, -2 * step]
 
 
+@pytest.mark.parametrize("n", [6, 9, 20, 21])
+def test_dose_symmetric_reaches_both_ends_of_a_symmetric_range(n):
+    """A step of the whole range over n - 1 stopped at +-66.3 of +-70 deg (20 tilts), at 48 of 60 (6 tilts)."""
+    angles = tilt_plan("dose-symmetric", n, -60.0, 60.0)
+    assert min(angles) == pytest.approx(-60.0) and max(angles) == pytest.approx(60.0)
+    assert len(set(np.round(angles, 6))) == n and all(isinstance(a, float) for a in angles)
+
+
 def test_unknown_scheme_is_named():
     with pytest.raises(ValueError, match="unknown tilt scheme"):
         tilt_plan("spiral", 10, -60, 60)
