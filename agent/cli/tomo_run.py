@@ -164,7 +164,7 @@ def _take_settings(args: argparse.Namespace) -> None:
         from drivers.recording import read_session
 
         start = next((r for r in read_session(args.instrument).records if r.get("type") == "start"), None) or {}
-        if start.get("kind") != "tomography":
+        if start and start.get("kind") != "tomography":  # (a log without a start record is taken as it is)
             raise ValueError(f"{args.instrument} is not a tomography session: replay a scan session with "
                              f"autoscope replay {args.instrument}")  # fmt: skip
         config = start.get("config")
