@@ -140,6 +140,8 @@ def recordable(image: np.ndarray) -> np.ndarray:
     (exact to 2**53: a uint32 frame offset by 2**31 keeps its few counts of contrast, which float32
     would round away); other floats as float32 (float16) or float64.
     """
+    if not image.dtype.isnative:  # (a big-endian file: the same values in this machine's byte order)
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype.name in FRAME_DTYPES:
         return image
     if np.issubdtype(image.dtype, np.integer):

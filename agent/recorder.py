@@ -30,9 +30,7 @@ def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
         The latest session of the chain is closed, or still being recorded by a running agent.
     """
     directory = Path(directory)
-    chain = [directory]
-    while (_suffixed(directory, len(chain) + 1) / LOG_NAME).exists():
-        chain.append(_suffixed(directory, len(chain) + 1))
+    chain = _chain(directory)
     if len(chain) == 1 and not (directory / LOG_NAME).exists():
         return directory, None
     latest = chain[-1]
@@ -55,6 +53,23 @@ def claim_session_dir(directory: Path) -> tuple[Path, dict[str, Any] | None]:
     if not mark.exists():
         mark.write_text(json.dumps({**previous, "marked_unix_s": time.time()}, indent=2) + "\n")
     return _suffixed(directory, len(chain) + 1), previous
+
+
+def chain_logs(directory: Path) -> list[Path]:
+    """Every session log a session asked to go to ``directory`` may be written to, or follow.
+
+    The chain's logs (``directory``, ``directory.2``...) and the next one (see :func:`claim_session_dir`).
+    """
+    chain = _chain(Path(directory))
+    return [d / LOG_NAME for d in (*chain, _suffixed(Path(directory), len(chain) + 1))]
+
+
+def _chain(directory: Path) -> list[Path]:
+    """``directory`` and the suffixed directories after it that hold session logs, in order."""
+    chain = [directory]
+    while (_suffixed(directory, len(chain) + 1) / LOG_NAME).exists():
+        chain.append(_suffixed(directory, len(chain) + 1))
+    return chain
 
 
 def _suffixed(directory: Path, k: int) -> Path:

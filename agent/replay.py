@@ -171,8 +171,13 @@ def replay(
     recorder = SessionRecorder(record, keep_decisions=True)
     # what-if: fields without data are expected refusals, not failures that should end the run
     max_failures = 20 if mode == "strict" else 10_000
-    with Experiment(config, live=live, driver=driver, region=region, max_failures=max_failures,
-                    recorder=recorder) as experiment:  # fmt: skip
+    try:
+        experiment = Experiment(config, live=live, driver=driver, region=region, max_failures=max_failures,
+                                recorder=recorder)  # fmt: skip
+    except BaseException:  # (refused at the start: the replay's own record is closed, not left open)
+        recorder.close()
+        raise
+    with experiment:
         state = experiment.run()
         summary = experiment.summary
         model_sha = experiment.segmenter.manifest.onnx_sha256

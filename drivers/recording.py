@@ -224,9 +224,9 @@ def is_being_recorded(directory: str | Path) -> bool:
 
 
 def log_path(session: str | Path) -> Path:
-    """The session log of ``session``: ``session/session.log`` for a directory (existing or not), else ``session``."""
+    """The session log of ``session``: the file itself if it is one, else ``session/session.log`` (existing or not)."""
     path = Path(session)
-    return path if path.suffix == ".log" and not path.is_dir() else path / LOG_NAME
+    return path if path.is_file() else path / LOG_NAME
 
 
 def read_session(directory: str | Path) -> ReadResult:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from agent.cli import instrument, replay, report, run, segment, sessions, simulate, tomo, train, watch
+from agent.run_state import Interrupted
 
 #: Exit status for bad input (arguments, parameters, files).
 EXIT_USAGE = 2
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))
-    except KeyboardInterrupt:  # Ctrl-C outside a handler's own handling: no traceback
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C (or SIGTERM) outside a handler's own handling: no traceback
         print(f"autoscope {args.command}: interrupted", file=sys.stderr)
         return run.EXIT_INTERRUPTED
     except Exception as exc:

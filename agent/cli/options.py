@@ -134,10 +134,14 @@ def make_keys(directory: Path) -> int:
     if existing:  # (new keys would lock out every client holding the old server key, silently)
         raise ValueError(f"{directory} already holds keys ({', '.join(existing)}): give another directory")
     (directory / "clients").mkdir(parents=True, exist_ok=True)
-    server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
-    client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
-    for secret in (server_secret, client_secret):
-        os.chmod(secret, 0o600)  # readable by their owner alone
+    umask = os.umask(0o077)  # the secrets are their owner's alone from the moment they exist
+    try:
+        server_public, server_secret = zmq.auth.create_certificates(str(directory), "server")
+        client_public, client_secret = zmq.auth.create_certificates(str(directory), "client")
+    finally:
+        os.umask(umask)
+    for public in (server_public, client_public):
+        os.chmod(public, 0o644)  # (public keys are for handing out)
     Path(client_public).replace(directory / "clients" / Path(client_public).name)
     print(
         f"server: {server_secret} (keep private), {server_public}\nclient: {client_secret} (keep private), "

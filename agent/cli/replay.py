@@ -78,12 +78,13 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
     from agent.cli.run import EXIT_INTERRUPTED, signals_interrupt
     from agent.config import load_config
+    from agent.recorder import chain_logs
     from agent.replay import recorded_config, replay
     from drivers.recording import log_path, read_session
     from drivers.replay import Mode
 
-    read = args.directory if args.directory.is_file() else log_path(args.directory)
-    check_output_file(args.json, "--json", keep=[read])  # before the replay: its report must have somewhere to go
+    kept = [log_path(args.directory), *(chain_logs(args.record) if args.record else [])]
+    check_output_file(args.json, "--json", keep=kept)  # before the replay: its report must have somewhere to go
     speed = parse_speed(args.speed)
     session = read_session(args.directory)
     start = next((r for r in session.records if r.get("type") == "start"), None)

@@ -27,8 +27,7 @@ def _report(args: argparse.Namespace) -> int:
     from drivers.recording import log_path
 
     out = args.out or default_out(args.directory)
-    read = args.directory if args.directory.is_file() else log_path(args.directory)
-    check_output_file(out, "--out", keep=[read])
+    check_output_file(out, "--out", keep=[log_path(args.directory)])
     page = render(args.directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

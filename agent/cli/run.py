@@ -100,12 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
     from agent.config import load_config
     from agent.experiment import Experiment
-    from drivers.recording import log_path
+    from agent.recorder import chain_logs
 
     config = load_config(args.config, _overrides(args))
     json_path = config.json_summary
     # before the run: a run is not repeated for want of a file name, nor its record overwritten by its summary
-    check_output_file(json_path, "--json", keep=[log_path(config.record)] if config.record else [])
+    check_output_file(json_path, "--json", keep=chain_logs(config.record) if config.record else [])
     curve = client_keys(args)
     # Every instrument kind: the in-process simulator renders faster, and a remote instrument's frames
     # (a libzmq buffer each) arrive faster, when freed buffers are reused (README, Performance).

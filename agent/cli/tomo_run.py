@@ -10,8 +10,13 @@ from typing import Any
 
 from agent.cli.options import add_client_key_args, client_keys, position_nm
 
-#: What a run takes unless told otherwise; a strict replay takes the recorded session's instead.
-DEFAULTS: dict[str, Any] = {"policy": "dose-symmetric", "tilts": 20, "range_deg": (-70.0, 70.0)}
+#: What a run takes unless told otherwise; a strict replay takes the recorded session's instead (None: the
+#: instrument's, or the guard's, or the field given).
+DEFAULTS: dict[str, Any] = {
+    "policy": "dose-symmetric", "tilts": 20, "range_deg": (-70.0, 70.0), "dose_budget_e_per_a2": None,
+    "probe_current_pa": None, "at": None, "fov_nm": None, "pixels": None, "dwell_us": 1.0,
+    "readback_tolerance_nm": 0.5, "tilt_tolerance_deg": 0.5,
+}  # fmt: skip
 
 
 def register(actions: Any) -> None:
@@ -44,13 +49,13 @@ def register(actions: Any) -> None:
     )  # fmt: skip
     run.add_argument("--fov-nm", type=float, help="projection field of view (default: the instrument's smallest)")
     run.add_argument("--pixels", type=int, help="projection pixels a side (default: the instrument's fewest)")
-    run.add_argument("--dwell-us", type=float, default=1.0, help="projection pixel dwell (default 1 us)")
+    run.add_argument("--dwell-us", type=float, help="projection pixel dwell (default 1 us)")
     run.add_argument(
-        "--readback-tolerance-nm", type=float, default=0.5,
+        "--readback-tolerance-nm", type=float,
         help="a projection read back further than this from its commanded field: safe hold (default 0.5)",
     )  # fmt: skip
     run.add_argument(
-        "--tilt-tolerance-deg", type=float, default=0.5,
+        "--tilt-tolerance-deg", type=float,
         help="a projection read back further than this from its commanded tilt: safe hold (default 0.5)",
     )  # fmt: skip
     run.add_argument("--phantom-seed", type=int, default=0)
@@ -148,31 +153,36 @@ def _readback(args: argparse.Namespace) -> Any:
                         ("--tilt-tolerance-deg", args.tilt_tolerance_deg)):  # fmt: skip
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} must be a positive number (got {value:g})")
-    return Readback(args.readback_tolerance_nm, args.tilt_tolerance_deg)
+    replayed = args.instrument != "sim" and Path(args.instrument).is_dir()  # (in process: its frames are trusted)
+    return Readback(args.readback_tolerance_nm, args.tilt_tolerance_deg, replay_trusted=replayed)
 
 
 def _take_settings(args: argparse.Namespace) -> None:
-    """Fill the tilt scheme, tilt count and range not given: a strict replay's from its recording, else defaults.
+    """Fill the settings not given (:data:`DEFAULTS`): a strict replay's from its recording, else the defaults.
+
+    So a replay asks for what the recorded run asked for (the tilts, and the field, dose and budget the
+    guard judged them by) and ends where it ended.
 
     Raises
     ------
     ValueError
-        ``--instrument`` names a recorded session that is not a tilt series.
+        ``--instrument`` names a recorded scan session.
     """
     recorded: dict[str, Any] = {}
     if args.instrument != "sim" and Path(args.instrument).is_dir():
+        from agent.policies import POLICY_NAMES
         from drivers.recording import read_session
 
         start = next((r for r in read_session(args.instrument).records if r.get("type") == "start"), None) or {}
-        if start and start.get("kind") != "tomography":  # (a log without a start record is taken as it is)
-            raise ValueError(f"{args.instrument} is not a tomography session: replay a scan session with "
-                             f"autoscope replay {args.instrument}")  # fmt: skip
         config = start.get("config")
         recorded = config if isinstance(config, dict) else {}
+        kind = start.get("kind")  # (tilt sessions recorded before it existed, and imported ones, have none)
+        if (kind is not None and kind != "tomography") or recorded.get("policy") in POLICY_NAMES:
+            raise ValueError(f"{args.instrument} is a scan session: replay it with autoscope replay {args.instrument}")
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             value = recorded.get(name, default)
-            setattr(args, name, tuple(value) if name == "range_deg" else value)
+            setattr(args, name, tuple(value) if name in ("range_deg", "at") and value is not None else value)
 
 
 def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
@@ -196,7 +206,7 @@ def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from agent.cli.options import check_output_file
     from agent.cli.run import EXIT_HELD, EXIT_INTERRUPTED, signals_interrupt
-    from agent.recorder import SessionRecorder
+    from agent.recorder import SessionRecorder, chain_logs
     from agent.run_state import Interrupted
     from agent.timings import StageTimings
     from agent.tomo import acquire_series
@@ -205,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _take_settings(args)
     replayed = args.instrument != "sim" and not args.instrument.startswith(("tcp://", "ipc://"))
-    kept = [log_path(p) for p in (args.record, args.instrument if replayed else None) if p is not None]
+    kept = [*(chain_logs(args.record) if args.record else []), *([log_path(args.instrument)] if replayed else [])]
     check_output_file(args.json, "--json", keep=kept)  # (neither this session's record nor the one replayed)
     guard_config = _guard_config(args)  # (before anything is opened)
     where = _projection_field(args)

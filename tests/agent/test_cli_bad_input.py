@@ -117,8 +117,11 @@ def test_import_reads_a_csv_with_a_byte_order_mark(tmp_path, image):
 
 @pytest.mark.parametrize(
     ("dtype", "offset", "recorded"),
-    [("uint32", 2**31, "float64"), ("uint64", 7, "int32"), ("int8", -100, "int32"), ("float16", 0.5, "float32")],
-)
+    [
+        ("uint32", 2**31, "float64"), ("uint64", 7, "int32"), ("int8", -100, "int32"), ("float16", 0.5, "float32"),
+        (">u2", 7, "uint16"), (">f4", 0.5, "float32"),  # big-endian files (an MRC written so): refused by the header
+    ],
+)  # fmt: skip
 def test_import_keeps_every_recorded_value_of_any_pixel_type(tmp_path, dtype, offset, recorded):
     """A uint32 detector frame offset by 2**31 with tens of counts of contrast became one constant in float32."""
     counts = np.random.default_rng(1).integers(0, 60, (64, 64))
@@ -175,6 +178,25 @@ def test_no_output_overwrites_the_session_log_it_reads_or_records(tmp_path, imag
         assert main(argv) == EXIT_USAGE, argv
         assert "would overwrite" in _error(capsys)
     assert log.read_bytes() == before and not (tmp_path / "r").exists()
+    # the logs a command records: replay --record's own, a record directory named like a log, the chain's next
+    (tmp_path / "r.2").mkdir()
+    (tmp_path / "r.2" / "session.log").write_bytes(before)
+    recording = [
+        [
+            "replay",
+            str(tmp_path / "s"),
+            "--quiet",
+            "--record",
+            str(tmp_path / "rr"),
+            "--json",
+            str(tmp_path / "rr" / "session.log"),
+        ],
+        ["run", "--steps", "1", "--record", str(tmp_path / "x.log"), "--json", str(tmp_path / "x.log" / "session.log")],
+        ["run", "--steps", "1", "--record", str(tmp_path / "r"), "--json", str(tmp_path / "r.3" / "session.log")],
+    ]
+    for argv in recording:
+        assert main(argv) == EXIT_USAGE, argv
+        assert "would overwrite" in _error(capsys)
     assert main(["replay", str(tmp_path / "s"), "--quiet", "--json", str(tmp_path)]) == EXIT_USAGE
     assert f"--json {tmp_path} is a directory" in _error(capsys)  # (refused before the replay, not after it)
 
@@ -220,6 +242,21 @@ def test_a_recording_without_frames_is_not_served_as_an_instrument(tmp_path, cap
         w.write({"type": "start", "config": {}})
     assert main(["instrument", "--replay", str(tmp_path / "s"), "--bind", "tcp://127.0.0.1:0"]) == EXIT_USAGE
     assert "holds no recorded frames to serve" in _error(capsys)
+
+
+def test_a_signal_before_the_replay_loop_starts_exits_130_without_a_traceback(tmp_path, image, monkeypatch, capsys):
+    """Reading a large log or loading the model happens under the signal handler too: Interrupted is no crash."""
+    import agent.replay
+    from agent.run_state import Interrupted
+
+    assert _import(tmp_path, ["a.npy"], POSITIONS + "a.npy,0,0,0.02\n") == 0
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("stopped by SIGINT")
+
+    monkeypatch.setattr(agent.replay, "ReplayDriver", interrupted)
+    assert main(["replay", str(tmp_path / "s"), "--quiet"]) == 130
+    assert "interrupted" in _error(capsys)
 
 
 STEM = ["simulate", "stem", "--pixels", "32", "--fov-nm", "2", "--specimen-size-nm", "32"]

@@ -335,4 +335,4 @@ def test_a_strict_replay_takes_the_recorded_scheme_tilts_and_range_unless_told_o
     scan = tmp_path / "scan"
     assert main(["run", "--steps", "1", "--record", str(scan), "--quiet", "--policy", "raster"]) == 0
     assert main(["tomo", "run", "--instrument", str(scan)]) == 2
-    assert "is not a tomography session: replay a scan session with autoscope replay" in capsys.readouterr().err
+    assert "is a scan session: replay it with autoscope replay" in capsys.readouterr().err

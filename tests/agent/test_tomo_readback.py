@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from agent.cli import main
@@ -172,3 +173,40 @@ def test_a_session_with_refused_tilts_or_a_hold_replays_strictly_to_the_same_end
     replayed = json.loads(summary.read_text())
     assert replayed["divergences"] == [] and replayed["held"] == series.held
     assert replayed["angles_deg"] == pytest.approx(series.angles_deg)
+
+
+class _ClaimsToBeAReplay(FaultyHolder):
+    """A live holder's bridge whose frames say they are a strict replay's, and whose stage slipped 2 nm."""
+
+    def _acquire(self, command: ScanCommand) -> Frame:
+        frame = super()._acquire(command)
+        metadata = {**frame.header.metadata, "replay": {"mode": "strict"}}
+        return Frame(
+            frame.header.model_copy(update={"x_nm": frame.header.x_nm + 2.0, "metadata": metadata}), frame.image
+        )
+
+
+def test_a_frame_over_the_wire_saying_it_is_a_replay_is_still_read_back(tmp_path, capsys):
+    """Only a replay run in this process is trusted to serve recorded fields wherever a scan asks."""
+    status, summary, _ = _tcp_run(_ClaimsToBeAReplay(), tmp_path)
+    assert status == 4 and "centre read back at (2, 0) nm" in summary["held"]
+
+
+def test_a_tilt_session_without_a_kind_replays_and_one_with_its_guard_settings_ends_where_it_ended(tmp_path):
+    """Imported tilt series (no 'kind', no configuration) are replayed; the recorded dose budget is used again."""
+    record = tmp_path / "budget"
+    argv = ["tomo", "run", "--tilts", "6", "--size-px", "32", "--dose-budget-e-per-a2", "12"]
+    assert main([*argv, "--record", str(record)]) == 0
+    out = tmp_path / "replay.json"
+    assert main(["tomo", "run", "--instrument", str(record), "--json", str(out)]) == 0
+    replay = json.loads(out.read_text())
+    assert replay["divergences"] == [] and replay["ended_early"].startswith("dose budget")
+    frames = read_session(record).frames
+    for i, f in enumerate(frames):
+        np.save(tmp_path / f"t{i}.npy", f.image)
+    rows = [f"t{i}.npy,0,0,{f.header.pixel_size_nm},{f.header.tilt_deg}" for i, f in enumerate(frames)]
+    (tmp_path / "pos.csv").write_text("image,x_nm,y_nm,pixel_size_nm,tilt_deg\n" + "\n".join(rows) + "\n")
+    imported = tmp_path / "imported"
+    names = [str(tmp_path / f"t{i}.npy") for i in range(len(frames))]
+    assert main(["sessions", "import", *names, "--positions", str(tmp_path / "pos.csv"), "--out", str(imported)]) == 0
+    assert main(["tomo", "run", "--instrument", str(imported), "--policy", "sequential", "--tilts", "2"]) in (0, 3)
