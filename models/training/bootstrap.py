@@ -19,7 +19,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from models.training.evaluate import FrameResult, frame_counts
+from models.training.metrics import FrameResult, frame_counts
 
 #: Figures with an interval: name -> (numerator count, denominator count); F1 and RMSE are derived.
 _RATIOS = {
