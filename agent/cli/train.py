@@ -170,7 +170,7 @@ def _architecture(args: argparse.Namespace) -> tuple[int, int, tuple[int, ...], 
             return args.widths[0], len(args.widths) - 1, args.widths, args.global_context
         width, depth = (8 if args.width is None else args.width), (3 if args.depth is None else args.depth)
         return width, depth, (), args.global_context
-    from models.training.train import read_run_config
+    from models.training.run_files import read_run_config
 
     if args.widths or args.width is not None or args.depth is not None or args.global_context:
         raise ValueError(
