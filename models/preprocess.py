@@ -78,10 +78,23 @@ def as_float32(image: np.ndarray) -> np.ndarray:
     scaled = span > _MAX_SPAN or 0.0 < span < _MIN_SPAN
     if max(abs(lo), abs(hi)) <= max(_MAX_OFFSET_OVER_SPAN * span, exact) and not scaled:
         return image.astype(np.float32)
-    wide = image.astype(np.float64) - lo
+    wide = _from_minimum(image) if np.issubdtype(image.dtype, np.integer) else image.astype(np.float64) - lo
     if scaled:
         wide /= span
     return wide.astype(np.float32)
+
+
+def _from_minimum(image: np.ndarray) -> np.ndarray:
+    """``image - image.min()`` as float64, subtracted in integers: exact however large the offset.
+
+    (In float64, 2**60 plus 40 counts of contrast was one value.)  Signed integers are mapped, order
+    kept, onto unsigned ones first, so the difference cannot overflow.
+    """
+    if image.dtype.kind == "u":
+        u = image.astype(np.uint64)
+    else:
+        u = image.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)
+    return (u - u.min()).astype(np.float64)
 
 
 def check_native_shape(shape: tuple[int, int], pixel_size_nm: float, native_nm: float) -> tuple[int, int]:

@@ -265,6 +265,9 @@ def test_wide_dtypes_keep_their_contrast(tiny_model):
     plain = segmenter.segment(counts.astype(np.uint16), 0.03).mean_probs
     for wide in (
         counts.astype(np.uint32) + np.uint32(2**31),
+        counts.astype(np.int64) + np.int64(2**60),  # beyond float64's integers: the offset goes in integers
+        counts.astype(np.uint64) + np.uint64(2**63),
+        counts.astype(np.int64) - np.int64(2**62),
         counts.astype(np.float64) * 1e37,
         counts.astype(np.float64) * 1e-3 + 1e6,  # an offset 1e7 times the contrast, below 2**24: was cast as is
         counts.astype(np.float64) * 1e-50,  # below float32's smallest normal number
