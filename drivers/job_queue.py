@@ -96,6 +96,7 @@ class JobQueue:
         self._clock = clock
         self._jobs: deque[Job] = deque()
         self._held: Counter[bytes | None] = Counter()  # waiting commands per client (None: the server's own)
+        self._urgent = 0  # waiting blanks and stops (the worker asks before every job: no walk of the queue)
         self._seen: OrderedDict[str, None] = OrderedDict()  # (the oldest is forgotten first)
         #: The watched clients (kept once the client is forgotten, until the dead-man has blanked for it).
         #: Commands are numbered as they are taken: a watch holds its client's latest command's number, and
@@ -123,6 +124,7 @@ class JobQueue:
         job = self._jobs.popleft()
         if job is not None:
             self._held[job[0]] -= 1
+            self._urgent -= job[1].kind in URGENT
         return job
 
     def held_by(self, identity: bytes | None) -> int:
@@ -196,10 +198,10 @@ class JobQueue:
         Commands queued after the last blank or stop keep their place.  Both lists are empty when no
         blank or stop waits.
         """
+        if not self._urgent:  # (the worker asks before every job and every 50 ms of a scan: no walk for nothing)
+            return [], []
         jobs = list(self._jobs)
         last = max((i for i, job in enumerate(jobs) if job is not None and job[1].kind in URGENT), default=-1)
-        if last < 0:  # (the worker asks every 50 ms of a scan: nothing to rebuild, nothing to count)
-            return [], []
         head, tail = jobs[: last + 1], jobs[last + 1 :]
         urgent = [job for job in head if job is not None and job[1].kind in URGENT]
         superseded = [job for job in head if job is not None and job[1].kind not in URGENT]
@@ -276,6 +278,7 @@ class JobQueue:
         own = BlankCommand(id=f"{SERVER_ID_PREFIX}{why}:{new_command_id()}", deadline_unix_s=NEVER_UNIX_S)
         self._jobs.appendleft((None, own))
         self._held[None] += 1
+        self._urgent += 1
         self._on_job()
         return own
 
@@ -306,11 +309,13 @@ class JobQueue:
     def _append(self, job: Queued) -> None:
         self._jobs.append(job)
         self._held[job[0]] += 1
+        self._urgent += job[1].kind in URGENT
         self._on_job()
 
     def _replace(self, jobs: list[Job]) -> None:
         self._jobs = deque(jobs)
         self._held = Counter(job[0] for job in jobs if job is not None)
+        self._urgent = sum(job is not None and job[1].kind in URGENT for job in jobs)
 
     def _fold_urgent_runs(self, start: int = 0, across: bool = False) -> list[Answer]:
         """Fold like ``blank`` and ``stop`` jobs that wait side by side into one each; the ``busy`` answers to send.

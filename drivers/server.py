@@ -58,6 +58,8 @@ __all__ = ["MIN_DEADMAN_S", "SERVER_ID_PREFIX", "InstrumentServer"]
 _YIELD_S = 0.001
 _TAKE_OVER_S = 0.05  # the timekeeper reads the command socket once the worker has been this long in the driver
 _TICK_S = 0.05  # the timekeeper's period (heartbeats due, the dead-man timer, commands during long calls)
+# Why a command queued before a blank or stop that was carried out first is not executed.
+_SUPERSEDED = "a stop or blank sent after it was carried out first: not executed"
 # A client beats at most every MIN_KEEPALIVE_S: a dead-man time shorter than four beats and a tick would
 # blank the beam under a healthy client.
 MIN_DEADMAN_S = 4 * MIN_KEEPALIVE_S + _TICK_S
@@ -304,7 +306,17 @@ class InstrumentServer(_Reading):
                 discard_waiting(self._wake_rx)
 
     def _run(self, identity: bytes | None, command: Command) -> None:
-        """Execute one job on the driver (outside the lock) and answer it."""
+        """Execute one job on the driver (outside the lock) and answer it.
+
+        Before a scan, a ``blank`` or ``stop`` queued behind it is carried out first, and the scan, queued
+        before it, is refused as superseded (as during an acquisition): a driver that acquires inside
+        ``send`` would otherwise run every scan queued before a stop, the beam on, one after another.
+        (Other commands are quick: they keep their order.)
+        """
+        if isinstance(command, ScanCommand) and self._run_urgent_jobs():
+            self.stats["superseded_by_stop"] += 1
+            self._post(identity, command.id, Ack.refusal(command, "refused", _SUPERSEDED))
+            return
         ack = self._calls.execute(command)
         if command.kind in (*URGENT, "unblank"):
             with self._lock:
@@ -351,9 +363,8 @@ class InstrumentServer(_Reading):
             return False
         for identity, command in urgent:
             self._run(identity, command)
-        reason = "a stop or blank sent after it was carried out first, during an acquisition: not executed"
         for identity, command in superseded:
-            self._post(identity, command.id, Ack.refusal(command, "refused", reason))
+            self._post(identity, command.id, Ack.refusal(command, "refused", _SUPERSEDED))
         return True
 
     # -- timekeeper: heartbeats, the dead-man, and commands while the worker is in the driver ------

@@ -143,13 +143,17 @@ def test_queued_commands_of_a_silent_commander_are_dropped_not_executed():
         assert driver.commands[-1].kind == "blank"  # nothing ran after the dead-man's blank
 
 
-def test_a_client_forgotten_for_silence_has_its_queued_moves_dropped_and_its_blank_kept():
+@pytest.mark.parametrize("then_blank", [False, True])
+def test_a_client_forgotten_for_silence_has_its_queued_moves_dropped_and_its_blank_kept(then_blank):
+    """Without a blank its queued scans are dropped when it is forgotten; a blank it sent after them runs
+    before them (they are refused as superseded, at the next scan) and the beam ends blanked."""
     driver = _Slow()  # no dead-man: the server's own heartbeat bookkeeping must do it
     with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2, deadman_s=None) as server:
         agent = _Silent(server.endpoint)
         try:
             _queue_four_seconds_of_work(agent)  # the client is gone after 0.6 s
-            agent.command(BlankCommand())
+            if then_blank:
+                agent.command(BlankCommand())
             deadline = time.time() + 6.0
             while server.stats["clients_lost"] == 0 and time.time() < deadline:
                 time.sleep(0.02)
@@ -157,9 +161,13 @@ def test_a_client_forgotten_for_silence_has_its_queued_moves_dropped_and_its_bla
         finally:
             agent.close()
         scans = [c for c in driver.commands if c.kind == "scan"]
-        assert server.stats["dropped_client_gone"] > 0
-        assert len(scans) + server.stats["dropped_client_gone"] == 20
-        assert driver.commands[-1].kind == "blank" and driver.state.blanked
+        dropped, superseded = server.stats["dropped_client_gone"], server.stats["superseded_by_stop"]
+        assert len(scans) + dropped + superseded == 20
+        if then_blank:
+            assert superseded > 0 and len(scans) <= 1  # the scan under way at most
+            assert driver.commands[-1].kind == "blank" and driver.state.blanked
+        else:
+            assert dropped > 0
 
 
 class _Failing(InMemoryDriver):
@@ -283,3 +291,26 @@ def test_agent_killed_mid_run_beam_blanked_within_deadman_plus_half_a_second():
 def test_agent_killed_at_100_random_points():
     delays = _kill_trials(trials=100, deadman_s=2.0, seed=1)
     assert max(delays) <= 2.0 + 0.5, (np.percentile(delays, [50, 99]), max(delays))
+
+
+def test_a_stop_is_carried_out_before_the_scans_queued_ahead_of_it_when_the_driver_scans_inside_send():
+    """With a driver that acquires inside send(), all 8 scans queued before a stop ran first (5 s, the beam on)."""
+    from drivers.base import StopCommand
+    from drivers.simulated import SimulatedDriver
+
+    driver = SimulatedDriver(realtime=True)
+    scan = {"x_nm": 0.0, "y_nm": 0.0, "fov_nm": 5.0, "rows": 256, "cols": 256, "dwell_us": 10.0}  # 0.65 s each
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as a, RemoteDriver(server.endpoint, heartbeat_s=0.2) as b:
+            a.send(UnblankCommand())
+            pending = [a.submit(ScanCommand(deadline_unix_s=time.time() + 60, **scan)) for _ in range(8)]
+            time.sleep(0.3)  # the first scan is being acquired
+            t0 = time.monotonic()
+            b.send(StopCommand(), timeout_s=5.0)
+            stopped_after_s = time.monotonic() - t0
+            acks = [p.result(timeout=10) for p in pending]
+    driver.close()
+    assert stopped_after_s < 1.5  # at most the scan under way (0.65 s), not the seven behind it
+    refused = [ack for ack in acks if not ack.accepted]
+    assert len(refused) >= 6 and all("stop or blank sent after it" in ack.reason for ack in refused)
+    assert driver.state.blanked

@@ -433,6 +433,12 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.blanked or own_waits or queue.blank_owed or self.turned_on_by in queue.watches
 
     @invariant()
+    def the_waiting_blanks_and_stops_are_counted(self) -> None:
+        """The count the worker looks at before every job, instead of walking the queue."""
+        waiting = sum(job is not None and job[1].kind in URGENT for job in self.rig.queue)
+        assert self.rig.queue._urgent == waiting
+
+    @invariant()
     def the_queue_stays_bounded(self) -> None:
         counted = dict.fromkeys(self.rig.clients, 0)
         seen: set[tuple[bytes, str]] = set()  # (client, kind) of the blanks and stops in the current run
