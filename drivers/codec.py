@@ -49,7 +49,10 @@ def finite_number(value: Any) -> float | None:
     """``value`` as a float if it is a finite JSON number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, float | int):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits: no float (it ended the client's I/O thread)
+        return None
     return number if math.isfinite(number) else None
 
 

@@ -467,3 +467,27 @@ def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames
             assert after["delivery_seq"] == scans
         finally:
             ctx.close()
+
+
+def test_a_heartbeat_stamp_too_large_for_a_float_is_ignored_without_a_traceback(served, caplog):
+    """A 400-digit JSON integer: float() overflowed, every one logged a traceback as an internal error."""
+    _driver, server, ctx = served
+    sock = _raw(ctx, server)
+    with caplog.at_level(logging.ERROR, logger="drivers.server"):
+        for _ in range(20):
+            sock.send_multipart([_msg(type="heartbeat", t=10**400)])
+        sock.send_multipart([_msg(type="command", command=_scan_dict())])
+        assert _reply(sock)["type"] == "ack"  # still served
+    assert server.stats["internal_errors"] == 0 and not caplog.records
+
+
+def test_a_remote_driver_outlives_a_heartbeat_echo_too_large_for_a_float():
+    """The client's I/O thread died on it: connected forever, every command timing out."""
+    from drivers.codec import finite_number
+
+    assert finite_number(10**400) is None and finite_number(-(10**400)) is None and finite_number(3) == 3.0
+    driver = InMemoryDriver()
+    with InstrumentServer(driver, "tcp://127.0.0.1:0", heartbeat_s=0.2) as server:
+        with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
+            remote._note_round_trip(10**400, 10**400)  # (what a heartbeat carrying them calls)
+            assert remote.send(UnblankCommand(), timeout_s=3.0).accepted
