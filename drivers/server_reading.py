@@ -76,6 +76,7 @@ class _Reading(_Replies):
                 client = self._clients[identity]  # (registered on arrival, just before)
                 client.ack_in_frame = ACK_IN_FRAME in client_options(obj)
                 client.welcomed = True
+                client.delivery_seq = 0  # (frames are numbered from 0 after each welcome: PROTOCOL.md)
                 caps = self.driver.capabilities()
                 self._reply(identity, encode_welcome(caps, self.heartbeat_s, time.time(), self.deadman_s))
             elif kind == "heartbeat":

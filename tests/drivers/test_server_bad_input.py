@@ -491,3 +491,22 @@ def test_a_remote_driver_outlives_a_heartbeat_echo_too_large_for_a_float():
         with RemoteDriver(server.endpoint, heartbeat_s=0.2) as remote:
             remote._note_round_trip(10**400, 10**400)  # (what a heartbeat carrying them calls)
             assert remote.send(UnblankCommand(), timeout_s=3.0).accepted
+
+
+def test_frames_are_numbered_from_zero_after_each_welcome(served):
+    """PROTOCOL.md: delivery_seq starts at 0 after each welcome (it went on: 0, 1, then 2 after a second hello)."""
+    _driver, server, ctx = served
+    sock = _raw(ctx, server)
+    sock.send_multipart([_msg(type="command", command=UnblankCommand().model_dump(mode="json"))])
+    assert _reply(sock)["type"] == "ack"
+
+    def scan_seq() -> int:
+        sock.send_multipart([_msg(type="command", command=_scan_dict())])
+        while (reply := _reply(sock))["type"] != "frame":
+            pass
+        return int(reply["delivery_seq"])
+
+    assert [scan_seq(), scan_seq()] == [0, 1]
+    sock.send_multipart([_msg(type="hello")])
+    assert _reply(sock)["type"] == "welcome"
+    assert scan_seq() == 0
