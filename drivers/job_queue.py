@@ -144,13 +144,14 @@ class JobQueue:
             self.stats["busy"] += 1  # (before its id is kept: a command refused as busy may be sent again)
             waiting = f"{self.max_per_client} commands of this client" if full else f"{len(self._jobs)} commands"
             return [(identity, Ack.refusal(command, "busy", f"{waiting} are waiting for the instrument already"))]
+        now_unix_s = time.time() if now_unix_s is None else now_unix_s
+        if command.kind not in URGENT and now_unix_s > command.deadline_unix_s:  # (a blank or stop never expires)
+            self.stats["expired"] += 1  # (before its id is kept: never run, it takes no place among the ids
+            # remembered, which a flood of expired commands pushed a command that ran out of, to run again)
+            return [(identity, Ack.refusal(command, "expired", "deadline passed before it arrived"))]
         self._seen[command.id] = None
         while len(self._seen) > _SEEN_IDS:
             self._seen.popitem(last=False)
-        now_unix_s = time.time() if now_unix_s is None else now_unix_s
-        if command.kind not in URGENT and now_unix_s > command.deadline_unix_s:  # (a blank or stop never expires)
-            self.stats["expired"] += 1
-            return [(identity, Ack.refusal(command, "expired", "deadline passed before it arrived"))]
         self._taken += 1
         if command.kind in (*URGENT, "unblank"):
             self._taken_at[command.id] = self._taken

@@ -637,3 +637,19 @@ def test_the_server_blanks_again_when_its_own_blank_fails():
         assert server.driver.state.blanked and server.stats["deadman_blanks_again"] == 1
     finally:
         server.stop()
+
+
+def test_expired_commands_do_not_push_the_id_of_one_that_ran_out_of_memory():
+    """100 001 cheap expired commands made a scan that ran acceptable again under its old id."""
+    from collections import Counter
+
+    from drivers.job_queue import _SEEN_IDS, JobQueue
+
+    queue = JobQueue(10, 100, None, lambda _identity: True, Counter(), lambda: None)
+    scan = ScanCommand(x_nm=0, y_nm=0, fov_nm=10, rows=8, cols=8, dwell_us=1)
+    assert queue.offer(b"A", scan) == []
+    for i in range(_SEEN_IDS + 1):
+        expired = scan.model_copy(update={"id": f"old-{i}", "deadline_unix_s": 1.0})
+        assert queue.offer(b"B", expired)[0][1].code == "expired"
+    queue.popleft()  # (it ran)
+    assert queue.offer(b"A", scan)[0][1].code == "duplicate"
