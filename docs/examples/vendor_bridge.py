@@ -11,6 +11,10 @@ latest stamp (for its round-trip figure); clients silent for three heartbeats fo
 dead-man timer: a client whose command left the beam on (each is watched on its own) falls silent for
 ``DEADMAN_S`` -> beam blanked.
 
+Its fake acquisitions are instant.  A real one that blocks for longer than a few heartbeats must not
+block the heartbeats with it: run it on another thread, or beat from one (docs/PROTOCOL.md, Liveness),
+or the agent declares the instrument gone in the middle of a long scan.
+
     python docs/examples/vendor_bridge.py tcp://127.0.0.1:5556
 """
 
