@@ -10,7 +10,15 @@ import logging
 import time
 
 from drivers.base import Command, ProtocolError
-from drivers.codec import ACK_IN_FRAME, client_options, decode_command, decode_envelope, encode_error, encode_welcome
+from drivers.codec import (
+    ACK_IN_FRAME,
+    client_options,
+    decode_command,
+    decode_envelope,
+    encode_error,
+    encode_welcome,
+    finite_number,
+)
 from drivers.job_queue import SERVER_ID_PREFIX
 from drivers.server_clients import Client, command_id_of
 from drivers.server_replies import _Replies, logger
@@ -83,6 +91,10 @@ class _Reading(_Replies):
                 self.stats["heartbeats_in"] += 1
                 if not self._clients[identity].welcomed:  # forgotten (a stall): its session and commands are gone
                     raise ProtocolError("hello_first", "this client was forgotten (silent too long): say hello again")
+                if "t" in obj and finite_number(obj["t"]) is None:  # (it still counts as a sign of life)
+                    raise ProtocolError(
+                        "invalid", f"heartbeat t must be a finite number of seconds, not {obj['t']!r:.40}"
+                    )
                 self._keep_echo(identity, obj.get("t"))
             elif kind == "bye":
                 self._said_bye(identity)

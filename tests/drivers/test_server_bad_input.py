@@ -469,13 +469,15 @@ def test_a_client_that_stops_reading_costs_the_server_a_bounded_number_of_frames
             ctx.close()
 
 
-def test_a_heartbeat_stamp_too_large_for_a_float_is_ignored_without_a_traceback(served, caplog):
-    """A 400-digit JSON integer: float() overflowed, every one logged a traceback as an internal error."""
+def test_a_heartbeat_stamp_that_is_no_finite_number_is_answered_without_a_traceback(served, caplog):
+    """A 400-digit JSON integer: float() overflowed, each logged a traceback; a string was taken silently."""
     _driver, server, ctx = served
     sock = _raw(ctx, server)
     with caplog.at_level(logging.ERROR, logger="drivers.server"):
-        for _ in range(20):
-            sock.send_multipart([_msg(type="heartbeat", t=10**400)])
+        for t in (10**400, "yesterday"):
+            sock.send_multipart([_msg(type="heartbeat", t=t)])
+            reply = _reply(sock)
+            assert reply["type"] == "error" and reply["code"] == "invalid" and "heartbeat t" in reply["reason"]
         sock.send_multipart([_msg(type="command", command=_scan_dict())])
         assert _reply(sock)["type"] == "ack"  # still served
     assert server.stats["internal_errors"] == 0 and not caplog.records
