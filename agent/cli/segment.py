@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
         " where two images share a stem)",
     )
     p.add_argument(
+        "--invert",
+        action="store_true",
+        help="negate the images first: for dark columns on a bright background (ABF, bright field); the model "
+        "takes bright columns (ADF, HAADF)",
+    )
+    p.add_argument(
         "--refine",
         action="store_true",
         help="refine column positions by a local 2-D Gaussian fit on the image (bright columns, e.g. HAADF)",
@@ -181,6 +187,8 @@ def _load_all(args: argparse.Namespace, native_nm: float) -> list[tuple[Any, flo
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from agent.cli.options import png_output
     from models.overlay import save_overlay
     from models.segmenter import ModelOutputError, Segmenter
@@ -198,8 +206,9 @@ def _run(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)  # (as --out's folder is made: not found after all the work)
     results: list[dict[str, Any]] = []
     for path, (item, size), png in zip(args.images, loaded, pngs, strict=True):
+        image = -np.asarray(item.image, dtype=np.float64) if args.invert else item.image  # (the model's contrast)
         try:
-            seg = segmenter.segment(item.image, size)
+            seg = segmenter.segment(image, size)
         except ModelOutputError as exc:  # this image's result is unusable; the others' are kept
             results.append({"image": str(path), "pixel_size_nm": size, "error": str(exc)})
             continue
@@ -208,9 +217,9 @@ def _run(args: argparse.Namespace) -> int:
         timings = {"localize": 1e3 * (time.perf_counter() - t0)}
         if args.refine:
             t0 = time.perf_counter()
-            atoms = segmenter.refine(seg, item.image, atoms)
+            atoms = segmenter.refine(seg, image, atoms)
             timings["refine"] = 1e3 * (time.perf_counter() - t0)
-        results.append(result_record(path, size, segmenter, seg, atoms, timings))
+        results.append({**result_record(path, size, segmenter, seg, atoms, timings), "inverted": bool(args.invert)})
         if png is not None:
             save_overlay(item.image, seg, atoms, segmenter.manifest, png)
     args.out.parent.mkdir(parents=True, exist_ok=True)

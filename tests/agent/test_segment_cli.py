@@ -261,3 +261,28 @@ def test_a_pixel_size_given_for_a_file_that_records_its_own_is_said_to_be_unused
         capsys.readouterr().err
     )
     assert json.loads(out.read_text())[0]["pixel_size_nm"] == pytest.approx(0.025)
+
+
+def test_invert_finds_dark_columns_where_the_bright_ones_were(frame_npz, tmp_path):
+    """Inverted contrast (ABF-like): without --invert the bundled model puts columns between the real ones."""
+    from scipy.spatial import cKDTree
+
+    plain = np.load(frame_npz)["image"].astype(np.float64)
+    np.save(tmp_path / "plain.npy", plain)
+    np.save(tmp_path / "dark.npy", plain.max() - plain)  # dark columns on a bright background
+
+    def atoms(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / f"{name}{len(flags)}.json"
+        assert main(["segment", str(tmp_path / f"{name}.npy"), "--pixel-size-nm", "0.025", "--out", str(out),
+                     "--providers", "cpu", *flags]) == 0  # fmt: skip
+        record = json.loads(out.read_text())[0]
+        assert record["inverted"] == bool(flags)
+        return np.array([[a["row"], a["col"]] for a in record["atoms"]]).reshape(-1, 2)
+
+    truth = cKDTree(atoms("plain"))
+
+    def on_the_columns(found: np.ndarray) -> float:
+        return float(np.mean(truth.query(found)[0] < 1.0)) if len(found) else 0.0
+
+    inverted, not_inverted = on_the_columns(atoms("dark", "--invert")), on_the_columns(atoms("dark"))
+    assert inverted > 0.9 and not_inverted < 0.6, (inverted, not_inverted)
