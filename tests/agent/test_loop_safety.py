@@ -228,34 +228,49 @@ def test_after_the_instrument_restarts_the_loop_reads_it_back_and_unblanks_befor
     assert next_scan > back
 
 
-def test_an_instrument_back_with_narrower_limits_than_configured_means_a_safe_hold(segmenter, tmp_path):
+def _run_through_a_restart(segmenter, tmp_path, fresh, guard: GuardConfig | None = None):
+    """A 6-step run whose instrument dies after step 2 and comes back as ``fresh()`` (a new driver).
+
+    Returns the run's state, the driver it came back as, and how many commands that one executed
+    (read before its server stops, which blanks too).
+    """
     server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
     endpoint = server.endpoint
     remote = RemoteDriver(endpoint, heartbeat_s=0.1)
     loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=6, reconnect_grace_s=10.0)
-    loop.guard = Guard(remote.capabilities(), GuardConfig(stage_x_nm=Range(low=-30.0, high=30.0)))
+    if guard is not None:
+        loop.guard = Guard(remote.capabilities(), guard)
     restarted: list[SimulatedDriver] = []
     servers: list[InstrumentServer] = []
 
-    def restart_narrower_after_two(loop_) -> None:
+    def restart_after_two(loop_) -> None:
         if loop_.state.steps_done == 2 and not restarted:
             server.stop()
             time.sleep(0.5)
-            fresh = SimulatedDriver(specimen_seed=2)
-            fresh._cap = fresh._cap.model_copy(update={"stage_x_nm": Range(low=-10.0, high=10.0)})
-            restarted.append(fresh)
-            servers.append(InstrumentServer(fresh, endpoint, heartbeat_s=0.1).start())
+            restarted.append(fresh())
+            servers.append(InstrumentServer(restarted[0], endpoint, heartbeat_s=0.1).start())
 
-    loop.on_step = restart_narrower_after_two
+    loop.on_step = restart_after_two
     try:
         state = loop.run()
-        executed = restarted[0].commands_executed  # before stopping the server (which blanks too)
+        executed = restarted[0].commands_executed
     finally:
         remote.close()
         for s in servers:
             s.stop()
+    return state, restarted[0], executed
+
+
+def test_an_instrument_back_with_narrower_limits_than_configured_means_a_safe_hold(segmenter, tmp_path):
+    def narrower() -> SimulatedDriver:
+        fresh = SimulatedDriver(specimen_seed=2)
+        fresh._cap = fresh._cap.model_copy(update={"stage_x_nm": Range(low=-10.0, high=10.0)})
+        return fresh
+
+    guard = GuardConfig(stage_x_nm=Range(low=-30.0, high=30.0))
+    state, back, executed = _run_through_a_restart(segmenter, tmp_path, narrower, guard)
     assert state.status == "held" and "narrower" in state.reason and "guard.stage_x_nm [-30, 30]" in state.reason
-    assert executed == 1 and restarted[0].state.blanked  # the hold's blank: no unblank, no move
+    assert executed == 1 and back.state.blanked  # the hold's blank: no unblank, no move
     assert state.steps_done == 2
 
 
@@ -276,30 +291,11 @@ def test_a_driver_claiming_to_serve_recorded_fields_is_taken_at_its_word_only_wh
 
 def test_an_instrument_back_claiming_to_be_a_replay_means_a_safe_hold(segmenter, tmp_path):
     """A bridge restarted into saying its frames are recorded fields must not turn the readback checks off."""
-    server = InstrumentServer(SimulatedDriver(specimen_seed=2), "tcp://127.0.0.1:0", heartbeat_s=0.1).start()
-    endpoint = server.endpoint
-    remote = RemoteDriver(endpoint, heartbeat_s=0.1)
-    loop = make_loop(remote, segmenter, tmp_path, policy="defects", steps=6, reconnect_grace_s=10.0)
-    restarted: list[SimulatedDriver] = []
-    servers: list[InstrumentServer] = []
-
-    def restart_as_a_replay_after_two(loop_) -> None:
-        if loop_.state.steps_done == 2 and not restarted:
-            server.stop()
-            time.sleep(0.5)
-            restarted.append(_claims_to_be_a_replay(SimulatedDriver(specimen_seed=2)))
-            servers.append(InstrumentServer(restarted[0], endpoint, heartbeat_s=0.1).start())
-
-    loop.on_step = restart_as_a_replay_after_two
-    try:
-        state = loop.run()
-        executed = restarted[0].commands_executed
-    finally:
-        remote.close()
-        for s in servers:
-            s.stop()
+    state, back, executed = _run_through_a_restart(
+        segmenter, tmp_path, lambda: _claims_to_be_a_replay(SimulatedDriver(specimen_seed=2))
+    )
     assert state.status == "held" and "says it is a strict replay" in state.reason
-    assert executed == 1 and restarted[0].state.blanked  # the hold's blank: no unblank, no move
+    assert executed == 1 and back.state.blanked  # the hold's blank: no unblank, no move
     assert state.steps_done == 2
 
 
