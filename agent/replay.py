@@ -109,6 +109,11 @@ def data_region(driver: ReplayDriver, config: RunConfig) -> Region:
     return Region(x0, x1, y0, y1)
 
 
+def has_no_recorded_run(start: dict[str, Any] | None) -> bool:
+    """Whether a session's start record holds no run configuration: an imported one (or one without a start)."""
+    return not (start or {}).get("config")
+
+
 def visiting_recorded_fields(driver: ReplayDriver, config: RunConfig, region: Region) -> RunConfig:
     """``config`` with the candidates at the recorded frames' centres, revisits allowed: an imported session.
 
@@ -166,7 +171,7 @@ def replay(
     # The recorded region gives the same candidate grid as the recorded run, so a what-if policy's
     # candidates coincide with the recorded fields; an imported session has none: its data's bounding box.
     region = recorded_region(driver, config) or data_region(driver, config)
-    if mode == "strict" and not (driver.start or {}).get("config"):
+    if mode == "strict" and has_no_recorded_run(driver.start):
         config = visiting_recorded_fields(driver, config, region)
     recorder = SessionRecorder(record, keep_decisions=True)
     # what-if: fields without data are expected refusals, not failures that should end the run

@@ -79,7 +79,7 @@ def _replay(args: argparse.Namespace) -> int:
     from agent.cli.run import EXIT_INTERRUPTED, signals_interrupt
     from agent.config import load_config
     from agent.recorder import chain_logs
-    from agent.replay import recorded_config, replay
+    from agent.replay import has_no_recorded_run, recorded_config, replay
     from drivers.recording import log_path, read_session
     from drivers.replay import Mode
 
@@ -98,7 +98,7 @@ def _replay(args: argparse.Namespace) -> int:
     if not frames:
         damage = f" (the log is damaged: {session.problem})" if session.problem else ""
         raise ValueError(f"{args.directory} holds no recorded frames to replay{damage}")
-    recorded_policy = ((start or {}).get("config") or {}).get("policy")
+    recorded_policy = recorded.get("policy")
     _check_steps(args.steps, frames, strict=args.policy in (None, recorded_policy))
     overrides = {
         "policy": args.policy,
@@ -107,7 +107,7 @@ def _replay(args: argparse.Namespace) -> int:
         "model": None if args.model is None else str(args.model),
         "keep_featureless": True if args.keep_featureless else None,  # (None: as recorded)
     }
-    if not (start or {}).get("config") and session.frames:  # imported: fields like the recorded frames
+    if has_no_recorded_run(start) and session.frames:  # imported: fields like the recorded frames
         first = session.frames[0].header
         side = min(first.shape)  # square fields that fit inside the (possibly oblong) recorded frames
         overrides.update({"field.fov_nm": first.pixel_size_nm * side, "field.pixels": max(16, min(4096, side))})
