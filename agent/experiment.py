@@ -90,9 +90,15 @@ def field_region(cap: Capabilities, config: RunConfig) -> Region:
     return Region(x0, x1, y0, y1)
 
 
+def _template(config: RunConfig) -> FieldTemplate:
+    """The field every scan of the run uses (``[field]``)."""
+    f = config.field
+    return FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg)
+
+
 def _context(config: RunConfig, region: Region) -> PolicyContext:
-    f, o = config.field, config.policy_options
-    template = FieldTemplate(f.fov_nm, f.pixels, f.dwell_us, f.rotation_deg)
+    o = config.policy_options
+    template = _template(config)
     centres = None if o.centres_nm is None else tuple(o.centres_nm)
     return PolicyContext(region, template, config.seed, o.spacing_nm, config.guard.max_step_nm, centres)
 
@@ -160,7 +166,7 @@ class Experiment:
             self.region = region or field_region(cap, config)
             self.policy = build_policy(config, self.region, self.perception)
             self.guard = Guard(cap, config.guard)
-            field = _context(config, self.region).field.at(*self.region.center_nm)
+            field = _template(config).at(*self.region.center_nm)
             problem = self.guard.field_problem(field)
             if problem:  # checked on the handshake alone: no command has been sent
                 raise ConfigError(f"the configured [field] cannot be scanned here: {problem}")

@@ -153,8 +153,13 @@ def _readback(args: argparse.Namespace) -> Any:
                         ("--tilt-tolerance-deg", args.tilt_tolerance_deg)):  # fmt: skip
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} must be a positive number (got {value:g})")
-    replayed = args.instrument != "sim" and Path(args.instrument).is_dir()  # (in process: its frames are trusted)
+    replayed = _replayed(args) is not None  # (in process: its frames are trusted)
     return Readback(args.readback_tolerance_nm, args.tilt_tolerance_deg, replay_trusted=replayed)
+
+
+def _replayed(args: argparse.Namespace) -> Path | None:
+    """The recorded session ``--instrument`` names (a directory), or None for the simulator or a server."""
+    return Path(args.instrument) if args.instrument != "sim" and Path(args.instrument).is_dir() else None
 
 
 def _take_settings(args: argparse.Namespace) -> None:
@@ -169,11 +174,11 @@ def _take_settings(args: argparse.Namespace) -> None:
         ``--instrument`` names a recorded scan session.
     """
     recorded: dict[str, Any] = {}
-    if args.instrument != "sim" and Path(args.instrument).is_dir():
+    if (replayed := _replayed(args)) is not None:
         from agent.policies import POLICY_NAMES
         from drivers.recording import read_session
 
-        start = next((r for r in read_session(args.instrument).records if r.get("type") == "start"), None) or {}
+        start = next((r for r in read_session(replayed).records if r.get("type") == "start"), None) or {}
         config = start.get("config")
         recorded = config if isinstance(config, dict) else {}
         kind = start.get("kind")  # (tilt sessions recorded before it existed, and imported ones, have none)
@@ -189,7 +194,7 @@ def _open_driver(args: argparse.Namespace, curve: Any) -> Any:
     """The tilt instrument ``--instrument`` names: the simulator, a recorded session, or a server."""
     from drivers.replay import ReplayDriver
 
-    replayed = Path(args.instrument) if args.instrument not in ("sim",) and Path(args.instrument).is_dir() else None
+    replayed = _replayed(args)
     if curve is not None and (replayed is not None or args.instrument == "sim"):
         raise ValueError("--client-key and --server-public are for a tcp:// instrument, not a simulator or a recording")
     if replayed is not None:
@@ -214,8 +219,8 @@ def _run(args: argparse.Namespace) -> int:
     from drivers.replay import ReplayDriver
 
     _take_settings(args)
-    replayed = args.instrument != "sim" and not args.instrument.startswith(("tcp://", "ipc://"))
-    kept = [*(chain_logs(args.record) if args.record else []), *([log_path(args.instrument)] if replayed else [])]
+    replayed = _replayed(args)
+    kept = [*(chain_logs(args.record) if args.record else []), *([log_path(replayed)] if replayed else [])]
     check_output_file(args.json, "--json", keep=kept)  # (neither this session's record nor the one replayed)
     guard_config = _guard_config(args)  # (before anything is opened)
     where = _projection_field(args)
